@@ -1,0 +1,310 @@
+//! The object model: entities, sources, feature views and feature services (DESIGN §1).
+//!
+//! These structs are the definition format (parsed from the repository's YAML with
+//! unknown fields rejected) and, with the resolved fields filled in by `apply`, the
+//! registry's stored form.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::DType;
+use crate::time::Duration;
+use crate::{Error, Result};
+
+/// Free-form labels on an object.
+pub type Tags = BTreeMap<String, String>;
+
+/// A join key of an entity: a name and, once resolved, a type. In definitions either a
+/// bare name (`driver_id`, the type is inferred from the sources) or
+/// `{ name: driver_id, dtype: int64 }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JoinKeyDef {
+    Name(String),
+    Typed(JoinKey),
+}
+
+impl JoinKeyDef {
+    /// The key's column name.
+    pub fn name(&self) -> &str {
+        match self {
+            JoinKeyDef::Name(n) => n,
+            JoinKeyDef::Typed(k) => &k.name,
+        }
+    }
+    /// The declared type, if any.
+    pub fn dtype(&self) -> Option<&DType> {
+        match self {
+            JoinKeyDef::Name(_) => None,
+            JoinKeyDef::Typed(k) => Some(&k.dtype),
+        }
+    }
+}
+
+/// A typed join key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinKey {
+    pub name: String,
+    pub dtype: DType,
+}
+
+/// A thing features describe (a user, a driver, a (user, item) pair).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entity {
+    pub name: String,
+    pub join_keys: Vec<JoinKeyDef>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+}
+
+/// Where rows come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Source {
+    /// A Parquet or CSV file, a directory of them, or a glob.
+    File(FileSource),
+}
+
+impl Source {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Source::File(f) => &f.name,
+        }
+    }
+    /// The column holding each row's event time.
+    pub fn timestamp_field(&self) -> &str {
+        match self {
+            Source::File(f) => &f.timestamp_field,
+        }
+    }
+    /// The column holding each row's creation time, used to break ties.
+    pub fn created_timestamp_field(&self) -> Option<&str> {
+        match self {
+            Source::File(f) => f.created_timestamp_field.as_deref(),
+        }
+    }
+    /// The owner, if set.
+    pub fn owner(&self) -> &str {
+        match self {
+            Source::File(f) => &f.owner,
+        }
+    }
+    /// The description, if set.
+    pub fn description(&self) -> &str {
+        match self {
+            Source::File(f) => &f.description,
+        }
+    }
+}
+
+/// The file formats a file source can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    Parquet,
+    Csv,
+}
+
+impl FileFormat {
+    /// The format a path's extension names, if it names one.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+            Some(FileFormat::Parquet)
+        } else if lower.ends_with(".csv") {
+            Some(FileFormat::Csv)
+        } else {
+            None
+        }
+    }
+}
+
+/// A batch source in files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    pub name: String,
+    /// A file, a directory (every Parquet/CSV file below it) or a glob; relative paths
+    /// are relative to the repository.
+    pub path: String,
+    /// Parquet or CSV; inferred from the extension when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<FileFormat>,
+    pub timestamp_field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_timestamp_field: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+}
+
+/// One feature of a view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    pub name: String,
+    pub dtype: DType,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A named group of features of one entity set, read from one source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureView {
+    pub name: String,
+    pub entities: Vec<String>,
+    pub source: String,
+    /// How long a row stays valid after its event time; `0` means no limit.
+    #[serde(default)]
+    pub ttl: Duration,
+    /// How fresh the newest row should be; monitored, not enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness_sla: Option<Duration>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Whether values are materialized to the online store.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub online: bool,
+    /// Whether history is kept in the offline store.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub offline: bool,
+    pub features: Vec<Feature>,
+}
+
+impl FeatureView {
+    /// The feature with this name.
+    pub fn feature(&self, name: &str) -> Option<&Feature> {
+        self.features.iter().find(|f| f.name == name)
+    }
+}
+
+/// The features one model consumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureService {
+    pub name: String,
+    /// `view:feature` references; `view:*` for every feature of a view.
+    pub features: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+}
+
+/// A reference to one feature: `view:feature`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FeatureRef {
+    pub view: String,
+    pub feature: String,
+}
+
+impl FeatureRef {
+    /// Parses `view:feature`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            Some((v, f)) if !v.is_empty() && !f.is_empty() && !f.contains(':') => Ok(FeatureRef {
+                view: v.trim().to_string(),
+                feature: f.trim().to_string(),
+            }),
+            _ => Err(Error::Invalid(format!(
+                "invalid feature reference {s:?}: expected view:feature"
+            ))),
+        }
+    }
+    /// The output column name: `view__feature` with full names, else `feature`.
+    pub fn output_name(&self, full_names: bool) -> String {
+        if full_names {
+            format!("{}__{}", self.view, self.feature)
+        } else {
+            self.feature.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for FeatureRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.view, self.feature)
+    }
+}
+
+/// A feature view with everything the data paths need resolved: its typed join keys in
+/// storage order, its version, and the source columns that carry time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedView {
+    pub name: String,
+    /// Bumped whenever the stored data's shape changes (keys, source, features).
+    pub version: u32,
+    pub project: String,
+    /// The entities, in definition order.
+    pub entities: Vec<String>,
+    /// The join keys of all entities, in entity order then key order.
+    pub join_keys: Vec<JoinKey>,
+    pub features: Vec<Feature>,
+    pub ttl: Duration,
+}
+
+impl ResolvedView {
+    /// The entity set name used in online keys: the entity names joined by `,`.
+    pub fn entity_set(&self) -> String {
+        self.entities.join(",")
+    }
+    /// The index of a feature by name.
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+    /// The name of this view's offline table: `name` for version 1, `name__vN` after.
+    pub fn table_name(&self) -> String {
+        if self.version <= 1 {
+            self.name.clone()
+        } else {
+            format!("{}__v{}", self.name, self.version)
+        }
+    }
+    /// The short, stable field id under which this view's rows are stored online:
+    /// a hash of project, view name and version (DESIGN §4: short hashed field names).
+    pub fn online_field(&self) -> [u8; 8] {
+        let s = format!("{}\0{}\0{}", self.project, self.name, self.version);
+        xxhash_rust::xxh3::xxh3_64(s.as_bytes()).to_le_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_refs() {
+        let r = FeatureRef::parse("driver_stats:conv_rate").unwrap();
+        assert_eq!(r.view, "driver_stats");
+        assert_eq!(r.output_name(true), "driver_stats__conv_rate");
+        assert_eq!(r.output_name(false), "conv_rate");
+        for bad in ["conv_rate", ":x", "v:", "a:b:c"] {
+            assert!(FeatureRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

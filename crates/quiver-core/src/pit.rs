@@ -1,0 +1,351 @@
+//! The point-in-time join kernel (DESIGN §2, snapshot lookup), used by historical
+//! retrieval.
+//!
+//! The kernel is independent of where rows live. The caller
+//! 1. maps each label row's join-key values to a dense *group* with a key index
+//!    ([`IntKeyIndex`] for a single integer key, [`BytesKeyIndex`] for any other key),
+//! 2. builds a [`LabelIndex`] from the labels' groups and times,
+//! 3. streams feature rows (in any order, from any number of files), keeps those for
+//!    which [`LabelIndex::may_match`] holds as [`Candidate`]s with an opaque location,
+//! 4. calls [`LabelIndex::resolve`], which returns per label the location of the row
+//!    the time contract selects, or none.
+//!
+//! Step 3 prunes every row that cannot be the answer for any label (no label of its key
+//! at or after it within the TTL), so memory grows with the labels and the rows that
+//! matter, not with the whole history. Step 4 sorts the surviving candidates and merges
+//! them with each key's labels in time order: linear after the sort, whatever the skew.
+
+use rayon::slice::ParallelSliceMut;
+
+use crate::contract::within_ttl;
+use crate::time::{Duration, Timestamp};
+
+/// The group of a label whose key is null or otherwise unmatched: it never matches.
+pub const NO_GROUP: u32 = u32::MAX;
+/// The location returned for a label without a value.
+pub const NO_MATCH: u64 = u64::MAX;
+
+/// A feature row that may be the answer for some label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The key group (from the key index).
+    pub group: u32,
+    /// The row's event time.
+    pub ts: Timestamp,
+    /// The row's creation time, [`crate::contract::NO_CREATED`] when absent.
+    pub created: Timestamp,
+    /// Where the row lives; opaque to the kernel (e.g. file index << 32 | row index).
+    /// Among rows equal in event and creation time the greatest location wins.
+    pub loc: u64,
+}
+
+/// Sorted, de-duplicated 64-bit integer keys; a key's group is its position.
+#[derive(Clone, Debug, Default)]
+pub struct IntKeyIndex {
+    keys: Vec<i64>,
+}
+
+impl IntKeyIndex {
+    /// Builds the index from label keys (nulls skipped by the caller).
+    pub fn new(mut keys: Vec<i64>) -> Self {
+        keys.par_sort_unstable();
+        keys.dedup();
+        IntKeyIndex { keys }
+    }
+
+    /// Builds the index from label keys and returns each label's group
+    /// ([`NO_GROUP`] where `valid` is false). Sorting (key, label) pairs once is much
+    /// faster than a search per label when the labels are many.
+    pub fn from_labels(keys: &[i64], valid: impl Fn(usize) -> bool) -> (Self, Vec<u32>) {
+        let mut pairs: Vec<(i64, u32)> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| valid(*i))
+            .map(|(i, &k)| (k, i as u32))
+            .collect();
+        pairs.par_sort_unstable();
+        let mut groups = vec![NO_GROUP; keys.len()];
+        let mut uniq: Vec<i64> = Vec::new();
+        for &(k, i) in &pairs {
+            if uniq.last() != Some(&k) {
+                uniq.push(k);
+            }
+            groups[i as usize] = (uniq.len() - 1) as u32;
+        }
+        (IntKeyIndex { keys: uniq }, groups)
+    }
+
+    /// The number of groups.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The group of `k`.
+    pub fn get(&self, k: i64) -> Option<u32> {
+        self.keys.binary_search(&k).ok().map(|p| p as u32)
+    }
+
+    /// The group of `k`, searching forward from `hint` (exponential search) when `k` is
+    /// not smaller than the previous key looked up with the same hint. Sequences of
+    /// ascending keys (the offline store writes files sorted by key) cost O(log gap).
+    #[inline]
+    pub fn find_from(&self, k: i64, hint: &mut usize) -> Option<u32> {
+        let keys = &self.keys;
+        let len = keys.len();
+        let h = *hint;
+        let start = if h <= len && (h == 0 || keys[h - 1] < k) {
+            h
+        } else {
+            0
+        };
+        let mut bound = 1;
+        while start + bound < len && keys[start + bound] < k {
+            bound *= 2;
+        }
+        let end = (start + bound + 1).min(len);
+        let p = start + keys[start..end].partition_point(|&x| x < k);
+        *hint = p;
+        if p < len && keys[p] == k {
+            Some(p as u32)
+        } else {
+            None
+        }
+    }
+}
+
+/// Keys of any type, by their [`crate::encoding`] bytes; groups in insertion order.
+#[derive(Clone, Debug, Default)]
+pub struct BytesKeyIndex {
+    map: hashbrown::HashMap<Box<[u8]>, u32>,
+}
+
+impl BytesKeyIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The group of `key`, adding it if new.
+    pub fn insert(&mut self, key: &[u8]) -> u32 {
+        if let Some(&g) = self.map.get(key) {
+            return g;
+        }
+        let g = self.map.len() as u32;
+        self.map.insert(key.into(), g);
+        g
+    }
+    /// The group of `key`.
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<u32> {
+        self.map.get(key).copied()
+    }
+    /// The number of groups.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Labels grouped by key group and sorted by time within each group.
+#[derive(Clone, Debug)]
+pub struct LabelIndex {
+    n_labels: usize,
+    /// `offsets[g]..offsets[g + 1]` is group `g`'s range in `order` and `times`.
+    offsets: Vec<u32>,
+    /// Label row indices, by (group, time, row).
+    order: Vec<u32>,
+    /// The time of each entry of `order`.
+    times: Vec<Timestamp>,
+}
+
+impl LabelIndex {
+    /// Groups labels: `groups[i]` is label `i`'s group (or [`NO_GROUP`]), `times[i]`
+    /// its time; `n_groups` bounds the groups.
+    pub fn new(groups: &[u32], times: &[Timestamp], n_groups: usize) -> Self {
+        assert_eq!(groups.len(), times.len());
+        let n_labels = groups.len();
+        let mut offsets = vec![0u32; n_groups + 1];
+        for &g in groups {
+            if g != NO_GROUP {
+                offsets[g as usize + 1] += 1;
+            }
+        }
+        for g in 0..n_groups {
+            offsets[g + 1] += offsets[g];
+        }
+        let total = offsets[n_groups] as usize;
+        let mut fill = offsets.clone();
+        let mut order = vec![0u32; total];
+        for (i, &g) in groups.iter().enumerate() {
+            if g != NO_GROUP {
+                let slot = &mut fill[g as usize];
+                order[*slot as usize] = i as u32;
+                *slot += 1;
+            }
+        }
+        // Counting sort kept row order within a group; a stable sort by time keeps it
+        // for equal times.
+        for g in 0..n_groups {
+            let (a, b) = (offsets[g] as usize, offsets[g + 1] as usize);
+            if b - a > 1 {
+                order[a..b].sort_by_key(|&i| times[i as usize]);
+            }
+        }
+        let sorted_times = order.iter().map(|&i| times[i as usize]).collect();
+        LabelIndex {
+            n_labels,
+            offsets,
+            order,
+            times: sorted_times,
+        }
+    }
+
+    /// The number of label rows.
+    pub fn len(&self) -> usize {
+        self.n_labels
+    }
+
+    /// Whether there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.n_labels == 0
+    }
+
+    #[inline]
+    fn group_times(&self, group: u32) -> &[Timestamp] {
+        let g = group as usize;
+        &self.times[self.offsets[g] as usize..self.offsets[g + 1] as usize]
+    }
+
+    /// Whether a row of `group` with event time `ts` can be the answer for some label:
+    /// there is a label time `T ≥ ts` with the row within `ttl` of it.
+    #[inline]
+    pub fn may_match(&self, group: u32, ts: Timestamp, ttl: Duration) -> bool {
+        let times = self.group_times(group);
+        let p = times.partition_point(|&t| t < ts);
+        p < times.len() && within_ttl(ts, times[p], ttl)
+    }
+
+    /// Applies the snapshot rule: for each label, the location of the row with the
+    /// greatest (event time, creation time, location) at or before the label time,
+    /// if it lies within `ttl` of the label time; [`NO_MATCH`] otherwise.
+    pub fn resolve(&self, mut candidates: Vec<Candidate>, ttl: Duration) -> Vec<u64> {
+        candidates.par_sort_unstable_by_key(|c| (c.group, c.ts, c.created, c.loc));
+        let mut out = vec![NO_MATCH; self.n_labels];
+        let mut i = 0;
+        while i < candidates.len() {
+            let g = candidates[i].group;
+            let mut end = i;
+            while end < candidates.len() && candidates[end].group == g {
+                end += 1;
+            }
+            let rows = &candidates[i..end];
+            let (a, b) = (
+                self.offsets[g as usize] as usize,
+                self.offsets[g as usize + 1] as usize,
+            );
+            let mut j = 0;
+            let mut best: Option<&Candidate> = None;
+            for k in a..b {
+                let t = self.times[k];
+                while j < rows.len() && rows[j].ts <= t {
+                    best = Some(&rows[j]);
+                    j += 1;
+                }
+                if let Some(row) = best {
+                    if within_ttl(row.ts, t, ttl) {
+                        out[self.order[k] as usize] = row.loc;
+                    }
+                }
+            }
+            i = end;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn int_index_from_labels() {
+        let (idx, groups) = IntKeyIndex::from_labels(&[5, 1, 5, 9, 1], |i| i != 3);
+        assert_eq!(idx.len(), 2);
+        assert_eq!(groups, vec![1, 0, 1, NO_GROUP, 0]);
+        assert_eq!(idx.get(5), Some(1));
+        assert_eq!(idx.get(9), None);
+    }
+
+    #[test]
+    fn int_index_finds_from_any_hint() {
+        let idx = IntKeyIndex::new(vec![10, 3, 7, 7, 20, 15]);
+        assert_eq!(idx.len(), 5);
+        let mut hint = 0;
+        let found: Vec<_> = [1, 3, 7, 8, 15, 20, 21, 3, 10]
+            .iter()
+            .map(|&k| idx.find_from(k, &mut hint))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                None,
+                Some(0),
+                Some(1),
+                None,
+                Some(3),
+                Some(4),
+                None,
+                Some(0),
+                Some(2)
+            ]
+        );
+    }
+
+    /// Brute force: scan every row for each label.
+    fn reference(
+        label_groups: &[u32],
+        label_times: &[i64],
+        rows: &[Candidate],
+        ttl: Duration,
+    ) -> Vec<u64> {
+        label_groups
+            .iter()
+            .zip(label_times)
+            .map(|(&g, &t)| {
+                rows.iter()
+                    .filter(|r| r.group == g && r.ts <= t)
+                    .max_by_key(|r| (r.ts, r.created, r.loc))
+                    .filter(|r| within_ttl(r.ts, t, ttl))
+                    .map_or(NO_MATCH, |r| r.loc)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn resolve_matches_brute_force(
+            labels in prop::collection::vec((0u32..6, 0i64..40), 0..60),
+            rows in prop::collection::vec((0u32..6, 0i64..40, 0i64..3), 0..80),
+            ttl in 0i64..12,
+        ) {
+            let ttl = Duration::from_micros(ttl);
+            let groups: Vec<u32> = labels.iter().map(|l| if l.0 == 5 { NO_GROUP } else { l.0 }).collect();
+            let times: Vec<i64> = labels.iter().map(|l| l.1).collect();
+            let rows: Vec<Candidate> = rows.iter().enumerate().map(|(i, r)| Candidate {
+                group: r.0.min(4), ts: r.1, created: r.2, loc: i as u64 }).collect();
+            let index = LabelIndex::new(&groups, &times, 5);
+            let kept: Vec<Candidate> = rows.iter().copied()
+                .filter(|r| index.may_match(r.group, r.ts, ttl)).collect();
+            let got = index.resolve(kept, ttl);
+            prop_assert_eq!(got, reference(&groups, &times, &rows, ttl));
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Time: UTC timestamps in microseconds and durations.
+//!
+//! Every timestamp in quiver is an `i64` count of microseconds since the Unix epoch, UTC.
+//! A naive timestamp in input is read as UTC; a zoned one is converted.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Error, Result};
+
+/// Microseconds since the Unix epoch, UTC.
+pub type Timestamp = i64;
+
+/// Microseconds per second.
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+/// Microseconds per day.
+pub const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
+
+/// The current wall-clock time as a [`Timestamp`].
+pub fn now() -> Timestamp {
+    Utc::now().timestamp_micros()
+}
+
+/// The day (days since the epoch) a timestamp falls in, as used by the offline
+/// store's day partitions.
+pub fn day_of(ts: Timestamp) -> i32 {
+    ts.div_euclid(MICROS_PER_DAY) as i32
+}
+
+/// Parses a timestamp written as RFC 3339 (`2024-05-01T12:00:00Z`, any offset), as a
+/// naive date-time (`2024-05-01 12:00:00[.ffffff]`, `2024-05-01T12:00:00`, read as UTC)
+/// or as a date (`2024-05-01`, midnight UTC).
+pub fn parse_timestamp(s: &str) -> Result<Timestamp> {
+    let s = s.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Ok(dt.with_timezone(&Utc).timestamp_micros());
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(Utc.from_utc_datetime(&dt).timestamp_micros());
+        }
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+        if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
+            return Ok(dt.with_timezone(&Utc).timestamp_micros());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let dt = d.and_hms_opt(0, 0, 0).expect("midnight exists");
+        return Ok(Utc.from_utc_datetime(&dt).timestamp_micros());
+    }
+    Err(Error::Invalid(format!(
+        "cannot parse timestamp {s:?}: expected RFC 3339 (2024-05-01T12:00:00Z) or \
+         '2024-05-01 12:00:00' (UTC)"
+    )))
+}
+
+/// Formats a timestamp as RFC 3339 in UTC with microseconds when they are not zero.
+pub fn format_timestamp(ts: Timestamp) -> String {
+    match DateTime::<Utc>::from_timestamp_micros(ts) {
+        Some(dt) if ts % MICROS_PER_SECOND == 0 => dt.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        None => format!("{ts}us"),
+    }
+}
+
+/// A non-negative span of time in microseconds. Written as `90s`, `30m`, `2h`, `1d`,
+/// `4w` (units may be combined: `1h30m`) or `0` for "no limit" where a TTL is meant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(i64);
+
+impl Duration {
+    /// The zero duration; as a TTL it means "no limit".
+    pub const ZERO: Duration = Duration(0);
+
+    /// A duration of `micros` microseconds.
+    pub const fn from_micros(micros: i64) -> Self {
+        Duration(micros)
+    }
+    /// A duration of `s` seconds.
+    pub const fn from_secs(s: i64) -> Self {
+        Duration(s * MICROS_PER_SECOND)
+    }
+    /// The length in microseconds.
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+    /// Whether this is zero (as a TTL: no limit).
+    pub const fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Parses `90s`, `30m`, `2h`, `1d`, `4w`, `1h30m`, `500ms`, `0`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let t = s.trim();
+        if t == "0" {
+            return Ok(Duration::ZERO);
+        }
+        let bad = || {
+            Error::Invalid(format!(
+                "invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d, w), \
+                 e.g. 90s, 30m, 2h, 1d, 4w, or 0"
+            ))
+        };
+        if t.is_empty() {
+            return Err(bad());
+        }
+        let mut total: i64 = 0;
+        let mut rest = t;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            if digits == 0 {
+                return Err(bad());
+            }
+            let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = match &rest[..unit_len] {
+                "ms" => 1_000,
+                "s" => MICROS_PER_SECOND,
+                "m" => 60 * MICROS_PER_SECOND,
+                "h" => 3_600 * MICROS_PER_SECOND,
+                "d" => MICROS_PER_DAY,
+                "w" => 7 * MICROS_PER_DAY,
+                _ => return Err(bad()),
+            };
+            rest = &rest[unit_len..];
+            total = n
+                .checked_mul(unit)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(bad)?;
+        }
+        Ok(Duration(total))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return write!(f, "0");
+        }
+        let units = [
+            ("w", 7 * MICROS_PER_DAY),
+            ("d", MICROS_PER_DAY),
+            ("h", 3_600 * MICROS_PER_SECOND),
+            ("m", 60 * MICROS_PER_SECOND),
+            ("s", MICROS_PER_SECOND),
+            ("ms", 1_000),
+        ];
+        let mut rest = self.0;
+        for (name, len) in units {
+            if rest >= len {
+                write!(f, "{}{name}", rest / len)?;
+                rest %= len;
+            }
+        }
+        if rest > 0 {
+            write!(f, "{rest}us")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Int(i64),
+            Str(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Int(0) => Ok(Duration::ZERO),
+            Repr::Int(n) => Err(serde::de::Error::custom(format!(
+                "invalid duration {n}: give a unit, e.g. {n}s or {n}d"
+            ))),
+            Repr::Str(s) => Duration::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(Duration::parse("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(Duration::parse("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(Duration::parse("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(Duration::parse("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(
+            Duration::parse("4w").unwrap(),
+            Duration::from_secs(28 * 86_400)
+        );
+        assert_eq!(Duration::parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(Duration::parse("0").unwrap(), Duration::ZERO);
+        assert_eq!(Duration::parse("1h30m").unwrap().to_string(), "1h30m");
+        assert_eq!(Duration::from_secs(86_400 * 8).to_string(), "1w1d");
+        for bad in ["", "1", "h", "1y", "-1d", "1.5h", "d1"] {
+            assert!(Duration::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_as_utc() {
+        let z = parse_timestamp("2024-05-01T12:00:00Z").unwrap();
+        assert_eq!(parse_timestamp("2024-05-01 12:00:00").unwrap(), z);
+        assert_eq!(parse_timestamp("2024-05-01T14:00:00+02:00").unwrap(), z);
+        assert_eq!(parse_timestamp("2024-05-01 12:00:00.000000").unwrap(), z);
+        assert_eq!(format_timestamp(z), "2024-05-01T12:00:00Z");
+        assert_eq!(parse_timestamp("2024-05-01").unwrap() % MICROS_PER_DAY, 0);
+        assert!(parse_timestamp("yesterday").is_err());
+        assert_eq!(day_of(-1), -1);
+        assert_eq!(day_of(0), 0);
+    }
+}

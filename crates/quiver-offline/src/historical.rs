@@ -1,0 +1,270 @@
+//! Historical retrieval: point-in-time-correct training sets (DESIGN §2, §5).
+//!
+//! For every input row (join keys, a time `T`, any other columns) and every requested
+//! view, the value is the view's row with the greatest (event_timestamp,
+//! created_timestamp) at or before `T`, null when it is older than `T − ttl` or absent.
+//! Rows keep their input order; none is dropped or duplicated.
+//!
+//! The join runs in two passes over a view's files (see [`quiver_core::pit`]): the
+//! first reads only keys and times and keeps the rows that can answer some label; the
+//! second reads feature columns only of the files holding winners and gathers them.
+
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, interleave, take};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
+use quiver_core::contract::NO_CREATED;
+use quiver_core::encoding::encode_key_part;
+use quiver_core::model::ResolvedView;
+use quiver_core::pit::{BytesKeyIndex, Candidate, IntKeyIndex, LabelIndex, NO_GROUP, NO_MATCH};
+use quiver_core::time::Timestamp;
+use rayon::prelude::*;
+
+use crate::normalize::{cast_key, table_schema, to_timestamps, Origin, CREATED_TIMESTAMP, EVENT_TIMESTAMP};
+use crate::store::{read_data_file, OfflineStore};
+use crate::{Error, Result};
+
+/// The features wanted from one view, with their output column names.
+#[derive(Clone, Debug)]
+pub struct ViewRequest {
+    pub view: ResolvedView,
+    /// (feature name, output column name)
+    pub features: Vec<(String, String)>,
+}
+
+/// A historical retrieval request.
+#[derive(Clone, Debug)]
+pub struct HistoricalRequest {
+    /// The entity rows: join keys, the time column and anything else (passed through).
+    pub entities: Vec<RecordBatch>,
+    /// The name of the time column in `entities`.
+    pub timestamp_column: String,
+    pub views: Vec<ViewRequest>,
+}
+
+enum KeyLookup {
+    Int(IntKeyIndex),
+    Bytes(BytesKeyIndex),
+}
+
+impl OfflineStore {
+    /// Builds the training set: the entity rows with one column per requested feature.
+    pub fn historical(&self, req: &HistoricalRequest) -> Result<RecordBatch> {
+        let Some(first) = req.entities.first() else {
+            return Err(Error::Invalid("the entity rows are empty".into()));
+        };
+        let labels = concat_batches(&first.schema(), &req.entities)?;
+        let schema = labels.schema();
+        // Output names must be unique and distinct from the input columns.
+        let mut names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for v in &req.views {
+            for (_, out) in &v.features {
+                if names.contains(&out.as_str()) {
+                    return Err(Error::Invalid(format!(
+                        "output column '{out}' appears twice (a feature name shared by several \
+                         views, or an input column): use full feature names (view__feature)"
+                    )));
+                }
+                names.push(out);
+            }
+        }
+        let ts_col = labels.column_by_name(&req.timestamp_column).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the entity rows have no '{}' column (columns: {})",
+                req.timestamp_column,
+                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let origin = Origin { file: "entity rows", first_row: 1 };
+        let times = to_timestamps(ts_col.as_ref(), &req.timestamp_column, &origin, true)?;
+        let times: &[Timestamp] = times.values();
+
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut columns: Vec<ArrayRef> = labels.columns().to_vec();
+        for v in &req.views {
+            let cols = self.view_columns(v, &labels, times)?;
+            for ((_, out), col) in v.features.iter().zip(cols) {
+                fields.push(Field::new(out, col.data_type().clone(), true));
+                columns.push(col);
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    }
+
+    fn view_columns(
+        &self,
+        req: &ViewRequest,
+        labels: &RecordBatch,
+        times: &[Timestamp],
+    ) -> Result<Vec<ArrayRef>> {
+        let view = &req.view;
+        let feature_types: Vec<DataType> = req
+            .features
+            .iter()
+            .map(|(f, _)| {
+                view.features
+                    .iter()
+                    .find(|x| &x.name == f)
+                    .map(|x| x.dtype.to_arrow())
+                    .ok_or_else(|| Error::Invalid(format!("feature view '{}' has no feature '{f}'", view.name)))
+            })
+            .collect::<Result<_>>()?;
+        let key_cols: Vec<ArrayRef> = view
+            .join_keys
+            .iter()
+            .map(|k| {
+                let c = labels.column_by_name(&k.name).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the entity rows have no column '{}', a join key of feature view '{}'",
+                        k.name, view.name
+                    ))
+                })?;
+                cast_key(c, k)
+            })
+            .collect::<Result<_>>()?;
+        let n = labels.num_rows();
+        let valid = |i: usize| key_cols.iter().all(|c| c.is_valid(i));
+        let (lookup, groups, n_groups) = if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
+            let keys = key_cols[0].as_primitive::<Int64Type>();
+            let (idx, groups) = IntKeyIndex::from_labels(keys.values(), valid);
+            let n = idx.len();
+            (KeyLookup::Int(idx), groups, n)
+        } else {
+            let mut idx = BytesKeyIndex::new();
+            let mut buf = Vec::new();
+            let mut groups = vec![NO_GROUP; n];
+            for (i, g) in groups.iter_mut().enumerate() {
+                if valid(i) {
+                    buf.clear();
+                    for c in &key_cols {
+                        encode_key_part(c.as_ref(), i, &mut buf)?;
+                    }
+                    *g = idx.insert(&buf);
+                }
+            }
+            let n = idx.len();
+            (KeyLookup::Bytes(idx), groups, n)
+        };
+        let label_index = LabelIndex::new(&groups, times, n_groups);
+        drop(groups);
+
+        let files = self.data_files(view)?;
+        if files.len() >= 1 << 31 {
+            return Err(Error::Invalid("too many data files".into()));
+        }
+        let nkeys = view.join_keys.len();
+        let mut pass1_cols: Vec<&str> = view.join_keys.iter().map(|k| k.name.as_str()).collect();
+        pass1_cols.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
+        let schema = table_schema(view);
+        let ttl = view.ttl;
+        let candidates: Vec<Vec<Candidate>> = files
+            .par_iter()
+            .enumerate()
+            .map(|(fi, f)| -> Result<Vec<Candidate>> {
+                let batches = read_data_file(&f.path, &schema, 0, Some(&pass1_cols))?;
+                let mut out = Vec::new();
+                let mut row0: u64 = 0;
+                let mut hint = 0usize;
+                let mut buf = Vec::new();
+                for b in batches {
+                    let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+                    let created = b.column(nkeys + 1).as_primitive::<TimestampMicrosecondType>();
+                    for r in 0..b.num_rows() {
+                        let group = match &lookup {
+                            KeyLookup::Int(idx) => {
+                                idx.find_from(b.column(0).as_primitive::<Int64Type>().value(r), &mut hint)
+                            }
+                            KeyLookup::Bytes(idx) => {
+                                buf.clear();
+                                for k in 0..nkeys {
+                                    encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+                                }
+                                idx.get(&buf)
+                            }
+                        };
+                        let Some(group) = group else { continue };
+                        let t = ts.value(r);
+                        if label_index.may_match(group, t, ttl) {
+                            out.push(Candidate {
+                                group,
+                                ts: t,
+                                created: if created.is_null(r) { NO_CREATED } else { created.value(r) },
+                                loc: ((fi as u64) << 32) | (row0 + r as u64),
+                            });
+                        }
+                    }
+                    row0 += b.num_rows() as u64;
+                }
+                Ok(out)
+            })
+            .collect::<Result<_>>()?;
+        let candidates: Vec<Candidate> = candidates.concat();
+        let locs = label_index.resolve(candidates, ttl);
+        drop(label_index);
+
+        // Pass 2: gather the winning rows' features, file by file.
+        let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
+        for (label, &loc) in locs.iter().enumerate() {
+            if loc != NO_MATCH {
+                wanted[(loc >> 32) as usize].push(((loc & 0xffff_ffff) as u32, label as u32));
+            }
+        }
+        drop(locs);
+        let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
+        let gathered: Vec<Option<Vec<ArrayRef>>> = files
+            .par_iter()
+            .zip(wanted.par_iter_mut())
+            .map(|(f, want)| -> Result<Option<Vec<ArrayRef>>> {
+                if want.is_empty() {
+                    return Ok(None);
+                }
+                want.sort_unstable();
+                let batches = read_data_file(&f.path, &schema, 0, Some(&feature_names))?;
+                let Some(b0) = batches.first() else {
+                    return Err(Error::Data(format!("{}: data file is empty", f.path.display())));
+                };
+                let all = concat_batches(&b0.schema(), &batches)?;
+                let idx = UInt32Array::from_iter_values(want.iter().map(|w| w.0));
+                let cols = feature_names
+                    .iter()
+                    .zip(&feature_types)
+                    .map(|(name, dt)| {
+                        let c = all.column_by_name(name).ok_or_else(|| {
+                            Error::Data(format!("{}: no column '{name}'", f.path.display()))
+                        })?;
+                        let c = take(c.as_ref(), &idx, None)?;
+                        if c.data_type() != dt {
+                            return Ok(arrow::compute::cast(&c, dt)?);
+                        }
+                        Ok(c)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Some(cols))
+            })
+            .collect::<Result<_>>()?;
+
+        let n_labels = labels.num_rows();
+        let mut index = vec![(0usize, 0usize); n_labels];
+        let mut sources: Vec<usize> = Vec::new();
+        for (fi, g) in gathered.iter().enumerate() {
+            if g.is_some() {
+                sources.push(fi);
+                let s = sources.len();
+                for (pos, &(_, label)) in wanted[fi].iter().enumerate() {
+                    index[label as usize] = (s, pos);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(feature_types.len());
+        for (c, dt) in feature_types.iter().enumerate() {
+            let nulls = new_null_array(dt, 1);
+            let mut arrays: Vec<&dyn Array> = vec![nulls.as_ref()];
+            for &fi in &sources {
+                arrays.push(gathered[fi].as_ref().expect("source has columns")[c].as_ref());
+            }
+            out.push(interleave(&arrays, &index)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,203 @@
+//! Validation of input rows and conversion to the stored form.
+//!
+//! Stored form of a view's rows: the join keys (int64, string or bytes), a non-null
+//! `event_timestamp` and a nullable `created_timestamp` (microseconds, UTC), the
+//! features typed as declared, and `event_date` (the day partition).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Date32Array, RecordBatch, TimestampMicrosecondArray,
+};
+use arrow::compute::{cast_with_options, CastOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use quiver_core::dtype::{timestamp_type, DType};
+use quiver_core::model::{JoinKey, ResolvedView};
+use quiver_core::time::{day_of, parse_timestamp, MICROS_PER_DAY};
+
+use crate::{Error, Result};
+
+/// Name of the stored event-time column.
+pub const EVENT_TIMESTAMP: &str = "event_timestamp";
+/// Name of the stored creation-time column.
+pub const CREATED_TIMESTAMP: &str = "created_timestamp";
+/// Name of the day-partition column.
+pub const EVENT_DATE: &str = "event_date";
+
+/// The Arrow type a join key is stored as.
+pub fn key_arrow_type(t: &DType) -> DataType {
+    match t {
+        DType::Int32 | DType::Int64 => DataType::Int64,
+        other => other.to_arrow(),
+    }
+}
+
+/// The stored schema of a view's table.
+pub fn table_schema(view: &ResolvedView) -> SchemaRef {
+    let mut fields: Vec<Field> = view
+        .join_keys
+        .iter()
+        .map(|k| Field::new(&k.name, key_arrow_type(&k.dtype), false))
+        .collect();
+    fields.push(Field::new(EVENT_TIMESTAMP, timestamp_type(), false));
+    fields.push(Field::new(CREATED_TIMESTAMP, timestamp_type(), true));
+    fields.extend(
+        view.features
+            .iter()
+            .map(|f| Field::new(&f.name, f.dtype.to_arrow(), true)),
+    );
+    fields.push(Field::new(EVENT_DATE, DataType::Date32, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Where a batch came from, for messages: a file and the row number of its first row.
+#[derive(Clone, Debug)]
+pub struct Origin<'a> {
+    pub file: &'a str,
+    /// 1-based number of the batch's first data row in the file.
+    pub first_row: usize,
+}
+
+impl Origin<'_> {
+    fn err(&self, row: usize, column: &str, msg: impl std::fmt::Display) -> Error {
+        Error::Data(format!(
+            "{}: row {}, column '{column}': {msg}",
+            self.file,
+            self.first_row + row
+        ))
+    }
+}
+
+/// Converts a time column (timestamps of any unit and zone, dates, or strings) to UTC
+/// microseconds. Nulls stay null; `required` turns a null into an error.
+pub fn to_timestamps(
+    col: &dyn Array,
+    name: &str,
+    origin: &Origin<'_>,
+    required: bool,
+) -> Result<TimestampMicrosecondArray> {
+    let out: TimestampMicrosecondArray = match col.data_type() {
+        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
+            let target = DataType::Timestamp(TimeUnit::Microsecond, None);
+            let c = cast_with_options(col, &target, &CastOptions { safe: false, ..Default::default() })
+                .map_err(|e| origin.err(0, name, e))?;
+            c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().clone()
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let c = cast_with_options(col, &DataType::Utf8, &CastOptions::default())?;
+            let s = c.as_string::<i32>();
+            let mut v = Vec::with_capacity(s.len());
+            for i in 0..s.len() {
+                if s.is_null(i) {
+                    v.push(None);
+                } else {
+                    v.push(Some(parse_timestamp(s.value(i)).map_err(|e| origin.err(i, name, e))?));
+                }
+            }
+            TimestampMicrosecondArray::from(v)
+        }
+        other => {
+            return Err(origin.err(
+                0,
+                name,
+                format!("type {other} is not a timestamp, date or string"),
+            ))
+        }
+    };
+    if required && out.null_count() > 0 {
+        let row = (0..out.len()).find(|&i| out.is_null(i)).unwrap_or(0);
+        return Err(origin.err(row, name, "timestamp is null"));
+    }
+    Ok(out.with_timezone("UTC"))
+}
+
+/// Casts a join-key column to its stored type.
+pub fn cast_key(col: &ArrayRef, key: &JoinKey) -> Result<ArrayRef> {
+    let target = key_arrow_type(&key.dtype);
+    if col.data_type() == &target {
+        return Ok(col.clone());
+    }
+    let ok = DType::from_arrow(col.data_type())
+        .is_some_and(|t| t.is_key_type() && key_arrow_type(&t) == target);
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "join key '{}' has type {} but the registry declares {}",
+            key.name,
+            col.data_type(),
+            key.dtype
+        )));
+    }
+    Ok(cast_with_options(col, &target, &CastOptions { safe: false, ..Default::default() })?)
+}
+
+fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin<'_>) -> Result<&'b ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| {
+        Error::Data(format!(
+            "{}: missing column '{name}' (columns: {})",
+            origin.file,
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// Validates a source batch and converts it to the view's stored form: keys present
+/// and non-null, timestamps parsable, features of an accepted type.
+pub fn normalize_batch(
+    batch: &RecordBatch,
+    view: &ResolvedView,
+    timestamp_field: &str,
+    created_field: Option<&str>,
+    origin: &Origin<'_>,
+) -> Result<RecordBatch> {
+    let schema = table_schema(view);
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for k in &view.join_keys {
+        let c = column(batch, &k.name, origin)?;
+        if c.null_count() > 0 {
+            let row = (0..c.len()).find(|&i| c.is_null(i)).unwrap_or(0);
+            return Err(origin.err(row, &k.name, "join key is null"));
+        }
+        cols.push(cast_key(c, k).map_err(|e| Error::Data(format!("{}: {e}", origin.file)))?);
+    }
+    let ts = to_timestamps(column(batch, timestamp_field, origin)?.as_ref(), timestamp_field, origin, true)?;
+    let dates: Date32Array = ts.values().iter().map(|&t| Some(day_of(t))).collect();
+    cols.push(Arc::new(ts));
+    match created_field {
+        Some(c) => cols.push(Arc::new(to_timestamps(column(batch, c, origin)?.as_ref(), c, origin, false)?)),
+        None => cols.push(arrow::array::new_null_array(&timestamp_type(), batch.num_rows())),
+    }
+    for f in &view.features {
+        let c = column(batch, &f.name, origin)?;
+        let target = f.dtype.to_arrow();
+        if c.data_type() == &target {
+            cols.push(c.clone());
+            continue;
+        }
+        let src = DType::from_arrow(c.data_type());
+        if !src.as_ref().is_some_and(|s| f.dtype.accepts(s)) {
+            return Err(Error::Data(format!(
+                "{}: column '{}' has type {} but the feature is declared {}",
+                origin.file,
+                f.name,
+                c.data_type(),
+                f.dtype
+            )));
+        }
+        let casted = cast_with_options(c, &target, &CastOptions { safe: false, ..Default::default() })
+            .map_err(|e| origin.err(0, &f.name, e))?;
+        cols.push(casted);
+    }
+    cols.push(Arc::new(dates));
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// The day (days since the epoch) of a Date32 partition value written `YYYY-MM-DD`.
+pub fn parse_day(s: &str) -> Option<i32> {
+    parse_timestamp(s).ok().map(|t| (t / MICROS_PER_DAY) as i32)
+}

@@ -1,0 +1,441 @@
+//! The offline store: one Delta Lake table per feature view (and version), partitioned
+//! by day of event time (DESIGN §4).
+//!
+//! Files inside a partition are sorted by join key, then event and creation time, which
+//! the historical join exploits (keys are looked up with a forward search).
+//!
+//! **Re-runnable ingests.** An ingest rewrites the day partitions it touches: the
+//! partition's stored rows and the new rows are merged, and of rows equal in (join keys,
+//! event_timestamp, created_timestamp) only the last one ingested is kept. The new files
+//! and the removal of the replaced ones are committed in one Delta transaction, so a
+//! reader (or a crash) sees the table before or after, never in between; the rewritten
+//! files of an interrupted ingest are never referenced.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Date32Array, RecordBatch};
+use arrow::compute::interleave;
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, StructType};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use quiver_core::contract::NO_CREATED;
+use quiver_core::encoding::encode_key_part;
+use quiver_core::model::ResolvedView;
+use quiver_core::time::{day_of, Timestamp, MICROS_PER_DAY};
+use rayon::prelude::*;
+
+use crate::normalize::{table_schema, CREATED_TIMESTAMP, EVENT_DATE, EVENT_TIMESTAMP};
+use crate::{io_err, Error, Result};
+
+/// A data file of a view's table.
+#[derive(Clone, Debug)]
+pub struct DataFile {
+    pub path: PathBuf,
+    /// The day partition (days since the epoch).
+    pub day: Option<i32>,
+}
+
+/// What an ingest did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Rows read from the source.
+    pub rows_in: u64,
+    /// Rows in the rewritten partitions after the merge.
+    pub rows_stored: u64,
+    /// Stored rows replaced by an identical-key row of this ingest.
+    pub rows_replaced: u64,
+    /// Day partitions written.
+    pub partitions: u64,
+    /// The newest event time ingested.
+    pub max_event_ts: Option<Timestamp>,
+    /// The Delta table version committed.
+    pub table_version: Option<i64>,
+}
+
+/// The Delta Lake offline store under a local directory.
+pub struct OfflineStore {
+    root: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl OfflineStore {
+    /// The store rooted at `root` (created when missing).
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(io_err(root.display()))?;
+        let root = root.canonicalize().map_err(io_err(root.display()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_err("starting the I/O runtime"))?;
+        Ok(OfflineStore { root, rt })
+    }
+
+    /// The directory of a view's table.
+    pub fn table_path(&self, view: &ResolvedView) -> PathBuf {
+        self.root.join(view.table_name())
+    }
+
+    fn table_url(&self, view: &ResolvedView) -> Result<url::Url> {
+        url::Url::from_directory_path(self.table_path(view))
+            .map_err(|_| Error::Invalid(format!("bad table path {}", self.table_path(view).display())))
+    }
+
+    async fn load(&self, view: &ResolvedView) -> Result<Option<DeltaTable>> {
+        if !self.table_path(view).join("_delta_log").exists() {
+            return Ok(None);
+        }
+        let table = DeltaTable::try_from_url(self.table_url(view)?).await?;
+        Ok(table.version().map(|_| table))
+    }
+
+    async fn load_or_create(&self, view: &ResolvedView) -> Result<DeltaTable> {
+        if let Some(t) = self.load(view).await? {
+            return Ok(t);
+        }
+        let path = self.table_path(view);
+        std::fs::create_dir_all(&path).map_err(io_err(path.display()))?;
+        let schema = table_schema(view);
+        let kernel: StructType = schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| Error::Invalid(format!("cannot map the view's schema to Delta: {e}")))?;
+        let table = DeltaTable::try_from_url(self.table_url(view)?).await?;
+        let table = table
+            .create()
+            .with_table_name(view.table_name())
+            .with_comment(format!("quiver feature view {} v{}", view.name, view.version))
+            .with_columns(kernel.fields().cloned())
+            .with_partition_columns([EVENT_DATE])
+            .await?;
+        Ok(table)
+    }
+
+    /// Whether the view's table exists.
+    pub fn exists(&self, view: &ResolvedView) -> bool {
+        self.table_path(view).join("_delta_log").exists()
+    }
+
+    /// The current data files of a view's table (empty when it does not exist).
+    pub fn data_files(&self, view: &ResolvedView) -> Result<Vec<DataFile>> {
+        self.rt.block_on(async {
+            let Some(table) = self.load(view).await? else {
+                return Ok(vec![]);
+            };
+            files_of(&table)
+        })
+    }
+
+    /// Ingests normalized batches (see [`crate::normalize::normalize_batch`]).
+    pub fn ingest(&self, view: &ResolvedView, batches: Vec<RecordBatch>) -> Result<IngestStats> {
+        self.rt.block_on(self.ingest_async(view, batches))
+    }
+
+    async fn ingest_async(
+        &self,
+        view: &ResolvedView,
+        new: Vec<RecordBatch>,
+    ) -> Result<IngestStats> {
+        let schema = table_schema(view);
+        let rows_in: u64 = new.iter().map(|b| b.num_rows() as u64).sum();
+        let mut stats = IngestStats {
+            rows_in,
+            ..Default::default()
+        };
+        if rows_in == 0 {
+            return Ok(stats);
+        }
+        let mut table = self.load_or_create(view).await?;
+        let ts_idx = view.join_keys.len();
+        let mut touched = BTreeSet::new();
+        for b in &new {
+            let ts = b.column(ts_idx).as_primitive::<TimestampMicrosecondType>();
+            for &t in ts.values() {
+                touched.insert(day_of(t));
+                stats.max_event_ts = Some(stats.max_event_ts.map_or(t, |m: i64| m.max(t)));
+            }
+        }
+        // Stored rows of the touched partitions are merged with the new rows.
+        let replaced: Vec<_> = table
+            .snapshot()?
+            .log_data()
+            .iter()
+            .filter(|f| {
+                partition_day(&f.partition_values_map()).is_some_and(|d| touched.contains(&d))
+            })
+            .collect();
+        let root = self.table_path(view);
+        let old_paths: Vec<(PathBuf, i32)> = replaced
+            .iter()
+            .map(|f| {
+                let day = partition_day(&f.partition_values_map()).unwrap_or_default();
+                (root.join(f.object_store_path().as_ref()), day)
+            })
+            .collect();
+        let old: Vec<RecordBatch> = old_paths
+            .par_iter()
+            .map(|(p, day)| read_data_file(p, &schema, *day, None))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let old_rows: u64 = old.iter().map(|b| b.num_rows() as u64).sum();
+        let mut all = old;
+        all.extend(new);
+
+        let order = merge_order(view, &all)?;
+        stats.rows_stored = order.iter().map(|d| d.1.len() as u64).sum();
+        stats.rows_replaced = (old_rows + rows_in).saturating_sub(stats.rows_stored);
+        stats.partitions = order.len() as u64;
+
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_size(256 * 1024)
+            .build();
+        let mut writer = RecordBatchWriter::for_table(&table)?
+            .with_writer_properties(props)
+            .with_target_file_size(512 * 1024 * 1024);
+        for (_, idx) in &order {
+            for chunk in idx.chunks(256 * 1024) {
+                let cols = (0..schema.fields().len())
+                    .map(|c| {
+                        let arrays: Vec<&dyn Array> =
+                            all.iter().map(|b| b.column(c).as_ref()).collect();
+                        interleave(&arrays, chunk)
+                    })
+                    .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+                writer.write(RecordBatch::try_new(schema.clone(), cols)?).await?;
+            }
+        }
+        let adds = writer.flush().await?;
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        actions.extend(replaced.iter().map(|f| Action::Remove(f.remove_action(true))));
+        let days: Vec<String> = touched.iter().map(|d| format_day(*d)).collect();
+        let op = DeltaOperation::Write {
+            mode: if replaced.is_empty() {
+                SaveMode::Append
+            } else {
+                SaveMode::Overwrite
+            },
+            partition_by: Some(vec![EVENT_DATE.to_string()]),
+            predicate: (!replaced.is_empty())
+                .then(|| format!("{EVENT_DATE} IN ('{}')", days.join("', '"))),
+        };
+        let committed = CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(table.snapshot()?), table.log_store(), op)
+            .await?;
+        stats.table_version = Some(committed.version());
+        table.update_state().await?;
+        Ok(stats)
+    }
+
+    /// Reads the rows with `start <= event_timestamp < end`, pruning by day partition,
+    /// projected to `columns` (all when `None`).
+    pub fn read_range(
+        &self,
+        view: &ResolvedView,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> Result<Vec<RecordBatch>> {
+        let schema = table_schema(view);
+        let (d0, d1) = (day_of(start), day_of(end.saturating_sub(1)));
+        let files: Vec<DataFile> = self
+            .data_files(view)?
+            .into_iter()
+            .filter(|f| f.day.is_none_or(|d| d >= d0 && d <= d1))
+            .collect();
+        let ts_idx = view.join_keys.len();
+        let batches = files
+            .par_iter()
+            .map(|f| read_data_file(&f.path, &schema, f.day.unwrap_or_default(), None))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for b in batches.into_iter().flatten() {
+            let ts = b.column(ts_idx).as_primitive::<TimestampMicrosecondType>();
+            let mask: arrow::array::BooleanArray =
+                ts.values().iter().map(|&t| Some(t >= start && t < end)).collect();
+            let f = arrow::compute::filter_record_batch(&b, &mask)?;
+            if f.num_rows() > 0 {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The number of rows stored for a view (from file metadata).
+    pub fn row_count(&self, view: &ResolvedView) -> Result<u64> {
+        let mut n = 0;
+        for f in self.data_files(view)? {
+            let file = std::fs::File::open(&f.path).map_err(io_err(f.path.display()))?;
+            n += ParquetRecordBatchReaderBuilder::try_new(file)?
+                .metadata()
+                .file_metadata()
+                .num_rows() as u64;
+        }
+        Ok(n)
+    }
+}
+
+fn files_of(table: &DeltaTable) -> Result<Vec<DataFile>> {
+    let root = table
+        .table_url()
+        .to_file_path()
+        .map_err(|_| Error::Invalid(format!("offline tables must be local, not {}", table.table_url())))?;
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| DataFile {
+            path: root.join(f.object_store_path().as_ref()),
+            day: partition_day(&f.partition_values_map()),
+        })
+        .collect())
+}
+
+fn partition_day(values: &std::collections::HashMap<String, Option<String>>) -> Option<i32> {
+    values
+        .get(EVENT_DATE)
+        .and_then(|v| v.as_deref())
+        .and_then(crate::normalize::parse_day)
+}
+
+fn format_day(day: i32) -> String {
+    quiver_core::time::format_timestamp(day as i64 * MICROS_PER_DAY)[..10].to_string()
+}
+
+/// Reads a data file of a view's table as stored batches (the day column restored).
+/// `projection` limits the columns read to those names (the day column is then
+/// omitted).
+pub fn read_data_file(
+    path: &Path,
+    schema: &arrow::datatypes::SchemaRef,
+    day: i32,
+    projection: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).map_err(io_err(path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::Data(format!("{}: corrupt data file: {e}", path.display())))?
+        .with_batch_size(64 * 1024);
+    if let Some(cols) = projection {
+        let pschema = builder.parquet_schema();
+        let idx: Vec<usize> = cols
+            .iter()
+            .map(|c| {
+                (0..pschema.num_columns())
+                    .find(|&i| pschema.column(i).name() == *c)
+                    .ok_or_else(|| Error::Data(format!("{}: no column '{c}'", path.display())))
+            })
+            .collect::<Result<_>>()?;
+        let mask = ProjectionMask::leaves(pschema, idx);
+        let reader = builder.with_projection(mask).build()?;
+        return reader
+            .map(|b| b.map_err(|e| Error::Data(format!("{}: {e}", path.display()))))
+            .collect();
+    }
+    let reader = builder.build()?;
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for f in schema.fields() {
+            if f.name() == EVENT_DATE {
+                cols.push(Arc::new(Date32Array::from(vec![day; b.num_rows()])));
+            } else {
+                let c = b.column_by_name(f.name()).ok_or_else(|| {
+                    Error::Data(format!("{}: no column '{}'", path.display(), f.name()))
+                })?;
+                cols.push(c.clone());
+            }
+        }
+        out.push(RecordBatch::try_new(schema.clone(), cols)?);
+    }
+    Ok(out)
+}
+
+/// Sort entry of the merge: day, key, times, then position (later batches win).
+#[derive(Clone, Copy)]
+struct Entry {
+    day: i32,
+    key: u64,
+    ts: i64,
+    created: i64,
+    batch: u32,
+    row: u32,
+}
+
+/// The rows to keep, per day in ascending order, as (batch, row) pairs sorted by
+/// (key, event time, creation time); of rows equal in key and times the last wins.
+fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<(i32, Vec<(usize, usize)>)>> {
+    let nkeys = view.join_keys.len();
+    let int_key = nkeys == 1 && batches.first().is_some_and(|b| b.column(0).data_type() == &arrow::datatypes::DataType::Int64);
+    // For other keys: the encoded key bytes, to hash and to compare.
+    let mut key_bytes: Vec<Vec<u8>> = Vec::new();
+    let mut key_offsets: Vec<Vec<u32>> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    for (bi, b) in batches.iter().enumerate() {
+        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+        let created = b.column(nkeys + 1).as_primitive::<TimestampMicrosecondType>();
+        let mut buf = Vec::new();
+        let mut offs = vec![0u32];
+        for r in 0..b.num_rows() {
+            let key = if int_key {
+                (b.column(0).as_primitive::<Int64Type>().value(r) as u64) ^ (1 << 63)
+            } else {
+                let start = buf.len();
+                for k in 0..nkeys {
+                    encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+                }
+                offs.push(buf.len() as u32);
+                xxhash_rust::xxh3::xxh3_64(&buf[start..])
+            };
+            let t = ts.value(r);
+            entries.push(Entry {
+                day: day_of(t),
+                key,
+                ts: t,
+                created: if created.is_null(r) { NO_CREATED } else { created.value(r) },
+                batch: bi as u32,
+                row: r as u32,
+            });
+        }
+        key_bytes.push(buf);
+        key_offsets.push(offs);
+    }
+    entries.par_sort_unstable_by_key(|e| (e.day, e.key, e.ts, e.created, e.batch, e.row));
+    let bytes_of = |e: &Entry| -> &[u8] {
+        let o = &key_offsets[e.batch as usize];
+        &key_bytes[e.batch as usize][o[e.row as usize] as usize..o[e.row as usize + 1] as usize]
+    };
+    let mut out: Vec<(i32, Vec<(usize, usize)>)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(next) = entries.get(i + 1) {
+            let same = next.day == e.day
+                && next.key == e.key
+                && next.ts == e.ts
+                && next.created == e.created
+                && (int_key || bytes_of(next) == bytes_of(e));
+            if same {
+                continue;
+            }
+        }
+        match out.last_mut() {
+            Some((d, v)) if *d == e.day => v.push((e.batch as usize, e.row as usize)),
+            _ => out.push((e.day, vec![(e.batch as usize, e.row as usize)])),
+        }
+    }
+    Ok(out)
+}
+
+/// Names of the stored time columns, for readers.
+pub const TIME_COLUMNS: [&str; 2] = [EVENT_TIMESTAMP, CREATED_TIMESTAMP];
