@@ -59,7 +59,7 @@ pub struct IngestStats {
     /// The newest event time ingested.
     pub max_event_ts: Option<Timestamp>,
     /// The Delta table version committed.
-    pub table_version: Option<i64>,
+    pub table_version: Option<u64>,
 }
 
 /// The Delta Lake offline store under a local directory.
@@ -200,7 +200,7 @@ impl OfflineStore {
 
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_size(256 * 1024)
+            .set_max_row_group_row_count(Some(256 * 1024))
             .build();
         let mut writer = RecordBatchWriter::for_table(&table)?
             .with_writer_properties(props)

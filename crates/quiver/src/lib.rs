@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli_views;
 pub mod demo;
 pub mod error;
 pub mod historical;

@@ -1,1 +1,226 @@
-fn main(){}
+//! The `quiver` command line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arrow::util::pretty::pretty_format_batches;
+use clap::{Parser, Subcommand};
+use quiver::{FeatureStore, Result};
+use quiver_core::time::{format_timestamp, now, parse_timestamp};
+
+/// quiver: a feature store. Declare features once; train and serve from one engine.
+#[derive(Parser)]
+#[command(name = "quiver", version, about)]
+struct Cli {
+    /// The feature repository (the directory holding quiver.yaml).
+    #[arg(long, short = 'r', global = true, default_value = ".", env = "QUIVER_REPO")]
+    repo: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a working demo repository with generated data into DIR.
+    Init {
+        dir: PathBuf,
+        /// End of the generated history (default: now).
+        #[arg(long)]
+        anchor: Option<String>,
+    },
+    /// Show what `apply` would add, change and remove.
+    Plan,
+    /// Validate the definitions and write the registry.
+    Apply,
+    /// List registered objects.
+    List {
+        /// entities, sources, feature-views, feature-services (default: all)
+        kind: Option<String>,
+    },
+    /// Describe one object.
+    Describe { name: String },
+    /// Load feature views' batch sources into the offline store.
+    Ingest {
+        /// Views to ingest (default: all).
+        views: Vec<String>,
+    },
+    /// Build a point-in-time-correct training set.
+    #[command(alias = "get-historical-features")]
+    Historical {
+        /// Entity rows (Parquet or CSV): join keys, event_timestamp, labels.
+        #[arg(long)]
+        entities: PathBuf,
+        /// Features, comma-separated view:feature references.
+        #[arg(long, value_delimiter = ',', conflicts_with = "service")]
+        features: Vec<String>,
+        /// A feature service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Output file (Parquet or CSV by extension).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Name columns view__feature.
+        #[arg(long)]
+        full_names: bool,
+        /// Rows of the result to print.
+        #[arg(long, default_value_t = 5)]
+        preview: usize,
+    },
+    /// Write the latest values in [START, END) to the online store.
+    Materialize {
+        start: String,
+        end: String,
+        /// Views (default: all online views).
+        #[arg(long, value_delimiter = ',')]
+        views: Vec<String>,
+    },
+    /// Materialize from where the last run ended up to END (default: now).
+    MaterializeIncremental {
+        end: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        views: Vec<String>,
+    },
+    /// Read feature vectors from the online store.
+    Online {
+        #[arg(long, value_delimiter = ',', conflicts_with = "service")]
+        features: Vec<String>,
+        #[arg(long)]
+        service: Option<String>,
+        /// One entity row: key=value[,key=value…]; repeat for more rows.
+        #[arg(long = "entity", required = true)]
+        entities: Vec<String>,
+        #[arg(long)]
+        full_names: bool,
+        /// Compute statuses at this time instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn time_arg(s: &str) -> Result<i64> {
+    Ok(parse_timestamp(s)?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    if let Command::Init { dir, anchor } = &cli.command {
+        let anchor = anchor.as_deref().map(time_arg).transpose()?.unwrap_or_else(now);
+        quiver::demo::init(dir, anchor)?;
+        println!(
+            "Created a feature repository in {} (history up to {}).\nNext: cd {} && quiver apply && quiver ingest",
+            dir.display(),
+            format_timestamp(anchor),
+            dir.display()
+        );
+        return Ok(());
+    }
+    let store = FeatureStore::open(&cli.repo)?;
+    match cli.command {
+        Command::Init { .. } => unreachable!("handled above"),
+        Command::Plan => {
+            let (plan, _) = store.plan()?;
+            if json { print_json(&plan) } else { print!("{plan}") }
+        }
+        Command::Apply => {
+            let plan = store.apply()?;
+            if json {
+                print_json(&plan)
+            } else {
+                print!("{plan}");
+                if !plan.is_empty() {
+                    println!("Applied to {}.", store.registry().path().display());
+                }
+            }
+        }
+        Command::List { kind } => quiver::cli_views::list(&store, kind.as_deref(), json)?,
+        Command::Describe { name } => quiver::cli_views::describe(&store, &name, json)?,
+        Command::Ingest { views } => {
+            let stats = store.ingest(&views)?;
+            if json {
+                print_json(&stats.iter().map(|(v, s)| serde_json::json!({
+                    "view": v, "rows_in": s.rows_in, "rows_stored": s.rows_stored,
+                    "rows_replaced": s.rows_replaced, "partitions": s.partitions,
+                    "table_version": s.table_version })).collect::<Vec<_>>());
+            } else {
+                for (v, s) in stats {
+                    println!(
+                        "{v}: {} rows read, {} rows stored in {} day partitions ({} replaced an existing row), table version {}",
+                        s.rows_in, s.rows_stored, s.partitions, s.rows_replaced,
+                        s.table_version.map_or("-".into(), |v| v.to_string())
+                    );
+                }
+            }
+        }
+        Command::Historical { entities, features, service, output, full_names, preview } => {
+            let started = std::time::Instant::now();
+            let input = quiver::io::read_table(&entities)?;
+            let mut b = store.historical().entities(input).features(features).full_names(full_names);
+            if let Some(s) = service {
+                b = b.service(s);
+            }
+            let result = b.run()?;
+            quiver::io::write_table(&output, &result)?;
+            if json {
+                print_json(&serde_json::json!({"rows": result.num_rows(), "columns": result.num_columns(),
+                    "output": output, "seconds": started.elapsed().as_secs_f64()}));
+            } else {
+                let n = preview.min(result.num_rows());
+                println!("{}", pretty_format_batches(&[result.slice(0, n)])?);
+                println!(
+                    "{} rows × {} columns written to {} in {:.2}s",
+                    result.num_rows(), result.num_columns(), output.display(), started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Command::Materialize { start, end, views } => {
+            let stats = store.materialize(time_arg(&start)?, time_arg(&end)?, &views, !json)?;
+            quiver::cli_views::print_materialize(&stats, json);
+        }
+        Command::MaterializeIncremental { end, views } => {
+            let end = end.as_deref().map(time_arg).transpose()?.unwrap_or_else(now);
+            let stats = store.materialize_incremental(end, &views, !json)?;
+            quiver::cli_views::print_materialize(&stats, json);
+        }
+        Command::Online { features, service, entities, full_names, at } => {
+            let mut b = store.online_features().features(features).full_names(full_names);
+            if let Some(s) = service {
+                b = b.service(s);
+            }
+            if let Some(at) = at {
+                b = b.at(time_arg(&at)?);
+            }
+            for e in &entities {
+                let mut row = BTreeMap::new();
+                for part in e.split(',') {
+                    let (k, v) = part.split_once('=').ok_or_else(|| {
+                        quiver::Error::Invalid(format!("--entity {e:?}: expected key=value[,key=value…]"))
+                    })?;
+                    row.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                b = b.entity_row_text(row);
+            }
+            let result = b.get()?;
+            quiver::cli_views::print_online(&result, json);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Ingest: validation with row and column named, nothing written on error, and re-runs
+//! leave one copy of each row.
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, StringArray};
+
+use crate::common::{cli, ts, ts_opt, Repo};
+
+const DEFS: &str = "\
+entities:
+  - name: user
+    join_keys: [user_id]
+sources:
+  - name: src
+    type: file
+    path: data/src.parquet
+    timestamp_field: event_time
+    created_timestamp_field: created
+feature_views:
+  - name: stats
+    entities: [user]
+    source: src
+    features:
+      - { name: score, dtype: float64 }
+";
+
+fn repo_with(user: Vec<Option<i64>>, times: Vec<i64>, created: Vec<Option<i64>>, score: Vec<Option<f64>>) -> Repo {
+    let r = Repo::new(DEFS);
+    r.parquet(
+        "data/src.parquet",
+        vec![
+            ("user_id", Arc::new(Int64Array::from(user))),
+            ("event_time", ts(times)),
+            ("created", ts_opt(created)),
+            ("score", Arc::new(Float64Array::from(score))),
+        ],
+    );
+    r
+}
+
+fn stored_rows(r: &Repo) -> u64 {
+    let store = r.store();
+    let view = store.state().unwrap().resolved_view("stats").unwrap();
+    store.offline().unwrap().row_count(&view).unwrap()
+}
+
+#[test]
+fn reingest_keeps_one_copy_and_later_values_win() {
+    let s = 1_000_000;
+    let r = repo_with(
+        vec![Some(1), Some(1), Some(2), Some(2)],
+        vec![10 * s, 10 * s, 10 * s, 86_400 * s * 3],
+        vec![Some(1), Some(2), None, None],
+        vec![Some(1.0), Some(2.0), Some(3.0), None],
+    );
+    let store = r.store();
+    store.apply().unwrap();
+    let first = store.ingest(&[]).unwrap();
+    assert_eq!(first[0].1.rows_in, 4);
+    assert_eq!(first[0].1.rows_stored, 4);
+    assert_eq!(first[0].1.partitions, 2);
+    for _ in 0..2 {
+        let again = store.ingest(&[]).unwrap();
+        assert_eq!(again[0].1.rows_replaced, 4, "{:?}", again);
+        assert_eq!(stored_rows(&r), 4);
+    }
+    // A corrected row (same key and times, new value) replaces the stored one.
+    r.parquet(
+        "data/src.parquet",
+        vec![
+            ("user_id", Arc::new(Int64Array::from(vec![2]))),
+            ("event_time", ts(vec![10 * s])),
+            ("created", ts_opt(vec![None])),
+            ("score", Arc::new(Float64Array::from(vec![30.0]))),
+        ],
+    );
+    store.ingest(&["stats".to_string()]).unwrap();
+    assert_eq!(stored_rows(&r), 4);
+    let labels = crate::common::batch(vec![
+        ("user_id", Arc::new(Int64Array::from(vec![2, 1]))),
+        ("event_timestamp", ts(vec![11 * s, 11 * s])),
+    ]);
+    let out = store.historical().entities(labels).features(["stats:score"]).run().unwrap();
+    let score = out.column_by_name("score").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!(score.value(0), 30.0);
+    assert_eq!(score.value(1), 2.0, "the larger created_timestamp wins the tie");
+}
+
+fn ingest_err(r: &Repo) -> String {
+    let store = r.store();
+    store.apply().unwrap();
+    let e = store.ingest(&[]).unwrap_err().to_string();
+    let view = store.state().unwrap().resolved_view("stats").unwrap();
+    assert!(!store.offline().unwrap().exists(&view) || stored_rows(r) == 0, "nothing may be written");
+    e
+}
+
+#[test]
+fn null_keys_are_rejected_with_row_and_column() {
+    let r = repo_with(vec![Some(1), None], vec![1, 2], vec![None, None], vec![Some(1.0), Some(2.0)]);
+    let e = ingest_err(&r);
+    assert!(e.contains("data/src.parquet: row 2, column 'user_id': join key is null"), "{e}");
+}
+
+#[test]
+fn unparsable_timestamps_are_rejected_with_row_and_column() {
+    let r = Repo::new(&DEFS.replace("data/src.parquet", "data/src.csv"));
+    r.write(
+        "data/src.csv",
+        "user_id,event_time,created,score\n1,2024-01-01 00:00:00,,1.5\n2,yesterday,,2.5\n",
+    );
+    let e = ingest_err(&r);
+    assert!(e.contains("data/src.csv: row 2, column 'event_time'"), "{e}");
+    assert!(e.contains("yesterday"), "{e}");
+}
+
+#[test]
+fn wrong_types_in_csv_are_rejected() {
+    let r = Repo::new(&DEFS.replace("data/src.parquet", "data/src.csv"));
+    r.write(
+        "data/src.csv",
+        "user_id,event_time,created,score\n1,2024-01-01 00:00:00,,1.5\n2,2024-01-01 00:00:00,,high\n",
+    );
+    let e = ingest_err(&r);
+    assert!(e.contains("data/src.csv") && e.contains("high"), "{e}");
+}
+
+#[test]
+fn source_changed_to_wrong_type_after_apply_is_rejected() {
+    let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);
+    r.store().apply().unwrap();
+    r.parquet(
+        "data/src.parquet",
+        vec![
+            ("user_id", Arc::new(Int64Array::from(vec![1]))),
+            ("event_time", ts(vec![1])),
+            ("created", ts_opt(vec![None])),
+            ("score", Arc::new(StringArray::from(vec!["x"]))),
+        ],
+    );
+    let e = r.store().ingest(&[]).unwrap_err().to_string();
+    assert!(e.contains("column 'score' has type Utf8 but the feature is declared float64"), "{e}");
+}
+
+#[test]
+fn corrupt_source_file_is_named() {
+    let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);
+    r.store().apply().unwrap();
+    std::fs::write(r.file("data/src.parquet"), b"PAR1 this is not parquet").unwrap();
+    let (ok, _, err) = cli(r.path(), &["ingest"]);
+    assert!(!ok);
+    assert!(err.contains("src.parquet"), "{err}");
+}
+
+#[test]
+fn unknown_view_is_an_error() {
+    let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);
+    r.store().apply().unwrap();
+    let e = r.store().ingest(&["stat".to_string()]).unwrap_err().to_string();
+    assert!(e.contains("unknown feature view 'stat'") && e.contains("did you mean 'stats'"), "{e}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests of quiver through its public API and its command line.
+
+mod common;
+mod crash;
+mod definitions;
+mod end_to_end;
+mod ingest;
+mod point_in_time;

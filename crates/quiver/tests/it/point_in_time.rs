@@ -1,0 +1,195 @@
+//! Point-in-time retrieval through the Delta offline store against a brute-force
+//! reference over random histories: ties on event time, rows exactly at the TTL bound,
+//! labels exactly on feature timestamps, duplicate labels, unknown entities, null
+//! feature values, a composite-key view, and several views in one request.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{Float64Type, Int64Type};
+use proptest::prelude::*;
+
+use crate::common::{batch, ts, ts_opt, Repo};
+
+const S: i64 = 1_000_000;
+
+fn defs(ttl_a: &str) -> String {
+    format!(
+        "\
+entities:
+  - name: user
+    join_keys: [user_id]
+  - name: item
+    join_keys: [item]
+sources:
+  - name: a
+    type: file
+    path: data/a.parquet
+    timestamp_field: ts
+    created_timestamp_field: created
+  - name: b
+    type: file
+    path: data/b.parquet
+    timestamp_field: ts
+feature_views:
+  - name: va
+    entities: [user]
+    source: a
+    ttl: {ttl_a}
+    features:
+      - {{ name: x, dtype: float64 }}
+      - {{ name: n, dtype: int64 }}
+  - name: vb
+    entities: [user, item]
+    source: b
+    ttl: 3s
+    features:
+      - {{ name: y, dtype: float64 }}
+"
+    )
+}
+
+#[derive(Clone, Debug)]
+struct RowA {
+    user: i64,
+    t: i64,
+    created: Option<i64>,
+    x: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+struct RowB {
+    user: i64,
+    item: &'static str,
+    t: i64,
+    y: f64,
+}
+
+const ITEMS: [&str; 3] = ["p", "q", "r"];
+
+fn row_a() -> impl Strategy<Value = RowA> {
+    (0i64..5, 0i64..20, prop::option::of(0i64..3), prop::option::of(-5.0f64..5.0))
+        .prop_map(|(user, t, created, x)| RowA { user, t: t * S, created: created.map(|c| c * S), x })
+}
+
+fn row_b() -> impl Strategy<Value = RowB> {
+    (0i64..5, 0usize..3, 0i64..20, -5.0f64..5.0)
+        .prop_map(|(user, i, t, y)| RowB { user, item: ITEMS[i], t: t * S, y })
+}
+
+fn within(row_t: i64, t: i64, ttl: i64) -> bool {
+    ttl == 0 || row_t >= t - ttl
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn historical_matches_brute_force(
+        a in prop::collection::vec(row_a(), 1..40),
+        b in prop::collection::vec(row_b(), 1..30),
+        labels in prop::collection::vec((0i64..6, 0usize..3, 0i64..24), 1..40),
+        ttl_a in prop_oneof![Just(0i64), Just(5i64)],
+    ) {
+        let repo = Repo::new(&defs(if ttl_a == 0 { "0" } else { "5s" }));
+        repo.parquet("data/a.parquet", vec![
+            ("user_id", Arc::new(Int64Array::from_iter_values(a.iter().map(|r| r.user)))),
+            ("ts", ts(a.iter().map(|r| r.t).collect())),
+            ("created", ts_opt(a.iter().map(|r| r.created).collect())),
+            ("x", Arc::new(Float64Array::from(a.iter().map(|r| r.x).collect::<Vec<_>>()))),
+            ("n", Arc::new(Int64Array::from_iter_values(a.iter().enumerate().map(|(i, _)| i as i64)))),
+        ]);
+        repo.parquet("data/b.parquet", vec![
+            ("user_id", Arc::new(Int64Array::from_iter_values(b.iter().map(|r| r.user)))),
+            ("item", Arc::new(StringArray::from_iter_values(b.iter().map(|r| r.item)))),
+            ("ts", ts(b.iter().map(|r| r.t).collect())),
+            ("y", Arc::new(Float64Array::from_iter_values(b.iter().map(|r| r.y)))),
+        ]);
+        let store = repo.store();
+        store.apply().unwrap();
+        store.ingest(&[]).unwrap();
+        let entity_rows = batch(vec![
+            ("user_id", Arc::new(Int64Array::from_iter_values(labels.iter().map(|l| l.0)))),
+            ("item", Arc::new(StringArray::from_iter_values(labels.iter().map(|l| ITEMS[l.1])))),
+            ("event_timestamp", ts(labels.iter().map(|l| l.2 * S).collect())),
+            ("label", Arc::new(Int64Array::from_iter_values(0..labels.len() as i64))),
+        ]);
+        let out = store
+            .historical()
+            .entities(entity_rows)
+            .features(["va:x", "va:n", "vb:y"])
+            .full_names(true)
+            .run()
+            .unwrap();
+        prop_assert_eq!(out.num_rows(), labels.len());
+        let label = out.column_by_name("label").unwrap().as_primitive::<Int64Type>();
+        let x = out.column_by_name("va__x").unwrap().as_primitive::<Float64Type>();
+        let n = out.column_by_name("va__n").unwrap().as_primitive::<Int64Type>();
+        let y = out.column_by_name("vb__y").unwrap().as_primitive::<Float64Type>();
+        for (i, &(user, item, t)) in labels.iter().enumerate() {
+            let t = t * S;
+            prop_assert_eq!(label.value(i), i as i64, "input order is kept");
+            // Reference for va: the greatest (ts, created, position) at or before t.
+            let best_a = a.iter().enumerate()
+                .filter(|(_, r)| r.user == user && r.t <= t)
+                .max_by_key(|(j, r)| (r.t, r.created.unwrap_or(i64::MIN), *j))
+                .filter(|(_, r)| within(r.t, t, ttl_a * S));
+            match best_a {
+                None => {
+                    prop_assert!(x.is_null(i) && n.is_null(i), "row {i}: expected no va value");
+                }
+                Some((j, r)) => {
+                    prop_assert_eq!(n.is_null(i), false, "row {}: expected va row {}", i, j);
+                    prop_assert_eq!(n.value(i), j as i64, "row {}", i);
+                    match r.x {
+                        None => prop_assert!(x.is_null(i), "a null value stays null"),
+                        Some(v) => prop_assert_eq!(x.value(i).to_bits(), v.to_bits()),
+                    }
+                }
+            }
+            let best_b = b.iter().enumerate()
+                .filter(|(_, r)| r.user == user && r.item == ITEMS[item] && r.t <= t)
+                .max_by_key(|(j, r)| (r.t, *j))
+                .filter(|(_, r)| within(r.t, t, 3 * S));
+            match best_b {
+                None => prop_assert!(y.is_null(i), "row {i}: expected no vb value"),
+                Some((_, r)) => prop_assert_eq!(y.value(i).to_bits(), r.y.to_bits()),
+            }
+        }
+    }
+}
+
+#[test]
+fn name_collisions_need_full_names() {
+    let repo = Repo::new(&defs("0").replace("name: y,", "name: x,"));
+    repo.parquet("data/a.parquet", vec![
+        ("user_id", Arc::new(Int64Array::from(vec![1]))),
+        ("ts", ts(vec![S])),
+        ("created", ts_opt(vec![None])),
+        ("x", Arc::new(Float64Array::from(vec![1.0]))),
+        ("n", Arc::new(Int64Array::from(vec![1]))),
+    ]);
+    repo.parquet("data/b.parquet", vec![
+        ("user_id", Arc::new(Int64Array::from(vec![1]))),
+        ("item", Arc::new(StringArray::from(vec!["p"]))),
+        ("ts", ts(vec![S])),
+        ("x", Arc::new(Float64Array::from(vec![2.0]))),
+    ]);
+    let store = repo.store();
+    store.apply().unwrap();
+    store.ingest(&[]).unwrap();
+    let rows = || batch(vec![
+        ("user_id", Arc::new(Int64Array::from(vec![1]))),
+        ("item", Arc::new(StringArray::from(vec!["p"]))),
+        ("event_timestamp", ts(vec![2 * S])),
+    ]);
+    let e = store.historical().entities(rows()).features(["va:x", "vb:x"]).run().unwrap_err();
+    assert!(e.to_string().contains("full feature names"), "{e}");
+    let out = store.historical().entities(rows()).features(["va:x", "vb:x"]).full_names(true).run().unwrap();
+    assert_eq!(out.column_by_name("vb__x").unwrap().as_primitive::<Float64Type>().value(0), 2.0);
+    // A missing join key column is named.
+    let no_item = batch(vec![("user_id", Arc::new(Int64Array::from(vec![1]))), ("event_timestamp", ts(vec![2 * S]))]);
+    let e = store.historical().entities(no_item).features(["vb:x"]).run().unwrap_err();
+    assert!(e.to_string().contains("no column 'item'"), "{e}");
+    let _ = out.column(0).len();
+}
