@@ -170,10 +170,14 @@ impl OfflineStore {
                 for b in batches {
                     let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
                     let created = b.column(nkeys + 1).as_primitive::<TimestampMicrosecondType>();
+                    let int_keys = match &lookup {
+                        KeyLookup::Int(_) => Some(b.column(0).as_primitive::<Int64Type>().values()),
+                        KeyLookup::Bytes(_) => None,
+                    };
                     for r in 0..b.num_rows() {
                         let group = match &lookup {
                             KeyLookup::Int(idx) => {
-                                idx.find_from(b.column(0).as_primitive::<Int64Type>().value(r), &mut hint)
+                                idx.find_from(int_keys.expect("int keys")[r], &mut hint)
                             }
                             KeyLookup::Bytes(idx) => {
                                 buf.clear();

@@ -95,6 +95,7 @@ fn is_time_type(dt: &DataType) -> bool {
             | DataType::Utf8
             | DataType::LargeUtf8
             | DataType::Utf8View
+            | DataType::Null
     )
 }
 
@@ -472,6 +473,11 @@ pub fn resolve(
                     name: k.name().to_string(),
                     dtype: t.clone(),
                 }),
+                // A view reads this entity but its source failed: that error is reported.
+                None if defs
+                    .feature_views
+                    .iter()
+                    .any(|v| v.value.entities.contains(&e.value.name)) => {}
                 None => errs.at(
                     e,
                     format!("entity '{}'", e.value.name),

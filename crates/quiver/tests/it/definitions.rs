@@ -64,7 +64,7 @@ fn assert_mentions(err: &str, parts: &[&str]) {
 fn good_definitions_apply_and_plan_is_then_empty() {
     let r = repo(GOOD);
     let plan = r.store().apply().unwrap();
-    assert_eq!(plan.changes.len(), 5, "{plan}");
+    assert_eq!(plan.changes.len(), 4, "{plan}");
     let (plan, _) = r.store().plan().unwrap();
     assert!(plan.is_empty(), "{plan}");
     let state = r.store().state().unwrap();
@@ -108,7 +108,7 @@ fn duplicates_across_files_name_both_files() {
     let r = repo(GOOD);
     r.write("more.yaml", "entities:\n  - name: driver\n    join_keys: [driver_id]\n");
     let e = r.store().apply().unwrap_err().to_string();
-    assert_mentions(&e, &["more.yaml:2", "entity 'driver'", "also defined in features.yaml:3"]);
+    assert_mentions(&e, &["more.yaml:2", "entity 'driver'", "also defined in features.yaml:2"]);
 }
 
 #[test]

@@ -33,9 +33,11 @@ fn demo_runs_end_to_end_with_parity() {
     let (ok, _, err) = cli(dir.path(), &["init", repo.to_str().unwrap()]);
     assert!(!ok && err.contains("already"), "{err}");
 
+    let entities = repo.join("data/entities.parquet");
+    let output = repo.join("data/training.parquet");
     let (ok, out, err) = cli(&repo, &[
-        "historical", "--entities", "data/entities.parquet", "--service", "ride_ranking_v1",
-        "--output", "data/training.parquet",
+        "historical", "--entities", entities.to_str().unwrap(), "--service", "ride_ranking_v1",
+        "--output", output.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("10000 rows"), "{out}");

@@ -1,0 +1,467 @@
+//! The embedded online store, the default backend: one LMDB environment (through the
+//! `heed` crate) in a local directory.
+//!
+//! # Why LMDB
+//!
+//! The online store is written by materialization jobs and read by serving processes at
+//! the same time, often in *different processes* (a `quiver materialize` run beside a
+//! serving process, or several serving workers). LMDB gives exactly that:
+//!
+//! * **Multi-process readers.** Any number of processes may open the same environment;
+//!   readers never block and are never blocked by the single writer, and a reader sees
+//!   the last committed transaction as of the moment its read transaction started.
+//!   Coordination is through the `lock.mdb` file beside `data.mdb`.
+//! * **Crash safety without a log.** The data file is a copy-on-write B+tree: a commit
+//!   writes new pages, then flips one of two meta pages (after an `fsync`). A process
+//!   killed at any moment leaves the previous committed tree intact; there is no recovery
+//!   step on open. The writer mutex is a robust process-shared mutex, so a writer killed
+//!   while holding it does not wedge the next writer.
+//! * **Zero-copy reads.** Reads are lookups in a read-only memory map; a point get is a
+//!   few microseconds.
+//!
+//! Alternatives considered: **redb** (pure Rust, similar copy-on-write design) takes an
+//! exclusive file lock, so a serving process could not read while a materialization
+//! process writes; **RocksDB** supports multi-process access only through secondary
+//! instances with catch-up polling, and its C++ build costs minutes of compile time for
+//! every clean build.
+//!
+//! # Layout
+//!
+//! One named LMDB database, `"rows"`. Key = the entity key bytes followed by the 8-byte
+//! field id; value = the encoded row (`quiver_core::encoding::encode_row`), stored as is.
+//!
+//! LMDB limits keys to 511 bytes ([`DIRECT_KEY_MAX`]). An entity key that does not fit
+//! (longer than 503 bytes) — or that starts with the byte [`HASHED_KEY_PREFIX`] (`0xFF`)
+//! — is stored under `0xFF ++ xxh3-128(entity key) (16 bytes, big-endian) ++ field id`
+//! instead. Keys built by [`crate::entity_key`] start with a UTF-8 project name (or the
+//! `0x00` separator), and UTF-8 never contains `0xFF`, so the two key spaces are disjoint
+//! by construction and always so for arbitrary byte keys too. Two different long keys
+//! share a storage key only on a 128-bit hash collision, which is treated as impossible.
+//! The split point is a constant of the on-disk format, independent of how LMDB was
+//! compiled.
+//!
+//! # Map size
+//!
+//! LMDB maps the whole data file into memory and needs the maximum size up front. The
+//! store asks for [`MAP_SIZE`] (1 TiB on 64-bit targets): this is only reserved virtual
+//! address space, not disk or RAM — the data file grows as data is written. A process
+//! with a virtual-memory limit (`ulimit -v`) below that cannot open the store.
+//!
+//! # Transactions and blocking
+//!
+//! A `write` is one write transaction (committed with `fsync`, so one sync per batch); a
+//! `read` is one read transaction of point gets; `delete_older_than` scans the whole
+//! database in chunks of write transactions. The [`OnlineStore`] methods are `async` for
+//! the sake of network backends, but here the work is done inline on the calling task:
+//! reads take microseconds, and a write of a large batch blocks its thread for the time
+//! the batch takes (which is what a materialization job wants anyway). Callers that must
+//! not block an async executor for that long can use the synchronous
+//! [`EmbeddedStore::write_blocking`] from `spawn_blocking`. LMDB admits one writer at a
+//! time; concurrent `write` calls queue on its writer lock.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use heed::types::Bytes;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use quiver_core::encoding::row_version;
+use quiver_core::Timestamp;
+
+use crate::{Error, FieldId, OnlineStore, OnlineWrite, Result, WriteStats};
+
+/// The LMDB memory-map size requested: 1 TiB on 64-bit targets (1 GiB on 32-bit ones).
+/// Virtual address space only; see the module documentation.
+pub const MAP_SIZE: usize = if usize::BITS >= 64 {
+    1 << 40
+} else {
+    1 << 30
+};
+
+/// The longest storage key (entity key + field id) stored directly: LMDB's default
+/// maximum key size. Longer entity keys are stored hashed.
+pub const DIRECT_KEY_MAX: usize = 511;
+
+/// First byte of a hashed storage key (see the module documentation).
+pub const HASHED_KEY_PREFIX: u8 = 0xFF;
+
+/// Reader slots in the lock table (concurrent read transactions over all processes).
+const MAX_READERS: u32 = 1024;
+
+/// Rows scanned per write transaction by `delete_older_than`, so that a long scan does
+/// not hold the writer lock for its whole duration.
+const DELETE_SCAN_CHUNK: usize = 100_000;
+
+/// The name of the one LMDB database.
+const ROWS_DB: &str = "rows";
+
+type Rows = Database<'static, Bytes, Bytes>;
+
+struct Shared {
+    env: Env<WithoutTls>,
+    rows: Rows,
+    path: PathBuf,
+}
+
+/// Environments opened by this process, by canonical path. LMDB forbids opening one
+/// environment twice in a process (closing the second handle would drop the first's
+/// `fcntl` locks), and heed refuses it; every [`EmbeddedStore::open`] of a path shares
+/// the one environment instead. Entries are `Weak` so that dropping the last store
+/// closes the environment; dead entries are pruned on the next open.
+static OPENED: LazyLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = LazyLock::new(Default::default);
+
+/// The embedded online store (LMDB). Cheap to clone: clones share one environment.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_err(context: &str, e: heed::Error) -> Error {
+    Error::Store(format!("{context}: {e}"))
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in directory `path`. Opening a path that
+    /// this process already has open returns a handle to the same environment.
+    pub fn open(path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| Error::Store(format!("cannot create {}: {e}", path.display())))?;
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| Error::Store(format!("cannot resolve {}: {e}", path.display())))?;
+        let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = opened.get(&canonical).and_then(Weak::upgrade) {
+            return Ok(Self { shared });
+        }
+        opened.retain(|_, w| w.strong_count() > 0);
+        let shared = Arc::new(open_shared(&canonical)?);
+        opened.insert(canonical, Arc::downgrade(&shared));
+        Ok(Self { shared })
+    }
+
+    /// The directory of the store (canonical).
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// [`OnlineStore::write`], synchronously.
+    pub fn write_blocking(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
+        let mut stats = WriteStats::default();
+        if rows.is_empty() {
+            return Ok(stats);
+        }
+        // Validate every row and resolve the batch before touching the store, so that a
+        // bad row fails the batch without a partial write.
+        struct Entry<'a> {
+            key: Vec<u8>,
+            version: (Timestamp, Timestamp),
+            index: usize,
+            row: &'a [u8],
+        }
+        let mut entries = Vec::with_capacity(rows.len());
+        for (index, w) in rows.iter().enumerate() {
+            let version = row_version(w.row).map_err(|e| {
+                Error::Invalid(format!("row {index} of the batch is not an encoded row: {e}"))
+            })?;
+            let mut key = Vec::new();
+            storage_key(w.key, &w.field, &mut key);
+            entries.push(Entry {
+                key,
+                version,
+                index,
+                row: w.row,
+            });
+        }
+        // Sorted by storage key (LMDB inserts in key order are the cheapest), then newest
+        // first; among equal versions the earliest in the batch comes first and wins.
+        entries.sort_unstable_by(|a, b| {
+            a.key
+                .cmp(&b.key)
+                .then(b.version.cmp(&a.version))
+                .then(a.index.cmp(&b.index))
+        });
+
+        let env = &self.shared.env;
+        let db = self.shared.rows;
+        let mut wtxn = env
+            .write_txn()
+            .map_err(|e| store_err("cannot begin a write", e))?;
+        let mut prev: Option<&[u8]> = None;
+        for e in &entries {
+            if prev == Some(e.key.as_slice()) {
+                stats.skipped += 1; // an older (or equal) row of the same cell in the batch
+                continue;
+            }
+            prev = Some(e.key.as_slice());
+            let stored = db
+                .get(&wtxn, &e.key)
+                .map_err(|err| store_err("cannot read", err))?;
+            if let Some(stored) = stored {
+                if row_version(stored)? >= e.version {
+                    stats.skipped += 1;
+                    continue;
+                }
+            }
+            db.put(&mut wtxn, &e.key, e.row)
+                .map_err(|err| store_err("cannot write", err))?;
+            stats.written += 1;
+        }
+        wtxn.commit()
+            .map_err(|e| store_err("cannot commit a write", e))?;
+        Ok(stats)
+    }
+
+    /// [`OnlineStore::read`], synchronously.
+    pub fn read_blocking(
+        &self,
+        keys: &[&[u8]],
+        fields: &[FieldId],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut cells = Vec::with_capacity(keys.len() * fields.len());
+        if cells.capacity() == 0 {
+            return Ok(cells);
+        }
+        let db = self.shared.rows;
+        let rtxn = self
+            .shared
+            .env
+            .read_txn()
+            .map_err(|e| store_err("cannot begin a read", e))?;
+        let mut key = Vec::new();
+        for k in keys {
+            for f in fields {
+                storage_key(k, f, &mut key);
+                let v = db
+                    .get(&rtxn, &key)
+                    .map_err(|e| store_err("cannot read", e))?;
+                cells.push(v.map(<[u8]>::to_vec));
+            }
+        }
+        Ok(cells)
+    }
+
+    /// [`OnlineStore::delete_older_than`], synchronously. A full scan of the database
+    /// (the layout is keyed by entity first), in chunks of one write transaction each;
+    /// each chunk re-checks the rows it deletes, so concurrent writes are never lost.
+    pub fn delete_older_than_blocking(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
+        self.delete_older_than_chunked(field, cutoff, DELETE_SCAN_CHUNK)
+    }
+
+    /// [`Self::delete_older_than_blocking`] scanning `chunk` rows per transaction.
+    #[doc(hidden)]
+    pub fn delete_older_than_chunked(
+        &self,
+        field: FieldId,
+        cutoff: Timestamp,
+        chunk: usize,
+    ) -> Result<u64> {
+        let chunk = chunk.max(1);
+        let db = self.shared.rows;
+        let mut deleted = 0u64;
+        let mut resume: Option<Vec<u8>> = None;
+        loop {
+            let mut wtxn = self
+                .shared
+                .env
+                .write_txn()
+                .map_err(|e| store_err("cannot begin a delete", e))?;
+            let mut doomed: Vec<Vec<u8>> = Vec::new();
+            let mut next: Option<Vec<u8>> = None;
+            {
+                let start = match &resume {
+                    Some(k) => Bound::Excluded(k.as_slice()),
+                    None => Bound::Unbounded,
+                };
+                let range = (start, Bound::Unbounded);
+                let iter = db
+                    .range(&wtxn, &range)
+                    .map_err(|e| store_err("cannot scan", e))?;
+                for (scanned, item) in iter.enumerate() {
+                    if scanned == chunk {
+                        break;
+                    }
+                    let (k, v) = item.map_err(|e| store_err("cannot scan", e))?;
+                    if k.ends_with(&field) && row_version(v)?.0 < cutoff {
+                        doomed.push(k.to_vec());
+                    }
+                    if scanned + 1 == chunk {
+                        next = Some(k.to_vec());
+                    }
+                }
+            }
+            for k in &doomed {
+                db.delete(&mut wtxn, k)
+                    .map_err(|e| store_err("cannot delete", e))?;
+            }
+            wtxn.commit()
+                .map_err(|e| store_err("cannot commit a delete", e))?;
+            deleted += doomed.len() as u64;
+            match next {
+                Some(k) => resume = Some(k),
+                None => return Ok(deleted),
+            }
+        }
+    }
+
+    /// Calls `f(storage key, row)` for every stored row, in one read transaction, and
+    /// returns how many there were. Storage keys are in the layout of the module
+    /// documentation (entity key ++ field id, or the hashed form). For checks and tools.
+    pub fn for_each_row(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<u64> {
+        let rtxn = self
+            .shared
+            .env
+            .read_txn()
+            .map_err(|e| store_err("cannot begin a read", e))?;
+        let mut n = 0;
+        for item in self
+            .shared
+            .rows
+            .iter(&rtxn)
+            .map_err(|e| store_err("cannot scan", e))?
+        {
+            let (k, v) = item.map_err(|e| store_err("cannot scan", e))?;
+            f(k, v)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The number of stored rows.
+    pub fn row_count(&self) -> Result<u64> {
+        let rtxn = self
+            .shared
+            .env
+            .read_txn()
+            .map_err(|e| store_err("cannot begin a read", e))?;
+        self.shared
+            .rows
+            .len(&rtxn)
+            .map_err(|e| store_err("cannot count", e))
+    }
+}
+
+/// The storage key of (`key`, `field`) into `out` (cleared first); see the module docs.
+pub fn storage_key(key: &[u8], field: &FieldId, out: &mut Vec<u8>) {
+    out.clear();
+    if key.len() + field.len() <= DIRECT_KEY_MAX && key.first() != Some(&HASHED_KEY_PREFIX) {
+        out.extend_from_slice(key);
+    } else {
+        out.push(HASHED_KEY_PREFIX);
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(key).to_be_bytes());
+    }
+    out.extend_from_slice(field);
+}
+
+fn open_shared(canonical: &Path) -> Result<Shared> {
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options
+        .map_size(MAP_SIZE)
+        .max_dbs(4)
+        .max_readers(MAX_READERS);
+    let mut attempts = 0;
+    let env = loop {
+        // SAFETY: heed marks opening unsafe because the memory map is undefined behaviour
+        // if the file is modified behind LMDB's back. Here: the environment is opened with
+        // default flags (locking on, syncs on: no NO_LOCK / NO_SYNC / WRITEMAP); this
+        // process opens each environment once (the `OPENED` registry, under whose lock we
+        // are, shares it between stores, and heed's own registry rejects a second open);
+        // other processes access it only through LMDB and its lock file; and nothing in
+        // this crate writes the data or lock files directly.
+        #[allow(unsafe_code)]
+        let opened = unsafe { options.open(canonical) };
+        match opened {
+            Ok(env) => break env,
+            // The last store of this path is being dropped on another thread (its
+            // registry entry is dead but heed has not closed the environment yet), or
+            // code outside this crate has the environment open: wait for the close.
+            Err(heed::Error::EnvAlreadyOpened) if attempts < 100 => {
+                attempts += 1;
+                match heed::env_closing_event(canonical) {
+                    Some(ev) => {
+                        ev.wait_timeout(Duration::from_millis(100));
+                    }
+                    None => std::thread::yield_now(),
+                }
+            }
+            Err(e) => {
+                return Err(Error::Store(format!(
+                    "cannot open the embedded store at {}: {e}",
+                    canonical.display()
+                )))
+            }
+        }
+    };
+    if env.max_key_size() < DIRECT_KEY_MAX {
+        return Err(Error::Store(format!(
+            "LMDB was built with a maximum key size of {} bytes; the store needs {}",
+            env.max_key_size(),
+            DIRECT_KEY_MAX
+        )));
+    }
+    // Free the reader slots of processes that died inside a read transaction (they would
+    // otherwise pin old pages and make the file grow).
+    env.clear_stale_readers()
+        .map_err(|e| store_err("cannot check stale readers", e))?;
+
+    // Open the database with a read transaction when it exists, so that opening a store
+    // never waits for another process's write; create it otherwise.
+    let rtxn = env
+        .read_txn()
+        .map_err(|e| store_err("cannot begin a read", e))?;
+    let existing: Option<Rows> = env
+        .open_databases_and_commit(rtxn, |dbo, rtxn| {
+            dbo.open_database::<Bytes, Bytes>(rtxn, Some(ROWS_DB))
+                .map(CommitOrAbort::<_, ()>::Commit)
+        })
+        .map_err(|e| store_err("cannot open the rows database", e))?
+        .unwrap_commit();
+    let rows = match existing {
+        Some(rows) => rows,
+        None => {
+            let wtxn = env
+                .write_txn()
+                .map_err(|e| store_err("cannot begin a write", e))?;
+            env.create_databases_and_commit(wtxn, |dbo, wtxn| {
+                dbo.create_database::<Bytes, Bytes>(wtxn, Some(ROWS_DB))
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })
+            .map_err(|e| store_err("cannot create the rows database", e))?
+            .unwrap_commit()
+        }
+    };
+    Ok(Shared {
+        env,
+        rows,
+        path: canonical.to_path_buf(),
+    })
+}
+
+#[async_trait]
+impl OnlineStore for EmbeddedStore {
+    async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
+        self.write_blocking(rows)
+    }
+
+    async fn read(&self, keys: &[&[u8]], fields: &[FieldId]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read_blocking(keys, fields)
+    }
+
+    async fn delete_older_than(&self, field: FieldId, cutoff: i64) -> Result<u64> {
+        self.delete_older_than_blocking(field, cutoff)
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+}

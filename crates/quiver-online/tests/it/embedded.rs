@@ -1,0 +1,263 @@
+//! The embedded (LMDB) backend: conformance, layout, persistence, concurrency.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use quiver_core::encoding::row_version;
+use quiver_online::embedded::{storage_key, HASHED_KEY_PREFIX};
+use quiver_online::{conformance, EmbeddedStore, Error, FieldId, OnlineStore, OnlineWrite};
+
+use crate::{decode_sample, int_key, sample_dtypes, sample_row, sample_rows};
+
+const F: FieldId = *b"field-f0";
+const G: FieldId = *b"field-g1";
+
+fn writes<'a>(keys: &'a [Vec<u8>], field: FieldId, rows: &'a [Vec<u8>]) -> Vec<OnlineWrite<'a>> {
+    keys.iter()
+        .zip(rows)
+        .map(|(key, row)| OnlineWrite { key, field, row })
+        .collect()
+}
+
+fn refs(keys: &[Vec<u8>]) -> Vec<&[u8]> {
+    keys.iter().map(Vec::as_slice).collect()
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_on_a_fresh_store_and_again_on_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.backend(), "embedded");
+    conformance::run_all(&store).await;
+    // The checks namespace their keys per run, so they pass on a non-empty store too.
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn open_creates_the_directory_and_shares_one_environment_per_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/online");
+    let s1 = EmbeddedStore::open(&path).unwrap();
+    assert!(path.join("data.mdb").exists());
+    // Another spelling of the same directory gets the same environment (LMDB forbids two
+    // in one process) and sees the other handle's writes.
+    let s2 = EmbeddedStore::open(&dir.path().join("a/./b/../b/online")).unwrap();
+    assert_eq!(s1.path(), s2.path());
+    let key = int_key("p", "e", 1);
+    let row = sample_row(1, 1, 0);
+    s1.write(&[OnlineWrite { key: &key, field: F, row: &row }]).await.unwrap();
+    assert_eq!(s2.read(&[&key], &[F]).await.unwrap(), vec![Some(row)]);
+    // A second directory is a separate store.
+    let other = EmbeddedStore::open(&dir.path().join("other")).unwrap();
+    assert_eq!(other.read(&[&key], &[F]).await.unwrap(), vec![None]);
+}
+
+#[tokio::test]
+async fn rows_persist_across_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<Vec<u8>> = (0..1000).map(|i| int_key("p", "e", i)).collect();
+    let rows = sample_rows(&(0..1000).map(|i| (i, 0, i as usize)).collect::<Vec<_>>());
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let s = store.write(&writes(&keys, F, &rows)).await.unwrap();
+        assert_eq!((s.written, s.skipped), (1000, 0));
+    } // the last handle closes the environment
+    for round in 0..3 {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.row_count().unwrap(), 1000, "round {round}");
+        let cells = store.read(&refs(&keys), &[F]).await.unwrap();
+        let want: Vec<Option<Vec<u8>>> = rows.iter().cloned().map(Some).collect();
+        assert_eq!(cells, want, "round {round}");
+        // The stored versions still guard against older rows.
+        let older = sample_rows(&(0..1000).map(|i| (i - 1, 0, 0)).collect::<Vec<_>>());
+        let s = store.write(&writes(&keys, F, &older)).await.unwrap();
+        assert_eq!((s.written, s.skipped), (0, 1000), "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn long_keys_and_keys_starting_with_0xff_are_stored_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let direct = vec![b'a'; 503]; // 503 + 8 = 511: the longest direct key
+    let hashed = vec![b'a'; 504];
+    let ff = vec![HASHED_KEY_PREFIX, 1, 2, 3];
+    // A short key spelling exactly the hashed storage key of `hashed` (minus the field):
+    // it starts with 0xFF, so it is hashed too and cannot collide.
+    let mut forged = vec![HASHED_KEY_PREFIX];
+    forged.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(&hashed).to_be_bytes());
+    let keys = vec![direct.clone(), hashed.clone(), ff.clone(), forged.clone()];
+    let rows = sample_rows(&[(1, 0, 0), (2, 0, 1), (3, 0, 0), (4, 0, 1)]);
+    let s = store.write(&writes(&keys, F, &rows)).await.unwrap();
+    assert_eq!((s.written, s.skipped), (4, 0));
+
+    let mut stored = Vec::new();
+    store
+        .for_each_row(|k, v| {
+            stored.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    let mut expect: Vec<(Vec<u8>, Vec<u8>)> = keys
+        .iter()
+        .zip(&rows)
+        .map(|(k, r)| {
+            let mut sk = Vec::new();
+            storage_key(k, &F, &mut sk);
+            (sk, r.clone())
+        })
+        .collect();
+    expect.sort();
+    assert_eq!(stored, expect);
+    let lens: Vec<usize> = expect.iter().map(|(k, _)| k.len()).collect();
+    assert!(lens.contains(&511), "the 503-byte key is stored directly: {lens:?}");
+    assert_eq!(lens.iter().filter(|&&l| l == 25).count(), 3, "{lens:?}");
+    assert!(expect.iter().all(|(k, _)| k.len() <= 511));
+
+    let cells = store.read(&refs(&keys), &[F, G]).await.unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(cells[i * 2].as_ref(), Some(row), "key {i}");
+        assert_eq!(cells[i * 2 + 1], None, "key {i}, other field");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_an_invalid_row_is_rejected_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (k1, k2) = (int_key("p", "e", 1), int_key("p", "e", 2));
+    let good = sample_row(1, 1, 0);
+    for bad in [&b""[..], b"\x07garbage-not-a-row", b"\x01short"] {
+        let batch = [
+            OnlineWrite { key: &k1, field: F, row: &good },
+            OnlineWrite { key: &k2, field: F, row: bad },
+        ];
+        match store.write(&batch).await {
+            Err(Error::Invalid(msg)) => assert!(msg.contains("row 1"), "{msg}"),
+            other => panic!("expected Error::Invalid, got {other:?}"),
+        }
+        assert_eq!(store.read(&[&k1, &k2], &[F]).await.unwrap(), vec![None, None]);
+    }
+    assert_eq!(store.row_count().unwrap(), 0);
+    let s = store.write(&[]).await.unwrap();
+    assert_eq!((s.written, s.skipped), (0, 0));
+}
+
+#[tokio::test]
+async fn write_stats_count_superseded_batch_rows_as_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let k = int_key("p", "e", 1);
+    let rows = sample_rows(&[(3, 0, 0), (7, 0, 1), (5, 0, 0), (7, 0, 0)]);
+    let batch: Vec<OnlineWrite<'_>> = rows
+        .iter()
+        .map(|row| OnlineWrite { key: &k, field: F, row })
+        .collect();
+    let s = store.write(&batch).await.unwrap();
+    assert_eq!((s.written, s.skipped), (1, 3));
+    // Of two rows of equal version in one batch, the first stands.
+    assert_eq!(store.read(&[&k], &[F]).await.unwrap(), vec![Some(rows[1].clone())]);
+}
+
+#[test]
+fn delete_older_than_scans_in_chunks_and_keeps_other_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..100).map(|i| int_key("p", "e", i)).collect();
+    let mut long = int_key("p", "e", 100);
+    long.resize(900, 7);
+    let f_rows = sample_rows(&(0..100).map(|i| (i, 0, 0)).collect::<Vec<_>>());
+    let g_rows = sample_rows(&(0..100).map(|_| (0, 0, 1)).collect::<Vec<_>>());
+    let long_row = sample_row(-1, 0, 0);
+    let mut batch = writes(&keys, F, &f_rows);
+    batch.extend(writes(&keys, G, &g_rows));
+    batch.push(OnlineWrite { key: &long, field: F, row: &long_row });
+    store.write_blocking(&batch).unwrap();
+
+    for (chunk, cutoff, expect) in [(7, 50, 51), (1, 60, 10), (1000, 60, 0), (3, 100, 40)] {
+        let n = store.delete_older_than_chunked(F, cutoff, chunk).unwrap();
+        assert_eq!(n, expect, "chunk {chunk}, cutoff {cutoff}");
+    }
+    let cells = store.read_blocking(&refs(&keys), &[F, G]).unwrap();
+    assert!(cells.iter().step_by(2).all(Option::is_none));
+    assert!(cells.iter().skip(1).step_by(2).all(Option::is_some));
+    assert_eq!(store.read_blocking(&[&long], &[F]).unwrap(), vec![None]);
+    assert_eq!(store.row_count().unwrap(), 100);
+    assert_eq!(store.delete_older_than_blocking(G, 1).unwrap(), 100);
+    assert_eq!(store.row_count().unwrap(), 0);
+}
+
+/// Readers running while a writer commits big batches see, in each read, one whole
+/// committed batch (every row complete and decodable, all from the same batch), never
+/// going back in time; after the writer is done they see its last batch everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_readers_see_whole_batches() {
+    const KEYS: i64 = 3000;
+    const BATCHES: i64 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let keys: Arc<Vec<Vec<u8>>> = Arc::new((0..KEYS).map(|i| int_key("p", "e", i)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+
+    let writer = {
+        let (store, keys, done) = (store.clone(), keys.clone(), done.clone());
+        tokio::spawn(async move {
+            for b in 1..=BATCHES {
+                let versions: Vec<_> = (0..KEYS).map(|i| (b, i, b as usize)).collect();
+                let rows = sample_rows(&versions);
+                let s = store.write(&writes(&keys, F, &rows)).await.unwrap();
+                assert_eq!((s.written, s.skipped), (KEYS as u64, 0));
+                tokio::task::yield_now().await;
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let readers: Vec<_> = (0..3usize)
+        .map(|r| {
+            let (store, keys, done) = (store.clone(), keys.clone(), done.clone());
+            tokio::spawn(async move {
+                let dtypes = sample_dtypes();
+                let picked: Vec<&[u8]> = keys.iter().skip(r).step_by(7).map(Vec::as_slice).collect();
+                let mut last = 0;
+                let mut reads = 0u64;
+                loop {
+                    let finished = done.load(Ordering::SeqCst);
+                    let cells = store.read(&picked, &[F]).await.unwrap();
+                    reads += 1;
+                    let mut seen = None;
+                    for (i, cell) in cells.iter().enumerate() {
+                        let ts = match cell {
+                            None => 0,
+                            Some(bytes) => {
+                                let row = decode_sample(bytes, &dtypes, "reader");
+                                assert_eq!(Some(bytes.clone()), Some(sample_row(row.event_ts, row.created_ts, row.event_ts as usize)));
+                                row.event_ts
+                            }
+                        };
+                        match seen {
+                            None => seen = Some(ts),
+                            Some(s) => assert_eq!(s, ts, "reader {r}: cell {i} is from another batch"),
+                        }
+                    }
+                    let ts = seen.unwrap_or(0);
+                    assert!(ts >= last, "reader {r} went back from batch {last} to {ts}");
+                    last = ts;
+                    if finished {
+                        assert_eq!(ts, BATCHES, "reader {r} after the writer finished");
+                        return reads;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    writer.await.unwrap();
+    for r in readers {
+        assert!(r.await.unwrap() >= 1);
+    }
+    let cells = store.read(&refs(&keys), &[F]).await.unwrap();
+    for (i, cell) in cells.iter().enumerate() {
+        let bytes = cell.as_ref().unwrap_or_else(|| panic!("key {i} missing"));
+        assert_eq!(row_version(bytes).unwrap(), (BATCHES, i as i64));
+    }
+}
