@@ -76,17 +76,16 @@ impl Ns {
     }
 
     fn fail(&self, store: &dyn OnlineStore, what: std::fmt::Arguments<'_>) -> ! {
-        panic!(
-            "conformance [{}] {}: {what}",
-            store.backend(),
-            self.check
-        )
+        panic!("conformance [{}] {}: {what}", store.backend(), self.check)
     }
 
     async fn write(&self, store: &dyn OnlineStore, rows: &[OnlineWrite<'_>]) -> WriteStats {
         match store.write(rows).await {
             Ok(s) => s,
-            Err(e) => self.fail(store, format_args!("write of {} rows failed: {e}", rows.len())),
+            Err(e) => self.fail(
+                store,
+                format_args!("write of {} rows failed: {e}", rows.len()),
+            ),
         }
     }
 
@@ -114,7 +113,12 @@ impl Ns {
         cells
     }
 
-    async fn read_one(&self, store: &dyn OnlineStore, key: &[u8], field: FieldId) -> Option<Vec<u8>> {
+    async fn read_one(
+        &self,
+        store: &dyn OnlineStore,
+        key: &[u8],
+        field: FieldId,
+    ) -> Option<Vec<u8>> {
         self.read(store, &[key], &[field])
             .await
             .pop()
@@ -211,43 +215,89 @@ pub async fn newer_wins(store: &dyn OnlineStore) {
     let v10 = sample_row(10, 1, 0);
     let s = ns.write(store, &one(&k, f, &v10)).await;
     ns.expect_stats(store, s, 1, 0, "first write of a cell");
-    ns.expect_cell(store, &k, f, Some(&v10), "after the first write").await;
+    ns.expect_cell(store, &k, f, Some(&v10), "after the first write")
+        .await;
 
     let older = sample_row(5, 99, 1);
     let s = ns.write(store, &one(&k, f, &older)).await;
     ns.expect_stats(store, s, 0, 1, "older event timestamp");
-    ns.expect_cell(store, &k, f, Some(&v10), "an older row was written").await;
+    ns.expect_cell(store, &k, f, Some(&v10), "an older row was written")
+        .await;
 
     let same = sample_row(10, 1, 1); // same version, different values
     let s = ns.write(store, &one(&k, f, &same)).await;
     ns.expect_stats(store, s, 0, 1, "equal version");
-    ns.expect_cell(store, &k, f, Some(&v10), "an equally new row replaced the stored one")
-        .await;
+    ns.expect_cell(
+        store,
+        &k,
+        f,
+        Some(&v10),
+        "an equally new row replaced the stored one",
+    )
+    .await;
 
     let created_later = sample_row(10, 2, 1);
     let s = ns.write(store, &one(&k, f, &created_later)).await;
-    ns.expect_stats(store, s, 1, 0, "same event timestamp, later creation timestamp");
-    ns.expect_cell(store, &k, f, Some(&created_later), "creation tie-break").await;
+    ns.expect_stats(
+        store,
+        s,
+        1,
+        0,
+        "same event timestamp, later creation timestamp",
+    );
+    ns.expect_cell(store, &k, f, Some(&created_later), "creation tie-break")
+        .await;
 
     let created_earlier = sample_row(10, 0, 0);
     let s = ns.write(store, &one(&k, f, &created_earlier)).await;
-    ns.expect_stats(store, s, 0, 1, "same event timestamp, earlier creation timestamp");
-    ns.expect_cell(store, &k, f, Some(&created_later), "creation tie-break (older)")
-        .await;
+    ns.expect_stats(
+        store,
+        s,
+        0,
+        1,
+        "same event timestamp, earlier creation timestamp",
+    );
+    ns.expect_cell(
+        store,
+        &k,
+        f,
+        Some(&created_later),
+        "creation tie-break (older)",
+    )
+    .await;
 
     let event_dominates = sample_row(11, -5, 0);
     let s = ns.write(store, &one(&k, f, &event_dominates)).await;
-    ns.expect_stats(store, s, 1, 0, "later event timestamp, smaller creation timestamp");
-    ns.expect_cell(store, &k, f, Some(&event_dominates), "event timestamp dominates")
-        .await;
+    ns.expect_stats(
+        store,
+        s,
+        1,
+        0,
+        "later event timestamp, smaller creation timestamp",
+    );
+    ns.expect_cell(
+        store,
+        &k,
+        f,
+        Some(&event_dominates),
+        "event timestamp dominates",
+    )
+    .await;
 
     // Another field of the same key is a separate cell.
     let other_field = sample_row(1, 0, 1);
     let s = ns.write(store, &one(&k, g, &other_field)).await;
     ns.expect_stats(store, s, 1, 0, "an older row in another field of the key");
-    ns.expect_cell(store, &k, g, Some(&other_field), "other field").await;
-    ns.expect_cell(store, &k, f, Some(&event_dominates), "other field overwrote this one")
+    ns.expect_cell(store, &k, g, Some(&other_field), "other field")
         .await;
+    ns.expect_cell(
+        store,
+        &k,
+        f,
+        Some(&event_dominates),
+        "other field overwrote this one",
+    )
+    .await;
 
     // Numeric order of event timestamps: negative < positive, 1 < 256 (a byte-wise
     // comparison of the little-endian encoding gets both wrong).
@@ -269,7 +319,8 @@ pub async fn newer_wins(store: &dyn OnlineStore) {
         if wins {
             current = row;
         }
-        ns.expect_cell(store, &k2, f, Some(&current), &context).await;
+        ns.expect_cell(store, &k2, f, Some(&current), &context)
+            .await;
     }
 
     // Numeric order of creation timestamps.
@@ -285,7 +336,8 @@ pub async fn newer_wins(store: &dyn OnlineStore) {
         if wins {
             current = row;
         }
-        ns.expect_cell(store, &k3, f, Some(&current), &context).await;
+        ns.expect_cell(store, &k3, f, Some(&current), &context)
+            .await;
     }
 }
 
@@ -328,7 +380,10 @@ pub async fn within_batch_newest_wins(store: &dyn OnlineStore) {
         ns.expect_cell(store, &k, f, Some(newest), &context).await;
 
         // A batch entirely older than the stored row changes nothing.
-        let stale: Vec<Vec<u8>> = [5, 3].iter().map(|&ts| tagged_row(ts, 9, b"stale")).collect();
+        let stale: Vec<Vec<u8>> = [5, 3]
+            .iter()
+            .map(|&ts| tagged_row(ts, 9, b"stale"))
+            .collect();
         let batch: Vec<OnlineWrite<'_>> = stale
             .iter()
             .map(|r| OnlineWrite {
@@ -339,8 +394,14 @@ pub async fn within_batch_newest_wins(store: &dyn OnlineStore) {
             .collect();
         let s = ns.write(store, &batch).await;
         ns.expect_stats(store, s, 0, 2, "a batch older than the stored row");
-        ns.expect_cell(store, &k, f, Some(newest), "a batch older than the stored row")
-            .await;
+        ns.expect_cell(
+            store,
+            &k,
+            f,
+            Some(newest),
+            "a batch older than the stored row",
+        )
+        .await;
     }
 
     // Two cells interleaved in one batch.
@@ -356,14 +417,20 @@ pub async fn within_batch_newest_wins(store: &dyn OnlineStore) {
     let batch: Vec<OnlineWrite<'_>> = rows
         .iter()
         .zip(keys)
-        .map(|(r, key)| OnlineWrite { key, field: f, row: r })
+        .map(|(r, key)| OnlineWrite {
+            key,
+            field: f,
+            row: r,
+        })
         .collect();
     let s = ns.write(store, &batch).await;
     if s.written + s.skipped != 5 || s.written < 2 {
         ns.fail(store, format_args!("interleaved batch: write stats {s:?}"));
     }
-    ns.expect_cell(store, &a, f, Some(&rows[2]), "interleaved batch, key a").await;
-    ns.expect_cell(store, &b, f, Some(&rows[1]), "interleaved batch, key b").await;
+    ns.expect_cell(store, &a, f, Some(&rows[2]), "interleaved batch, key a")
+        .await;
+    ns.expect_cell(store, &b, f, Some(&rows[1]), "interleaved batch, key b")
+        .await;
 }
 
 /// Replaying a batch, or replaying an older one after a newer one, changes nothing; a
@@ -399,21 +466,33 @@ pub async fn replay_is_idempotent(store: &dyn OnlineStore) {
     };
 
     let v1 = make(1000, "v1");
-    let s = ns.write(store, &cell_batch(&key_refs, &fields, &v1, false)).await;
+    let s = ns
+        .write(store, &cell_batch(&key_refs, &fields, &v1, false))
+        .await;
     ns.expect_stats(store, s, n, 0, "first batch");
     check(ns.read(store, &key_refs, &fields).await, &v1, "first batch");
 
-    let s = ns.write(store, &cell_batch(&key_refs, &fields, &v1, false)).await;
+    let s = ns
+        .write(store, &cell_batch(&key_refs, &fields, &v1, false))
+        .await;
     ns.expect_stats(store, s, 0, n, "replayed batch");
-    check(ns.read(store, &key_refs, &fields).await, &v1, "replayed batch");
+    check(
+        ns.read(store, &key_refs, &fields).await,
+        &v1,
+        "replayed batch",
+    );
 
     let v0 = make(500, "v0");
-    let s = ns.write(store, &cell_batch(&key_refs, &fields, &v0, true)).await;
+    let s = ns
+        .write(store, &cell_batch(&key_refs, &fields, &v0, true))
+        .await;
     ns.expect_stats(store, s, 0, n, "older batch after a newer one");
     check(ns.read(store, &key_refs, &fields).await, &v1, "older batch");
 
     let v2 = make(2000, "v2");
-    let s = ns.write(store, &cell_batch(&key_refs, &fields, &v2, true)).await;
+    let s = ns
+        .write(store, &cell_batch(&key_refs, &fields, &v2, true))
+        .await;
     ns.expect_stats(store, s, n, 0, "newer batch in reverse order");
     check(ns.read(store, &key_refs, &fields).await, &v2, "newer batch");
 }
@@ -449,7 +528,10 @@ pub async fn missing_cells_read_none(store: &dyn OnlineStore) {
 
     let cells = ns.read(store, &[&k1, &k2, &k3], &[fa, fb]).await;
     if cells.iter().any(Option::is_some) {
-        ns.fail(store, format_args!("unwritten cells read as present: {cells:?}"));
+        ns.fail(
+            store,
+            format_args!("unwritten cells read as present: {cells:?}"),
+        );
     }
     if !ns.read(store, &[], &[fa]).await.is_empty() {
         ns.fail(store, format_args!("a read of no keys returned cells"));
@@ -478,12 +560,16 @@ pub async fn reads_are_key_major(store: &dyn OnlineStore) {
     let (nk, nf) = (7usize, 5usize);
     let keys: Vec<Vec<u8>> = (0..nk).map(|i| ns.key("e", i as i64)).collect();
     let fields: Vec<FieldId> = (0..nf).map(|i| ns.field(i as u64)).collect();
-    let present = |k: usize, f: usize| (k + f) % 4 != 0;
+    let present = |k: usize, f: usize| !(k + f).is_multiple_of(4);
     let mut rows = Vec::new();
     for k in 0..nk {
         for f in 0..nf {
             if present(k, f) {
-                rows.push((k, f, tagged_row(1, 1, format!("key{k}-field{f}").as_bytes())));
+                rows.push((
+                    k,
+                    f,
+                    tagged_row(1, 1, format!("key{k}-field{f}").as_bytes()),
+                ));
             }
         }
     }
@@ -585,7 +671,10 @@ pub async fn long_keys(store: &dyn OnlineStore) {
         keys.push(padded(len, b'a'));
         keys.push(padded(len, b'b')); // differs only in the last byte
     }
-    let twin = keys.iter().position(|k| k.len() == 4096).expect("a 4096-byte key");
+    let twin = keys
+        .iter()
+        .position(|k| k.len() == 4096)
+        .expect("a 4096-byte key");
     let mut first_differs = keys[twin].clone();
     first_differs[base.len()] = b'y'; // differs from `keys[twin]` in one early byte only
     keys.push(first_differs);
@@ -686,7 +775,10 @@ pub async fn delete_older_than_is_per_field(store: &dyn OnlineStore) {
     let got = ns.read(store, &key_refs, &[fa, fb, fc]).await;
     let mut want: Vec<Option<&[u8]>> = vec![None; keys.len() * 3];
     for (i, &(k, field, _)) in cells.iter().enumerate() {
-        let f = [fa, fb, fc].iter().position(|&x| x == field).expect("known field");
+        let f = [fa, fb, fc]
+            .iter()
+            .position(|&x| x == field)
+            .expect("known field");
         want[k * 3 + f] = Some(&rows[i]);
     }
     want[0] = None; // (k0, fa, 10)
@@ -712,7 +804,10 @@ pub async fn delete_older_than_is_per_field(store: &dyn OnlineStore) {
     }
     let n = ns.delete(store, fb, Timestamp::MIN).await;
     if n != 0 {
-        ns.fail(store, format_args!("delete_older_than(fb, i64::MIN) deleted {n} rows"));
+        ns.fail(
+            store,
+            format_args!("delete_older_than(fb, i64::MIN) deleted {n} rows"),
+        );
     }
     let n = ns.delete(store, fc, 0).await;
     if n != 1 {
@@ -721,17 +816,35 @@ pub async fn delete_older_than_is_per_field(store: &dyn OnlineStore) {
             format_args!("delete_older_than(fc, 0) deleted {n} rows, expected 1 (ts -5)"),
         );
     }
-    ns.expect_cell(store, &keys[0], fc, None, "negative timestamp below the cutoff")
-        .await;
-    ns.expect_cell(store, &keys[1], fc, Some(&rows[8]), "timestamp 3 above cutoff 0")
-        .await;
+    ns.expect_cell(
+        store,
+        &keys[0],
+        fc,
+        None,
+        "negative timestamp below the cutoff",
+    )
+    .await;
+    ns.expect_cell(
+        store,
+        &keys[1],
+        fc,
+        Some(&rows[8]),
+        "timestamp 3 above cutoff 0",
+    )
+    .await;
 
     // A deleted cell holds nothing, so any row may be written to it again.
     let late = tagged_row(1, 0, b"late");
     let s = ns.write(store, &one(&keys[0], fa, &late)).await;
     ns.expect_stats(store, s, 1, 0, "a write to a deleted cell");
-    ns.expect_cell(store, &keys[0], fa, Some(&late), "a write to a deleted cell")
-        .await;
+    ns.expect_cell(
+        store,
+        &keys[0],
+        fa,
+        Some(&late),
+        "a write to a deleted cell",
+    )
+    .await;
 }
 
 /// Stored values come back bit-exact: real rows of every storage type, a bare header,

@@ -75,11 +75,7 @@ use crate::{Error, FieldId, OnlineStore, OnlineWrite, Result, WriteStats};
 
 /// The LMDB memory-map size requested: 1 TiB on 64-bit targets (1 GiB on 32-bit ones).
 /// Virtual address space only; see the module documentation.
-pub const MAP_SIZE: usize = if usize::BITS >= 64 {
-    1 << 40
-} else {
-    1 << 30
-};
+pub const MAP_SIZE: usize = if usize::BITS >= 64 { 1 << 40 } else { 1 << 30 };
 
 /// The longest storage key (entity key + field id) stored directly: LMDB's default
 /// maximum key size. Longer entity keys are stored hashed.
@@ -172,7 +168,9 @@ impl EmbeddedStore {
         let mut entries = Vec::with_capacity(rows.len());
         for (index, w) in rows.iter().enumerate() {
             let version = row_version(w.row).map_err(|e| {
-                Error::Invalid(format!("row {index} of the batch is not an encoded row: {e}"))
+                Error::Invalid(format!(
+                    "row {index} of the batch is not an encoded row: {e}"
+                ))
             })?;
             let mut key = Vec::new();
             storage_key(w.key, &w.field, &mut key);
@@ -229,7 +227,7 @@ impl EmbeddedStore {
         fields: &[FieldId],
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let mut cells = Vec::with_capacity(keys.len() * fields.len());
-        if cells.capacity() == 0 {
+        if keys.is_empty() || fields.is_empty() {
             return Ok(cells);
         }
         let db = self.shared.rows;

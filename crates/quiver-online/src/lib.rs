@@ -12,8 +12,8 @@
 
 use async_trait::async_trait;
 
-pub mod embedded;
 pub mod conformance;
+pub mod embedded;
 
 pub use embedded::EmbeddedStore;
 

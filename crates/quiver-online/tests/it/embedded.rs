@@ -45,7 +45,13 @@ async fn open_creates_the_directory_and_shares_one_environment_per_path() {
     assert_eq!(s1.path(), s2.path());
     let key = int_key("p", "e", 1);
     let row = sample_row(1, 1, 0);
-    s1.write(&[OnlineWrite { key: &key, field: F, row: &row }]).await.unwrap();
+    s1.write(&[OnlineWrite {
+        key: &key,
+        field: F,
+        row: &row,
+    }])
+    .await
+    .unwrap();
     assert_eq!(s2.read(&[&key], &[F]).await.unwrap(), vec![Some(row)]);
     // A second directory is a separate store.
     let other = EmbeddedStore::open(&dir.path().join("other")).unwrap();
@@ -110,7 +116,10 @@ async fn long_keys_and_keys_starting_with_0xff_are_stored_hashed() {
     expect.sort();
     assert_eq!(stored, expect);
     let lens: Vec<usize> = expect.iter().map(|(k, _)| k.len()).collect();
-    assert!(lens.contains(&511), "the 503-byte key is stored directly: {lens:?}");
+    assert!(
+        lens.contains(&511),
+        "the 503-byte key is stored directly: {lens:?}"
+    );
     assert_eq!(lens.iter().filter(|&&l| l == 25).count(), 3, "{lens:?}");
     assert!(expect.iter().all(|(k, _)| k.len() <= 511));
 
@@ -129,14 +138,25 @@ async fn a_batch_with_an_invalid_row_is_rejected_whole() {
     let good = sample_row(1, 1, 0);
     for bad in [&b""[..], b"\x07garbage-not-a-row", b"\x01short"] {
         let batch = [
-            OnlineWrite { key: &k1, field: F, row: &good },
-            OnlineWrite { key: &k2, field: F, row: bad },
+            OnlineWrite {
+                key: &k1,
+                field: F,
+                row: &good,
+            },
+            OnlineWrite {
+                key: &k2,
+                field: F,
+                row: bad,
+            },
         ];
         match store.write(&batch).await {
             Err(Error::Invalid(msg)) => assert!(msg.contains("row 1"), "{msg}"),
             other => panic!("expected Error::Invalid, got {other:?}"),
         }
-        assert_eq!(store.read(&[&k1, &k2], &[F]).await.unwrap(), vec![None, None]);
+        assert_eq!(
+            store.read(&[&k1, &k2], &[F]).await.unwrap(),
+            vec![None, None]
+        );
     }
     assert_eq!(store.row_count().unwrap(), 0);
     let s = store.write(&[]).await.unwrap();
@@ -151,12 +171,19 @@ async fn write_stats_count_superseded_batch_rows_as_skipped() {
     let rows = sample_rows(&[(3, 0, 0), (7, 0, 1), (5, 0, 0), (7, 0, 0)]);
     let batch: Vec<OnlineWrite<'_>> = rows
         .iter()
-        .map(|row| OnlineWrite { key: &k, field: F, row })
+        .map(|row| OnlineWrite {
+            key: &k,
+            field: F,
+            row,
+        })
         .collect();
     let s = store.write(&batch).await.unwrap();
     assert_eq!((s.written, s.skipped), (1, 3));
     // Of two rows of equal version in one batch, the first stands.
-    assert_eq!(store.read(&[&k], &[F]).await.unwrap(), vec![Some(rows[1].clone())]);
+    assert_eq!(
+        store.read(&[&k], &[F]).await.unwrap(),
+        vec![Some(rows[1].clone())]
+    );
 }
 
 #[test]
@@ -171,7 +198,11 @@ fn delete_older_than_scans_in_chunks_and_keeps_other_fields() {
     let long_row = sample_row(-1, 0, 0);
     let mut batch = writes(&keys, F, &f_rows);
     batch.extend(writes(&keys, G, &g_rows));
-    batch.push(OnlineWrite { key: &long, field: F, row: &long_row });
+    batch.push(OnlineWrite {
+        key: &long,
+        field: F,
+        row: &long_row,
+    });
     store.write_blocking(&batch).unwrap();
 
     for (chunk, cutoff, expect) in [(7, 50, 51), (1, 60, 10), (1000, 60, 0), (3, 100, 40)] {
@@ -217,7 +248,11 @@ async fn concurrent_readers_see_whole_batches() {
             let (store, keys, done) = (store.clone(), keys.clone(), done.clone());
             tokio::spawn(async move {
                 let dtypes = sample_dtypes();
-                let picked: Vec<&[u8]> = keys.iter().skip(r).step_by(7).map(Vec::as_slice).collect();
+                let values: Vec<_> = (0..2)
+                    .map(|v| decode_sample(&sample_row(0, 0, v), &dtypes, "sample").values)
+                    .collect();
+                let picked: Vec<&[u8]> =
+                    keys.iter().skip(r).step_by(7).map(Vec::as_slice).collect();
                 let mut last = 0;
                 let mut reads = 0u64;
                 loop {
@@ -230,13 +265,16 @@ async fn concurrent_readers_see_whole_batches() {
                             None => 0,
                             Some(bytes) => {
                                 let row = decode_sample(bytes, &dtypes, "reader");
-                                assert_eq!(Some(bytes.clone()), Some(sample_row(row.event_ts, row.created_ts, row.event_ts as usize)));
+                                let variant = (row.event_ts % 2) as usize;
+                                assert_eq!(row.values, values[variant], "reader {r}: cell {i}");
                                 row.event_ts
                             }
                         };
                         match seen {
                             None => seen = Some(ts),
-                            Some(s) => assert_eq!(s, ts, "reader {r}: cell {i} is from another batch"),
+                            Some(s) => {
+                                assert_eq!(s, ts, "reader {r}: cell {i} is from another batch")
+                            }
                         }
                     }
                     let ts = seen.unwrap_or(0);

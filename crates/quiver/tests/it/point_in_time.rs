@@ -193,3 +193,48 @@ fn name_collisions_need_full_names() {
     assert!(e.to_string().contains("no column 'item'"), "{e}");
     let _ = out.column(0).len();
 }
+
+#[test]
+fn entity_with_two_join_keys_through_csv_in_and_out() {
+    let repo = Repo::new(
+        "entities: [{ name: route, join_keys: [origin, dest] }]\n\
+         sources: [{ name: s, type: file, path: data/routes.csv, timestamp_field: at }]\n\
+         feature_views: [{ name: routes, entities: [route], source: s, ttl: 1h,\n\
+           features: [{ name: eta_min, dtype: float64 }, { name: busy, dtype: bool }] }]\n",
+    );
+    repo.write(
+        "data/routes.csv",
+        "origin,dest,at,eta_min,busy\n\
+         1,ams,2024-01-01 10:00:00,12.5,true\n\
+         1,ams,2024-01-01 11:00:00,14.0,false\n\
+         1,ber,2024-01-01 10:30:00,99.0,true\n\
+         2,ams,2024-01-01 10:00:00,,false\n",
+    );
+    repo.write(
+        "data/labels.csv",
+        "origin,dest,event_timestamp,y\n\
+         1,ams,2024-01-01T10:59:59Z,a\n\
+         1,ams,2024-01-01T11:00:00Z,b\n\
+         1,ber,2024-01-01T11:31:00Z,c\n\
+         2,ams,2024-01-01T10:00:00+00:00,d\n\
+         3,ams,2024-01-01T10:00:00Z,e\n",
+    );
+    let store = repo.store();
+    store.apply().unwrap();
+    store.ingest(&[]).unwrap();
+    let labels = repo.file("data/labels.csv");
+    let out = repo.file("data/out.csv");
+    let (ok, _, err) = crate::common::cli(repo.path(), &[
+        "historical", "--entities", labels.to_str().unwrap(), "--features", "routes:eta_min,routes:busy",
+        "--output", out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "origin,dest,event_timestamp,y,eta_min,busy");
+    assert!(lines[1].ends_with(",a,12.5,true"), "{}", lines[1]);
+    assert!(lines[2].ends_with(",b,14.0,false"), "row exactly on a feature timestamp: {}", lines[2]);
+    assert!(lines[3].ends_with(",c,,"), "61 minutes after the row, outside the 1h ttl: {}", lines[3]);
+    assert!(lines[4].ends_with(",d,,false"), "a null value stays null: {}", lines[4]);
+    assert!(lines[5].ends_with(",e,,"), "an unknown entity: {}", lines[5]);
+}
