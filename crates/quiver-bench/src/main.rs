@@ -86,16 +86,27 @@ fn bench_view() -> ResolvedView {
         version: 1,
         project: "bench".into(),
         entities: vec!["entity".into()],
-        join_keys: vec![JoinKey { name: "entity_id".into(), dtype: DType::Int64 }],
+        join_keys: vec![JoinKey {
+            name: "entity_id".into(),
+            dtype: DType::Int64,
+        }],
         features: (0..FEATURES)
-            .map(|i| Feature { name: format!("f{i}"), dtype: DType::Float64, description: String::new() })
+            .map(|i| Feature {
+                name: format!("f{i}"),
+                dtype: DType::Float64,
+                description: String::new(),
+            })
             .collect(),
         ttl: Duration::from_secs(30 * 86_400),
     }
 }
 
 fn ts_field(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    )
 }
 
 fn peak_rss_mib() -> f64 {
@@ -116,10 +127,14 @@ fn generate(dir: &Path, entities: usize, labels: usize) -> Result<()> {
     let chunks = 8.max(entities / 250_000);
     let per = entities.div_ceil(chunks);
     let schema = Arc::new(Schema::new(
-        [Field::new("entity_id", DataType::Int64, false), ts_field("event_timestamp"), ts_field("created_timestamp")]
-            .into_iter()
-            .chain((0..FEATURES).map(|i| Field::new(format!("f{i}"), DataType::Float64, true)))
-            .collect::<Vec<_>>(),
+        [
+            Field::new("entity_id", DataType::Int64, false),
+            ts_field("event_timestamp"),
+            ts_field("created_timestamp"),
+        ]
+        .into_iter()
+        .chain((0..FEATURES).map(|i| Field::new(format!("f{i}"), DataType::Float64, true)))
+        .collect::<Vec<_>>(),
     ));
     let exact_per_chunk = labels / 10 / chunks;
     let mut label_rows: Vec<(i64, i64)> = Vec::with_capacity(labels);
@@ -130,7 +145,11 @@ fn generate(dir: &Path, entities: usize, labels: usize) -> Result<()> {
             let mut last = 0;
             for r in 0..10 {
                 // ~10% of rows repeat the previous row's event time (a restatement).
-                let ts = if r > 0 && rng.gen_bool(0.1) { last } else { YEAR_START + rng.gen_range(0..YEAR) };
+                let ts = if r > 0 && rng.gen_bool(0.1) {
+                    last
+                } else {
+                    YEAR_START + rng.gen_range(0..YEAR)
+                };
                 let created = ts + rng.gen_range(0..3_600_000_000);
                 rows.push((e as i64, ts, created));
                 last = ts;
@@ -144,17 +163,32 @@ fn generate(dir: &Path, entities: usize, labels: usize) -> Result<()> {
         let n = rows.len();
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1)).with_timezone("UTC")),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2)).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2))
+                    .with_timezone("UTC"),
+            ),
         ];
         for _ in 0..FEATURES {
-            cols.push(Arc::new(Float64Array::from_iter_values((0..n).map(|_| rng.gen::<f64>()))));
+            cols.push(Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|_| rng.gen::<f64>()),
+            )));
         }
         let batch = RecordBatch::try_new(schema.clone(), cols)?;
-        quiver_offline::files::write_file(&src.join(format!("part-{c:03}.parquet")), schema.clone(), &[batch])?;
+        quiver_offline::files::write_file(
+            &src.join(format!("part-{c:03}.parquet")),
+            schema.clone(),
+            &[batch],
+        )?;
     }
     while label_rows.len() < labels {
-        label_rows.push((rng.gen_range(0..entities as i64), YEAR_START + rng.gen_range(0..YEAR)));
+        label_rows.push((
+            rng.gen_range(0..entities as i64),
+            YEAR_START + rng.gen_range(0..YEAR),
+        ));
     }
     label_rows.shuffle(&mut rng);
     let lschema = Arc::new(Schema::new(vec![
@@ -166,8 +200,13 @@ fn generate(dir: &Path, entities: usize, labels: usize) -> Result<()> {
         lschema.clone(),
         vec![
             Arc::new(Int64Array::from_iter_values(label_rows.iter().map(|r| r.0))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(label_rows.iter().map(|r| r.1)).with_timezone("UTC")),
-            Arc::new(Int64Array::from_iter_values((0..label_rows.len()).map(|i| (i % 2) as i64))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(label_rows.iter().map(|r| r.1))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter_values(
+                (0..label_rows.len()).map(|i| (i % 2) as i64),
+            )),
         ],
     )?;
     quiver_offline::files::write_file(&dir.join("labels.parquet"), lschema, &[batch])?;
@@ -181,8 +220,18 @@ fn ingest(dir: &Path) -> Result<u64> {
     let files = quiver_offline::files::expand(&dir.join("features"))?;
     for f in &files {
         let name = f.display().to_string();
-        for b in quiver_offline::files::read_file(f, quiver_core::model::FileFormat::Parquet, None)? {
-            batches.push(normalize_batch(&b, &view, "event_timestamp", Some("created_timestamp"), &Origin { file: &name, first_row: 1 })?);
+        for b in quiver_offline::files::read_file(f, quiver_core::model::FileFormat::Parquet, None)?
+        {
+            batches.push(normalize_batch(
+                &b,
+                &view,
+                "event_timestamp",
+                Some("created_timestamp"),
+                &Origin {
+                    file: &name,
+                    first_row: 1,
+                },
+            )?);
         }
     }
     let stats = store.ingest(&view, batches)?;
@@ -192,15 +241,24 @@ fn ingest(dir: &Path) -> Result<u64> {
 fn retrieve(dir: &Path) -> Result<(usize, usize)> {
     let view = bench_view();
     let store = OfflineStore::open(dir.join("offline"))?;
-    let labels = quiver_offline::files::read_file(&dir.join("labels.parquet"), quiver_core::model::FileFormat::Parquet, None)?;
-    let features = view.features.iter().map(|f| (f.name.clone(), f.name.clone())).collect();
+    let labels = quiver_offline::files::read_file(
+        &dir.join("labels.parquet"),
+        quiver_core::model::FileFormat::Parquet,
+        None,
+    )?;
+    let features = view
+        .features
+        .iter()
+        .map(|f| (f.name.clone(), f.name.clone()))
+        .collect();
     let req = HistoricalRequest {
         entities: labels,
         timestamp_column: "event_timestamp".into(),
         views: vec![ViewRequest { view, features }],
     };
     let out = store.historical(&req)?;
-    let matched = out.num_rows() - arrow::array::Array::null_count(out.column_by_name("f0").context("f0")?.as_ref());
+    let matched = out.num_rows()
+        - arrow::array::Array::null_count(out.column_by_name("f0").context("f0")?.as_ref());
     Ok((out.num_rows(), matched))
 }
 
@@ -212,10 +270,16 @@ fn run_phase(dir: &Path, scale_name: &str, phase: &str) -> Result<(f64, f64, Str
         .args(["--phase", phase])
         .output()?;
     if !out.status.success() {
-        bail!("phase {phase} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "phase {phase} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = text.lines().find(|l| l.starts_with("RESULT ")).context("no RESULT line")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .context("no RESULT line")?;
     let parts: Vec<&str> = line.split_whitespace().collect();
     Ok((parts[1].parse()?, parts[2].parse()?, parts[3..].join(" ")))
 }
@@ -223,9 +287,15 @@ fn run_phase(dir: &Path, scale_name: &str, phase: &str) -> Result<(f64, f64, Str
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Pit { scale: s, dir, reuse, phase } => {
+        Cmd::Pit {
+            scale: s,
+            dir,
+            reuse,
+            phase,
+        } => {
             let (entities, labels) = scale(&s)?;
-            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("quiver-bench-pit-{s}")));
+            let dir =
+                dir.unwrap_or_else(|| std::env::temp_dir().join(format!("quiver-bench-pit-{s}")));
             if let Some(phase) = phase {
                 let t = Instant::now();
                 let info = match phase.as_str() {
@@ -240,7 +310,11 @@ fn main() -> Result<()> {
                     }
                     other => bail!("unknown phase {other}"),
                 };
-                println!("RESULT {:.3} {:.1} {info}", t.elapsed().as_secs_f64(), peak_rss_mib());
+                println!(
+                    "RESULT {:.3} {:.1} {info}",
+                    t.elapsed().as_secs_f64(),
+                    peak_rss_mib()
+                );
                 return Ok(());
             }
             let have_data = dir.join("labels.parquet").exists();
@@ -257,7 +331,10 @@ fn main() -> Result<()> {
             }
             if !(reuse && have_store) {
                 let (secs, rss, info) = run_phase(&dir, &s, "ingest")?;
-                println!("  ingest     {secs:8.2} s   peak RSS {rss:8.0} MiB   {:.0} rows/s   {info}", (entities * 10) as f64 / secs);
+                println!(
+                    "  ingest     {secs:8.2} s   peak RSS {rss:8.0} MiB   {:.0} rows/s   {info}",
+                    (entities * 10) as f64 / secs
+                );
             }
             let (secs, rss, info) = run_phase(&dir, &s, "retrieve")?;
             println!(

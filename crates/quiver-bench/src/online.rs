@@ -17,9 +17,16 @@ fn view(name: &str, features: usize) -> ResolvedView {
         version: 1,
         project: "bench".into(),
         entities: vec!["entity".into()],
-        join_keys: vec![JoinKey { name: "entity_id".into(), dtype: DType::Int64 }],
+        join_keys: vec![JoinKey {
+            name: "entity_id".into(),
+            dtype: DType::Int64,
+        }],
         features: (0..features)
-            .map(|i| Feature { name: format!("f{i}"), dtype: DType::Float64, description: String::new() })
+            .map(|i| Feature {
+                name: format!("f{i}"),
+                dtype: DType::Float64,
+                description: String::new(),
+            })
             .collect(),
         ttl: Duration::from_secs(86_400),
     }
@@ -29,16 +36,34 @@ fn view(name: &str, features: usize) -> ResolvedView {
 fn rows(view: &ResolvedView, entities: usize, per_entity: usize, now: i64) -> Result<RecordBatch> {
     let n = entities * per_entity;
     let ts = |i: usize| now - ((i % per_entity) as i64 + 1) * 60_000_000;
-    let tsf = |name: &str, nullable| Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), nullable);
-    let mut fields = vec![Field::new("entity_id", DataType::Int64, false), tsf("event_timestamp", false), tsf("created_timestamp", true)];
-    fields.extend(view.features.iter().map(|f| Field::new(&f.name, DataType::Float64, true)));
+    let tsf = |name: &str, nullable| {
+        Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            nullable,
+        )
+    };
+    let mut fields = vec![
+        Field::new("entity_id", DataType::Int64, false),
+        tsf("event_timestamp", false),
+        tsf("created_timestamp", true),
+    ];
+    fields.extend(
+        view.features
+            .iter()
+            .map(|f| Field::new(&f.name, DataType::Float64, true)),
+    );
     let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values((0..n).map(|i| (i / per_entity) as i64))),
+        Arc::new(Int64Array::from_iter_values(
+            (0..n).map(|i| (i / per_entity) as i64),
+        )),
         Arc::new(TimestampMicrosecondArray::from_iter_values((0..n).map(ts)).with_timezone("UTC")),
         Arc::new(TimestampMicrosecondArray::from_iter_values((0..n).map(ts)).with_timezone("UTC")),
     ];
     for f in 0..view.features.len() {
-        cols.push(Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i * 31 + f) as f64 * 0.5))));
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| (i * 31 + f) as f64 * 0.5),
+        )));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
@@ -48,7 +73,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Reads `requests` vectors of `batch` entities from `view` and prints latencies.
-async fn measure(store: &EmbeddedStore, v: &ResolvedView, entities: usize, batch: usize, requests: usize, label: &str) -> Result<()> {
+async fn measure(
+    store: &EmbeddedStore,
+    v: &ResolvedView,
+    entities: usize,
+    batch: usize,
+    requests: usize,
+    label: &str,
+) -> Result<()> {
     let wanted: Vec<(usize, usize)> = (0..v.features.len()).map(|i| (i, i)).collect();
     let views = vec![(v.clone(), wanted)];
     let now = quiver_core::time::now();
@@ -57,12 +89,20 @@ async fn measure(store: &EmbeddedStore, v: &ResolvedView, entities: usize, batch
     let start = Instant::now();
     for r in 0..requests {
         let rows: Vec<BTreeMap<String, Value>> = (0..batch)
-            .map(|j| BTreeMap::from([("entity_id".to_string(), Value::Int64(((r * 7919 + j * 104_729) % entities) as i64))]))
+            .map(|j| {
+                BTreeMap::from([(
+                    "entity_id".to_string(),
+                    Value::Int64(((r * 7919 + j * 104_729) % entities) as i64),
+                )])
+            })
             .collect();
         let t = Instant::now();
         let out = quiver::online::read(store, &views, &rows, v.features.len(), now).await?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
-        present += out.iter().filter(|o| o.1[0] == quiver_core::FeatureStatus::Present).count();
+        present += out
+            .iter()
+            .filter(|o| o.1[0] == quiver_core::FeatureStatus::Present)
+            .count();
     }
     let total = start.elapsed().as_secs_f64();
     lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
@@ -82,14 +122,32 @@ pub fn bench_online(requests: usize) -> Result<()> {
     let now = quiver_core::time::now();
     let v50 = view("wide", 50);
     let v23 = view("ranking", 23);
-    println!("online reads, embedded store, in-process, {entities} entities, {requests} requests each");
+    println!(
+        "online reads, embedded store, in-process, {entities} entities, {requests} requests each"
+    );
     rt.block_on(async {
         for v in [&v50, &v23] {
             let b = rows(v, entities, 1, now)?;
             quiver::materialize::write_latest(v, &[b], &store, false).await?;
         }
-        measure(&store, &v50, entities, 1, requests, "1 entity × 50 features").await?;
-        measure(&store, &v23, entities, 50, requests / 10, "50 entities × 23 features").await?;
+        measure(
+            &store,
+            &v50,
+            entities,
+            1,
+            requests,
+            "1 entity × 50 features",
+        )
+        .await?;
+        measure(
+            &store,
+            &v23,
+            entities,
+            50,
+            requests / 10,
+            "50 entities × 23 features",
+        )
+        .await?;
         Ok(())
     })
 }
@@ -105,18 +163,22 @@ pub fn bench_materialize(entities: usize) -> Result<()> {
     println!("materialization, embedded store: {} offline rows ({entities} keys × {per}), 10 float64 features", b.num_rows());
     rt.block_on(async {
         let t = Instant::now();
-        let s = quiver::materialize::write_latest(&v, std::slice::from_ref(&b), &store, false).await?;
+        let s =
+            quiver::materialize::write_latest(&v, std::slice::from_ref(&b), &store, false).await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "  first run   {secs:6.2} s   {:10.0} offline rows/s   {:9.0} keys written/s",
-            b.num_rows() as f64 / secs, s.written as f64 / secs
+            b.num_rows() as f64 / secs,
+            s.written as f64 / secs
         );
         let t = Instant::now();
-        let s = quiver::materialize::write_latest(&v, std::slice::from_ref(&b), &store, false).await?;
+        let s =
+            quiver::materialize::write_latest(&v, std::slice::from_ref(&b), &store, false).await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "  re-run      {secs:6.2} s   {:10.0} offline rows/s   ({} written: nothing newer)",
-            b.num_rows() as f64 / secs, s.written
+            b.num_rows() as f64 / secs,
+            s.written
         );
         Ok(())
     })

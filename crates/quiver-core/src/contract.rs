@@ -69,10 +69,13 @@ pub fn within_ttl(row_ts: Timestamp, t: Timestamp, ttl: Duration) -> bool {
 }
 
 /// The status of a snapshot lookup at `t` whose newest row has event time `row_ts`.
+/// A row stamped after `t` is not visible at `t` (no value from after `T` may be used),
+/// so a store that holds only that row answers `MISSING`.
 #[inline]
 pub fn snapshot_status(row_ts: Option<Timestamp>, t: Timestamp, ttl: Duration) -> FeatureStatus {
     match row_ts {
         None => FeatureStatus::Missing,
+        Some(ts) if ts > t => FeatureStatus::Missing,
         Some(ts) if within_ttl(ts, t, ttl) => FeatureStatus::Present,
         Some(_) => FeatureStatus::OutsideTtl,
     }
@@ -95,6 +98,7 @@ mod tests {
             FeatureStatus::OutsideTtl
         );
         assert_eq!(snapshot_status(Some(t), t, ttl), FeatureStatus::Present);
+        assert_eq!(snapshot_status(Some(t + 1), t, ttl), FeatureStatus::Missing);
     }
 
     #[test]

@@ -88,7 +88,8 @@ impl DType {
             DType::Bytes => DataType::Binary,
             DType::Timestamp => timestamp_type(),
             DType::List(inner) => {
-                DataType::List(Arc::new(Field::new("item", inner.to_arrow(), true)))
+                // "element" is the name Delta Lake and Parquet give a list's values.
+                DataType::List(Arc::new(Field::new("element", inner.to_arrow(), true)))
             }
         }
     }

@@ -277,12 +277,13 @@ impl ResolvedView {
     pub fn feature_index(&self, name: &str) -> Option<usize> {
         self.features.iter().position(|f| f.name == name)
     }
-    /// The name of this view's offline table: `name` for version 1, `name__vN` after.
+    /// The name of this view's offline table: `name` for version 1, `name.vN` after
+    /// (a `.` cannot appear in a view name, so tables of different views never collide).
     pub fn table_name(&self) -> String {
         if self.version <= 1 {
             self.name.clone()
         } else {
-            format!("{}__v{}", self.name, self.version)
+            format!("{}.v{}", self.name, self.version)
         }
     }
     /// The short, stable field id under which this view's rows are stored online:

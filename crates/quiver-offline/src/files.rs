@@ -46,7 +46,10 @@ pub fn expand(path: &Path) -> Result<Vec<PathBuf>> {
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with('.') || name.starts_with('_') {
             continue;
         }
@@ -76,7 +79,12 @@ pub fn read_schema(path: &Path, format: FileFormat) -> Result<SchemaRef> {
     let file = File::open(path).map_err(io_err(path.display()))?;
     match format {
         FileFormat::Parquet => Ok(ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| Error::Data(format!("{}: not a readable Parquet file: {e}", path.display())))?
+            .map_err(|e| {
+                Error::Data(format!(
+                    "{}: not a readable Parquet file: {e}",
+                    path.display()
+                ))
+            })?
             .schema()
             .clone()),
         FileFormat::Csv => {
@@ -157,7 +165,9 @@ pub fn write_file(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Re
                 w.close()?;
             }
             FileFormat::Csv => {
-                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(file);
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(file);
                 for b in batches {
                     w.write(b)?;
                 }

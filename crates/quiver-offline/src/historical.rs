@@ -12,8 +12,13 @@
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, interleave, take};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
+use arrow::array::{BooleanBufferBuilder, PrimitiveArray};
+use arrow::buffer::NullBuffer;
+use arrow::compute::{concat, concat_batches, take};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema,
+    TimestampMicrosecondType,
+};
 use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
@@ -21,7 +26,9 @@ use quiver_core::pit::{BytesKeyIndex, Candidate, IntKeyIndex, LabelIndex, NO_GRO
 use quiver_core::time::Timestamp;
 use rayon::prelude::*;
 
-use crate::normalize::{cast_key, table_schema, to_timestamps, Origin, CREATED_TIMESTAMP, EVENT_TIMESTAMP};
+use crate::normalize::{
+    cast_key, table_schema, to_timestamps, Origin, CREATED_TIMESTAMP, EVENT_TIMESTAMP,
+};
 use crate::store::{read_data_file, OfflineStore};
 use crate::{Error, Result};
 
@@ -41,6 +48,54 @@ pub struct HistoricalRequest {
     /// The name of the time column in `entities`.
     pub timestamp_column: String,
     pub views: Vec<ViewRequest>,
+}
+
+/// Prints phase timings to stderr when `QUIVER_PROFILE` is set.
+struct Phases {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            on: std::env::var_os("QUIVER_PROFILE").is_some(),
+            last: std::time::Instant::now(),
+        }
+    }
+    fn mark(&mut self, what: &str) {
+        if self.on {
+            eprintln!(
+                "[historical] {what:<28} {:8.3} s",
+                self.last.elapsed().as_secs_f64()
+            );
+            self.last = std::time::Instant::now();
+        }
+    }
+}
+
+/// Writes each part's values (in `wanted` order) to their labels' positions: the
+/// fast path for primitive columns.
+fn scatter<'a, T: ArrowPrimitiveType>(
+    n: usize,
+    parts: impl Iterator<Item = (&'a dyn Array, &'a [(u32, u32)])>,
+) -> ArrayRef {
+    let mut values = vec![T::Native::default(); n];
+    let mut valid = BooleanBufferBuilder::new(n);
+    valid.append_n(n, false);
+    for (array, wanted) in parts {
+        let a = array.as_primitive::<T>();
+        for (pos, &(_, label)) in wanted.iter().enumerate() {
+            if a.is_valid(pos) {
+                values[label as usize] = a.value(pos);
+                valid.set_bit(label as usize, true);
+            }
+        }
+    }
+    Arc::new(PrimitiveArray::<T>::new(
+        values.into(),
+        Some(NullBuffer::new(valid.finish())),
+    ))
 }
 
 enum KeyLookup {
@@ -69,14 +124,24 @@ impl OfflineStore {
                 names.push(out);
             }
         }
-        let ts_col = labels.column_by_name(&req.timestamp_column).ok_or_else(|| {
-            Error::Invalid(format!(
-                "the entity rows have no '{}' column (columns: {})",
-                req.timestamp_column,
-                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        let origin = Origin { file: "entity rows", first_row: 1 };
+        let ts_col = labels
+            .column_by_name(&req.timestamp_column)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the entity rows have no '{}' column (columns: {})",
+                    req.timestamp_column,
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let origin = Origin {
+            file: "entity rows",
+            first_row: 1,
+        };
         let times = to_timestamps(ts_col.as_ref(), &req.timestamp_column, &origin, true)?;
         let times: &[Timestamp] = times.values();
 
@@ -89,7 +154,10 @@ impl OfflineStore {
                 columns.push(col);
             }
         }
-        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
     }
 
     fn view_columns(
@@ -99,6 +167,7 @@ impl OfflineStore {
         times: &[Timestamp],
     ) -> Result<Vec<ArrayRef>> {
         let view = &req.view;
+        let mut phases = Phases::new();
         let feature_types: Vec<DataType> = req
             .features
             .iter()
@@ -107,7 +176,9 @@ impl OfflineStore {
                     .iter()
                     .find(|x| &x.name == f)
                     .map(|x| x.dtype.to_arrow())
-                    .ok_or_else(|| Error::Invalid(format!("feature view '{}' has no feature '{f}'", view.name)))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("feature view '{}' has no feature '{f}'", view.name))
+                    })
             })
             .collect::<Result<_>>()?;
         let key_cols: Vec<ArrayRef> = view
@@ -125,29 +196,32 @@ impl OfflineStore {
             .collect::<Result<_>>()?;
         let n = labels.num_rows();
         let valid = |i: usize| key_cols.iter().all(|c| c.is_valid(i));
-        let (lookup, groups, n_groups) = if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
-            let keys = key_cols[0].as_primitive::<Int64Type>();
-            let (idx, groups) = IntKeyIndex::from_labels(keys.values(), valid);
-            let n = idx.len();
-            (KeyLookup::Int(idx), groups, n)
-        } else {
-            let mut idx = BytesKeyIndex::new();
-            let mut buf = Vec::new();
-            let mut groups = vec![NO_GROUP; n];
-            for (i, g) in groups.iter_mut().enumerate() {
-                if valid(i) {
-                    buf.clear();
-                    for c in &key_cols {
-                        encode_key_part(c.as_ref(), i, &mut buf)?;
+        let (lookup, groups, n_groups) =
+            if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
+                let keys = key_cols[0].as_primitive::<Int64Type>();
+                let (idx, groups) = IntKeyIndex::from_labels(keys.values(), valid);
+                let n = idx.len();
+                (KeyLookup::Int(idx), groups, n)
+            } else {
+                let mut idx = BytesKeyIndex::new();
+                let mut buf = Vec::new();
+                let mut groups = vec![NO_GROUP; n];
+                for (i, g) in groups.iter_mut().enumerate() {
+                    if valid(i) {
+                        buf.clear();
+                        for c in &key_cols {
+                            encode_key_part(c.as_ref(), i, &mut buf)?;
+                        }
+                        *g = idx.insert(&buf);
                     }
-                    *g = idx.insert(&buf);
                 }
-            }
-            let n = idx.len();
-            (KeyLookup::Bytes(idx), groups, n)
-        };
+                let n = idx.len();
+                (KeyLookup::Bytes(idx), groups, n)
+            };
+        phases.mark("key index");
         let label_index = LabelIndex::new(&groups, times, n_groups);
         drop(groups);
+        phases.mark("label index");
 
         let files = self.data_files(view)?;
         if files.len() >= 1 << 31 {
@@ -169,7 +243,9 @@ impl OfflineStore {
                 let mut buf = Vec::new();
                 for b in batches {
                     let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-                    let created = b.column(nkeys + 1).as_primitive::<TimestampMicrosecondType>();
+                    let created = b
+                        .column(nkeys + 1)
+                        .as_primitive::<TimestampMicrosecondType>();
                     let int_keys = match &lookup {
                         KeyLookup::Int(_) => Some(b.column(0).as_primitive::<Int64Type>().values()),
                         KeyLookup::Bytes(_) => None,
@@ -193,7 +269,11 @@ impl OfflineStore {
                             out.push(Candidate {
                                 group,
                                 ts: t,
-                                created: if created.is_null(r) { NO_CREATED } else { created.value(r) },
+                                created: if created.is_null(r) {
+                                    NO_CREATED
+                                } else {
+                                    created.value(r)
+                                },
                                 loc: ((fi as u64) << 32) | (row0 + r as u64),
                             });
                         }
@@ -204,8 +284,10 @@ impl OfflineStore {
             })
             .collect::<Result<_>>()?;
         let candidates: Vec<Candidate> = candidates.concat();
+        phases.mark("pass 1 (keys, times)");
         let locs = label_index.resolve(candidates, ttl);
         drop(label_index);
+        phases.mark("resolve");
 
         // Pass 2: gather the winning rows' features, file by file.
         let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
@@ -226,7 +308,10 @@ impl OfflineStore {
                 want.sort_unstable();
                 let batches = read_data_file(&f.path, &schema, 0, Some(&feature_names))?;
                 let Some(b0) = batches.first() else {
-                    return Err(Error::Data(format!("{}: data file is empty", f.path.display())));
+                    return Err(Error::Data(format!(
+                        "{}: data file is empty",
+                        f.path.display()
+                    )));
                 };
                 let all = concat_batches(&b0.schema(), &batches)?;
                 let idx = UInt32Array::from_iter_values(want.iter().map(|w| w.0));
@@ -248,27 +333,48 @@ impl OfflineStore {
             })
             .collect::<Result<_>>()?;
 
+        phases.mark("pass 2 (gather)");
+        // The winners of all files, concatenated in file order, then one `take` per
+        // column puts each label's value in place (a null index for no match).
         let n_labels = labels.num_rows();
-        let mut index = vec![(0usize, 0usize); n_labels];
-        let mut sources: Vec<usize> = Vec::new();
-        for (fi, g) in gathered.iter().enumerate() {
-            if g.is_some() {
-                sources.push(fi);
-                let s = sources.len();
-                for (pos, &(_, label)) in wanted[fi].iter().enumerate() {
-                    index[label as usize] = (s, pos);
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(feature_types.len());
-        for (c, dt) in feature_types.iter().enumerate() {
-            let nulls = new_null_array(dt, 1);
-            let mut arrays: Vec<&dyn Array> = vec![nulls.as_ref()];
-            for &fi in &sources {
-                arrays.push(gathered[fi].as_ref().expect("source has columns")[c].as_ref());
-            }
-            out.push(interleave(&arrays, &index)?);
-        }
+        let out = feature_types
+            .par_iter()
+            .enumerate()
+            .map(|(c, dt)| -> Result<ArrayRef> {
+                let parts = || {
+                    gathered.iter().zip(&wanted).filter_map(|(g, w)| {
+                        g.as_ref().map(|cols| (cols[c].as_ref(), w.as_slice()))
+                    })
+                };
+                Ok(match dt {
+                    DataType::Float64 => scatter::<Float64Type>(n_labels, parts()),
+                    DataType::Float32 => scatter::<Float32Type>(n_labels, parts()),
+                    DataType::Int64 => scatter::<Int64Type>(n_labels, parts()),
+                    DataType::Int32 => scatter::<Int32Type>(n_labels, parts()),
+                    // Other types: concatenate the winners in file order and `take`
+                    // each label's value (a null index where nothing matched).
+                    _ => {
+                        let mut index: Vec<Option<u32>> = vec![None; n_labels];
+                        let mut offset = 0u32;
+                        let mut arrays: Vec<&dyn Array> = Vec::new();
+                        for (array, w) in parts() {
+                            for (pos, &(_, label)) in w.iter().enumerate() {
+                                index[label as usize] = Some(offset + pos as u32);
+                            }
+                            offset += w.len() as u32;
+                            arrays.push(array);
+                        }
+                        let all = if arrays.is_empty() {
+                            new_null_array(dt, 0)
+                        } else {
+                            concat(&arrays)?
+                        };
+                        take(all.as_ref(), &UInt32Array::from(index), None)?
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        phases.mark("assemble");
         Ok(out)
     }
 }

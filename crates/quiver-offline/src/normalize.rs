@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, RecordBatch, TimestampMicrosecondArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, Date32Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use quiver_core::dtype::{timestamp_type, DType};
@@ -79,9 +77,17 @@ pub fn to_timestamps(
     let out: TimestampMicrosecondArray = match col.data_type() {
         DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
             let target = DataType::Timestamp(TimeUnit::Microsecond, None);
-            let c = cast_with_options(col, &target, &CastOptions { safe: false, ..Default::default() })
-                .map_err(|e| origin.err(0, name, e))?;
-            c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().clone()
+            let c = cast_with_options(
+                col,
+                &target,
+                &CastOptions {
+                    safe: false,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| origin.err(0, name, e))?;
+            c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .clone()
         }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
             let c = cast_with_options(col, &DataType::Utf8, &CastOptions::default())?;
@@ -91,7 +97,9 @@ pub fn to_timestamps(
                 if s.is_null(i) {
                     v.push(None);
                 } else {
-                    v.push(Some(parse_timestamp(s.value(i)).map_err(|e| origin.err(i, name, e))?));
+                    v.push(Some(
+                        parse_timestamp(s.value(i)).map_err(|e| origin.err(i, name, e))?,
+                    ));
                 }
             }
             TimestampMicrosecondArray::from(v)
@@ -127,7 +135,14 @@ pub fn cast_key(col: &ArrayRef, key: &JoinKey) -> Result<ArrayRef> {
             key.dtype
         )));
     }
-    Ok(cast_with_options(col, &target, &CastOptions { safe: false, ..Default::default() })?)
+    Ok(cast_with_options(
+        col,
+        &target,
+        &CastOptions {
+            safe: false,
+            ..Default::default()
+        },
+    )?)
 }
 
 fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin<'_>) -> Result<&'b ArrayRef> {
@@ -165,12 +180,25 @@ pub fn normalize_batch(
         }
         cols.push(cast_key(c, k).map_err(|e| Error::Data(format!("{}: {e}", origin.file)))?);
     }
-    let ts = to_timestamps(column(batch, timestamp_field, origin)?.as_ref(), timestamp_field, origin, true)?;
+    let ts = to_timestamps(
+        column(batch, timestamp_field, origin)?.as_ref(),
+        timestamp_field,
+        origin,
+        true,
+    )?;
     let dates: Date32Array = ts.values().iter().map(|&t| Some(day_of(t))).collect();
     cols.push(Arc::new(ts));
     match created_field {
-        Some(c) => cols.push(Arc::new(to_timestamps(column(batch, c, origin)?.as_ref(), c, origin, false)?)),
-        None => cols.push(arrow::array::new_null_array(&timestamp_type(), batch.num_rows())),
+        Some(c) => cols.push(Arc::new(to_timestamps(
+            column(batch, c, origin)?.as_ref(),
+            c,
+            origin,
+            false,
+        )?)),
+        None => cols.push(arrow::array::new_null_array(
+            &timestamp_type(),
+            batch.num_rows(),
+        )),
     }
     for f in &view.features {
         let c = column(batch, &f.name, origin)?;
@@ -189,8 +217,15 @@ pub fn normalize_batch(
                 f.dtype
             )));
         }
-        let casted = cast_with_options(c, &target, &CastOptions { safe: false, ..Default::default() })
-            .map_err(|e| origin.err(0, &f.name, e))?;
+        let casted = cast_with_options(
+            c,
+            &target,
+            &CastOptions {
+                safe: false,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| origin.err(0, &f.name, e))?;
         cols.push(casted);
     }
     cols.push(Arc::new(dates));

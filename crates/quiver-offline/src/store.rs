@@ -87,8 +87,12 @@ impl OfflineStore {
     }
 
     fn table_url(&self, view: &ResolvedView) -> Result<url::Url> {
-        url::Url::from_directory_path(self.table_path(view))
-            .map_err(|_| Error::Invalid(format!("bad table path {}", self.table_path(view).display())))
+        url::Url::from_directory_path(self.table_path(view)).map_err(|_| {
+            Error::Invalid(format!(
+                "bad table path {}",
+                self.table_path(view).display()
+            ))
+        })
     }
 
     async fn load(&self, view: &ResolvedView) -> Result<Option<DeltaTable>> {
@@ -114,7 +118,10 @@ impl OfflineStore {
         let table = table
             .create()
             .with_table_name(view.table_name())
-            .with_comment(format!("quiver feature view {} v{}", view.name, view.version))
+            .with_comment(format!(
+                "quiver feature view {} v{}",
+                view.name, view.version
+            ))
             .with_columns(kernel.fields().cloned())
             .with_partition_columns([EVENT_DATE])
             .await?;
@@ -214,12 +221,18 @@ impl OfflineStore {
                         interleave(&arrays, chunk)
                     })
                     .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
-                writer.write(RecordBatch::try_new(schema.clone(), cols)?).await?;
+                writer
+                    .write(RecordBatch::try_new(schema.clone(), cols)?)
+                    .await?;
             }
         }
         let adds = writer.flush().await?;
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-        actions.extend(replaced.iter().map(|f| Action::Remove(f.remove_action(true))));
+        actions.extend(
+            replaced
+                .iter()
+                .map(|f| Action::Remove(f.remove_action(true))),
+        );
         let days: Vec<String> = touched.iter().map(|d| format_day(*d)).collect();
         let op = DeltaOperation::Write {
             mode: if replaced.is_empty() {
@@ -263,8 +276,11 @@ impl OfflineStore {
         let mut out = Vec::new();
         for b in batches.into_iter().flatten() {
             let ts = b.column(ts_idx).as_primitive::<TimestampMicrosecondType>();
-            let mask: arrow::array::BooleanArray =
-                ts.values().iter().map(|&t| Some(t >= start && t < end)).collect();
+            let mask: arrow::array::BooleanArray = ts
+                .values()
+                .iter()
+                .map(|&t| Some(t >= start && t < end))
+                .collect();
             let f = arrow::compute::filter_record_batch(&b, &mask)?;
             if f.num_rows() > 0 {
                 out.push(f);
@@ -288,10 +304,12 @@ impl OfflineStore {
 }
 
 fn files_of(table: &DeltaTable) -> Result<Vec<DataFile>> {
-    let root = table
-        .table_url()
-        .to_file_path()
-        .map_err(|_| Error::Invalid(format!("offline tables must be local, not {}", table.table_url())))?;
+    let root = table.table_url().to_file_path().map_err(|_| {
+        Error::Invalid(format!(
+            "offline tables must be local, not {}",
+            table.table_url()
+        ))
+    })?;
     Ok(table
         .snapshot()?
         .log_data()
@@ -329,15 +347,17 @@ pub fn read_data_file(
         .with_batch_size(64 * 1024);
     if let Some(cols) = projection {
         let pschema = builder.parquet_schema();
+        let roots = pschema.root_schema().get_fields();
         let idx: Vec<usize> = cols
             .iter()
             .map(|c| {
-                (0..pschema.num_columns())
-                    .find(|&i| pschema.column(i).name() == *c)
+                roots
+                    .iter()
+                    .position(|f| f.name() == *c)
                     .ok_or_else(|| Error::Data(format!("{}: no column '{c}'", path.display())))
             })
             .collect::<Result<_>>()?;
-        let mask = ProjectionMask::leaves(pschema, idx);
+        let mask = ProjectionMask::roots(pschema, idx);
         let reader = builder.with_projection(mask).build()?;
         return reader
             .map(|b| b.map_err(|e| Error::Data(format!("{}: {e}", path.display()))))
@@ -355,7 +375,11 @@ pub fn read_data_file(
                 let c = b.column_by_name(f.name()).ok_or_else(|| {
                     Error::Data(format!("{}: no column '{}'", path.display(), f.name()))
                 })?;
-                cols.push(c.clone());
+                if c.data_type() == f.data_type() {
+                    cols.push(c.clone());
+                } else {
+                    cols.push(arrow::compute::cast(c, f.data_type())?);
+                }
             }
         }
         out.push(RecordBatch::try_new(schema.clone(), cols)?);
@@ -376,16 +400,24 @@ struct Entry {
 
 /// The rows to keep, per day in ascending order, as (batch, row) pairs sorted by
 /// (key, event time, creation time); of rows equal in key and times the last wins.
-fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<(i32, Vec<(usize, usize)>)>> {
+fn merge_order(
+    view: &ResolvedView,
+    batches: &[RecordBatch],
+) -> Result<Vec<(i32, Vec<(usize, usize)>)>> {
     let nkeys = view.join_keys.len();
-    let int_key = nkeys == 1 && batches.first().is_some_and(|b| b.column(0).data_type() == &arrow::datatypes::DataType::Int64);
+    let int_key = nkeys == 1
+        && batches
+            .first()
+            .is_some_and(|b| b.column(0).data_type() == &arrow::datatypes::DataType::Int64);
     // For other keys: the encoded key bytes, to hash and to compare.
     let mut key_bytes: Vec<Vec<u8>> = Vec::new();
     let mut key_offsets: Vec<Vec<u32>> = Vec::new();
     let mut entries: Vec<Entry> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     for (bi, b) in batches.iter().enumerate() {
         let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-        let created = b.column(nkeys + 1).as_primitive::<TimestampMicrosecondType>();
+        let created = b
+            .column(nkeys + 1)
+            .as_primitive::<TimestampMicrosecondType>();
         let mut buf = Vec::new();
         let mut offs = vec![0u32];
         for r in 0..b.num_rows() {
@@ -404,7 +436,11 @@ fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<(i32,
                 day: day_of(t),
                 key,
                 ts: t,
-                created: if created.is_null(r) { NO_CREATED } else { created.value(r) },
+                created: if created.is_null(r) {
+                    NO_CREATED
+                } else {
+                    created.value(r)
+                },
                 batch: bi as u32,
                 row: r as u32,
             });

@@ -204,9 +204,10 @@ fn one<'a>(key: &'a [u8], field: FieldId, row: &'a [u8]) -> [OnlineWrite<'a>; 1]
     [OnlineWrite { key, field, row }]
 }
 
-/// Newer wins: an older or equally new row never replaces the stored one; versions
-/// compare as (event timestamp, creation timestamp), numerically (negative timestamps,
-/// multi-byte values), and per (key, field).
+/// Newer wins: an older row never replaces the stored one, an equally new row does (the
+/// last written of equal versions wins, as in the offline store); versions compare as
+/// (event timestamp, creation timestamp), numerically (negative timestamps, multi-byte
+/// values), and per (key, field).
 pub async fn newer_wins(store: &dyn OnlineStore) {
     let ns = Ns::new("newer_wins");
     let (f, g) = (ns.field(0), ns.field(1));
@@ -224,15 +225,26 @@ pub async fn newer_wins(store: &dyn OnlineStore) {
     ns.expect_cell(store, &k, f, Some(&v10), "an older row was written")
         .await;
 
-    let same = sample_row(10, 1, 1); // same version, different values
+    let same = sample_row(10, 1, 1); // same version, different values: a correction
     let s = ns.write(store, &one(&k, f, &same)).await;
-    ns.expect_stats(store, s, 0, 1, "equal version");
+    ns.expect_stats(store, s, 1, 0, "equal version");
     ns.expect_cell(
         store,
         &k,
         f,
-        Some(&v10),
-        "an equally new row replaced the stored one",
+        Some(&same),
+        "an equally new row did not replace the stored one",
+    )
+    .await;
+    let back = tagged_row(10, 1, b"equal version, other bytes");
+    let s = ns.write(store, &one(&k, f, &back)).await;
+    ns.expect_stats(store, s, 1, 0, "equal version again");
+    ns.expect_cell(
+        store,
+        &k,
+        f,
+        Some(&back),
+        "a second equally new row did not replace the stored one",
     )
     .await;
 
@@ -325,11 +337,16 @@ pub async fn newer_wins(store: &dyn OnlineStore) {
 
     // Numeric order of creation timestamps.
     let k3 = ns.key("e", 3);
-    let steps: [(Timestamp, Timestamp, bool); 4] =
-        [(7, -1, true), (7, 1, true), (7, 256, true), (7, 255, false)];
+    let steps: [(Timestamp, Timestamp, bool); 5] = [
+        (7, -1, true),
+        (7, 1, true),
+        (7, 256, true),
+        (7, 256, true), // equal version (other values): replaces
+        (7, 255, false),
+    ];
     let mut current = Vec::new();
-    for (ev, cr, wins) in steps {
-        let row = sample_row(ev, cr, 1);
+    for (i, (ev, cr, wins)) in steps.into_iter().enumerate() {
+        let row = sample_row(ev, cr, i);
         let s = ns.write(store, &one(&k3, f, &row)).await;
         let context = format!("creation timestamp {cr} after {}", describe(Some(&current)));
         ns.expect_stats(store, s, wins as u64, !wins as u64, &context);
@@ -341,8 +358,9 @@ pub async fn newer_wins(store: &dyn OnlineStore) {
     }
 }
 
-/// Within one batch the newest row of a cell wins wherever it stands, and rows of other
-/// cells in the batch do not interfere.
+/// Within one batch the newest row of a cell wins wherever it stands; among rows of equal
+/// version for a cell the last in the batch wins; rows of other cells in the batch do
+/// not interfere.
 pub async fn within_batch_newest_wins(store: &dyn OnlineStore) {
     let ns = Ns::new("within_batch_newest_wins");
     let f = ns.field(0);
@@ -404,6 +422,91 @@ pub async fn within_batch_newest_wins(store: &dyn OnlineStore) {
         .await;
     }
 
+    // Rows of equal version for a cell: the last of them in the batch wins, unless a
+    // newer row of the cell is in the batch.
+    type Case = (
+        &'static [(Timestamp, Timestamp, &'static str)],
+        &'static str,
+    );
+    let cases: [Case; 5] = [
+        (&[(5, 0, "first"), (5, 0, "second")], "second"),
+        (
+            &[
+                (5, 0, "first"),
+                (5, 0, "second"),
+                (3, 0, "older"),
+                (5, 0, "third"),
+            ],
+            "third",
+        ),
+        (&[(7, 0, "newest"), (5, 0, "a"), (5, 0, "b")], "newest"),
+        (&[(5, 0, "a"), (7, 0, "x"), (7, 0, "y"), (5, 0, "b")], "y"),
+        (&[(5, 1, "a"), (5, 0, "b"), (5, 1, "c"), (5, 0, "d")], "c"),
+    ];
+    let tagged = |rows: &[(Timestamp, Timestamp, &str)]| -> Vec<Vec<u8>> {
+        rows.iter()
+            .map(|&(ev, cr, tag)| tagged_row(ev, cr, tag.as_bytes()))
+            .collect()
+    };
+    for (i, (spec, want)) in cases.iter().enumerate() {
+        let k = ns.key("equal", i as i64);
+        let rows = tagged(spec);
+        let batch: Vec<OnlineWrite<'_>> = rows
+            .iter()
+            .map(|r| OnlineWrite {
+                key: &k,
+                field: f,
+                row: r,
+            })
+            .collect();
+        let s = ns.write(store, &batch).await;
+        let context = format!("batch of rows (event ts, creation ts, tag) {spec:?}");
+        if s.written + s.skipped != spec.len() as u64 || s.written == 0 {
+            ns.fail(
+                store,
+                format_args!(
+                    "{context}: write stats {s:?} do not account for {} rows",
+                    spec.len()
+                ),
+            );
+        }
+        let winner = &rows[spec.iter().position(|r| r.2 == *want).expect("known tag")];
+        ns.expect_cell(store, &k, f, Some(winner), &context).await;
+    }
+
+    // Over a stored row of the same version, the last equal row of the batch wins too.
+    let k = ns.key("equal", 0); // holds (5, 0, "second")
+    let spec = [
+        (5, 0, "p"),
+        (4, 9, "older"),
+        (5, 0, "q"),
+        (5, -1, "older too"),
+    ];
+    let rows = tagged(&spec);
+    let batch: Vec<OnlineWrite<'_>> = rows
+        .iter()
+        .map(|r| OnlineWrite {
+            key: &k,
+            field: f,
+            row: r,
+        })
+        .collect();
+    let s = ns.write(store, &batch).await;
+    if s.written + s.skipped != 4 || s.written == 0 {
+        ns.fail(
+            store,
+            format_args!("equal rows over a stored equal row: write stats {s:?}"),
+        );
+    }
+    ns.expect_cell(
+        store,
+        &k,
+        f,
+        Some(&rows[2]),
+        "equal rows over a stored equal row",
+    )
+    .await;
+
     // Two cells interleaved in one batch.
     let (a, b) = (ns.key("mix", 1), ns.key("mix", 2));
     let rows = [
@@ -412,8 +515,9 @@ pub async fn within_batch_newest_wins(store: &dyn OnlineStore) {
         tagged_row(7, 0, b"a7"),
         tagged_row(2, 0, b"b2"),
         tagged_row(7, -1, b"a7-earlier"),
+        tagged_row(9, 0, b"b9-corrected"),
     ];
-    let keys: [&[u8]; 5] = [&a, &b, &a, &b, &a];
+    let keys: [&[u8]; 6] = [&a, &b, &a, &b, &a, &b];
     let batch: Vec<OnlineWrite<'_>> = rows
         .iter()
         .zip(keys)
@@ -424,17 +528,18 @@ pub async fn within_batch_newest_wins(store: &dyn OnlineStore) {
         })
         .collect();
     let s = ns.write(store, &batch).await;
-    if s.written + s.skipped != 5 || s.written < 2 {
+    if s.written + s.skipped != 6 || s.written < 2 {
         ns.fail(store, format_args!("interleaved batch: write stats {s:?}"));
     }
     ns.expect_cell(store, &a, f, Some(&rows[2]), "interleaved batch, key a")
         .await;
-    ns.expect_cell(store, &b, f, Some(&rows[1]), "interleaved batch, key b")
+    ns.expect_cell(store, &b, f, Some(&rows[5]), "interleaved batch, key b")
         .await;
 }
 
-/// Replaying a batch, or replaying an older one after a newer one, changes nothing; a
-/// newer batch in any order replaces every row.
+/// Replaying a batch leaves the same content (its rows are of equal version, so they are
+/// rewritten, and count as written); replaying an older one after a newer one changes
+/// nothing; a newer batch in any order replaces every row.
 pub async fn replay_is_idempotent(store: &dyn OnlineStore) {
     let ns = Ns::new("replay_is_idempotent");
     let fields = [ns.field(0), ns.field(1)];
@@ -475,11 +580,28 @@ pub async fn replay_is_idempotent(store: &dyn OnlineStore) {
     let s = ns
         .write(store, &cell_batch(&key_refs, &fields, &v1, false))
         .await;
-    ns.expect_stats(store, s, 0, n, "replayed batch");
+    ns.expect_stats(store, s, n, 0, "replayed batch");
     check(
         ns.read(store, &key_refs, &fields).await,
         &v1,
         "replayed batch",
+    );
+
+    // The batch twice in one write (the second copy reversed): identical rows of equal
+    // version, whichever stands the content is the same.
+    let mut twice = cell_batch(&key_refs, &fields, &v1, false);
+    twice.extend(cell_batch(&key_refs, &fields, &v1, true));
+    let s = ns.write(store, &twice).await;
+    if s.written + s.skipped != 2 * n || s.written < n {
+        ns.fail(
+            store,
+            format_args!("batch replayed twice in one write: write stats {s:?}"),
+        );
+    }
+    check(
+        ns.read(store, &key_refs, &fields).await,
+        &v1,
+        "batch replayed twice in one write",
     );
 
     let v0 = make(500, "v0");
@@ -653,7 +775,8 @@ pub async fn key_prefixes_do_not_collide(store: &dyn OnlineStore) {
 }
 
 /// Keys longer than LMDB's 511-byte limit (and around it) are stored and read like any
-/// other, keep newer-wins, and are told apart even when they share a long prefix.
+/// other, keep newer-wins (equal versions replace), and are told apart even when they
+/// share a long prefix.
 pub async fn long_keys(store: &dyn OnlineStore) {
     let ns = Ns::new("long_keys");
     let f = ns.field(0);
@@ -717,6 +840,17 @@ pub async fn long_keys(store: &dyn OnlineStore) {
     ns.expect_stats(store, s, 1, 0, "a newer row under a long key");
     ns.expect_cell(store, long, f, Some(&newer), "newer row under a long key")
         .await;
+    let corrected = tagged_row(11, 0, b"newer, corrected");
+    let s = ns.write(store, &one(long, f, &corrected)).await;
+    ns.expect_stats(store, s, 1, 0, "an equal row under a long key");
+    ns.expect_cell(
+        store,
+        long,
+        f,
+        Some(&corrected),
+        "equal row under a long key",
+    )
+    .await;
     ns.expect_cell(
         store,
         &keys[twin],

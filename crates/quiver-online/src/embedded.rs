@@ -182,12 +182,12 @@ impl EmbeddedStore {
             });
         }
         // Sorted by storage key (LMDB inserts in key order are the cheapest), then newest
-        // first; among equal versions the earliest in the batch comes first and wins.
+        // first; among equal versions the latest in the batch comes first and wins.
         entries.sort_unstable_by(|a, b| {
             a.key
                 .cmp(&b.key)
                 .then(b.version.cmp(&a.version))
-                .then(a.index.cmp(&b.index))
+                .then(b.index.cmp(&a.index))
         });
 
         let env = &self.shared.env;
@@ -198,7 +198,8 @@ impl EmbeddedStore {
         let mut prev: Option<&[u8]> = None;
         for e in &entries {
             if prev == Some(e.key.as_slice()) {
-                stats.skipped += 1; // an older (or equal) row of the same cell in the batch
+                // An older row of the same cell in the batch, or an equal one earlier in it.
+                stats.skipped += 1;
                 continue;
             }
             prev = Some(e.key.as_slice());
@@ -206,7 +207,9 @@ impl EmbeddedStore {
                 .get(&wtxn, &e.key)
                 .map_err(|err| store_err("cannot read", err))?;
             if let Some(stored) = stored {
-                if row_version(stored)? >= e.version {
+                // Skip only when a strictly newer row is stored: a row of equal version
+                // replaces the stored one (the last ingested of equal rows wins).
+                if row_version(stored)? > e.version {
                     stats.skipped += 1;
                     continue;
                 }

@@ -38,7 +38,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub type FieldId = [u8; 8];
 
 /// One conditional write: store `row` under (`key`, `field`) unless the stored row there
-/// is at least as new.
+/// is strictly newer.
 #[derive(Clone, Copy, Debug)]
 pub struct OnlineWrite<'a> {
     /// The full entity key ([`entity_key`]).
@@ -53,17 +53,23 @@ pub struct OnlineWrite<'a> {
 pub struct WriteStats {
     /// Rows stored.
     pub written: u64,
-    /// Rows not stored because the stored row was as new or newer.
+    /// Rows not stored because the stored row was strictly newer, or because a row of the
+    /// same batch superseded them.
     pub skipped: u64,
 }
 
 /// A store of the latest row per (entity key, feature view).
 ///
 /// Guarantees every backend gives, checked by [`conformance::run_all`]:
-/// * **Newer wins.** A write stores its row only if no row is stored under the same
-///   (key, field) or the stored row's (event timestamp, creation timestamp) is strictly
-///   smaller. Replaying a batch, or writing rows out of order, leaves the newest row.
-///   Within one batch, the newest row for a (key, field) wins whatever its position.
+/// * **Newer wins, last of equals wins.** A write stores its row only if no row is stored
+///   under the same (key, field) or the stored row's (event timestamp, creation
+///   timestamp) is smaller or equal: a row of equal version replaces the stored one (a
+///   correction re-ingested with the same timestamps, as the offline store keeps the last
+///   ingested of equal rows), a strictly older row never does. Replaying a batch, or
+///   writing rows out of order, leaves the newest row (a replay rewrites identical rows,
+///   so the content is unchanged). Within one batch, the newest row for a (key, field)
+///   wins whatever its position; among rows of equal version for it, the last in the
+///   batch wins.
 /// * **Atomic batches.** A `write` either stores all of its rows that win or none of
 ///   them; a process killed during a write leaves the previous committed state readable.
 /// * **Read-your-writes.** A `read` that starts after a `write` returned sees its rows.
@@ -73,7 +79,8 @@ pub struct WriteStats {
 ///   deleting expired rows is an optimisation, never needed for correctness.
 #[async_trait]
 pub trait OnlineStore: Send + Sync {
-    /// Writes a batch of rows conditionally (newer wins).
+    /// Writes a batch of rows conditionally (newer wins; of equal versions, the last
+    /// written wins).
     async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats>;
 
     /// Reads `fields` for each of `keys`: the result holds `keys.len() * fields.len()`

@@ -301,8 +301,12 @@ pub fn resolve(
                         k.name(), col.data_type(), def.source));
                     continue;
                 };
-                let src_t = normalize_key(&src_t);
                 let slot = (ent.clone(), k.name().to_string());
+                // CSV columns carry no type: a declared key type is read as declared.
+                let src_t = match key_types.get(&slot) {
+                    Some((t, _)) if untyped.contains(&def.source.as_str()) => t.clone(),
+                    _ => normalize_key(&src_t),
+                };
                 match key_types.get(&slot) {
                     Some((t, from)) if *t != src_t => errs.at(
                         v,

@@ -50,7 +50,9 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
         None => kinds.to_vec(),
         Some(k) => {
             let k = k.replace('_', "-");
-            let found = kinds.iter().find(|x| **x == k || x.trim_end_matches('s') == k);
+            let found = kinds
+                .iter()
+                .find(|x| **x == k || x.trim_end_matches('s') == k);
             vec![*found.ok_or_else(|| {
                 Error::Invalid(format!("unknown kind '{k}': one of {}", kinds.join(", ")))
             })?]
@@ -67,43 +69,85 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
             };
             out.insert(k.to_string(), v.expect("serializable"));
         }
-        println!("{}", serde_json::to_string_pretty(&out).expect("serializable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializable")
+        );
         return Ok(());
     }
     for k in selected {
         println!("{}:", k.to_uppercase());
         let rows: Vec<Vec<String>> = match k {
-            "entities" => s.entities.values().map(|e| vec![
-                e.def.name.clone(),
-                e.join_keys.iter().map(|k| format!("{}:{}", k.name, k.dtype)).collect::<Vec<_>>().join(","),
-                or_dash(&e.def.owner).into(),
-                or_dash(&e.def.description).into(),
-            ]).collect(),
-            "sources" => s.sources.values().map(|r| {
-                let quiver_core::model::Source::File(f) = &r.def;
-                vec![f.name.clone(), "file".into(), f.path.clone(), f.timestamp_field.clone(), or_dash(&f.owner).into()]
-            }).collect(),
-            "feature-views" => s.feature_views.values().map(|v| vec![
-                v.def.name.clone(),
-                v.version.to_string(),
-                v.def.entities.join(","),
-                v.def.features.len().to_string(),
-                v.def.ttl.to_string(),
-                v.def.freshness_sla.map_or("-".into(), |d| d.to_string()),
-                or_dash(&v.def.owner).into(),
-                v.def.tags.iter().map(|(k, t)| format!("{k}={t}")).collect::<Vec<_>>().join(","),
-            ]).collect(),
-            _ => s.feature_services.values().map(|v| vec![
-                v.def.name.clone(),
-                v.version.to_string(),
-                v.features.len().to_string(),
-                or_dash(&v.def.owner).into(),
-            ]).collect(),
+            "entities" => s
+                .entities
+                .values()
+                .map(|e| {
+                    vec![
+                        e.def.name.clone(),
+                        e.join_keys
+                            .iter()
+                            .map(|k| format!("{}:{}", k.name, k.dtype))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        or_dash(&e.def.owner).into(),
+                        or_dash(&e.def.description).into(),
+                    ]
+                })
+                .collect(),
+            "sources" => s
+                .sources
+                .values()
+                .map(|r| {
+                    let quiver_core::model::Source::File(f) = &r.def;
+                    vec![
+                        f.name.clone(),
+                        "file".into(),
+                        f.path.clone(),
+                        f.timestamp_field.clone(),
+                        or_dash(&f.owner).into(),
+                    ]
+                })
+                .collect(),
+            "feature-views" => s
+                .feature_views
+                .values()
+                .map(|v| {
+                    vec![
+                        v.def.name.clone(),
+                        v.version.to_string(),
+                        v.def.entities.join(","),
+                        v.def.features.len().to_string(),
+                        v.def.ttl.to_string(),
+                        v.def.freshness_sla.map_or("-".into(), |d| d.to_string()),
+                        or_dash(&v.def.owner).into(),
+                        v.def
+                            .tags
+                            .iter()
+                            .map(|(k, t)| format!("{k}={t}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect(),
+            _ => s
+                .feature_services
+                .values()
+                .map(|v| {
+                    vec![
+                        v.def.name.clone(),
+                        v.version.to_string(),
+                        v.features.len().to_string(),
+                        or_dash(&v.def.owner).into(),
+                    ]
+                })
+                .collect(),
         };
         let headers: &[&str] = match k {
             "entities" => &["NAME", "JOIN KEYS", "OWNER", "DESCRIPTION"],
             "sources" => &["NAME", "TYPE", "PATH", "TIMESTAMP", "OWNER"],
-            "feature-views" => &["NAME", "VERSION", "ENTITIES", "FEATURES", "TTL", "SLA", "OWNER", "TAGS"],
+            "feature-views" => &[
+                "NAME", "VERSION", "ENTITIES", "FEATURES", "TTL", "SLA", "OWNER", "TAGS",
+            ],
             _ => &["NAME", "VERSION", "FEATURES", "OWNER"],
         };
         println!("{}", table(headers, &rows));
@@ -116,7 +160,10 @@ pub fn describe(store: &FeatureStore, name: &str, as_json: bool) -> Result<()> {
     let s = store.state()?;
     let v = describe_json(&s, name)?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v).expect("serializable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serializable")
+        );
     } else {
         print!("{}", serde_yaml::to_string(&v).expect("serializable"));
     }
@@ -126,10 +173,17 @@ pub fn describe(store: &FeatureStore, name: &str, as_json: bool) -> Result<()> {
 /// The description of an object as JSON.
 pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value> {
     if let Some(v) = s.feature_views.get(name) {
-        let features: Vec<_> = v.def.features.iter().map(|f| json!({
-            "name": f.name, "dtype": f.dtype.to_string(), "description": f.description,
-            "used_by": s.services_using(name, &f.name),
-        })).collect();
+        let features: Vec<_> = v
+            .def
+            .features
+            .iter()
+            .map(|f| {
+                json!({
+                    "name": f.name, "dtype": f.dtype.to_string(), "description": f.description,
+                    "used_by": s.services_using(name, &f.name),
+                })
+            })
+            .collect();
         return Ok(json!({
             "kind": "feature_view", "name": name, "version": v.version,
             "entities": v.def.entities, "join_keys": v.join_keys.iter().map(|k| json!({"name": k.name, "dtype": k.dtype.to_string()})).collect::<Vec<_>>(),
@@ -153,7 +207,12 @@ pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value>
         }));
     }
     if let Some(e) = s.entities.get(name) {
-        let views: Vec<&str> = s.feature_views.values().filter(|v| v.def.entities.iter().any(|x| x == name)).map(|v| v.def.name.as_str()).collect();
+        let views: Vec<&str> = s
+            .feature_views
+            .values()
+            .filter(|v| v.def.entities.iter().any(|x| x == name))
+            .map(|v| v.def.name.as_str())
+            .collect();
         return Ok(json!({
             "kind": "entity", "name": name,
             "join_keys": e.join_keys.iter().map(|k| json!({"name": k.name, "dtype": k.dtype.to_string()})).collect::<Vec<_>>(),
@@ -162,14 +221,24 @@ pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value>
         }));
     }
     if let Some(r) = s.sources.get(name) {
-        let views: Vec<&str> = s.feature_views.values().filter(|v| v.def.source == name).map(|v| v.def.name.as_str()).collect();
+        let views: Vec<&str> = s
+            .feature_views
+            .values()
+            .filter(|v| v.def.source == name)
+            .map(|v| v.def.name.as_str())
+            .collect();
         let mut v = serde_json::to_value(&r.def).expect("serializable");
         v["kind"] = json!("source");
         v["feature_views"] = json!(views);
         v["defined_in"] = json!(r.file);
         return Ok(v);
     }
-    let all = s.entities.keys().chain(s.sources.keys()).chain(s.feature_views.keys()).chain(s.feature_services.keys());
+    let all = s
+        .entities
+        .keys()
+        .chain(s.sources.keys())
+        .chain(s.feature_views.keys())
+        .chain(s.feature_services.keys());
     Err(Error::Invalid(format!(
         "no object named '{name}'{}",
         quiver_registry::state::suggest(name, all)
@@ -179,17 +248,29 @@ pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value>
 /// Prints materialization results.
 pub fn print_materialize(stats: &[MaterializeStats], as_json: bool) {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(stats).expect("serializable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(stats).expect("serializable")
+        );
         return;
     }
     if stats.is_empty() {
         println!("Nothing to materialize: every view is up to date.");
     }
     for s in stats {
-        let start = if s.start <= i64::MIN / 2 { "the beginning".to_string() } else { format_timestamp(s.start) };
+        let start = if s.start <= i64::MIN / 2 {
+            "the beginning".to_string()
+        } else {
+            format_timestamp(s.start)
+        };
         println!(
             "{}: {} rows from {} to {}, {} keys, {} rows written online",
-            s.view, s.rows_read, start, format_timestamp(s.end), s.keys, s.written
+            s.view,
+            s.rows_read,
+            start,
+            format_timestamp(s.end),
+            s.keys,
+            s.written
         );
     }
 }
@@ -197,30 +278,62 @@ pub fn print_materialize(stats: &[MaterializeStats], as_json: bool) {
 /// Prints an online result.
 pub fn print_online(r: &OnlineResult, as_json: bool) {
     if as_json {
-        let results: Vec<_> = r.rows.iter().map(|row| {
-            let features: serde_json::Map<String, serde_json::Value> = r.feature_names.iter().zip(&row.values)
-                .map(|(n, v)| (n.clone(), serde_json::to_value(v).expect("serializable"))).collect();
-            let statuses: serde_json::Map<String, serde_json::Value> = r.feature_names.iter().zip(&row.statuses)
-                .map(|(n, s)| (n.clone(), json!(s.as_str()))).collect();
-            json!({"entities": row.entities, "features": features, "statuses": statuses})
-        }).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({
-            "results": results,
-            "metadata": {
-                "feature_service": r.feature_service.as_ref().map(|s| &s.0),
-                "feature_service_version": r.feature_service.as_ref().map(|s| s.1),
-                "at": format_timestamp(r.at),
-            }
-        })).expect("serializable"));
+        let results: Vec<_> = r
+            .rows
+            .iter()
+            .map(|row| {
+                let features: serde_json::Map<String, serde_json::Value> = r
+                    .feature_names
+                    .iter()
+                    .zip(&row.values)
+                    .map(|(n, v)| (n.clone(), serde_json::to_value(v).expect("serializable")))
+                    .collect();
+                let statuses: serde_json::Map<String, serde_json::Value> = r
+                    .feature_names
+                    .iter()
+                    .zip(&row.statuses)
+                    .map(|(n, s)| (n.clone(), json!(s.as_str())))
+                    .collect();
+                json!({"entities": row.entities, "features": features, "statuses": statuses})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "results": results,
+                "metadata": {
+                    "feature_service": r.feature_service.as_ref().map(|s| &s.0),
+                    "feature_service_version": r.feature_service.as_ref().map(|s| s.1),
+                    "at": format_timestamp(r.at),
+                }
+            }))
+            .expect("serializable")
+        );
         return;
     }
     for row in &r.rows {
-        let ent: Vec<String> = row.entities.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let ent: Vec<String> = row
+            .entities
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("entity {}", ent.join(", "));
-        let rows: Vec<Vec<String>> = r.feature_names.iter().enumerate().map(|(i, n)| vec![
-            n.clone(), row.values[i].to_string(), row.statuses[i].to_string(),
-            row.event_timestamps[i].map_or("-".into(), format_timestamp),
-        ]).collect();
-        println!("{}", table(&["FEATURE", "VALUE", "STATUS", "EVENT TIME"], &rows));
+        let rows: Vec<Vec<String>> = r
+            .feature_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                vec![
+                    n.clone(),
+                    row.values[i].to_string(),
+                    row.statuses[i].to_string(),
+                    row.event_timestamps[i].map_or("-".into(), format_timestamp),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["FEATURE", "VALUE", "STATUS", "EVENT TIME"], &rows)
+        );
     }
 }

@@ -8,11 +8,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use quiver_core::time::{Timestamp, MICROS_PER_SECOND};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use quiver_core::time::{Timestamp, MICROS_PER_SECOND};
 
 use crate::{Error, Result};
 
@@ -106,7 +109,11 @@ fn ts_array(v: Vec<Timestamp>) -> ArrayRef {
 }
 
 fn ts_field(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), nullable)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        nullable,
+    )
 }
 
 /// Writes the demo repository into `dir` (which must not hold a `quiver.yaml`), with
@@ -178,7 +185,11 @@ pub fn init(dir: &Path, anchor: Timestamp) -> Result<()> {
         for day in 0..DAYS {
             id.push(5001 + c);
             ts.push(start + (day + 1) * DAY - HOUR);
-            bal.push(if rng.gen_bool(0.05) { None } else { Some((rng.gen_range(0.0..500.0f64) * 100.0).round() / 100.0) });
+            bal.push(if rng.gen_bool(0.05) {
+                None
+            } else {
+                Some((rng.gen_range(0.0..500.0f64) * 100.0).round() / 100.0)
+            });
             pax.push(Some(rng.gen_range(1.0..3.0f64)));
             total += rng.gen_range(0..4);
             life.push(Some(total));

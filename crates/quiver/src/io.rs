@@ -32,3 +32,35 @@ pub fn write_table(path: impl AsRef<Path>, batch: &RecordBatch) -> Result<()> {
     quiver_offline::files::write_file(path, batch.schema(), std::slice::from_ref(batch))?;
     Ok(())
 }
+
+/// Reads entity rows for a historical retrieval. CSV columns carry no types, so the
+/// time column is read as text (parsed by the time contract's rules, fractions of a
+/// second kept) and registered join keys as their registered types (a key `007` of a
+/// string entity stays `007`).
+pub fn read_entities(
+    path: impl AsRef<Path>,
+    state: &quiver_registry::RegistryState,
+    timestamp_column: &str,
+) -> Result<RecordBatch> {
+    let path = path.as_ref();
+    let format = quiver_offline::files::format_of(path, None)?;
+    if format != FileFormat::Csv {
+        return read_table(path);
+    }
+    let inferred = quiver_offline::files::read_schema(path, format)?;
+    let mut overrides = vec![(
+        timestamp_column.to_string(),
+        arrow::datatypes::DataType::Utf8,
+    )];
+    for e in state.entities.values() {
+        for k in &e.join_keys {
+            overrides.push((
+                k.name.clone(),
+                quiver_offline::normalize::key_arrow_type(&k.dtype),
+            ));
+        }
+    }
+    let schema = quiver_offline::files::csv_schema_with(&inferred, &overrides);
+    let batches = quiver_offline::files::read_file(path, format, Some(schema.clone()))?;
+    Ok(concat_batches(&schema, &batches)?)
+}

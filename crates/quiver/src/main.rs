@@ -14,7 +14,13 @@ use quiver_core::time::{format_timestamp, now, parse_timestamp};
 #[command(name = "quiver", version, about)]
 struct Cli {
     /// The feature repository (the directory holding quiver.yaml).
-    #[arg(long, short = 'r', global = true, default_value = ".", env = "QUIVER_REPO")]
+    #[arg(
+        long,
+        short = 'r',
+        global = true,
+        default_value = ".",
+        env = "QUIVER_REPO"
+    )]
     repo: PathBuf,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
@@ -70,7 +76,8 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         preview: usize,
     },
-    /// Write the latest values in [START, END) to the online store.
+    /// Write the latest values with event time in [START, END) to the online store
+    /// (END is exclusive: a row stamped exactly END is left for the next run).
     Materialize {
         start: String,
         end: String,
@@ -123,7 +130,11 @@ fn print_json<T: serde::Serialize>(v: &T) {
 fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     if let Command::Init { dir, anchor } = &cli.command {
-        let anchor = anchor.as_deref().map(time_arg).transpose()?.unwrap_or_else(now);
+        let anchor = anchor
+            .as_deref()
+            .map(time_arg)
+            .transpose()?
+            .unwrap_or_else(now);
         quiver::demo::init(dir, anchor)?;
         println!(
             "Created a feature repository in {} (history up to {}).\nNext: cd {} && quiver apply && quiver ingest",
@@ -138,7 +149,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init { .. } => unreachable!("handled above"),
         Command::Plan => {
             let (plan, _) = store.plan()?;
-            if json { print_json(&plan) } else { print!("{plan}") }
+            if json {
+                print_json(&plan)
+            } else {
+                print!("{plan}")
+            }
         }
         Command::Apply => {
             let plan = store.apply()?;
@@ -156,10 +171,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ingest { views } => {
             let stats = store.ingest(&views)?;
             if json {
-                print_json(&stats.iter().map(|(v, s)| serde_json::json!({
+                print_json(
+                    &stats
+                        .iter()
+                        .map(|(v, s)| {
+                            serde_json::json!({
                     "view": v, "rows_in": s.rows_in, "rows_stored": s.rows_stored,
                     "rows_replaced": s.rows_replaced, "partitions": s.partitions,
-                    "table_version": s.table_version })).collect::<Vec<_>>());
+                    "table_version": s.table_version })
+                        })
+                        .collect::<Vec<_>>(),
+                );
             } else {
                 for (v, s) in stats {
                     println!(
@@ -170,24 +192,40 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Historical { entities, features, service, output, full_names, preview } => {
+        Command::Historical {
+            entities,
+            features,
+            service,
+            output,
+            full_names,
+            preview,
+        } => {
             let started = std::time::Instant::now();
-            let input = quiver::io::read_table(&entities)?;
-            let mut b = store.historical().entities(input).features(features).full_names(full_names);
+            let input = quiver::io::read_entities(&entities, &store.state()?, "event_timestamp")?;
+            let mut b = store
+                .historical()
+                .entities(input)
+                .features(features)
+                .full_names(full_names);
             if let Some(s) = service {
                 b = b.service(s);
             }
             let result = b.run()?;
             quiver::io::write_table(&output, &result)?;
             if json {
-                print_json(&serde_json::json!({"rows": result.num_rows(), "columns": result.num_columns(),
-                    "output": output, "seconds": started.elapsed().as_secs_f64()}));
+                print_json(
+                    &serde_json::json!({"rows": result.num_rows(), "columns": result.num_columns(),
+                    "output": output, "seconds": started.elapsed().as_secs_f64()}),
+                );
             } else {
                 let n = preview.min(result.num_rows());
                 println!("{}", pretty_format_batches(&[result.slice(0, n)])?);
                 println!(
                     "{} rows × {} columns written to {} in {:.2}s",
-                    result.num_rows(), result.num_columns(), output.display(), started.elapsed().as_secs_f64()
+                    result.num_rows(),
+                    result.num_columns(),
+                    output.display(),
+                    started.elapsed().as_secs_f64()
                 );
             }
         }
@@ -196,12 +234,25 @@ fn run(cli: Cli) -> Result<()> {
             quiver::cli_views::print_materialize(&stats, json);
         }
         Command::MaterializeIncremental { end, views } => {
-            let end = end.as_deref().map(time_arg).transpose()?.unwrap_or_else(now);
+            let end = end
+                .as_deref()
+                .map(time_arg)
+                .transpose()?
+                .unwrap_or_else(now);
             let stats = store.materialize_incremental(end, &views, !json)?;
             quiver::cli_views::print_materialize(&stats, json);
         }
-        Command::Online { features, service, entities, full_names, at } => {
-            let mut b = store.online_features().features(features).full_names(full_names);
+        Command::Online {
+            features,
+            service,
+            entities,
+            full_names,
+            at,
+        } => {
+            let mut b = store
+                .online_features()
+                .features(features)
+                .full_names(full_names);
             if let Some(s) = service {
                 b = b.service(s);
             }
@@ -212,7 +263,9 @@ fn run(cli: Cli) -> Result<()> {
                 let mut row = BTreeMap::new();
                 for part in e.split(',') {
                     let (k, v) = part.split_once('=').ok_or_else(|| {
-                        quiver::Error::Invalid(format!("--entity {e:?}: expected key=value[,key=value…]"))
+                        quiver::Error::Invalid(format!(
+                            "--entity {e:?}: expected key=value[,key=value…]"
+                        ))
                     })?;
                     row.insert(k.trim().to_string(), v.trim().to_string());
                 }

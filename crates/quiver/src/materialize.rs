@@ -95,6 +95,12 @@ impl FeatureStore {
         let mut out = Vec::new();
         for (name, start) in ranges {
             let view = state.resolved_view(name)?;
+            if !offline.exists(&view) {
+                return Err(Error::Invalid(format!(
+                    "feature view '{name}' has no offline data yet: run `quiver ingest {name}` \
+                     before materializing"
+                )));
+            }
             let batches = offline.read_range(&view, *start, end)?;
             let stats = rt.block_on(write_latest(&view, &batches, online.as_ref(), progress))?;
             let stats = MaterializeStats {
@@ -147,7 +153,9 @@ pub async fn write_latest(
     for (bi, b) in batches.iter().enumerate() {
         rows_read += b.num_rows() as u64;
         let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-        let created = b.column(nkeys + 1).as_primitive::<TimestampMicrosecondType>();
+        let created = b
+            .column(nkeys + 1)
+            .as_primitive::<TimestampMicrosecondType>();
         for r in 0..b.num_rows() {
             buf.clear();
             for k in 0..nkeys {
@@ -155,7 +163,11 @@ pub async fn write_latest(
             }
             let version = RowVersion {
                 event_ts: ts.value(r),
-                created_ts: if created.is_null(r) { NO_CREATED } else { created.value(r) },
+                created_ts: if created.is_null(r) {
+                    NO_CREATED
+                } else {
+                    created.value(r)
+                },
             };
             let g = index.insert(&buf) as usize;
             if g == best.len() {
@@ -168,9 +180,11 @@ pub async fn write_latest(
     let bar = if progress && best.len() > 50_000 {
         let bar = ProgressBar::new(best.len() as u64).with_message(view.name.clone());
         bar.set_style(
-            ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} rows {per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>24} [{bar:40}] {pos}/{len} rows {per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar
     } else {
@@ -201,7 +215,13 @@ pub async fn write_latest(
             entity_key_into(&view.project, &entity_set, &buf, &mut key);
             let (k0, r0) = (keys_buf.len(), rows_buf.len());
             keys_buf.extend_from_slice(&key);
-            encode_row(version.event_ts, version.created_ts, &feature_cols[bi], r, &mut rows_buf)?;
+            encode_row(
+                version.event_ts,
+                version.created_ts,
+                &feature_cols[bi],
+                r,
+                &mut rows_buf,
+            )?;
             spans.push((k0, keys_buf.len(), r0, rows_buf.len()));
         }
         let writes: Vec<OnlineWrite<'_>> = spans

@@ -153,12 +153,14 @@ impl<'a> OnlineBuilder<'a> {
             rows: rows
                 .into_iter()
                 .zip(result)
-                .map(|(entities, (values, statuses, event_timestamps))| OnlineRow {
-                    entities,
-                    values,
-                    statuses,
-                    event_timestamps,
-                })
+                .map(
+                    |(entities, (values, statuses, event_timestamps))| OnlineRow {
+                        entities,
+                        values,
+                        statuses,
+                        event_timestamps,
+                    },
+                )
                 .collect(),
             feature_service: service,
             at,

@@ -11,7 +11,9 @@ use quiver_offline::normalize::{key_arrow_type, normalize_batch, Origin};
 use quiver_offline::{IngestStats, OfflineStore};
 use quiver_online::{EmbeddedStore, OnlineStore};
 use quiver_registry::config::{OfflineStoreConfig, OnlineStoreConfig};
-use quiver_registry::{Definitions, Plan, Registry, RegistryState, RepoConfig, SourceSchema, SourceSchemas};
+use quiver_registry::{
+    Definitions, Plan, Registry, RegistryState, RepoConfig, SourceSchema, SourceSchemas,
+};
 
 use crate::{Error, Result};
 
@@ -141,7 +143,7 @@ impl FeatureStore {
             state
                 .feature_views
                 .values()
-                .filter(|v| v.def.offline)
+                .filter(|v| v.def.offline || v.def.online)
                 .map(|v| v.def.name.clone())
                 .collect()
         } else {
@@ -169,7 +171,11 @@ impl FeatureStore {
                             .iter()
                             .map(|k| (k.name.clone(), key_arrow_type(&k.dtype)))
                             .collect();
-                        overrides.extend(view.features.iter().map(|f| (f.name.clone(), f.dtype.to_arrow())));
+                        overrides.extend(
+                            view.features
+                                .iter()
+                                .map(|f| (f.name.clone(), f.dtype.to_arrow())),
+                        );
                         overrides.push((src.timestamp_field.clone(), DataType::Utf8));
                         if let Some(c) = &src.created_timestamp_field {
                             overrides.push((c.clone(), DataType::Utf8));
@@ -177,7 +183,11 @@ impl FeatureStore {
                         Some(files::csv_schema_with(&inferred, &overrides))
                     }
                 };
-                let display = file.strip_prefix(&self.repo).unwrap_or(&file).display().to_string();
+                let display = file
+                    .strip_prefix(&self.repo)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
                 let mut first_row = 1;
                 for b in files::read_file(&file, format, csv_schema)? {
                     let origin = Origin {

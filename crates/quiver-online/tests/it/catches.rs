@@ -13,8 +13,11 @@ enum Flaw {
     None,
     /// Every write replaces the stored row.
     AlwaysOverwrites,
-    /// A row of equal version replaces the stored one.
-    EqualOverwrites,
+    /// A row of equal version never replaces the stored one (the first stands).
+    SkipsEqual,
+    /// A row of equal version replaces a row stored before the batch, but within a batch
+    /// the first of rows of equal version stands.
+    FirstEqualOfBatchWins,
     /// Only event timestamps are compared.
     IgnoresCreatedTs,
     /// Versions compared as their little-endian bytes.
@@ -75,14 +78,17 @@ impl MemStore {
         (key, field)
     }
 
-    fn wins(&self, new: &[u8], old: &[u8]) -> bool {
+    /// Whether `new` replaces `old`; `same_batch` when `old` was written by the batch
+    /// of `new`.
+    fn wins(&self, new: &[u8], old: &[u8], same_batch: bool) -> bool {
         let (n, o) = (row_version(new).unwrap(), row_version(old).unwrap());
         match self.flaw {
             Flaw::AlwaysOverwrites => true,
-            Flaw::EqualOverwrites => n >= o,
-            Flaw::IgnoresCreatedTs => n.0 > o.0,
-            Flaw::ComparesBytes => new[1..17] > old[1..17],
-            _ => n > o,
+            Flaw::SkipsEqual => n > o,
+            Flaw::FirstEqualOfBatchWins if same_batch => n > o,
+            Flaw::IgnoresCreatedTs => n.0 >= o.0,
+            Flaw::ComparesBytes => new[1..17] >= old[1..17],
+            _ => n >= o,
         }
     }
 }
@@ -93,6 +99,7 @@ impl OnlineStore for MemStore {
         let mut cells = self.cells.lock().unwrap();
         let before = cells.clone();
         let mut stats = WriteStats::default();
+        let mut touched = std::collections::HashSet::new();
         for w in rows {
             let cell = self.cell(w.key, w.field);
             let stored = if self.flaw == Flaw::LastOfBatchWins {
@@ -100,7 +107,9 @@ impl OnlineStore for MemStore {
             } else {
                 cells.get(&cell)
             };
-            if stored.is_none_or(|old| self.wins(w.row, old)) {
+            let same_batch = touched.contains(&cell);
+            if stored.is_none_or(|old| self.wins(w.row, old, same_batch)) {
+                touched.insert(cell.clone());
                 let mut row = w.row.to_vec();
                 if self.flaw == Flaw::TruncatesValues {
                     row.truncate(1 << 16);
@@ -200,7 +209,11 @@ async fn each_flaw_fails_its_check() {
     let cases = [
         (Flaw::AlwaysOverwrites, Check::NewerWins),
         (Flaw::AlwaysOverwrites, Check::Replay),
-        (Flaw::EqualOverwrites, Check::NewerWins),
+        (Flaw::SkipsEqual, Check::NewerWins),
+        (Flaw::SkipsEqual, Check::WithinBatch),
+        (Flaw::SkipsEqual, Check::Replay),
+        (Flaw::SkipsEqual, Check::LongKeys),
+        (Flaw::FirstEqualOfBatchWins, Check::WithinBatch),
         (Flaw::IgnoresCreatedTs, Check::NewerWins),
         (Flaw::ComparesBytes, Check::NewerWins),
         (Flaw::LastOfBatchWins, Check::WithinBatch),

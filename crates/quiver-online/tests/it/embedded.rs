@@ -179,11 +179,85 @@ async fn write_stats_count_superseded_batch_rows_as_skipped() {
         .collect();
     let s = store.write(&batch).await.unwrap();
     assert_eq!((s.written, s.skipped), (1, 3));
-    // Of two rows of equal version in one batch, the first stands.
+    // Of two rows of equal version in one batch, the last stands.
     assert_eq!(
         store.read(&[&k], &[F]).await.unwrap(),
-        vec![Some(rows[1].clone())]
+        vec![Some(rows[3].clone())]
     );
+
+    // A row of equal version replaces the stored one and counts as written; an older
+    // one is skipped.
+    let corrected = sample_row(7, 0, 1);
+    let older = sample_row(7, -1, 0);
+    let batch = [
+        OnlineWrite {
+            key: &k,
+            field: F,
+            row: &corrected,
+        },
+        OnlineWrite {
+            key: &k,
+            field: F,
+            row: &older,
+        },
+    ];
+    let s = store.write(&batch).await.unwrap();
+    assert_eq!((s.written, s.skipped), (1, 1));
+    assert_eq!(
+        store.read(&[&k], &[F]).await.unwrap(),
+        vec![Some(corrected.clone())]
+    );
+    // Replaying the same row rewrites it: written, content unchanged.
+    let s = store.write(&batch[..1]).await.unwrap();
+    assert_eq!((s.written, s.skipped), (1, 0));
+    assert_eq!(
+        store.read(&[&k], &[F]).await.unwrap(),
+        vec![Some(corrected)]
+    );
+    assert_eq!(store.row_count().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn equal_versions_in_a_batch_resolve_to_the_last_per_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..3).map(|i| int_key("p", "e", i)).collect();
+    // Cells (key, field) and rows, interleaved; every row of a cell has the same version
+    // except where noted.
+    let cells: [(usize, FieldId, (i64, i64, usize)); 9] = [
+        (0, F, (4, 4, 0)),
+        (1, F, (4, 4, 0)),
+        (0, G, (4, 4, 1)),
+        (0, F, (4, 4, 1)), // last of (0, F)
+        (1, F, (9, 0, 1)), // newest of (1, F)
+        (2, G, (1, 1, 0)),
+        (0, G, (4, 4, 0)), // last of (0, G)
+        (1, F, (4, 4, 1)),
+        (2, G, (1, 1, 1)), // last of (2, G)
+    ];
+    let versions: Vec<_> = cells.iter().map(|c| c.2).collect();
+    let rows = sample_rows(&versions);
+    let batch: Vec<OnlineWrite<'_>> = cells
+        .iter()
+        .zip(&rows)
+        .map(|(&(k, field, _), row)| OnlineWrite {
+            key: &keys[k],
+            field,
+            row,
+        })
+        .collect();
+    let s = store.write_blocking(&batch).unwrap();
+    assert_eq!((s.written, s.skipped), (4, 5));
+    let got = store.read_blocking(&refs(&keys), &[F, G]).unwrap();
+    let want = vec![
+        Some(rows[3].clone()),
+        Some(rows[6].clone()),
+        Some(rows[4].clone()),
+        None,
+        None,
+        Some(rows[8].clone()),
+    ];
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -37,13 +37,20 @@ fn killed_materialization_leaves_previous_state_readable() {
     );
     // Two rows per key: x = 1 at 1h, x = 2 at 3h.
     let keys: Vec<i64> = (0..KEYS).chain(0..KEYS).collect();
-    let times: Vec<i64> = (0..2 * KEYS).map(|i| if i < KEYS { HOUR } else { 3 * HOUR }).collect();
-    let xs: Vec<f64> = (0..2 * KEYS).map(|i| if i < KEYS { 1.0 } else { 2.0 }).collect();
-    repo.parquet("data/s.parquet", vec![
-        ("k", Arc::new(Int64Array::from(keys))),
-        ("t", ts(times)),
-        ("x", Arc::new(Float64Array::from(xs))),
-    ]);
+    let times: Vec<i64> = (0..2 * KEYS)
+        .map(|i| if i < KEYS { HOUR } else { 3 * HOUR })
+        .collect();
+    let xs: Vec<f64> = (0..2 * KEYS)
+        .map(|i| if i < KEYS { 1.0 } else { 2.0 })
+        .collect();
+    repo.parquet(
+        "data/s.parquet",
+        vec![
+            ("k", Arc::new(Int64Array::from(keys))),
+            ("t", ts(times)),
+            ("x", Arc::new(Float64Array::from(xs))),
+        ],
+    );
     let store = repo.store();
     store.apply().unwrap();
     store.ingest(&[]).unwrap();
@@ -54,7 +61,12 @@ fn killed_materialization_leaves_previous_state_readable() {
     let mut child = std::process::Command::new(quiver_bin())
         .arg("--repo")
         .arg(repo.path())
-        .args(["materialize", "1970-01-01T00:00:00Z", "1970-01-01T04:00:00Z", "--json"])
+        .args([
+            "materialize",
+            "1970-01-01T00:00:00Z",
+            "1970-01-01T04:00:00Z",
+            "--json",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -82,7 +94,10 @@ fn killed_materialization_leaves_previous_state_readable() {
     assert!(new > 0, "the first batch was committed before the kill");
     // The registry still records the previous run (the killed one did not finish).
     let state = store.state().unwrap();
-    assert_eq!(state.feature_views["v"].materialized.as_ref().unwrap().end, 2 * HOUR);
+    assert_eq!(
+        state.feature_views["v"].materialized.as_ref().unwrap().end,
+        2 * HOUR
+    );
 
     // A rerun completes.
     store.materialize(0, 4 * HOUR, &[], false).unwrap();

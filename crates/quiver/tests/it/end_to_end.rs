@@ -15,7 +15,10 @@ const ANCHOR: &str = "2025-03-01T12:00:00Z";
 fn demo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("demo");
-    let (ok, _, err) = cli(dir.path(), &["init", repo.to_str().unwrap(), "--anchor", ANCHOR]);
+    let (ok, _, err) = cli(
+        dir.path(),
+        &["init", repo.to_str().unwrap(), "--anchor", ANCHOR],
+    );
     assert!(ok, "{err}");
     for args in [&["apply"][..], &["ingest"][..]] {
         let (ok, out, err) = cli(&repo, args);
@@ -35,15 +38,33 @@ fn demo_runs_end_to_end_with_parity() {
 
     let entities = repo.join("data/entities.parquet");
     let output = repo.join("data/training.parquet");
-    let (ok, out, err) = cli(&repo, &[
-        "historical", "--entities", entities.to_str().unwrap(), "--service", "ride_ranking_v1",
-        "--output", output.to_str().unwrap(),
-    ]);
+    let (ok, out, err) = cli(
+        &repo,
+        &[
+            "historical",
+            "--entities",
+            entities.to_str().unwrap(),
+            "--service",
+            "ride_ranking_v1",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("10000 rows"), "{out}");
     let training = quiver::io::read_table(repo.join("data/training.parquet")).unwrap();
     assert_eq!(training.num_rows(), 10_000);
-    for c in ["driver_id", "customer_id", "event_timestamp", "trip_completed", "conv_rate", "acc_rate", "avg_daily_trips", "current_balance", "trips_together"] {
+    for c in [
+        "driver_id",
+        "customer_id",
+        "event_timestamp",
+        "trip_completed",
+        "conv_rate",
+        "acc_rate",
+        "avg_daily_trips",
+        "current_balance",
+        "trips_together",
+    ] {
         assert!(training.column_by_name(c).is_some(), "missing column {c}");
     }
     // Labels before the first feature row get nulls, never zeros.
@@ -70,30 +91,77 @@ fn demo_runs_end_to_end_with_parity() {
         ]));
     }
     let online = online.get().unwrap();
-    assert_eq!(online.feature_service, Some(("ride_ranking_v1".to_string(), 1)));
+    assert_eq!(
+        online.feature_service,
+        Some(("ride_ranking_v1".to_string(), 1))
+    );
     // The same keys as training rows labelled at the anchor (exclusive of events at the
     // anchor itself is not a concern: materialization covers [.., anchor)).
     let labels = batch(vec![
-        ("driver_id", std::sync::Arc::new(Int64Array::from(drivers.clone()))),
-        ("customer_id", std::sync::Arc::new(Int64Array::from(customers.clone()))),
+        (
+            "driver_id",
+            std::sync::Arc::new(Int64Array::from(drivers.clone())),
+        ),
+        (
+            "customer_id",
+            std::sync::Arc::new(Int64Array::from(customers.clone())),
+        ),
         ("event_timestamp", ts(vec![t - 1; drivers.len()])),
     ]);
-    let offline = store.historical().entities(labels).service("ride_ranking_v1").run().unwrap();
-    let conv = offline.column_by_name("conv_rate").unwrap().as_primitive::<Float64Type>();
-    let trips = offline.column_by_name("avg_daily_trips").unwrap().as_primitive::<Int64Type>();
-    let ci = online.feature_names.iter().position(|n| n == "conv_rate").unwrap();
-    let ti = online.feature_names.iter().position(|n| n == "avg_daily_trips").unwrap();
+    let offline = store
+        .historical()
+        .entities(labels)
+        .service("ride_ranking_v1")
+        .run()
+        .unwrap();
+    let conv = offline
+        .column_by_name("conv_rate")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let trips = offline
+        .column_by_name("avg_daily_trips")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let ci = online
+        .feature_names
+        .iter()
+        .position(|n| n == "conv_rate")
+        .unwrap();
+    let ti = online
+        .feature_names
+        .iter()
+        .position(|n| n == "avg_daily_trips")
+        .unwrap();
     for (i, row) in online.rows.iter().enumerate() {
         assert_eq!(row.statuses[ci], FeatureStatus::Present);
-        assert_eq!(row.values[ci], Value::Float64(conv.value(i)), "online/offline parity, row {i}");
-        assert_eq!(row.values[ti], Value::Int64(trips.value(i)), "online/offline parity, row {i}");
+        assert_eq!(
+            row.values[ci],
+            Value::Float64(conv.value(i)),
+            "online/offline parity, row {i}"
+        );
+        assert_eq!(
+            row.values[ti],
+            Value::Int64(trips.value(i)),
+            "online/offline parity, row {i}"
+        );
     }
 
     // Statuses: OUTSIDE_TTL after the TTL (1d for driver stats), MISSING for unknown keys.
-    let (ok, out, err) = cli(&repo, &[
-        "online", "--service", "driver_activity_v1", "--entity", "driver_id=1001",
-        "--entity", "driver_id=999", "--at", "2025-03-03T12:00:00Z", "--json",
-    ]);
+    let (ok, out, err) = cli(
+        &repo,
+        &[
+            "online",
+            "--service",
+            "driver_activity_v1",
+            "--entity",
+            "driver_id=1001",
+            "--entity",
+            "driver_id=999",
+            "--at",
+            "2025-03-03T12:00:00Z",
+            "--json",
+        ],
+    );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["results"][0]["statuses"]["conv_rate"], "OUTSIDE_TTL");
@@ -103,10 +171,37 @@ fn demo_runs_end_to_end_with_parity() {
     assert_eq!(v["metadata"]["feature_service_version"], 1);
 
     // Bad online requests get clear errors.
-    let (ok, _, err) = cli(&repo, &["online", "--service", "driver_activity_v1", "--entity", "driver_id=abc"]);
+    let (ok, _, err) = cli(
+        &repo,
+        &[
+            "online",
+            "--service",
+            "driver_activity_v1",
+            "--entity",
+            "driver_id=abc",
+        ],
+    );
     assert!(!ok && err.contains("\"abc\" is not a valid int64"), "{err}");
-    let (ok, _, err) = cli(&repo, &["online", "--service", "ride_ranking_v1", "--entity", "driver_id=1001"]);
-    assert!(!ok && err.contains("no value for join key 'customer_id'"), "{err}");
-    let (ok, _, err) = cli(&repo, &["online", "--service", "nope", "--entity", "driver_id=1"]);
-    assert!(!ok && err.contains("unknown feature service 'nope'"), "{err}");
+    let (ok, _, err) = cli(
+        &repo,
+        &[
+            "online",
+            "--service",
+            "ride_ranking_v1",
+            "--entity",
+            "driver_id=1001",
+        ],
+    );
+    assert!(
+        !ok && err.contains("no value for join key 'customer_id'"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &repo,
+        &["online", "--service", "nope", "--entity", "driver_id=1"],
+    );
+    assert!(
+        !ok && err.contains("unknown feature service 'nope'"),
+        "{err}"
+    );
 }

@@ -25,7 +25,12 @@ feature_views:
       - { name: score, dtype: float64 }
 ";
 
-fn repo_with(user: Vec<Option<i64>>, times: Vec<i64>, created: Vec<Option<i64>>, score: Vec<Option<f64>>) -> Repo {
+fn repo_with(
+    user: Vec<Option<i64>>,
+    times: Vec<i64>,
+    created: Vec<Option<i64>>,
+    score: Vec<Option<f64>>,
+) -> Repo {
     let r = Repo::new(DEFS);
     r.parquet(
         "data/src.parquet",
@@ -81,10 +86,24 @@ fn reingest_keeps_one_copy_and_later_values_win() {
         ("user_id", Arc::new(Int64Array::from(vec![2, 1]))),
         ("event_timestamp", ts(vec![11 * s, 11 * s])),
     ]);
-    let out = store.historical().entities(labels).features(["stats:score"]).run().unwrap();
-    let score = out.column_by_name("score").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+    let out = store
+        .historical()
+        .entities(labels)
+        .features(["stats:score"])
+        .run()
+        .unwrap();
+    let score = out
+        .column_by_name("score")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
     assert_eq!(score.value(0), 30.0);
-    assert_eq!(score.value(1), 2.0, "the larger created_timestamp wins the tie");
+    assert_eq!(
+        score.value(1),
+        2.0,
+        "the larger created_timestamp wins the tie"
+    );
 }
 
 fn ingest_err(r: &Repo) -> String {
@@ -92,15 +111,26 @@ fn ingest_err(r: &Repo) -> String {
     store.apply().unwrap();
     let e = store.ingest(&[]).unwrap_err().to_string();
     let view = store.state().unwrap().resolved_view("stats").unwrap();
-    assert!(!store.offline().unwrap().exists(&view) || stored_rows(r) == 0, "nothing may be written");
+    assert!(
+        !store.offline().unwrap().exists(&view) || stored_rows(r) == 0,
+        "nothing may be written"
+    );
     e
 }
 
 #[test]
 fn null_keys_are_rejected_with_row_and_column() {
-    let r = repo_with(vec![Some(1), None], vec![1, 2], vec![None, None], vec![Some(1.0), Some(2.0)]);
+    let r = repo_with(
+        vec![Some(1), None],
+        vec![1, 2],
+        vec![None, None],
+        vec![Some(1.0), Some(2.0)],
+    );
     let e = ingest_err(&r);
-    assert!(e.contains("data/src.parquet: row 2, column 'user_id': join key is null"), "{e}");
+    assert!(
+        e.contains("data/src.parquet: row 2, column 'user_id': join key is null"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -111,7 +141,10 @@ fn unparsable_timestamps_are_rejected_with_row_and_column() {
         "user_id,event_time,created,score\n1,2024-01-01 00:00:00,,1.5\n2,yesterday,,2.5\n",
     );
     let e = ingest_err(&r);
-    assert!(e.contains("data/src.csv: row 2, column 'event_time'"), "{e}");
+    assert!(
+        e.contains("data/src.csv: row 2, column 'event_time'"),
+        "{e}"
+    );
     assert!(e.contains("yesterday"), "{e}");
 }
 
@@ -140,7 +173,10 @@ fn source_changed_to_wrong_type_after_apply_is_rejected() {
         ],
     );
     let e = r.store().ingest(&[]).unwrap_err().to_string();
-    assert!(e.contains("column 'score' has type Utf8 but the feature is declared float64"), "{e}");
+    assert!(
+        e.contains("column 'score' has type Utf8 but the feature is declared float64"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -157,6 +193,13 @@ fn corrupt_source_file_is_named() {
 fn unknown_view_is_an_error() {
     let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);
     r.store().apply().unwrap();
-    let e = r.store().ingest(&["stat".to_string()]).unwrap_err().to_string();
-    assert!(e.contains("unknown feature view 'stat'") && e.contains("did you mean 'stats'"), "{e}");
+    let e = r
+        .store()
+        .ingest(&["stat".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown feature view 'stat'") && e.contains("did you mean 'stats'"),
+        "{e}"
+    );
 }

@@ -68,13 +68,27 @@ struct RowB {
 const ITEMS: [&str; 3] = ["p", "q", "r"];
 
 fn row_a() -> impl Strategy<Value = RowA> {
-    (0i64..5, 0i64..20, prop::option::of(0i64..3), prop::option::of(-5.0f64..5.0))
-        .prop_map(|(user, t, created, x)| RowA { user, t: t * S, created: created.map(|c| c * S), x })
+    (
+        0i64..5,
+        0i64..20,
+        prop::option::of(0i64..3),
+        prop::option::of(-5.0f64..5.0),
+    )
+        .prop_map(|(user, t, created, x)| RowA {
+            user,
+            t: t * S,
+            created: created.map(|c| c * S),
+            x,
+        })
 }
 
 fn row_b() -> impl Strategy<Value = RowB> {
-    (0i64..5, 0usize..3, 0i64..20, -5.0f64..5.0)
-        .prop_map(|(user, i, t, y)| RowB { user, item: ITEMS[i], t: t * S, y })
+    (0i64..5, 0usize..3, 0i64..20, -5.0f64..5.0).prop_map(|(user, i, t, y)| RowB {
+        user,
+        item: ITEMS[i],
+        t: t * S,
+        y,
+    })
 }
 
 fn within(row_t: i64, t: i64, ttl: i64) -> bool {
@@ -162,34 +176,67 @@ proptest! {
 #[test]
 fn name_collisions_need_full_names() {
     let repo = Repo::new(&defs("0").replace("name: y,", "name: x,"));
-    repo.parquet("data/a.parquet", vec![
-        ("user_id", Arc::new(Int64Array::from(vec![1]))),
-        ("ts", ts(vec![S])),
-        ("created", ts_opt(vec![None])),
-        ("x", Arc::new(Float64Array::from(vec![1.0]))),
-        ("n", Arc::new(Int64Array::from(vec![1]))),
-    ]);
-    repo.parquet("data/b.parquet", vec![
-        ("user_id", Arc::new(Int64Array::from(vec![1]))),
-        ("item", Arc::new(StringArray::from(vec!["p"]))),
-        ("ts", ts(vec![S])),
-        ("x", Arc::new(Float64Array::from(vec![2.0]))),
-    ]);
+    repo.parquet(
+        "data/a.parquet",
+        vec![
+            ("user_id", Arc::new(Int64Array::from(vec![1]))),
+            ("ts", ts(vec![S])),
+            ("created", ts_opt(vec![None])),
+            ("x", Arc::new(Float64Array::from(vec![1.0]))),
+            ("n", Arc::new(Int64Array::from(vec![1]))),
+        ],
+    );
+    repo.parquet(
+        "data/b.parquet",
+        vec![
+            ("user_id", Arc::new(Int64Array::from(vec![1]))),
+            ("item", Arc::new(StringArray::from(vec!["p"]))),
+            ("ts", ts(vec![S])),
+            ("x", Arc::new(Float64Array::from(vec![2.0]))),
+        ],
+    );
     let store = repo.store();
     store.apply().unwrap();
     store.ingest(&[]).unwrap();
-    let rows = || batch(vec![
+    let rows = || {
+        batch(vec![
+            ("user_id", Arc::new(Int64Array::from(vec![1]))),
+            ("item", Arc::new(StringArray::from(vec!["p"]))),
+            ("event_timestamp", ts(vec![2 * S])),
+        ])
+    };
+    let e = store
+        .historical()
+        .entities(rows())
+        .features(["va:x", "vb:x"])
+        .run()
+        .unwrap_err();
+    assert!(e.to_string().contains("full feature names"), "{e}");
+    let out = store
+        .historical()
+        .entities(rows())
+        .features(["va:x", "vb:x"])
+        .full_names(true)
+        .run()
+        .unwrap();
+    assert_eq!(
+        out.column_by_name("vb__x")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .value(0),
+        2.0
+    );
+    // A missing join key column is named.
+    let no_item = batch(vec![
         ("user_id", Arc::new(Int64Array::from(vec![1]))),
-        ("item", Arc::new(StringArray::from(vec!["p"]))),
         ("event_timestamp", ts(vec![2 * S])),
     ]);
-    let e = store.historical().entities(rows()).features(["va:x", "vb:x"]).run().unwrap_err();
-    assert!(e.to_string().contains("full feature names"), "{e}");
-    let out = store.historical().entities(rows()).features(["va:x", "vb:x"]).full_names(true).run().unwrap();
-    assert_eq!(out.column_by_name("vb__x").unwrap().as_primitive::<Float64Type>().value(0), 2.0);
-    // A missing join key column is named.
-    let no_item = batch(vec![("user_id", Arc::new(Int64Array::from(vec![1]))), ("event_timestamp", ts(vec![2 * S]))]);
-    let e = store.historical().entities(no_item).features(["vb:x"]).run().unwrap_err();
+    let e = store
+        .historical()
+        .entities(no_item)
+        .features(["vb:x"])
+        .run()
+        .unwrap_err();
     assert!(e.to_string().contains("no column 'item'"), "{e}");
     let _ = out.column(0).len();
 }
@@ -224,17 +271,41 @@ fn entity_with_two_join_keys_through_csv_in_and_out() {
     store.ingest(&[]).unwrap();
     let labels = repo.file("data/labels.csv");
     let out = repo.file("data/out.csv");
-    let (ok, _, err) = crate::common::cli(repo.path(), &[
-        "historical", "--entities", labels.to_str().unwrap(), "--features", "routes:eta_min,routes:busy",
-        "--output", out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = crate::common::cli(
+        repo.path(),
+        &[
+            "historical",
+            "--entities",
+            labels.to_str().unwrap(),
+            "--features",
+            "routes:eta_min,routes:busy",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{err}");
     let text = std::fs::read_to_string(out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "origin,dest,event_timestamp,y,eta_min,busy");
     assert!(lines[1].ends_with(",a,12.5,true"), "{}", lines[1]);
-    assert!(lines[2].ends_with(",b,14.0,false"), "row exactly on a feature timestamp: {}", lines[2]);
-    assert!(lines[3].ends_with(",c,,"), "61 minutes after the row, outside the 1h ttl: {}", lines[3]);
-    assert!(lines[4].ends_with(",d,,false"), "a null value stays null: {}", lines[4]);
-    assert!(lines[5].ends_with(",e,,"), "an unknown entity: {}", lines[5]);
+    assert!(
+        lines[2].ends_with(",b,14.0,false"),
+        "row exactly on a feature timestamp: {}",
+        lines[2]
+    );
+    assert!(
+        lines[3].ends_with(",c,,"),
+        "61 minutes after the row, outside the 1h ttl: {}",
+        lines[3]
+    );
+    assert!(
+        lines[4].ends_with(",d,,false"),
+        "a null value stays null: {}",
+        lines[4]
+    );
+    assert!(
+        lines[5].ends_with(",e,,"),
+        "an unknown entity: {}",
+        lines[5]
+    );
 }
