@@ -4,13 +4,13 @@
 //! retrieval, materialization, online reads) calls the functions defined here, so the
 //! offline and the online answer for a key at time `T` are computed by the same code.
 //!
-//! * [`time`]: timestamps (UTC microseconds), durations and their text form.
-//! * [`dtype`]: the feature value types and their Arrow representation.
-//! * [`model`]: entities, sources, feature views, feature services.
-//! * [`contract`]: the snapshot-lookup rule of DESIGN §2 — status and TTL.
-//! * [`pit`]: the point-in-time join kernel used by historical retrieval.
-//! * [`encoding`]: entity-key and row encodings shared by every online backend.
-//! * [`value`]: a typed scalar for online results.
+//! * [`time`] — timestamps (UTC microseconds), durations and their text form.
+//! * [`dtype`] — the feature value types and their Arrow representation.
+//! * [`model`] — entities, sources, feature views, feature services.
+//! * [`contract`] — the snapshot-lookup rule of DESIGN §2 — status and TTL.
+//! * [`pit`] — the point-in-time join kernel used by historical retrieval.
+//! * [`encoding`] — entity-key and row encodings shared by every online backend.
+//! * [`value`] — a typed scalar for online results.
 
 pub mod contract;
 pub mod dtype;

@@ -1,11 +1,11 @@
 //! The offline plane: file sources, the Delta Lake offline store and point-in-time
 //! historical retrieval.
 //!
-//! * [`files`]: reading Parquet/CSV files, directories and globs; writing outputs.
-//! * [`normalize`]: validating source rows and converting them to the stored form.
-//! * [`store`]: one Delta table per feature view, partitioned by day, with
+//! * [`files`] — reading Parquet/CSV files, directories and globs; writing outputs.
+//! * [`normalize`] — validating source rows and converting them to the stored form.
+//! * [`store`] — one Delta table per feature view, partitioned by day, with
 //!   re-runnable ingests.
-//! * [`historical`]: training sets by the time contract's snapshot rule.
+//! * [`historical`] — training sets by the time contract's snapshot rule.
 
 pub mod files;
 pub mod historical;

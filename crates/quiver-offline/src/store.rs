@@ -398,12 +398,15 @@ struct Entry {
     row: u32,
 }
 
+/// One day partition's rows, as (batch, row) positions in merge order.
+type DayRows = (i32, Vec<(usize, usize)>);
+
 /// The rows to keep, per day in ascending order, as (batch, row) pairs sorted by
 /// (key, event time, creation time); of rows equal in key and times the last wins.
 fn merge_order(
     view: &ResolvedView,
     batches: &[RecordBatch],
-) -> Result<Vec<(i32, Vec<(usize, usize)>)>> {
+) -> Result<Vec<DayRows>> {
     let nkeys = view.join_keys.len();
     let int_key = nkeys == 1
         && batches
@@ -453,7 +456,7 @@ fn merge_order(
         let o = &key_offsets[e.batch as usize];
         &key_bytes[e.batch as usize][o[e.row as usize] as usize..o[e.row as usize + 1] as usize]
     };
-    let mut out: Vec<(i32, Vec<(usize, usize)>)> = Vec::new();
+    let mut out: Vec<DayRows> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         if let Some(next) = entries.get(i + 1) {
             let same = next.day == e.day

@@ -1,11 +1,11 @@
 //! The registry: the repository format, validation of definitions, the stored registry
 //! and the plan that `apply` carries out.
 //!
-//! * [`config`]: `quiver.yaml`.
-//! * [`repo`]: finding and parsing definition files.
-//! * [`resolve`]: validating definitions against each other and their sources' schemas.
-//! * [`state`]: the registry's stored form, written atomically.
-//! * [`plan`]: the difference between two registry states.
+//! * [`config`] — `quiver.yaml`.
+//! * [`repo`] — finding and parsing definition files.
+//! * [`resolve`] — validating definitions against each other and their sources' schemas.
+//! * [`state`] — the registry's stored form, written atomically.
+//! * [`plan`] — the difference between two registry states.
 
 pub mod config;
 pub mod plan;
