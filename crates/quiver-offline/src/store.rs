@@ -403,10 +403,7 @@ type DayRows = (i32, Vec<(usize, usize)>);
 
 /// The rows to keep, per day in ascending order, as (batch, row) pairs sorted by
 /// (key, event time, creation time); of rows equal in key and times the last wins.
-fn merge_order(
-    view: &ResolvedView,
-    batches: &[RecordBatch],
-) -> Result<Vec<DayRows>> {
+fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<DayRows>> {
     let nkeys = view.join_keys.len();
     let int_key = nkeys == 1
         && batches
