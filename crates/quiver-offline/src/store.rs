@@ -212,6 +212,7 @@ impl OfflineStore {
         let mut writer = RecordBatchWriter::for_table(&table)?
             .with_writer_properties(props)
             .with_target_file_size(512 * 1024 * 1024);
+        let mut adds = Vec::new();
         for (_, idx) in &order {
             for chunk in idx.chunks(256 * 1024) {
                 let cols = (0..schema.fields().len())
@@ -225,8 +226,11 @@ impl OfflineStore {
                     .write(RecordBatch::try_new(schema.clone(), cols)?)
                     .await?;
             }
+            // Finish each day's file as soon as it is written, so encoded data does not
+            // pile up in memory across partitions; one commit adds them all below.
+            adds.extend(writer.flush().await?);
         }
-        let adds = writer.flush().await?;
+
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         actions.extend(
             replaced

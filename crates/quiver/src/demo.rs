@@ -216,13 +216,17 @@ pub fn init(dir: &Path, anchor: Timestamp) -> Result<()> {
 
     // (driver, customer) trips together, as CSV with naive UTC timestamps.
     let mut csv = String::from("driver_id,customer_id,ts,trips_together\n");
+    let mut pairs = Vec::with_capacity(20_000);
     for _ in 0..20_000 {
         let t = start + rng.gen_range(0..DAYS * DAY);
         let dt = chrono::DateTime::from_timestamp_micros(t).expect("in range");
-        csv.push_str(&format!(
-            "{},{},{},{}\n",
+        let (d, c) = (
             1001 + rng.gen_range(0..DRIVERS),
             5001 + rng.gen_range(0..CUSTOMERS),
+        );
+        pairs.push((d, c, t));
+        csv.push_str(&format!(
+            "{d},{c},{},{}\n",
             dt.format("%Y-%m-%d %H:%M:%S"),
             rng.gen_range(1..20)
         ));
@@ -233,6 +237,15 @@ pub fn init(dir: &Path, anchor: Timestamp) -> Result<()> {
     // feature timestamp.
     let (mut d, mut c, mut ts, mut label) = (vec![], vec![], vec![], vec![]);
     for i in 0..10_000 {
+        if i % 2 == 1 {
+            // A pair that has ridden together, some time after one of their trips.
+            let (pd, pc, pt) = pairs[rng.gen_range(0..pairs.len())];
+            d.push(pd);
+            c.push(pc);
+            ts.push((pt + rng.gen_range(0..3 * DAY)).min(end));
+            label.push(rng.gen_bool(0.6));
+            continue;
+        }
         d.push(1001 + rng.gen_range(0..DRIVERS));
         c.push(5001 + rng.gen_range(0..CUSTOMERS));
         let t = if i % 10 == 0 {
