@@ -176,7 +176,7 @@ pub fn bench_materialize(entities: usize) -> Result<()> {
             quiver::materialize::write_latest(&v, std::slice::from_ref(&b), &store, false).await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "  re-run      {secs:6.2} s   {:10.0} offline rows/s   ({} written: nothing newer)",
+            "  re-run      {secs:6.2} s   {:10.0} offline rows/s   ({} rows of equal version re-stored, none older)",
             b.num_rows() as f64 / secs,
             s.written
         );
