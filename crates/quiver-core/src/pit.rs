@@ -207,6 +207,50 @@ impl LabelIndex {
         }
     }
 
+    /// Builds the key index and the label index of labels keyed by one integer in one
+    /// sort of (key, time, row) — the fast path of [`IntKeyIndex::from_labels`] followed
+    /// by [`LabelIndex::new`]. Labels where `valid` is false never match.
+    pub fn from_int_labels(
+        keys: &[i64],
+        times: &[Timestamp],
+        valid: impl Fn(usize) -> bool,
+    ) -> (IntKeyIndex, LabelIndex) {
+        let mut triples: Vec<(i64, Timestamp, u32)> = keys
+            .iter()
+            .zip(times)
+            .enumerate()
+            .filter(|(i, _)| valid(*i))
+            .map(|(i, (&k, &t))| (k, t, i as u32))
+            .collect();
+        triples.par_sort_unstable();
+        let mut uniq: Vec<i64> = Vec::new();
+        let mut offsets: Vec<u32> = vec![0];
+        let mut order = Vec::with_capacity(triples.len());
+        let mut sorted_times = Vec::with_capacity(triples.len());
+        for (pos, &(k, t, i)) in triples.iter().enumerate() {
+            if uniq.last() != Some(&k) {
+                if !uniq.is_empty() {
+                    offsets.push(pos as u32);
+                }
+                uniq.push(k);
+            }
+            order.push(i);
+            sorted_times.push(t);
+        }
+        if !uniq.is_empty() {
+            offsets.push(triples.len() as u32);
+        }
+        (
+            IntKeyIndex { keys: uniq },
+            LabelIndex {
+                n_labels: keys.len(),
+                offsets,
+                order,
+                times: sorted_times,
+            },
+        )
+    }
+
     /// The number of label rows.
     pub fn len(&self) -> usize {
         self.n_labels
@@ -274,6 +318,22 @@ impl LabelIndex {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn fused_int_label_index_equals_the_two_step_one() {
+        let keys = [5, 1, 5, 9, 1, 5];
+        let times = [30, 10, 20, 5, 10, 20];
+        let valid = |i: usize| i != 3;
+        let (a_idx, a_labels) = LabelIndex::from_int_labels(&keys, &times, valid);
+        let (b_idx, groups) = IntKeyIndex::from_labels(&keys, valid);
+        let b_labels = LabelIndex::new(&groups, &times, b_idx.len());
+        assert_eq!(a_idx.keys, b_idx.keys);
+        assert_eq!(a_labels.offsets, b_labels.offsets);
+        assert_eq!(a_labels.order, b_labels.order);
+        assert_eq!(a_labels.times, b_labels.times);
+        let (idx, labels) = LabelIndex::from_int_labels(&[], &[], |_| true);
+        assert!(idx.is_empty() && labels.is_empty());
+    }
 
     #[test]
     fn int_index_from_labels() {

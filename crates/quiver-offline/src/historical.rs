@@ -196,12 +196,11 @@ impl OfflineStore {
             .collect::<Result<_>>()?;
         let n = labels.num_rows();
         let valid = |i: usize| key_cols.iter().all(|c| c.is_valid(i));
-        let (lookup, groups, n_groups) =
+        let (lookup, label_index) =
             if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
                 let keys = key_cols[0].as_primitive::<Int64Type>();
-                let (idx, groups) = IntKeyIndex::from_labels(keys.values(), valid);
-                let n = idx.len();
-                (KeyLookup::Int(idx), groups, n)
+                let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
+                (KeyLookup::Int(idx), labels)
             } else {
                 let mut idx = BytesKeyIndex::new();
                 let mut buf = Vec::new();
@@ -215,12 +214,9 @@ impl OfflineStore {
                         *g = idx.insert(&buf);
                     }
                 }
-                let n = idx.len();
-                (KeyLookup::Bytes(idx), groups, n)
+                let labels = LabelIndex::new(&groups, times, idx.len());
+                (KeyLookup::Bytes(idx), labels)
             };
-        phases.mark("key index");
-        let label_index = LabelIndex::new(&groups, times, n_groups);
-        drop(groups);
         phases.mark("label index");
 
         let files = self.data_files(view)?;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Date32Array, RecordBatch};
 use arrow::compute::interleave;
+use arrow::datatypes::DataType;
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitBuilder;
@@ -28,6 +29,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
@@ -205,10 +207,18 @@ impl OfflineStore {
         stats.rows_replaced = (old_rows + rows_in).saturating_sub(stats.rows_stored);
         stats.partitions = order.len() as u64;
 
-        let props = WriterProperties::builder()
+        // Keys, times and numbers are mostly distinct per row: dictionary pages cost
+        // time at write and read and save little, so only text columns use them.
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(256 * 1024))
-            .build();
+            .set_max_row_group_row_count(Some(256 * 1024));
+        for f in schema.fields() {
+            if !matches!(f.data_type(), DataType::Utf8 | DataType::Binary) {
+                props =
+                    props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
+            }
+        }
+        let props = props.build();
         let mut writer = RecordBatchWriter::for_table(&table)?
             .with_writer_properties(props)
             .with_target_file_size(512 * 1024 * 1024);
