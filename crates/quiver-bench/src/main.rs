@@ -4,6 +4,7 @@
 //! cargo run --release -p quiver-bench -- pit --scale M
 //! cargo run --release -p quiver-bench -- online
 //! cargo run --release -p quiver-bench -- materialize
+//! cargo run --release -p quiver-bench -- engines
 //! ```
 //!
 //! `pit` generates data (features: entity_id int64, event_timestamp,
@@ -30,6 +31,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+mod engines;
 mod online;
 
 #[derive(Parser)]
@@ -58,6 +60,13 @@ enum Cmd {
     Online {
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
+    },
+    /// The embedded engine choice: LMDB (used) against redb on the online workload.
+    Engines {
+        #[arg(long, default_value_t = 200_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100_000)]
+        reads: usize,
     },
     /// Materialization throughput (offline rows → latest per key → embedded store).
     Materialize {
@@ -344,6 +353,7 @@ fn main() -> Result<()> {
         }
         Cmd::Online { requests } => online::bench_online(requests)?,
         Cmd::Materialize { entities } => online::bench_materialize(entities)?,
+        Cmd::Engines { keys, reads } => engines::bench_engines(keys, reads)?,
     }
     Ok(())
 }

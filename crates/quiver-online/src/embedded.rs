@@ -19,6 +19,11 @@
 //! * **Zero-copy reads.** Reads are lookups in a read-only memory map; a point get is a
 //!   few microseconds.
 //!
+//! Measured (`cargo run --release -p quiver-bench -- engines`, 2 cores): on the online
+//! workload — 467-byte rows, read-before-write newer-wins writes in 20,000-row
+//! transactions, random point reads — LMDB wrote 566,000 rows/s against redb's 275,000
+//! and read a row in 1.16 µs (p50) against 1.68 µs.
+//!
 //! Alternatives considered: **redb** (pure Rust, similar copy-on-write design) takes an
 //! exclusive file lock, so a serving process could not read while a materialization
 //! process writes; **RocksDB** supports multi-process access only through secondary
