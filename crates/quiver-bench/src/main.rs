@@ -5,6 +5,7 @@
 //! cargo run --release -p quiver-bench -- online
 //! cargo run --release -p quiver-bench -- materialize
 //! cargo run --release -p quiver-bench -- engines
+//! cargo run --release -p quiver-bench -- serve      # after cargo build --release -p quiver
 //! ```
 //!
 //! `pit` generates data (features: entity_id int64, event_timestamp,
@@ -33,6 +34,7 @@ use rand::{Rng, SeedableRng};
 
 mod engines;
 mod online;
+mod serve;
 
 #[derive(Parser)]
 struct Cli {
@@ -67,6 +69,19 @@ enum Cmd {
         keys: u64,
         #[arg(long, default_value_t = 100_000)]
         reads: usize,
+    },
+    /// Feature-server load over loopback: `quiver serve` (embedded and Redis) at fixed
+    /// request rates; build the server first (`cargo build --release -p quiver`).
+    Serve {
+        /// Seconds per measured point.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Request rates to drive, per second.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        rates: Vec<f64>,
+        /// Backends: embedded, redis.
+        #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
+        backends: Vec<String>,
     },
     /// Materialization throughput (offline rows → latest per key → embedded store).
     Materialize {
@@ -354,6 +369,11 @@ fn main() -> Result<()> {
         Cmd::Online { requests } => online::bench_online(requests)?,
         Cmd::Materialize { entities } => online::bench_materialize(entities)?,
         Cmd::Engines { keys, reads } => engines::bench_engines(keys, reads)?,
+        Cmd::Serve {
+            secs,
+            rates,
+            backends,
+        } => serve::bench_serve(secs, &rates, &backends)?,
     }
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! In-process online read and materialization benchmarks on the embedded store.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,27 +80,23 @@ async fn measure(
     requests: usize,
     label: &str,
 ) -> Result<()> {
-    let wanted: Vec<(usize, usize)> = (0..v.features.len()).map(|i| (i, i)).collect();
-    let views = vec![(v.clone(), wanted)];
+    let plan = quiver::online::ReadPlan::for_views(std::slice::from_ref(v), false)?;
     let now = quiver_core::time::now();
     let mut lat = Vec::with_capacity(requests);
     let mut present = 0usize;
     let start = Instant::now();
     for r in 0..requests {
-        let rows: Vec<BTreeMap<String, Value>> = (0..batch)
-            .map(|j| {
-                BTreeMap::from([(
-                    "entity_id".to_string(),
-                    Value::Int64(((r * 7919 + j * 104_729) % entities) as i64),
-                )])
-            })
+        let ids: Vec<Value> = (0..batch)
+            .map(|j| Value::Int64(((r * 7919 + j * 104_729) % entities) as i64))
             .collect();
         let t = Instant::now();
-        let out = quiver::online::read(store, &views, &rows, v.features.len(), now).await?;
+        let rows = quiver::online::Columns::new(vec![("entity_id".to_string(), ids)])?;
+        let out = plan.execute(store, &rows, now).await?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         present += out
-            .iter()
-            .filter(|o| o.1[0] == quiver_core::FeatureStatus::Present)
+            .statuses
+            .chunks(out.n_features)
+            .filter(|s| s[0] == quiver_core::FeatureStatus::Present)
             .count();
     }
     let total = start.elapsed().as_secs_f64();

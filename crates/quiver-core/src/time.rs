@@ -23,6 +23,44 @@ pub fn now() -> Timestamp {
     Utc::now().timestamp_micros()
 }
 
+/// A source of the current time, injected where statuses depend on "now" (the feature
+/// server, online reads) so tests of TTL behaviour need no sleeping.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        now()
+    }
+}
+
+/// A clock that shows what it is set to (for tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock showing `t`.
+    pub fn new(t: Timestamp) -> Self {
+        ManualClock(std::sync::atomic::AtomicI64::new(t))
+    }
+    /// Sets the time shown.
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The day (days since the epoch) a timestamp falls in, as used by the offline
 /// store's day partitions.
 pub fn day_of(ts: Timestamp) -> i32 {

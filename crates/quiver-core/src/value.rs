@@ -109,3 +109,181 @@ impl Serialize for Value {
         }
     }
 }
+
+/// Builds an Arrow array of `dtype` (in its storage form, [`DType::to_arrow`]) from
+/// values, as they arrive in a request: nulls stay null, integers widen to floats,
+/// integers narrow to int32 only when they fit, float64 narrows to float32, and
+/// timestamps may be given as RFC 3339 strings. Anything else is an error naming the
+/// (0-based) row and what was found.
+pub fn values_to_array(values: &[Value], dtype: &DType) -> Result<arrow::array::ArrayRef> {
+    use arrow::array::*;
+    use std::sync::Arc;
+    let bad = |row: usize, v: &Value| {
+        Error::Type(format!(
+            "row {row}: expected {dtype}, got {}",
+            match v {
+                Value::String(s) => format!("the string {s:?}"),
+                Value::List(_) => "a list".to_string(),
+                other => format!("{other:?}"),
+            }
+        ))
+    };
+    macro_rules! build {
+        ($builder:expr, |$v:ident| $conv:expr) => {{
+            let mut b = $builder;
+            for (row, $v) in values.iter().enumerate() {
+                if $v.is_null() {
+                    b.append_null();
+                } else {
+                    match $conv {
+                        Some(x) => b.append_value(x),
+                        None => return Err(bad(row, $v)),
+                    }
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    let n = values.len();
+    Ok(match dtype {
+        DType::Bool => build!(BooleanBuilder::with_capacity(n), |v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }),
+        DType::Int32 => build!(Int32Builder::with_capacity(n), |v| match v {
+            Value::Int32(i) => Some(*i),
+            Value::Int64(i) => i32::try_from(*i).ok(),
+            _ => None,
+        }),
+        DType::Int64 => build!(Int64Builder::with_capacity(n), |v| match v {
+            Value::Int32(i) => Some(*i as i64),
+            Value::Int64(i) => Some(*i),
+            _ => None,
+        }),
+        DType::Float32 => build!(Float32Builder::with_capacity(n), |v| match v {
+            Value::Float32(x) => Some(*x),
+            Value::Float64(x) => Some(*x as f32),
+            Value::Int32(i) => Some(*i as f32),
+            Value::Int64(i) => Some(*i as f32),
+            _ => None,
+        }),
+        DType::Float64 => build!(Float64Builder::with_capacity(n), |v| match v {
+            Value::Float32(x) => Some(*x as f64),
+            Value::Float64(x) => Some(*x),
+            Value::Int32(i) => Some(*i as f64),
+            Value::Int64(i) => Some(*i as f64),
+            _ => None,
+        }),
+        DType::String => build!(StringBuilder::with_capacity(n, n * 8), |v| match v {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        }),
+        DType::Bytes => build!(BinaryBuilder::with_capacity(n, n * 8), |v| match v {
+            Value::Bytes(b) => Some(b.as_slice()),
+            Value::String(s) => Some(s.as_bytes()),
+            _ => None,
+        }),
+        DType::Timestamp => {
+            let mut out = Vec::with_capacity(n);
+            for (row, v) in values.iter().enumerate() {
+                out.push(match v {
+                    Value::Null => None,
+                    Value::Timestamp(t) => Some(*t),
+                    Value::String(s) => Some(
+                        parse_timestamp(s).map_err(|e| Error::Type(format!("row {row}: {e}")))?,
+                    ),
+                    other => return Err(bad(row, other)),
+                });
+            }
+            Arc::new(TimestampMicrosecondArray::from(out).with_timezone("UTC")) as ArrayRef
+        }
+        DType::List(inner) => {
+            let mut offsets = Vec::with_capacity(n + 1);
+            offsets.push(0i32);
+            let mut flat: Vec<Value> = Vec::new();
+            let mut valid = Vec::with_capacity(n);
+            for (row, v) in values.iter().enumerate() {
+                match v {
+                    Value::Null => valid.push(false),
+                    Value::List(items) => {
+                        flat.extend(items.iter().cloned());
+                        valid.push(true);
+                    }
+                    other => return Err(bad(row, other)),
+                }
+                offsets.push(flat.len() as i32);
+            }
+            let items = values_to_array(&flat, inner)
+                .map_err(|e| Error::Type(format!("list element: {e}")))?;
+            let field = Arc::new(arrow::datatypes::Field::new(
+                "element",
+                inner.to_arrow(),
+                true,
+            ));
+            Arc::new(ListArray::try_new(
+                field,
+                arrow::buffer::OffsetBuffer::new(offsets.into()),
+                items,
+                Some(valid.into()),
+            )?) as ArrayRef
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float32Type, Float64Type, Int32Type};
+
+    #[test]
+    fn values_become_typed_arrays() {
+        let a = values_to_array(
+            &[Value::Int64(2), Value::Null, Value::Float64(0.5)],
+            &DType::Float64,
+        )
+        .unwrap();
+        let a = a.as_primitive::<Float64Type>();
+        assert_eq!((a.value(0), a.is_null(1), a.value(2)), (2.0, true, 0.5));
+        let a = values_to_array(&[Value::Float64(0.1)], &DType::Float32).unwrap();
+        assert_eq!(a.as_primitive::<Float32Type>().value(0), 0.1f32);
+        let a = values_to_array(&[Value::Int64(7)], &DType::Int32).unwrap();
+        assert_eq!(a.as_primitive::<Int32Type>().value(0), 7);
+        let l = values_to_array(
+            &[
+                Value::List(vec![Value::Float64(1.0), Value::Null]),
+                Value::Null,
+            ],
+            &DType::List(Box::new(DType::Float32)),
+        )
+        .unwrap();
+        assert_eq!(
+            l.data_type(),
+            &DType::List(Box::new(DType::Float32)).to_arrow()
+        );
+        assert!(l.is_null(1) && l.as_list::<i32>().value(0).is_null(1));
+        let ts = values_to_array(
+            &[Value::String("2024-05-01T00:00:00Z".into())],
+            &DType::Timestamp,
+        )
+        .unwrap();
+        assert_eq!(ts.data_type(), &DType::Timestamp.to_arrow());
+    }
+
+    #[test]
+    fn wrong_types_name_the_row() {
+        let e = values_to_array(
+            &[Value::Float64(1.0), Value::String("x".into())],
+            &DType::Float64,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("row 1") && e.to_string().contains("\"x\""),
+            "{e}"
+        );
+        let e = values_to_array(&[Value::Int64(1 << 40)], &DType::Int32).unwrap_err();
+        assert!(e.to_string().contains("int32"), "{e}");
+        assert!(values_to_array(&[Value::Float64(1.5)], &DType::Int64).is_err());
+        assert!(values_to_array(&[Value::String("soon".into())], &DType::Timestamp).is_err());
+    }
+}

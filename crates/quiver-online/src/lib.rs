@@ -12,9 +12,11 @@
 
 use async_trait::async_trait;
 
+pub mod cache;
 pub mod conformance;
 pub mod embedded;
 
+pub use cache::CachedStore;
 pub use embedded::EmbeddedStore;
 
 /// Errors of the online plane.
@@ -93,6 +95,20 @@ pub trait OnlineStore: Send + Sync {
 
     /// A short name of the backend for messages and metrics.
     fn backend(&self) -> &'static str;
+
+    /// Hit and miss counts, for a store with a cache in front of it.
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
+}
+
+/// Counters of a read cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Cells served from the cache.
+    pub hits: u64,
+    /// Cells read from the store behind it.
+    pub misses: u64,
 }
 
 /// Builds the full entity key: `project \0 entity_set \0 encoded_values`.

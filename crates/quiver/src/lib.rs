@@ -22,6 +22,7 @@ pub mod historical;
 pub mod io;
 pub mod materialize;
 pub mod online;
+pub mod server;
 pub mod store;
 
 pub use error::{Error, Result};

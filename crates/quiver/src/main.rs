@@ -106,6 +106,24 @@ enum Command {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Run the feature server: HTTP JSON and gRPC.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// HTTP port (0 picks a free one).
+        #[arg(long, default_value_t = 6566)]
+        port: u16,
+        /// gRPC port (0 picks a free one).
+        #[arg(long, default_value_t = 6567)]
+        grpc_port: u16,
+        /// Serve HTTP only.
+        #[arg(long)]
+        no_grpc: bool,
+        /// Largest number of entity rows per request (default: serving.max_entity_rows
+        /// in quiver.yaml, 1000).
+        #[arg(long)]
+        max_entity_rows: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -125,6 +143,57 @@ fn time_arg(s: &str) -> Result<i64> {
 
 fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+fn serve(
+    store: FeatureStore,
+    host: &str,
+    port: u16,
+    grpc_port: Option<u16>,
+    max_entity_rows: Option<usize>,
+) -> Result<()> {
+    let max_entity_rows = max_entity_rows.unwrap_or(store.config().serving.max_entity_rows);
+    let addr = |p: u16| -> Result<std::net::SocketAddr> {
+        format!("{host}:{p}")
+            .parse()
+            .or_else(|_| {
+                use std::net::ToSocketAddrs;
+                (host, p)
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or(())
+            })
+            .map_err(|_| quiver::Error::Invalid(format!("--host {host:?} is not an address")))
+    };
+    let options = quiver::server::ServeOptions {
+        http: addr(port)?,
+        grpc: grpc_port.map(addr).transpose()?,
+        max_entity_rows,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| quiver::Error::Invalid(format!("cannot start runtime: {e}")))?;
+    rt.block_on(async {
+        let server = quiver::server::Server::start(store, options, None).await?;
+        eprintln!(
+            "serving project '{}' (registry serial {}, online store {}) on http://{}{}",
+            server.state.health().project,
+            server.state.registry_serial(),
+            server.state.health().online_store,
+            server.http_addr,
+            server
+                .grpc_addr
+                .map(|a| format!(" and grpc://{a}"))
+                .unwrap_or_default()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+        server.stop().await;
+        Ok(())
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -274,6 +343,19 @@ fn run(cli: Cli) -> Result<()> {
             let result = b.get()?;
             quiver::cli_views::print_online(&result, json);
         }
+        Command::Serve {
+            host,
+            port,
+            grpc_port,
+            no_grpc,
+            max_entity_rows,
+        } => serve(
+            store,
+            &host,
+            port,
+            (!no_grpc).then_some(grpc_port),
+            max_entity_rows,
+        )?,
     }
     Ok(())
 }

@@ -88,10 +88,11 @@ impl FeatureStore {
     ) -> Result<Vec<MaterializeStats>> {
         let state = self.state()?;
         let offline = self.offline()?;
-        let online = self.online()?;
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?;
+        let online = rt.block_on(self.online_async())?;
         let mut out = Vec::new();
         for (name, start) in ranges {
             let view = state.resolved_view(name)?;

@@ -1,22 +1,410 @@
-//! Online reads: `store.online_features().service(..).entity_row(..).get()`.
+//! Online reads: `store.online_features().service(..).entity_row(..).get()`, and the
+//! compiled [`ReadPlan`] behind it that the feature server keeps per feature service.
 //!
 //! Every feature gets a status computed from its row's event time and the view's TTL
 //! at the request time (DESIGN §2): `PRESENT`, `MISSING` (no row) or `OUTSIDE_TTL`
 //! (the row is older than `now − ttl`; its value is not returned). A missing value is
 //! null, never zero.
+//!
+//! A request is one store round trip: the plan encodes the entity keys of every entity
+//! set it needs and asks the store for the fields of every view at once (a key is never
+//! stored under another entity set's field, so the cells that pair them read as absent).
 
 use std::collections::BTreeMap;
 
 use quiver_core::contract::snapshot_status;
 use quiver_core::encoding::{decode_row, encode_key_value};
-use quiver_core::model::{FeatureRef, ResolvedView};
-use quiver_core::time::{now, Timestamp};
+use quiver_core::model::{FeatureRef, JoinKey, ResolvedView};
+use quiver_core::time::{now, Duration, Timestamp};
 use quiver_core::{DType, FeatureStatus, Value};
-use quiver_online::{entity_key, OnlineStore};
+use quiver_online::{entity_key_into, FieldId, OnlineStore};
+use quiver_registry::RegistryState;
 use serde::Serialize;
 
 use crate::historical::resolve_refs;
 use crate::{Error, FeatureStore, Result};
+
+/// Columns of values, all of one length: the entity rows of a request (one column per
+/// join key) or its request context.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Columns {
+    columns: Vec<(String, Vec<Value>)>,
+    len: usize,
+}
+
+impl Columns {
+    /// Columns from `(name, values)` pairs; errors when their lengths differ or a name
+    /// repeats.
+    pub fn new(columns: Vec<(String, Vec<Value>)>) -> Result<Self> {
+        let len = columns.first().map_or(0, |c| c.1.len());
+        for (i, (name, values)) in columns.iter().enumerate() {
+            if values.len() != len {
+                return Err(Error::Invalid(format!(
+                    "column '{name}' has {} values but '{}' has {len}: every column needs one \
+                     value per entity row",
+                    values.len(),
+                    columns[0].0
+                )));
+            }
+            if columns[..i].iter().any(|(n, _)| n == name) {
+                return Err(Error::Invalid(format!("column '{name}' is given twice")));
+            }
+        }
+        Ok(Columns { columns, len })
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The values of column `name`.
+    pub fn get(&self, name: &str) -> Option<&[Value]> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The column names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Row `i` as a map (for display).
+    pub fn row(&self, i: usize) -> BTreeMap<String, Value> {
+        self.columns
+            .iter()
+            .map(|(n, v)| (n.clone(), v[i].clone()))
+            .collect()
+    }
+}
+
+/// Feature vectors: `rows × n_features` cells, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vectors {
+    pub n_features: usize,
+    pub values: Vec<Value>,
+    pub statuses: Vec<FeatureStatus>,
+    /// Each value's event time, when a row exists.
+    pub event_timestamps: Vec<Option<Timestamp>>,
+}
+
+impl Vectors {
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.values.len().checked_div(self.n_features).unwrap_or(0)
+    }
+}
+
+/// The entity keys of one entity set.
+#[derive(Clone, Debug)]
+struct KeyGroup {
+    /// `project \0 entity_set \0`.
+    prefix: Vec<u8>,
+    /// Its join keys, indexes into [`ReadPlan::keys`].
+    keys: Vec<usize>,
+}
+
+/// One view's part of a read.
+#[derive(Clone, Debug)]
+struct ViewRead {
+    name: String,
+    group: usize,
+    field: FieldId,
+    dtypes: Vec<DType>,
+    features: Vec<String>,
+    ttl: Duration,
+    /// (output index, feature index in the view).
+    wanted: Vec<(usize, usize)>,
+}
+
+/// A compiled online read: the features of a request (a feature service or a list of
+/// references), resolved once against the registry, ready to run for any entity rows.
+#[derive(Clone, Debug)]
+pub struct ReadPlan {
+    names: Vec<String>,
+    refs: Vec<FeatureRef>,
+    service: Option<(String, u32)>,
+    keys: Vec<JoinKey>,
+    groups: Vec<KeyGroup>,
+    views: Vec<ViewRead>,
+    fields: Vec<FieldId>,
+    /// The view of each output, by index into `views`.
+    output_view: Vec<usize>,
+}
+
+impl ReadPlan {
+    /// Compiles a read of `features` (`view:feature` references) or of a feature service.
+    pub fn compile(
+        state: &RegistryState,
+        features: &[String],
+        service: Option<&str>,
+        full_names: bool,
+    ) -> Result<Self> {
+        let refs = resolve_refs(state, features, service)?;
+        let service = match service {
+            Some(s) => Some((s.to_string(), state.service(s)?.version)),
+            None => None,
+        };
+        Self::build(refs, service, full_names, |name| {
+            Ok(state.resolved_view(name)?)
+        })
+    }
+
+    /// Compiles a read of `features` of views given directly (no registry): every
+    /// feature of each view, named as with `full_names`.
+    pub fn for_views(views: &[ResolvedView], full_names: bool) -> Result<Self> {
+        let refs = views
+            .iter()
+            .flat_map(|v| {
+                v.features.iter().map(|f| FeatureRef {
+                    view: v.name.clone(),
+                    feature: f.name.clone(),
+                })
+            })
+            .collect();
+        Self::build(refs, None, full_names, |name| {
+            views
+                .iter()
+                .find(|v| v.name == name)
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("unknown feature view '{name}'")))
+        })
+    }
+
+    fn build(
+        refs: Vec<FeatureRef>,
+        service: Option<(String, u32)>,
+        full_names: bool,
+        lookup: impl Fn(&str) -> Result<ResolvedView>,
+    ) -> Result<Self> {
+        let names = output_names(&refs, full_names)?;
+        let mut keys: Vec<JoinKey> = Vec::new();
+        let mut groups: Vec<KeyGroup> = Vec::new();
+        let mut views: Vec<ViewRead> = Vec::new();
+        let mut output_view = Vec::with_capacity(refs.len());
+        for (out, r) in refs.iter().enumerate() {
+            let vi = match views.iter().position(|v| v.name == r.view) {
+                Some(vi) => vi,
+                None => {
+                    let view = lookup(&r.view)?;
+                    let mut prefix = Vec::new();
+                    entity_key_into(&view.project, &view.entity_set(), &[], &mut prefix);
+                    let group = match groups.iter().position(|g| g.prefix == prefix) {
+                        Some(g) => g,
+                        None => {
+                            let mut idx = Vec::new();
+                            for k in &view.join_keys {
+                                let i = match keys.iter().position(|x| x.name == k.name) {
+                                    Some(i) => {
+                                        if keys[i].dtype.is_numeric() != k.dtype.is_numeric() {
+                                            return Err(Error::Invalid(format!(
+                                                "join key '{}' is {} in feature view '{}' but {} \
+                                                 elsewhere in the request",
+                                                k.name, k.dtype, view.name, keys[i].dtype
+                                            )));
+                                        }
+                                        i
+                                    }
+                                    None => {
+                                        keys.push(k.clone());
+                                        keys.len() - 1
+                                    }
+                                };
+                                idx.push(i);
+                            }
+                            groups.push(KeyGroup { prefix, keys: idx });
+                            groups.len() - 1
+                        }
+                    };
+                    views.push(ViewRead {
+                        name: view.name.clone(),
+                        group,
+                        field: view.online_field(),
+                        dtypes: view.features.iter().map(|f| f.dtype.clone()).collect(),
+                        features: view.features.iter().map(|f| f.name.clone()).collect(),
+                        ttl: view.ttl,
+                        wanted: Vec::new(),
+                    });
+                    views.len() - 1
+                }
+            };
+            let fi = views[vi]
+                .features
+                .iter()
+                .position(|f| *f == r.feature)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "feature view '{}' has no feature '{}'",
+                        r.view, r.feature
+                    ))
+                })?;
+            views[vi].wanted.push((out, fi));
+            output_view.push(vi);
+        }
+        let fields = views.iter().map(|v| v.field).collect();
+        Ok(ReadPlan {
+            names,
+            refs,
+            service,
+            keys,
+            groups,
+            views,
+            fields,
+            output_view,
+        })
+    }
+
+    /// Output names of the features, in request order.
+    pub fn feature_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The features, in request order.
+    pub fn feature_refs(&self) -> &[FeatureRef] {
+        &self.refs
+    }
+
+    /// The feature service and its version, when the plan reads one.
+    pub fn service(&self) -> Option<(&str, u32)> {
+        self.service.as_ref().map(|(s, v)| (s.as_str(), *v))
+    }
+
+    /// The join keys an entity row must give, with their types.
+    pub fn join_keys(&self) -> &[JoinKey] {
+        &self.keys
+    }
+
+    /// The feature view of output `i`.
+    pub fn output_view(&self, i: usize) -> &str {
+        &self.views[self.output_view[i]].name
+    }
+
+    /// The feature views read, in first-use order.
+    pub fn view_names(&self) -> impl Iterator<Item = &str> {
+        self.views.iter().map(|v| v.name.as_str())
+    }
+
+    /// Converts each entity column to its key's type; errors name the row and key.
+    fn key_columns(&self, entities: &Columns) -> Result<Vec<Vec<Value>>> {
+        let mut out = Vec::with_capacity(self.keys.len());
+        for k in &self.keys {
+            let col = entities.get(&k.name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "missing join key '{}' (the requested features need: {})",
+                    k.name,
+                    self.keys
+                        .iter()
+                        .map(|k| k.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            let mut typed = Vec::with_capacity(col.len());
+            for (i, v) in col.iter().enumerate() {
+                typed.push(coerce_key(v, &k.dtype).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "entity row {}: join key '{}' must be {}, got {}",
+                        i + 1,
+                        k.name,
+                        k.dtype,
+                        describe(v)
+                    ))
+                })?);
+            }
+            out.push(typed);
+        }
+        for name in entities.names() {
+            if !self.keys.iter().any(|k| k.name == name) {
+                return Err(Error::Invalid(format!(
+                    "'{name}' is not a join key of the requested features (keys: {})",
+                    self.keys
+                        .iter()
+                        .map(|k| k.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the features of every entity row at time `at`, in one store round trip.
+    pub async fn execute(
+        &self,
+        online: &dyn OnlineStore,
+        entities: &Columns,
+        at: Timestamp,
+    ) -> Result<Vectors> {
+        let n = entities.len();
+        let nout = self.names.len();
+        let key_cols = self.key_columns(entities)?;
+        // Every group's keys, group-major, in one buffer.
+        let mut buf = Vec::new();
+        let mut spans = Vec::with_capacity(self.groups.len() * n);
+        let mut enc = Vec::new();
+        for g in &self.groups {
+            #[allow(clippy::needless_range_loop)] // `row` indexes several key columns
+            for row in 0..n {
+                enc.clear();
+                for &k in &g.keys {
+                    encode_key_value(&key_cols[k][row], &mut enc)?;
+                }
+                let start = buf.len();
+                buf.extend_from_slice(&g.prefix);
+                buf.extend_from_slice(&enc);
+                spans.push((start, buf.len()));
+            }
+        }
+        let keys: Vec<&[u8]> = spans.iter().map(|&(a, b)| &buf[a..b]).collect();
+        let cells = online.read(&keys, &self.fields).await?;
+        let nf = self.fields.len();
+        let mut out = Vectors {
+            n_features: nout,
+            values: vec![Value::Null; n * nout],
+            statuses: vec![FeatureStatus::Missing; n * nout],
+            event_timestamps: vec![None; n * nout],
+        };
+        let mut dtypes: Vec<&DType> = Vec::new();
+        for (vi, view) in self.views.iter().enumerate() {
+            dtypes.clear();
+            dtypes.extend(view.dtypes.iter());
+            for row in 0..n {
+                let cell = &cells[(view.group * n + row) * nf + vi];
+                let Some(bytes) = cell else { continue };
+                let mut decoded = decode_row(bytes, &dtypes)?;
+                let status = snapshot_status(Some(decoded.event_ts), at, view.ttl);
+                for &(o, fi) in &view.wanted {
+                    let c = row * nout + o;
+                    out.statuses[c] = status;
+                    out.event_timestamps[c] = Some(decoded.event_ts);
+                    if status == FeatureStatus::Present {
+                        out.values[c] = std::mem::replace(&mut decoded.values[fi], Value::Null);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A short description of a value for error messages.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Float32(_) | Value::Float64(_) => format!("the number {v}"),
+        Value::List(_) => "a list".into(),
+        other => format!("{other}"),
+    }
+}
 
 /// Builds an online read.
 pub struct OnlineBuilder<'a> {
@@ -106,63 +494,84 @@ impl<'a> OnlineBuilder<'a> {
     /// Reads the features.
     pub fn get(self) -> Result<OnlineResult> {
         let state = self.store.state()?;
-        let refs = resolve_refs(&state, &self.features, self.service.as_deref())?;
-        let service = match &self.service {
-            Some(s) => Some((s.clone(), state.service(s)?.version)),
-            None => None,
-        };
-        let mut views: Vec<(ResolvedView, Vec<(usize, usize)>)> = Vec::new();
-        for (out_idx, r) in refs.iter().enumerate() {
-            let view = state.resolved_view(&r.view)?;
-            let fi = view.feature_index(&r.feature).expect("refs are validated");
-            match views.iter_mut().find(|(v, _)| v.name == r.view) {
-                Some((_, list)) => list.push((out_idx, fi)),
-                None => views.push((view, vec![(out_idx, fi)])),
-            }
-        }
-        let names = output_names(&refs, self.full_names)?;
-        let key_types: BTreeMap<&str, &DType> = views
-            .iter()
-            .flat_map(|(v, _)| v.join_keys.iter().map(|k| (k.name.as_str(), &k.dtype)))
-            .collect();
+        let plan = ReadPlan::compile(
+            &state,
+            &self.features,
+            self.service.as_deref(),
+            self.full_names,
+        )?;
         let mut rows = self.rows;
         for tr in self.text_rows {
             let mut row = BTreeMap::new();
             for (k, v) in tr {
-                let t = key_types.get(k.as_str()).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "'{k}' is not a join key of the requested features (keys: {})",
-                        key_types.keys().copied().collect::<Vec<_>>().join(", ")
-                    ))
-                })?;
-                row.insert(k, Value::parse_as(&v, t)?);
+                let key = plan
+                    .join_keys()
+                    .iter()
+                    .find(|j| j.name == k)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "'{k}' is not a join key of the requested features (keys: {})",
+                            plan.join_keys()
+                                .iter()
+                                .map(|k| k.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                row.insert(k, Value::parse_as(&v, &key.dtype)?);
             }
             rows.push(row);
         }
         if rows.is_empty() {
             return Err(Error::Invalid("no entity rows given".into()));
         }
+        let mut cols: Vec<(String, Vec<Value>)> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            for k in plan.join_keys() {
+                let v = row.get(&k.name).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "entity row {} has no value for join key '{}'",
+                        i + 1,
+                        k.name
+                    ))
+                })?;
+                match cols.iter_mut().find(|(n, _)| *n == k.name) {
+                    Some((_, c)) => c.push(v.clone()),
+                    None => cols.push((k.name.clone(), vec![v.clone()])),
+                }
+            }
+            for k in row.keys() {
+                if !plan.join_keys().iter().any(|j| &j.name == k) {
+                    return Err(Error::Invalid(format!(
+                        "'{k}' is not a join key of the requested features"
+                    )));
+                }
+            }
+        }
+        let entities = Columns::new(cols)?;
         let at = self.at.unwrap_or_else(now);
-        let online = self.store.online()?;
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?;
-        let result = rt.block_on(read(online.as_ref(), &views, &rows, names.len(), at))?;
+        let v = rt.block_on(async {
+            let online = self.store.online_async().await?;
+            plan.execute(online.as_ref(), &entities, at).await
+        })?;
+        let nout = v.n_features;
         Ok(OnlineResult {
-            feature_names: names,
+            feature_names: plan.feature_names().to_vec(),
             rows: rows
                 .into_iter()
-                .zip(result)
-                .map(
-                    |(entities, (values, statuses, event_timestamps))| OnlineRow {
-                        entities,
-                        values,
-                        statuses,
-                        event_timestamps,
-                    },
-                )
+                .enumerate()
+                .map(|(i, entities)| OnlineRow {
+                    entities,
+                    values: v.values[i * nout..(i + 1) * nout].to_vec(),
+                    statuses: v.statuses[i * nout..(i + 1) * nout].to_vec(),
+                    event_timestamps: v.event_timestamps[i * nout..(i + 1) * nout].to_vec(),
+                })
                 .collect(),
-            feature_service: service,
+            feature_service: plan.service().map(|(s, v)| (s.to_string(), v)),
             at,
         })
     }
@@ -180,74 +589,8 @@ fn output_names(refs: &[FeatureRef], full: bool) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Values, statuses and event times of one entity row.
-pub type RowResult = (Vec<Value>, Vec<FeatureStatus>, Vec<Option<Timestamp>>);
-
-/// Reads each view's field for every entity row and applies the snapshot rule at `at`.
-pub async fn read(
-    online: &dyn OnlineStore,
-    views: &[(ResolvedView, Vec<(usize, usize)>)],
-    rows: &[BTreeMap<String, Value>],
-    n_out: usize,
-    at: Timestamp,
-) -> Result<Vec<RowResult>> {
-    let mut out: Vec<RowResult> = rows
-        .iter()
-        .map(|_| {
-            (
-                vec![Value::Null; n_out],
-                vec![FeatureStatus::Missing; n_out],
-                vec![None; n_out],
-            )
-        })
-        .collect();
-    for (view, wanted) in views {
-        let mut keys = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let mut enc = Vec::new();
-            for k in &view.join_keys {
-                let v = row.get(&k.name).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "entity row {} has no value for join key '{}' (feature view '{}')",
-                        i + 1,
-                        k.name,
-                        view.name
-                    ))
-                })?;
-                let v = coerce_key(v, &k.dtype).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "entity row {}: join key '{}' must be {}, got {v:?}",
-                        i + 1,
-                        k.name,
-                        k.dtype
-                    ))
-                })?;
-                encode_key_value(&v, &mut enc)?;
-            }
-            keys.push(entity_key(&view.project, &view.entity_set(), &enc));
-        }
-        let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-        let cells = online.read(&key_refs, &[view.online_field()]).await?;
-        let dtypes: Vec<&DType> = view.features.iter().map(|f| &f.dtype).collect();
-        for (i, cell) in cells.into_iter().enumerate() {
-            let Some(bytes) = cell else { continue };
-            let row = decode_row(&bytes, &dtypes)?;
-            let status = snapshot_status(Some(row.event_ts), at, view.ttl);
-            let (values, statuses, times) = &mut out[i];
-            for &(o, fi) in wanted {
-                statuses[o] = status;
-                times[o] = Some(row.event_ts);
-                if status == FeatureStatus::Present {
-                    values[o] = row.values[fi].clone();
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// A key value converted to the key's registered type, if it fits.
-fn coerce_key(v: &Value, t: &DType) -> Option<Value> {
+pub fn coerce_key(v: &Value, t: &DType) -> Option<Value> {
     match (v, t) {
         (Value::Int64(_), DType::Int64 | DType::Int32) => Some(v.clone()),
         (Value::Int32(i), DType::Int64 | DType::Int32) => Some(Value::Int64(*i as i64)),

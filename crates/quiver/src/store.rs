@@ -123,10 +123,35 @@ impl FeatureStore {
         Ok(OfflineStore::open(self.repo.join(path))?)
     }
 
-    /// The online store.
-    pub fn online(&self) -> Result<Arc<dyn OnlineStore>> {
-        let OnlineStoreConfig::Embedded { path } = &self.config.online_store;
-        Ok(Arc::new(EmbeddedStore::open(&self.repo.join(path))?))
+    /// The online store, opened from async code (network backends connect here, and
+    /// their connections live on the runtime that opened them), with the hot-key cache
+    /// in front when `serving.cache_ttl` is set.
+    pub async fn online_async(&self) -> Result<Arc<dyn OnlineStore>> {
+        let store: Arc<dyn OnlineStore> = match &self.config.online_store {
+            OnlineStoreConfig::Embedded { path } => {
+                Arc::new(EmbeddedStore::open(&self.repo.join(path))?)
+            }
+            OnlineStoreConfig::Redis {
+                url,
+                cluster,
+                key_ttl,
+            } => {
+                let cfg = quiver_redis::RedisConfig::from_repo_config(
+                    url.clone(),
+                    cluster.clone(),
+                    *key_ttl,
+                )?;
+                Arc::new(quiver_redis::RedisStore::connect(&cfg).await?)
+            }
+        };
+        Ok(match self.config.serving.cache_ttl {
+            Some(ttl) if !ttl.is_zero() => Arc::new(quiver_online::CachedStore::new(
+                store,
+                std::time::Duration::from_micros(ttl.micros() as u64),
+                self.config.serving.cache_max_bytes,
+            )),
+            _ => store,
+        })
     }
 
     /// The resolved view `name`.

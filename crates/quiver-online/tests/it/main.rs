@@ -2,6 +2,7 @@
 //! persistence, concurrency and crash safety, and checks that the suite itself catches
 //! broken stores.
 
+mod cache;
 mod catches;
 mod crash;
 mod embedded;

@@ -6,3 +6,4 @@ mod definitions;
 mod end_to_end;
 mod ingest;
 mod point_in_time;
+mod server;

@@ -1,0 +1,907 @@
+//! The Redis online store: an [`OnlineStore`] on one Redis server or on a Redis Cluster.
+//!
+//! # Layout (DESIGN §4)
+//!
+//! The layout DoorDash measured for its feature store on Redis: **one hash per entity
+//! key**, **short binary field names**, **binary values**, and **one pipelined `HMGET`
+//! per entity** on reads.
+//!
+//! * **Redis key** = `q{` ++ xxh3-64(entity key) as 16 lowercase hex digits ++ `}` ++ the
+//!   entity key bytes ([`redis_key`]). The part between the braces is a Redis Cluster
+//!   *hash tag*: the slot of the key is computed from the 16 hex digits alone. Every
+//!   field of an entity is in its one hash anyway; the tag makes the slot a uniform hash
+//!   of the entity key (so entities spread evenly over the shards, whatever bytes the
+//!   entity keys share or contain: a `{` or `}` inside an entity key never becomes the
+//!   tag, since the first `}` of the key is the one after the digits). Keeping the full
+//!   entity key after the tag makes the key exact (no reliance on the hash being
+//!   collision-free) and lets [`entity_key_of`] recognise the store's own keys.
+//! * **Hash field** = the 8-byte field id of the feature view (raw bytes): a few bytes
+//!   per field instead of a feature-view name, which is most of the memory saving of the
+//!   layout. Redis stores small hashes as a compact listpack.
+//! * **Value** = the encoded row (`quiver_core::encoding::encode_row`), binary, as given:
+//!   a format byte, the event and creation timestamps (little-endian i64), the values.
+//!
+//! A read of `k` keys and `f` fields is `k` `HMGET key f1 .. ff` sent as one pipeline:
+//! one round trip on a single server. In cluster mode each `HMGET` is routed to the
+//! shard owning its slot; the commands are issued concurrently over one multiplexed
+//! connection per shard, so a read costs about one round trip per shard involved, in
+//! parallel.
+//!
+//! # Conditional writes, server side
+//!
+//! Newer-wins is decided inside Redis by a Lua script ([`WRITE_SCRIPT`], run by
+//! `EVALSHA`, loaded again and retried when the server answers `NOSCRIPT`), so a
+//! concurrent writer can never slip between the comparison and the write. A batch is
+//! first resolved on the client as the embedded store does (per (key, field) the newest
+//! row, of equal versions the last in the batch), then sent as one script call per
+//! entity key carrying all of that entity's winning rows. The script reads the stored
+//! rows' headers, stores each new row unless a strictly newer one is stored (equal
+//! versions replace: the last written wins), sets the key's expiry if a TTL is
+//! configured and returns how many rows it stored.
+//!
+//! Versions are compared on the header bytes, exactly as signed 64-bit integers. Lua
+//! numbers are doubles, so decoding the timestamps (e.g. with the `struct` library) would
+//! be exact only up to 2^53 microseconds (the year 2255) and would confuse rows near
+//! `i64::MIN` / `i64::MAX`, which are valid rows.
+//!
+//! # Expiry and deletion
+//!
+//! With a key TTL ([`RedisConfig::key_ttl`]), each script call that stores a row sets
+//! the entity hash to expire that long after the write (`PEXPIRE`). The whole hash
+//! expires, all views at once: pick a TTL longer than the longest view TTL. Correctness
+//! never depends on it: readers compute freshness from the stored timestamps.
+//! [`OnlineStore::delete_older_than`] scans the store's keys (`SCAN`, on every primary
+//! in cluster mode) and removes the field from each hash whose row is older than the
+//! cutoff, with a script ([`DELETE_SCRIPT`]) that re-checks the stored row, so a row
+//! overwritten with a newer one during the scan is never deleted.
+//!
+//! # What a batch write guarantees on Redis
+//!
+//! See the documentation of the [`OnlineStore`] implementation of [`RedisStore`]: each
+//! row's conditional write is atomic and a replay is idempotent, but a batch is not a
+//! transaction.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt};
+use quiver_core::encoding::row_version;
+use quiver_core::Timestamp;
+use quiver_online::{Error, FieldId, OnlineStore, OnlineWrite, Result, WriteStats};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
+
+/// The first bytes of every key of the store (then the hash tag's hex digits and `}`).
+pub const KEY_PREFIX: &[u8] = b"q{";
+
+/// Length of the key prefix `q{` ++ 16 hex digits ++ `}`.
+const TAGGED_PREFIX_LEN: usize = KEY_PREFIX.len() + 16 + 1;
+
+/// Commands per pipeline on a single server.
+const PIPELINE_COMMANDS: usize = 1024;
+
+/// Bytes of arguments per pipeline on a single server (a pipeline is cut before it
+/// grows past this, so one huge batch does not become one huge request).
+const PIPELINE_BYTES: usize = 8 << 20;
+
+/// Requests in flight at once in cluster mode.
+const CLUSTER_IN_FLIGHT: usize = 512;
+
+/// Keys asked of `SCAN` per call.
+const SCAN_COUNT: usize = 1000;
+
+/// The conditional write of one entity's rows. `KEYS[1]`: the entity's hash;
+/// `ARGV[1]`: the key TTL in milliseconds (`0`: none); then pairs of a field id and an
+/// encoded row, one pair per field (the client sends each field once). Returns the
+/// number of rows stored.
+pub const WRITE_SCRIPT: &str = r#"
+-- quiver-redis: newer-wins write of one entity's rows.
+-- A row is the format byte, then event_ts and created_ts as little-endian signed
+-- 64-bit integers (bytes 2..9 and 10..17, 1-based), then the values. Versions are
+-- compared on these bytes, exactly: Lua numbers are doubles, exact only below 2^53
+-- (microseconds: the year 2255), and rows at i64::MIN / i64::MAX are valid.
+local function cmp_i64(a, pa, b, pb)
+  -- most significant byte first, its sign bit flipped so that negatives order first
+  local x = (string.byte(a, pa + 7) + 128) % 256
+  local y = (string.byte(b, pb + 7) + 128) % 256
+  if x ~= y then
+    if x < y then return -1 else return 1 end
+  end
+  for i = 6, 0, -1 do
+    x, y = string.byte(a, pa + i), string.byte(b, pb + i)
+    if x ~= y then
+      if x < y then return -1 else return 1 end
+    end
+  end
+  return 0
+end
+
+local key = KEYS[1]
+local n = (#ARGV - 1) / 2
+-- Check every stored row before changing anything: a script that fails midway keeps
+-- the writes it made.
+local stored = {}
+for k = 1, n do
+  local s = redis.call('HGET', key, ARGV[2 * k])
+  if s and #s < 17 then
+    return redis.error_reply('QUIVER a field of ' .. key .. ' holds ' .. #s ..
+      ' bytes, which is not an encoded row')
+  end
+  stored[k] = s
+end
+local written = 0
+for k = 1, n do
+  local s, row = stored[k], ARGV[2 * k + 1]
+  local c = 0
+  if s then
+    c = cmp_i64(s, 2, row, 2)
+    if c == 0 then c = cmp_i64(s, 10, row, 10) end
+  end
+  -- stored <= new: equal versions replace (the last written wins)
+  if c <= 0 then
+    redis.call('HSET', key, ARGV[2 * k], row)
+    written = written + 1
+  end
+end
+if written > 0 and ARGV[1] ~= '0' then
+  redis.call('PEXPIRE', key, ARGV[1])
+end
+return written
+"#;
+
+/// The conditional delete of one field. `KEYS[1]`: an entity's hash; `ARGV[1]`: a
+/// field id; `ARGV[2]`: the cutoff, a little-endian signed 64-bit integer (8 bytes).
+/// Deletes the field when the row stored there has an event timestamp below the
+/// cutoff; returns 1 if it deleted it, else 0.
+pub const DELETE_SCRIPT: &str = r#"
+-- quiver-redis: delete one field if its row is older than a cutoff, re-checked here so
+-- that a row overwritten with a newer one since the scan is never deleted.
+local function cmp_i64(a, pa, b, pb)
+  local x = (string.byte(a, pa + 7) + 128) % 256
+  local y = (string.byte(b, pb + 7) + 128) % 256
+  if x ~= y then
+    if x < y then return -1 else return 1 end
+  end
+  for i = 6, 0, -1 do
+    x, y = string.byte(a, pa + i), string.byte(b, pb + i)
+    if x ~= y then
+      if x < y then return -1 else return 1 end
+    end
+  end
+  return 0
+end
+
+local key = KEYS[1]
+if redis.call('TYPE', key)['ok'] ~= 'hash' then
+  return 0
+end
+local s = redis.call('HGET', key, ARGV[1])
+if not s then
+  return 0
+end
+if #s < 17 then
+  return redis.error_reply('QUIVER a field of ' .. key .. ' holds ' .. #s ..
+    ' bytes, which is not an encoded row')
+end
+if cmp_i64(s, 2, ARGV[2], 1) < 0 then
+  redis.call('HDEL', key, ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
+static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_SCRIPT));
+
+/// Where the store is and how it behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// The URL of a single server (`redis://[user:password@]host:port[/db]`,
+    /// `redis+unix:///path`). Exactly one of `url` and `cluster` is set.
+    pub url: Option<String>,
+    /// The addresses of Redis Cluster nodes (`redis://host:port` or `host:port`); any
+    /// subset of the nodes, the client discovers the others.
+    pub cluster: Vec<String>,
+    /// When set, an entity hash expires this long after the last write that stored a row
+    /// in it (rounded up to whole milliseconds).
+    pub key_ttl: Option<Duration>,
+    /// How long to wait for a connection to a server.
+    pub connect_timeout: Duration,
+    /// How long to wait for the answer to one request (one pipeline of up to 1,024
+    /// commands on a single server, one command in cluster mode).
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cluster: Vec::new(),
+            key_ttl: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// A single server at `url`.
+    pub fn standalone(url: impl Into<String>) -> Self {
+        Self {
+            url: Some(url.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A Redis Cluster reached through `nodes`.
+    pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            cluster: nodes.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key TTL.
+    pub fn with_key_ttl(mut self, ttl: Duration) -> Self {
+        self.key_ttl = Some(ttl);
+        self
+    }
+
+    /// The configuration of `online_store: { type: redis, url | cluster, key_ttl }` in
+    /// `quiver.yaml` (a `key_ttl` of zero means no expiry).
+    pub fn from_repo_config(
+        url: Option<String>,
+        cluster: Option<Vec<String>>,
+        key_ttl: Option<quiver_core::Duration>,
+    ) -> Result<Self> {
+        let key_ttl = match key_ttl {
+            Some(d) if d.micros() < 0 => {
+                return Err(Error::Invalid(format!("redis key_ttl {d} is negative")))
+            }
+            Some(d) if !d.is_zero() => Some(Duration::from_micros(d.micros() as u64)),
+            _ => None,
+        };
+        let cfg = Self {
+            url,
+            cluster: cluster.unwrap_or_default(),
+            key_ttl,
+            ..Self::default()
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<()> {
+        match (&self.url, self.cluster.is_empty()) {
+            (Some(_), false) => Err(Error::Invalid(
+                "a redis store takes exactly one of `url` (one server) or `cluster` (node \
+                 addresses), not both"
+                    .into(),
+            )),
+            (None, true) => Err(Error::Invalid(
+                "a redis store needs `url` (one server, e.g. redis://127.0.0.1:6379) or \
+                 `cluster` (the addresses of Redis Cluster nodes)"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The key TTL in milliseconds, `0` for none.
+    fn ttl_millis(&self) -> u64 {
+        match self.key_ttl {
+            Some(d) if !d.is_zero() => {
+                let ms = d.as_micros().div_ceil(1000);
+                ms.clamp(1, i64::MAX as u128) as u64
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// The Redis key of an entity key: `q{` ++ xxh3-64 as 16 hex digits ++ `}` ++ the
+/// entity key (see the module documentation).
+pub fn redis_key(entity_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TAGGED_PREFIX_LEN + entity_key.len());
+    redis_key_into(entity_key, &mut k);
+    k
+}
+
+/// Like [`redis_key`], into a reused buffer (cleared first).
+pub fn redis_key_into(entity_key: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(KEY_PREFIX);
+    let h = xxhash_rust::xxh3::xxh3_64(entity_key);
+    out.extend_from_slice(format!("{h:016x}").as_bytes());
+    out.push(b'}');
+    out.extend_from_slice(entity_key);
+}
+
+/// The entity key stored under a Redis key, when the key is one of the store's (right
+/// prefix, hash tag matching the entity key); `None` for any other key.
+pub fn entity_key_of(redis_key: &[u8]) -> Option<&[u8]> {
+    let rest = redis_key.strip_prefix(KEY_PREFIX)?;
+    if rest.len() < 17 || rest[16] != b'}' {
+        return None;
+    }
+    let (hex, entity) = (&rest[..16], &rest[17..]);
+    let h = xxhash_rust::xxh3::xxh3_64(entity);
+    (format!("{h:016x}").as_bytes() == hex).then_some(entity)
+}
+
+/// The connection: a reconnecting multiplexed connection to one server, or a cluster
+/// connection (one multiplexed connection per node, routing by slot, following
+/// `MOVED` / `ASK`).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+struct Inner {
+    conn: Conn,
+    /// For messages: the URL (password hidden) or the cluster's seed nodes.
+    addr: String,
+    ttl_millis: u64,
+}
+
+/// The Redis online store. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("backend", &self.backend())
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            return format!("{scheme}://{user}{}", &rest[at..]);
+        }
+    }
+    url.to_string()
+}
+
+/// A cluster node address as the client takes it (`host:port` gets `redis://`).
+fn node_url(node: &str) -> String {
+    let node = node.trim();
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("redis://{node}")
+    }
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+fn args_len(cmd: &Cmd) -> usize {
+    cmd.args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => b.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+impl RedisStore {
+    /// Connects to the server or cluster of `config`, checks that it answers and loads
+    /// the store's scripts.
+    pub async fn connect(config: &RedisConfig) -> Result<RedisStore> {
+        config.check()?;
+        let (conn, addr) = match &config.url {
+            Some(url) => {
+                let addr = redact(url);
+                let client = redis::Client::open(url.as_str()).map_err(|e| {
+                    Error::Invalid(format!("redis {addr}: not a valid Redis URL: {e}"))
+                })?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.response_timeout))
+                    // Reconnection attempts after a lost connection; the first connection
+                    // fails fast so that a wrong address is reported at once.
+                    .set_number_of_retries(3)
+                    .set_max_delay(Duration::from_secs(2));
+                let manager = ConnectionManager::new_with_config(client, manager_config)
+                    .await
+                    .map_err(|e| Error::Store(format!("redis {addr}: cannot connect: {e}")))?;
+                (Conn::Single(manager), addr)
+            }
+            None => {
+                let nodes: Vec<String> = config.cluster.iter().map(|n| node_url(n)).collect();
+                let addr = format!(
+                    "cluster {}",
+                    nodes
+                        .iter()
+                        .map(|n| redact(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let client = ClusterClientBuilder::new(nodes)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.response_timeout)
+                    .build()
+                    .map_err(|e| {
+                        Error::Invalid(format!("redis {addr}: invalid node addresses: {e}"))
+                    })?;
+                let conn = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| Error::Store(format!("redis {addr}: cannot connect: {e}")))?;
+                (Conn::Cluster(conn), addr)
+            }
+        };
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                addr,
+                ttl_millis: config.ttl_millis(),
+            }),
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// Whether the store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.conn, Conn::Cluster(_))
+    }
+
+    /// The address of the store, for messages (passwords hidden).
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    fn err(&self, context: &str, e: impl std::fmt::Display) -> Error {
+        Error::Store(format!("redis {}: {context}: {e}", self.inner.addr))
+    }
+
+    /// Loads both scripts (on every primary in cluster mode).
+    async fn load_scripts(&self) -> Result<()> {
+        for (name, script) in [("write", &*WRITE), ("delete", &*DELETE)] {
+            let context = format!("cannot load the {name} script");
+            let loaded = match self.inner.conn.clone() {
+                Conn::Single(mut c) => script.load_async(&mut c).await,
+                Conn::Cluster(mut c) => script.load_async(&mut c).await,
+            };
+            loaded.map_err(|e| self.err(&context, e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends single-key commands and returns their answers in order, each command's error
+    /// in its place. On a single server the commands go in pipelines of up to
+    /// [`PIPELINE_COMMANDS`] commands / [`PIPELINE_BYTES`] bytes, one after the other (a
+    /// failed pipeline fails the call); on a cluster each goes to its key's shard, up to
+    /// [`CLUSTER_IN_FLIGHT`] at once.
+    async fn send(&self, cmds: &[Cmd], context: &str) -> Result<Vec<RedisResult<Value>>> {
+        let mut out = Vec::with_capacity(cmds.len());
+        match self.inner.conn.clone() {
+            Conn::Single(mut conn) => {
+                let mut start = 0;
+                while start < cmds.len() {
+                    let mut end = start;
+                    let mut bytes = 0;
+                    while end < cmds.len()
+                        && end - start < PIPELINE_COMMANDS
+                        && (end == start || bytes < PIPELINE_BYTES)
+                    {
+                        bytes += args_len(&cmds[end]);
+                        end += 1;
+                    }
+                    let mut pipe = redis::Pipeline::with_capacity(end - start);
+                    for c in &cmds[start..end] {
+                        pipe.add_command(c.clone());
+                    }
+                    let answers: Vec<RedisResult<Value>> = pipe
+                        .ignore_errors()
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.err(context, e))?;
+                    if answers.len() != end - start {
+                        return Err(self.err(
+                            context,
+                            format!(
+                                "{} answers to a pipeline of {} commands",
+                                answers.len(),
+                                end - start
+                            ),
+                        ));
+                    }
+                    out.extend(answers);
+                    start = end;
+                }
+            }
+            Conn::Cluster(conn) => {
+                // Each command goes to the shard of its key; the requests are issued
+                // concurrently, so each shard's connection carries them pipelined.
+                let requests: Vec<_> = cmds
+                    .iter()
+                    .map(|cmd| {
+                        let mut conn = conn.clone();
+                        async move { conn.req_packed_command(cmd).await }
+                    })
+                    .collect();
+                out = stream::iter(requests)
+                    .buffered(CLUSTER_IN_FLIGHT)
+                    .collect()
+                    .await;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs single-key commands (scripts by `EVALSHA` among them) and returns their
+    /// answers in order. Commands answered `NOSCRIPT` (a restarted or failed-over server,
+    /// `SCRIPT FLUSH`) are sent again once after loading the scripts; any other error
+    /// fails the call.
+    async fn run(&self, cmds: &[Cmd], context: &str) -> Result<Vec<Value>> {
+        let mut answers = self.send(cmds, context).await?;
+        let missing: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a, Err(e) if is_noscript(e)))
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            self.load_scripts().await?;
+            let again: Vec<Cmd> = missing.iter().map(|&i| cmds[i].clone()).collect();
+            let retried = self.send(&again, context).await?;
+            for (i, a) in missing.into_iter().zip(retried) {
+                answers[i] = a;
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.map_err(|e| self.err(context, e)))
+            .collect()
+    }
+
+    /// The primaries of the cluster, as (host, port), from `CLUSTER SLOTS`.
+    async fn primaries(&self, conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>> {
+        let context = "cannot list the cluster's primaries (CLUSTER SLOTS)";
+        let slots = conn
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(|e| self.err(context, e))?;
+        let bad = |what: &str| self.err(context, format!("unexpected answer: {what}"));
+        let Value::Array(ranges) = slots else {
+            return Err(bad("not an array"));
+        };
+        let mut nodes: Vec<(String, u16)> = Vec::new();
+        for range in ranges {
+            let Value::Array(parts) = range else {
+                return Err(bad("a slot range is not an array"));
+            };
+            let Some(Value::Array(primary)) = parts.get(2) else {
+                return Err(bad("a slot range has no primary"));
+            };
+            let host = match primary.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => return Err(bad("a primary has no host")),
+            };
+            let port = match primary.get(1) {
+                Some(Value::Int(p)) => u16::try_from(*p).map_err(|_| bad("a port"))?,
+                _ => return Err(bad("a primary has no port")),
+            };
+            if !nodes.iter().any(|(h, p)| *h == host && *p == port) {
+                nodes.push((host, port));
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// One `SCAN` step of the store's keys on one server: the next cursor and the keys.
+    async fn scan_step(
+        &self,
+        node: Option<&(String, u16)>,
+        cursor: u64,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut pattern = KEY_PREFIX.to_vec();
+        pattern.push(b'*');
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let answer = match (self.inner.conn.clone(), node) {
+            (Conn::Single(mut c), _) => c.req_packed_command(&cmd).await,
+            (Conn::Cluster(mut c), Some((host, port))) => {
+                let route = SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                };
+                c.route_command(cmd, RoutingInfo::SingleNode(route)).await
+            }
+            (Conn::Cluster(_), None) => unreachable!("cluster scans name their node"),
+        };
+        let context = match node {
+            Some((host, port)) => format!("cannot scan node {host}:{port}"),
+            None => "cannot scan".to_string(),
+        };
+        let answer = answer.map_err(|e| self.err(&context, e))?;
+        redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(answer).map_err(|e| self.err(&context, e))
+    }
+}
+
+/// Redis gives every guarantee of [`OnlineStore`] but one, atomic batches:
+///
+/// * **Newer wins, last of equals wins**: yes. The batch is resolved on the client (per
+///   (key, field) the newest row, of equal versions the last in the batch), and each
+///   entity's winning rows are compared with the stored ones and written by one Lua
+///   script, which Redis runs atomically: no other command runs between the comparison
+///   and the write.
+/// * **Atomic batches: no.** A batch is one script call per entity key, pipelined (on a
+///   cluster, spread over the shards); it is not a transaction. Each call is atomic: an
+///   entity's rows of one batch are all stored or none is, and no row is ever torn. But
+///   if a write fails midway (a lost connection, a shard down, a timeout) some entities
+///   may have the batch's rows and others not, and the write returns an error. Replaying
+///   the batch is idempotent (newer-wins), so a materialization that retries a failed
+///   batch converges to the state the batch describes. A failure may also hide whether
+///   a call was applied: the retry then counts the rows again (as written, as equal
+///   versions replace). Durability is the server's: with `appendonly` off, a Redis crash
+///   loses recent writes (it can then roll a cell back to an older row that a replay
+///   restores).
+/// * **Read-your-writes**: yes, reading from the primaries (replicas are not read).
+/// * **Concurrent readers**: yes, per row: a read sees each cell before or after a
+///   concurrent write, never a mix within one row; a read of many keys may see some
+///   of a concurrent batch and not the rest.
+/// * **No deletion semantics**: yes; key expiry and `delete_older_than` only free memory.
+#[async_trait]
+impl OnlineStore for RedisStore {
+    async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
+        if rows.is_empty() {
+            return Ok(WriteStats::default());
+        }
+        // Validate every row before sending anything, so that a bad row fails the batch
+        // without a partial write.
+        let mut versions = Vec::with_capacity(rows.len());
+        for (index, w) in rows.iter().enumerate() {
+            let version = row_version(w.row).map_err(|e| {
+                Error::Invalid(format!(
+                    "row {index} of the batch is not an encoded row: {e}"
+                ))
+            })?;
+            versions.push(version);
+        }
+        // By key and field, then newest first; among equal versions the latest in the
+        // batch comes first and wins.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            rows[a]
+                .key
+                .cmp(rows[b].key)
+                .then(rows[a].field.cmp(&rows[b].field))
+                .then(versions[b].cmp(&versions[a]))
+                .then(b.cmp(&a))
+        });
+        let ttl = self.inner.ttl_millis.to_string();
+        let sha = WRITE.get_hash();
+        let mut cmds: Vec<Cmd> = Vec::new();
+        let mut i = 0;
+        let mut key_buf = Vec::new();
+        while i < order.len() {
+            let key = rows[order[i]].key;
+            redis_key_into(key, &mut key_buf);
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha).arg(1).arg(&key_buf[..]).arg(&ttl);
+            let mut last_field: Option<FieldId> = None;
+            while i < order.len() && rows[order[i]].key == key {
+                let w = &rows[order[i]];
+                if last_field != Some(w.field) {
+                    cmd.arg(&w.field[..]).arg(w.row);
+                    last_field = Some(w.field);
+                }
+                i += 1;
+            }
+            cmds.push(cmd);
+        }
+        let answers = self.run(&cmds, "conditional write failed").await?;
+        let mut written = 0u64;
+        for a in answers {
+            match a {
+                Value::Int(n) if n >= 0 => written += n as u64,
+                other => {
+                    return Err(self.err(
+                        "conditional write failed",
+                        format!("the write script answered {other:?}"),
+                    ))
+                }
+            }
+        }
+        Ok(WriteStats {
+            written,
+            skipped: rows.len() as u64 - written,
+        })
+    }
+
+    async fn read(&self, keys: &[&[u8]], fields: &[FieldId]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() || fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut key_buf = Vec::new();
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|k| {
+                redis_key_into(k, &mut key_buf);
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&key_buf[..]);
+                for f in fields {
+                    cmd.arg(&f[..]);
+                }
+                cmd
+            })
+            .collect();
+        let answers = self.run(&cmds, "read failed").await?;
+        let mut cells = Vec::with_capacity(keys.len() * fields.len());
+        for a in answers {
+            let values = match a {
+                Value::Array(v) if v.len() == fields.len() => v,
+                other => {
+                    return Err(self.err(
+                        "read failed",
+                        format!("HMGET of {} fields answered {other:?}", fields.len()),
+                    ))
+                }
+            };
+            for v in values {
+                cells.push(match v {
+                    Value::Nil => None,
+                    Value::BulkString(b) => Some(b),
+                    other => {
+                        return Err(self.err(
+                            "read failed",
+                            format!("HMGET answered {other:?} for a field"),
+                        ))
+                    }
+                });
+            }
+        }
+        Ok(cells)
+    }
+
+    async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
+        let nodes: Vec<Option<(String, u16)>> = match self.inner.conn.clone() {
+            Conn::Single(_) => vec![None],
+            Conn::Cluster(mut c) => self
+                .primaries(&mut c)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let sha = DELETE.get_hash();
+        let cutoff = cutoff.to_le_bytes();
+        let mut deleted = 0u64;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) = self.scan_step(node.as_ref(), cursor).await?;
+                let cmds: Vec<Cmd> = keys
+                    .iter()
+                    .filter(|k| entity_key_of(k).is_some())
+                    .map(|k| {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(sha)
+                            .arg(1)
+                            .arg(&k[..])
+                            .arg(&field[..])
+                            .arg(&cutoff[..]);
+                        cmd
+                    })
+                    .collect();
+                if !cmds.is_empty() {
+                    for a in self.run(&cmds, "delete failed").await? {
+                        match a {
+                            Value::Int(n @ (0 | 1)) => deleted += n as u64,
+                            other => {
+                                return Err(self.err(
+                                    "delete failed",
+                                    format!("the delete script answered {other:?}"),
+                                ))
+                            }
+                        }
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn backend(&self) -> &'static str {
+        match self.inner.conn {
+            Conn::Single(_) => "redis",
+            Conn::Cluster(_) => "redis-cluster",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_a_hash_tag_and_round_trip() {
+        let e = b"proj\0driver\0\x01\x00\x00\x00\x00\x00\x00\x00\x2a";
+        let k = redis_key(e);
+        assert!(k.starts_with(b"q{"));
+        assert_eq!(k[18], b'}');
+        assert!(k[2..18].iter().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(entity_key_of(&k), Some(&e[..]));
+        // Braces inside the entity key do not move the tag.
+        let odd = b"p\0s\0}{x}";
+        assert_eq!(entity_key_of(&redis_key(odd)), Some(&odd[..]));
+        // Foreign keys are not the store's.
+        assert_eq!(entity_key_of(b"q{0000000000000000}abc"), None);
+        assert_eq!(entity_key_of(b"q{short}"), None);
+        assert_eq!(entity_key_of(b"other"), None);
+        let mut tampered = redis_key(e);
+        tampered.push(b'x');
+        assert_eq!(entity_key_of(&tampered), None);
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("redis://user:secret@host:6379/2"),
+            "redis://user:***@host:6379/2"
+        );
+        assert_eq!(
+            redact("redis://:secret@host:6379"),
+            "redis://:***@host:6379"
+        );
+        assert_eq!(node_url("10.0.0.1:7000"), "redis://10.0.0.1:7000");
+    }
+
+    #[test]
+    fn config_checks_and_ttl() {
+        assert!(RedisConfig::default().check().is_err());
+        let mut both = RedisConfig::standalone("redis://a:1");
+        both.cluster = vec!["b:2".into()];
+        assert!(both.check().is_err());
+        let c = RedisConfig::from_repo_config(
+            Some("redis://a:1".into()),
+            None,
+            Some(quiver_core::Duration::from_micros(1_500)),
+        )
+        .unwrap();
+        assert_eq!(c.ttl_millis(), 2);
+        let c = RedisConfig::from_repo_config(
+            None,
+            Some(vec!["a:1".into()]),
+            Some(quiver_core::Duration::ZERO),
+        )
+        .unwrap();
+        assert_eq!(c.key_ttl, None);
+        assert_eq!(c.ttl_millis(), 0);
+    }
+}

@@ -1,0 +1,422 @@
+//! The server's shared state and request handling, used by both HTTP and gRPC.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+use quiver_core::time::{Clock, SystemClock};
+use quiver_core::Value;
+use quiver_online::OnlineStore;
+use quiver_registry::RegistryState;
+
+use super::api::{self, pb};
+use super::metrics::Metrics;
+use crate::online::{Columns, ReadPlan};
+use crate::{Error, FeatureStore};
+
+/// A request error: what to answer, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `PAYLOAD_TOO_LARGE`, `UNAVAILABLE` or `INTERNAL`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "INVALID_ARGUMENT",
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "NOT_FOUND",
+            message: message.into(),
+        }
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "PAYLOAD_TOO_LARGE",
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "INTERNAL",
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        use quiver_registry::Error as R;
+        match &e {
+            Error::Registry(R::NotFound(m)) => ApiError::not_found(m.clone()),
+            Error::Registry(R::Storage { .. }) | Error::Online(quiver_online::Error::Store(_)) => {
+                ApiError {
+                    code: "UNAVAILABLE",
+                    message: e.to_string(),
+                }
+            }
+            Error::Offline(quiver_offline::Error::Io { .. })
+            | Error::Offline(quiver_offline::Error::Delta(_)) => ApiError::internal(e.to_string()),
+            _ => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub http: SocketAddr,
+    /// The gRPC address; `None` serves HTTP only.
+    pub grpc: Option<SocketAddr>,
+    /// Largest number of entity rows one request may ask for.
+    pub max_entity_rows: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How often the registry file is checked for changes.
+    pub reload_interval: std::time::Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            http: SocketAddr::from(([127, 0, 0, 1], 6566)),
+            grpc: Some(SocketAddr::from(([127, 0, 0, 1], 6567))),
+            max_entity_rows: 1000,
+            max_body_bytes: 4 << 20,
+            reload_interval: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+/// What identifies one version of the registry file.
+type Stamp = Option<(SystemTime, u64)>;
+
+/// The registry as served: its state and the plans compiled from it.
+pub(crate) struct Snapshot {
+    pub state: Arc<RegistryState>,
+    stamp: Stamp,
+    /// Per (service, full names): its plan, or why it cannot be served.
+    services: HashMap<(String, bool), Result<Arc<ReadPlan>, ApiError>>,
+    /// Plans of ad-hoc feature lists, compiled on first use (bounded).
+    adhoc: Mutex<HashMap<AdhocKey, Arc<ReadPlan>>>,
+}
+
+/// An ad-hoc request's feature list and whether it uses full names.
+type AdhocKey = (Vec<String>, bool);
+
+const MAX_ADHOC_PLANS: usize = 1024;
+
+impl Snapshot {
+    fn compile(state: RegistryState, stamp: Stamp) -> Self {
+        let mut services = HashMap::new();
+        for name in state.feature_services.keys() {
+            for full in [false, true] {
+                let plan = ReadPlan::compile(&state, &[], Some(name), full)
+                    .map(Arc::new)
+                    .map_err(ApiError::from);
+                services.insert((name.clone(), full), plan);
+            }
+        }
+        Snapshot {
+            state: Arc::new(state),
+            stamp,
+            services,
+            adhoc: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn plan(
+        &self,
+        service: Option<&str>,
+        features: &[String],
+        full: bool,
+    ) -> Result<Arc<ReadPlan>, ApiError> {
+        match (service, features.is_empty()) {
+            (Some(s), true) => match self.services.get(&(s.to_string(), full)) {
+                Some(p) => p.clone(),
+                None => Err(ApiError::from(Error::from(
+                    self.state
+                        .service(s)
+                        .expect_err("not compiled, so not registered"),
+                ))),
+            },
+            (Some(_), false) => Err(ApiError::invalid(
+                "give either feature_service or features, not both",
+            )),
+            (None, true) => Err(ApiError::invalid(
+                "no features requested: give feature_service or features",
+            )),
+            (None, false) => {
+                let key = (features.to_vec(), full);
+                if let Some(p) = self.adhoc.lock().expect("not poisoned").get(&key) {
+                    return Ok(p.clone());
+                }
+                let plan = Arc::new(ReadPlan::compile(&self.state, features, None, full)?);
+                let mut cache = self.adhoc.lock().expect("not poisoned");
+                if cache.len() >= MAX_ADHOC_PLANS {
+                    cache.clear();
+                }
+                cache.insert(key, plan.clone());
+                Ok(plan)
+            }
+        }
+    }
+}
+
+/// Everything a request handler needs; shared by the HTTP and gRPC services.
+pub struct ServerState {
+    pub(crate) store: FeatureStore,
+    pub(crate) online: Arc<dyn OnlineStore>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    registry_file: PathBuf,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: Metrics,
+    pub(crate) options: ServeOptions,
+}
+
+fn stamp_of(path: &std::path::Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl ServerState {
+    /// Opens the repository's registry and online store for serving.
+    pub async fn new(
+        store: FeatureStore,
+        options: ServeOptions,
+        clock: Arc<dyn Clock>,
+    ) -> crate::Result<Arc<Self>> {
+        let registry_file = store.registry().path().join("registry.json");
+        let stamp = stamp_of(&registry_file);
+        let state = store.state()?;
+        let online = store.online_async().await?;
+        let metrics = Metrics::new(online.clone());
+        Ok(Arc::new(ServerState {
+            store,
+            online,
+            snapshot: RwLock::new(Arc::new(Snapshot::compile(state, stamp))),
+            registry_file,
+            clock,
+            metrics,
+            options,
+        }))
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("not poisoned").clone()
+    }
+
+    /// Reloads the registry if its file changed; returns whether it did.
+    pub fn reload_if_changed(&self) -> crate::Result<bool> {
+        let stamp = stamp_of(&self.registry_file);
+        if stamp == self.snapshot().stamp {
+            return Ok(false);
+        }
+        let state = self.store.state()?;
+        let next = Arc::new(Snapshot::compile(state, stamp));
+        *self.snapshot.write().expect("not poisoned") = next;
+        self.metrics.reloads.inc();
+        Ok(true)
+    }
+
+    /// The registry serial being served.
+    pub fn registry_serial(&self) -> u64 {
+        self.snapshot().state.serial
+    }
+
+    /// Serves one `GetOnlineFeatures` request.
+    pub async fn get_online_features(
+        &self,
+        req: pb::GetOnlineFeaturesRequest,
+    ) -> Result<pb::GetOnlineFeaturesResponse, ApiError> {
+        let started = Instant::now();
+        let snapshot = self.snapshot();
+        let plan = snapshot.plan(
+            req.feature_service.as_deref(),
+            &req.features,
+            req.full_feature_names,
+        )?;
+        if req.entities.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "no entities given: 'entities' needs a column per join key ({})",
+                key_list(&plan)
+            )));
+        }
+        let columns: Vec<(String, Vec<Value>)> = req
+            .entities
+            .iter()
+            .map(|(k, v)| (k.clone(), v.values.iter().map(api::to_value).collect()))
+            .collect();
+        let entities = Columns::new(columns)?;
+        if entities.len() > self.options.max_entity_rows {
+            return Err(ApiError::too_large(format!(
+                "{} entity rows requested; at most {} per request (serving.max_entity_rows)",
+                entities.len(),
+                self.options.max_entity_rows
+            )));
+        }
+        if entities.is_empty() {
+            return Err(ApiError::invalid("the entity columns hold no rows"));
+        }
+        let at = self.clock.now();
+        let vectors = plan.execute(self.online.as_ref(), &entities, at).await?;
+        self.metrics.observe_statuses(&plan, &vectors.statuses);
+        let names = plan.feature_names();
+        let nout = names.len();
+        let mut results = Vec::with_capacity(entities.len());
+        let mut values = vectors.values.into_iter();
+        for row in 0..entities.len() {
+            let mut fv = pb::FeatureVector::default();
+            for (k, col) in &req.entities {
+                fv.entities.insert(k.clone(), col.values[row].clone());
+            }
+            for (i, name) in names.iter().enumerate() {
+                let v = values.next().expect("rows × features values");
+                fv.features.insert(name.clone(), api::from_value(v));
+                fv.statuses.insert(
+                    name.clone(),
+                    api::from_status(vectors.statuses[row * nout + i]) as i32,
+                );
+            }
+            results.push(fv);
+        }
+        let latency = started.elapsed();
+        Ok(pb::GetOnlineFeaturesResponse {
+            results,
+            metadata: Some(pb::ResponseMetadata {
+                feature_service: plan.service().map(|(s, _)| s.to_string()),
+                feature_service_version: plan.service().map(|(_, v)| v),
+                feature_names: names.to_vec(),
+                latency_ms: latency.as_secs_f64() * 1e3,
+            }),
+        })
+    }
+
+    /// Serves one `Health` request.
+    pub fn health(&self) -> pb::HealthResponse {
+        pb::HealthResponse {
+            status: "ok".into(),
+            project: self.store.project().to_string(),
+            registry_serial: self.registry_serial(),
+            online_store: self.online.backend().to_string(),
+        }
+    }
+}
+
+fn key_list(plan: &ReadPlan) -> String {
+    plan.join_keys()
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A running server: its bound addresses, and a handle to stop it.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: Option<SocketAddr>,
+    pub state: Arc<ServerState>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the listeners and starts serving in the current tokio runtime (ports may
+    /// be 0 to pick free ones; the bound addresses are in the result).
+    pub async fn start(
+        store: FeatureStore,
+        options: ServeOptions,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> crate::Result<Server> {
+        let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let state = ServerState::new(store, options.clone(), clock).await?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let listener = tokio::net::TcpListener::bind(options.http)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", options.http)))?;
+        let http_addr = listener.local_addr().expect("bound");
+        let app = super::http::router(state.clone());
+        let mut rx_http = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx_http.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+
+        let grpc_addr = match options.grpc {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+                let bound = listener.local_addr().expect("bound");
+                let svc = super::grpc::service(state.clone());
+                let mut rx_grpc = rx.clone();
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tasks.push(tokio::spawn(async move {
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, async move {
+                            let _ = rx_grpc.wait_for(|s| *s).await;
+                        })
+                        .await;
+                }));
+                Some(bound)
+            }
+            None => None,
+        };
+
+        let reload_state = state.clone();
+        let mut rx_reload = rx.clone();
+        let interval = options.reload_interval;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = rx_reload.wait_for(|s| *s) => return,
+                }
+                let s = reload_state.clone();
+                match tokio::task::spawn_blocking(move || s.reload_if_changed()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        eprintln!("registry reload failed (still serving the previous one): {e}")
+                    }
+                    Err(e) => eprintln!("registry reload failed: {e}"),
+                }
+            }
+        }));
+
+        Ok(Server {
+            http_addr,
+            grpc_addr,
+            state,
+            shutdown: tx,
+            tasks,
+        })
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, and returns.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `POST /push` / gRPC `Push`: rows for a feature view, validated as an ingest validates
+//! a file (types, null keys, unparsable times, with the row and column named), then
+//! written with the same conditional newer-wins write as materialization (online) and
+//! the same merge as an ingest (offline).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{Field, Schema};
+use quiver_core::value::values_to_array;
+use quiver_core::{DType, Value};
+use quiver_offline::normalize::{key_arrow_type, normalize_batch, Origin};
+
+use super::api::{self, pb};
+use super::core::{ApiError, ServerState};
+use crate::online::Columns;
+
+/// Largest number of rows one push may carry.
+pub const MAX_PUSH_ROWS: usize = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Online,
+    Offline,
+    Both,
+}
+
+impl ServerState {
+    /// Serves one `Push` request.
+    pub async fn push(&self, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
+        let snapshot = self.snapshot();
+        let state = &snapshot.state;
+        let record = state.view(&req.feature_view).map_err(crate::Error::from)?;
+        let view = state
+            .resolved_view(&req.feature_view)
+            .map_err(crate::Error::from)?;
+        let source = state
+            .source(&record.def.source)
+            .map_err(crate::Error::from)?;
+        let target = match req.to.as_str() {
+            "" | "online" => Target::Online,
+            "offline" => Target::Offline,
+            "online_and_offline" => Target::Both,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "'to' is {other:?}: expected online, offline or online_and_offline"
+                )))
+            }
+        };
+        if target != Target::Offline && !record.def.online {
+            return Err(ApiError::invalid(format!(
+                "feature view '{}' is not served online (online: false)",
+                view.name
+            )));
+        }
+        if target != Target::Online && !record.def.offline {
+            return Err(ApiError::invalid(format!(
+                "feature view '{}' keeps no offline history (offline: false)",
+                view.name
+            )));
+        }
+        let columns = Columns::new(
+            req.data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.values.iter().map(api::to_value).collect()))
+                .collect(),
+        )?;
+        if columns.is_empty() {
+            return Err(ApiError::invalid("'data' holds no rows"));
+        }
+        if columns.len() > MAX_PUSH_ROWS {
+            return Err(ApiError::too_large(format!(
+                "{} rows pushed; at most {MAX_PUSH_ROWS} per request",
+                columns.len()
+            )));
+        }
+        // The timestamp column may carry the source's name or the stored one.
+        let ts_name = [source.def.timestamp_field(), "event_timestamp"]
+            .into_iter()
+            .find(|n| columns.get(n).is_some())
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "missing the event time column '{}'",
+                    source.def.timestamp_field()
+                ))
+            })?
+            .to_string();
+        let created_name = [
+            source.def.created_timestamp_field(),
+            Some("created_timestamp"),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|n| columns.get(n).is_some())
+        .map(str::to_string);
+
+        let mut fields = Vec::new();
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        let mut add = |name: &str, dtype: &DType, values: &[Value]| -> Result<(), ApiError> {
+            let a = values_to_array(values, dtype)
+                .map_err(|e| ApiError::invalid(format!("column '{name}': {e}")))?;
+            fields.push(Field::new(name, a.data_type().clone(), true));
+            arrays.push(a);
+            Ok(())
+        };
+        let mut used = vec![ts_name.clone()];
+        for k in &view.join_keys {
+            let col = columns.get(&k.name).ok_or_else(|| {
+                ApiError::invalid(format!("missing join key column '{}'", k.name))
+            })?;
+            let t = DType::from_arrow(&key_arrow_type(&k.dtype)).expect("key types map back");
+            add(&k.name, &t, col)?;
+            used.push(k.name.clone());
+        }
+        add(
+            &ts_name,
+            &DType::Timestamp,
+            columns.get(&ts_name).expect("found above"),
+        )?;
+        if let Some(c) = &created_name {
+            add(c, &DType::Timestamp, columns.get(c).expect("found above"))?;
+            used.push(c.clone());
+        }
+        for f in &view.features {
+            let col = columns.get(&f.name).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "missing feature column '{}' of feature view '{}' (send null values for \
+                     unknown ones)",
+                    f.name, view.name
+                ))
+            })?;
+            add(&f.name, &f.dtype, col)?;
+            used.push(f.name.clone());
+        }
+        if let Some(extra) = columns.names().find(|n| !used.iter().any(|u| u == n)) {
+            return Err(ApiError::invalid(format!(
+                "column '{extra}' is not a join key, time column or feature of feature view '{}'",
+                view.name
+            )));
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let origin = Origin {
+            file: "push request",
+            first_row: 0,
+        };
+        let batch = normalize_batch(&batch, &view, &ts_name, created_name.as_deref(), &origin)
+            .map_err(crate::Error::from)?;
+        let rows = batch.num_rows() as u64;
+        let mut resp = pb::PushResponse {
+            rows,
+            ..Default::default()
+        };
+        if target != Target::Online {
+            // The offline store drives its own runtime: run it on a plain thread.
+            let offline = self.store.offline()?;
+            let (view2, batch2) = (view.clone(), batch.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(offline.ingest(&view2, vec![batch2]));
+            });
+            let stats = rx
+                .await
+                .map_err(|_| ApiError::internal("offline write stopped"))?
+                .map_err(crate::Error::from)?;
+            resp.written_offline = stats.rows_in;
+        }
+        if target != Target::Offline {
+            let stats = crate::materialize::write_latest(
+                &view,
+                std::slice::from_ref(&batch),
+                self.online.as_ref(),
+                false,
+            )
+            .await?;
+            resp.written_online = stats.written;
+            resp.skipped_online = rows - stats.written;
+        }
+        Ok(resp)
+    }
+}

@@ -1,0 +1,526 @@
+//! The feature server end to end over HTTP and gRPC: reads by service and by feature
+//! list, statuses under an injected clock, push, registry reload, and every kind of bad
+//! request answered with a JSON error while the server keeps serving.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, StringArray};
+use quiver::server::api::pb;
+use quiver::server::{ServeOptions, Server};
+use quiver_core::time::{parse_timestamp, ManualClock};
+use serde_json::{json, Value as Json};
+
+use crate::common::{ts, Repo};
+
+const DEFS: &str = r#"
+entities:
+  - name: driver
+    join_keys: [driver_id]
+  - name: customer
+    join_keys: [customer_id]
+sources:
+  - name: drivers_src
+    type: file
+    path: data/drivers.parquet
+    timestamp_field: ts
+  - name: customers_src
+    type: file
+    path: data/customers.parquet
+    timestamp_field: ts
+feature_views:
+  - name: driver_stats
+    entities: [driver]
+    source: drivers_src
+    ttl: 1h
+    features:
+      - { name: conv_rate, dtype: float64 }
+      - { name: trips, dtype: int64 }
+  - name: customer_profile
+    entities: [customer]
+    source: customers_src
+    ttl: 0
+    features:
+      - { name: tier, dtype: string }
+feature_services:
+  - name: ranking
+    features: [driver_stats:conv_rate, driver_stats:trips, customer_profile:tier]
+"#;
+
+/// A time on the day of the rows.
+fn t(hms: &str) -> i64 {
+    parse_timestamp(&format!("2025-01-01T{hms}Z")).unwrap()
+}
+
+struct Fixture {
+    repo: Repo,
+    rt: tokio::runtime::Runtime,
+    server: Option<Server>,
+    clock: Arc<ManualClock>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let repo = Repo::new(DEFS);
+        // Driver 1: rows at 09:00 and 10:00; driver 2: a row at 08:00; driver 3: none.
+        repo.parquet(
+            "data/drivers.parquet",
+            vec![
+                ("driver_id", Arc::new(Int64Array::from(vec![1, 1, 2]))),
+                ("ts", ts(vec![t("09:00:00"), t("10:00:00"), t("08:00:00")])),
+                (
+                    "conv_rate",
+                    Arc::new(Float64Array::from(vec![Some(0.1), Some(0.25), None])),
+                ),
+                ("trips", Arc::new(Int64Array::from(vec![3, 4, 7]))),
+            ],
+        );
+        repo.parquet(
+            "data/customers.parquet",
+            vec![
+                ("customer_id", Arc::new(StringArray::from(vec!["c1", "c2"]))),
+                ("ts", ts(vec![t("01:00:00"), t("02:00:00")])),
+                ("tier", Arc::new(StringArray::from(vec!["gold", "silver"]))),
+            ],
+        );
+        let store = repo.store();
+        store.apply().unwrap();
+        store.ingest(&[]).unwrap();
+        store
+            .materialize(t("00:00:00"), t("12:00:00"), &[], false)
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(t("10:30:00")));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let options = ServeOptions {
+            http: "127.0.0.1:0".parse().unwrap(),
+            grpc: Some("127.0.0.1:0".parse().unwrap()),
+            max_entity_rows: 100,
+            reload_interval: std::time::Duration::from_millis(50),
+            ..Default::default()
+        };
+        let c: Arc<dyn quiver_core::time::Clock> = clock.clone();
+        let server = rt
+            .block_on(Server::start(repo.store(), options, Some(c)))
+            .unwrap();
+        Fixture {
+            repo,
+            rt,
+            server: Some(server),
+            clock,
+        }
+    }
+
+    fn http(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().http_addr
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, Json) {
+        http(self.http(), "POST", path, body)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let (code, body) = raw(self.http(), "GET", path, "");
+        (code, body)
+    }
+
+    fn grpc(&self) -> pb::feature_serving_client::FeatureServingClient<tonic::transport::Channel> {
+        let addr = self.server.as_ref().unwrap().grpc_addr.unwrap();
+        self.rt
+            .block_on(pb::feature_serving_client::FeatureServingClient::connect(
+                format!("http://{addr}"),
+            ))
+            .unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.stop());
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the body.
+fn raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code: u16 = resp[9..12].parse().unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (len, rest) = s.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(len.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Json) {
+    let (code, body) = raw(addr, method, path, body);
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    (code, v)
+}
+
+#[test]
+fn http_reads_a_service_with_statuses_in_request_order() {
+    let f = Fixture::new();
+    let (code, v) = f.post(
+        "/get-online-features",
+        &json!({"feature_service": "ranking",
+                "entities": {"driver_id": [2, 1, 3], "customer_id": ["c2", "c1", "zz"]}})
+        .to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let r = &v["results"];
+    assert_eq!(r.as_array().unwrap().len(), 3);
+    // Request order is kept; driver 1's newest row (10:00) wins.
+    assert_eq!(r[1]["entities"]["driver_id"], 1);
+    assert_eq!(r[1]["features"]["conv_rate"], 0.25);
+    assert_eq!(r[1]["features"]["trips"], 4);
+    assert_eq!(r[1]["features"]["tier"], "gold");
+    assert_eq!(r[1]["statuses"]["conv_rate"], "PRESENT");
+    // Driver 2's row is 2.5 h old with a 1 h ttl: no value, OUTSIDE_TTL; ttl 0 never expires.
+    assert!(r[0]["features"]["conv_rate"].is_null());
+    assert_eq!(r[0]["statuses"]["trips"], "OUTSIDE_TTL");
+    assert_eq!(r[0]["features"]["tier"], "silver");
+    // Unknown entities: null, MISSING — never zero.
+    assert!(r[2]["features"]["trips"].is_null());
+    assert_eq!(r[2]["statuses"]["trips"], "MISSING");
+    assert_eq!(r[2]["statuses"]["tier"], "MISSING");
+    let m = &v["metadata"];
+    assert_eq!(m["feature_service"], "ranking");
+    assert_eq!(m["feature_service_version"], 1);
+    assert_eq!(m["feature_names"], json!(["conv_rate", "trips", "tier"]));
+    assert!(m["latency_ms"].as_f64().unwrap() >= 0.0);
+
+    // The injected clock moves: at 11:00:01 driver 1's 10:00 row is outside its 1 h ttl.
+    f.clock.set(t("11:00:01"));
+    let (_, v) = f.post(
+        "/get-online-features",
+        &json!({"features": ["driver_stats:conv_rate"], "entities": {"driver_id": [1]},
+                "full_feature_names": true})
+        .to_string(),
+    );
+    assert_eq!(
+        v["results"][0]["statuses"]["driver_stats__conv_rate"],
+        "OUTSIDE_TTL"
+    );
+    f.clock.set(t("11:00:00"));
+    let (_, v) = f.post(
+        "/get-online-features",
+        &json!({"features": ["driver_stats:conv_rate"], "entities": {"driver_id": [1]}})
+            .to_string(),
+    );
+    assert_eq!(
+        v["results"][0]["statuses"]["conv_rate"], "PRESENT",
+        "exactly ttl old is kept"
+    );
+
+    let (code, health) = f.post("/health", "");
+    assert_eq!((code, &health["code"]), (405, &json!("METHOD_NOT_ALLOWED")));
+    let (code, body) = f.get("/health");
+    assert_eq!(code, 200);
+    let health: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["online_store"], "embedded");
+
+    let (code, metrics) = f.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(
+            "quiver_feature_values_total{feature_view=\"driver_stats\",status=\"OUTSIDE_TTL\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quiver_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+
+    let (code, body) = f.get("/registry/feature-services");
+    assert_eq!(code, 200);
+    assert!(body.contains("ranking"), "{body}");
+    let (code, body) = f.get("/registry/feature-views/driver_stats");
+    assert_eq!(code, 200);
+    assert!(body.contains("conv_rate"), "{body}");
+    let (code, _) = f.get("/registry/feature-views/nope");
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn grpc_answers_like_http() {
+    let f = Fixture::new();
+    let body = json!({"feature_service": "ranking",
+                      "entities": {"driver_id": [1, 2, 3], "customer_id": ["c1", "c2", "c3"]}});
+    let (_, http_resp) = f.post("/get-online-features", &body.to_string());
+    let req: pb::GetOnlineFeaturesRequest = serde_json::from_value(body).unwrap();
+    let mut client = f.grpc();
+    let resp =
+        f.rt.block_on(client.get_online_features(req))
+            .unwrap()
+            .into_inner();
+    let grpc_json = serde_json::to_value(&resp).unwrap();
+    assert_eq!(grpc_json["results"], http_resp["results"]);
+    assert_eq!(
+        grpc_json["metadata"]["feature_names"],
+        http_resp["metadata"]["feature_names"]
+    );
+    assert_eq!(
+        resp.results[0].statuses["conv_rate"],
+        pb::FeatureStatus::Present as i32
+    );
+
+    let bad = pb::GetOnlineFeaturesRequest {
+        feature_service: Some("rankin".into()),
+        ..Default::default()
+    };
+    let e = f.rt.block_on(client.get_online_features(bad)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(
+        e.message().contains("ranking"),
+        "did-you-mean: {}",
+        e.message()
+    );
+    let health =
+        f.rt.block_on(client.health(pb::HealthRequest {}))
+            .unwrap()
+            .into_inner();
+    assert_eq!(health.status, "ok");
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
+    let f = Fixture::new();
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "malformed"),
+        (json!({"feature_service": "nope", "entities": {"driver_id": [1]}}).to_string(), 404, "nope"),
+        (json!({"features": ["driver_stats:nope"], "entities": {"driver_id": [1]}}).to_string(), 404, "nope"),
+        (json!({"features": ["driver_stats"], "entities": {"driver_id": [1]}}).to_string(), 404, "view:feature"),
+        (json!({"feature_service": "ranking", "features": ["driver_stats:trips"], "entities": {"driver_id": [1]}}).to_string(), 400, "not both"),
+        (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": ["one"]}}).to_string(), 400, "driver_id"),
+        (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1.5]}}).to_string(), 400, "int64"),
+        (json!({"feature_service": "ranking", "entities": {"driver_id": [1, 2], "customer_id": ["c1"]}}).to_string(), 400, "customer_id"),
+        (json!({"feature_service": "ranking", "entities": {"driver_id": [1]}}).to_string(), 400, "customer_id"),
+        (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1], "rider": [2]}}).to_string(), 400, "rider"),
+        (json!({"features": ["driver_stats:trips"], "entities": {}}).to_string(), 400, "driver_id"),
+        (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": []}}).to_string(), 400, "no rows"),
+        (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [null]}}).to_string(), 400, "null"),
+        (json!({"features": ["driver_stats:trips"], "entitis": {"driver_id": [1]}}).to_string(), 400, "entitis"),
+        (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": (0..101).collect::<Vec<_>>()}}).to_string(), 413, "at most 100"),
+    ];
+    for (body, code, needle) in cases {
+        let (got, v) = f.post("/get-online-features", &body);
+        assert_eq!(got, code, "{body} -> {v}");
+        let msg = v["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message: {v}"));
+        assert!(v["code"].is_string(), "{v}");
+        assert!(
+            msg.contains(needle),
+            "{body}: {msg:?} should mention {needle:?}"
+        );
+    }
+    // A body over the size limit is refused before parsing.
+    let huge = format!("{{\"features\":[\"{}\"]}}", "x".repeat(5 << 20));
+    let (code, _) = raw(f.http(), "POST", "/get-online-features", &huge);
+    assert_eq!(code, 413);
+    let (code, v) = f.post("/no-such-endpoint", "{}");
+    assert_eq!((code, v["code"].as_str()), (404, Some("NOT_FOUND")));
+    // Still serving.
+    let (code, v) = f.post(
+        "/get-online-features",
+        &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1]}}).to_string(),
+    );
+    assert_eq!(
+        (code, &v["results"][0]["features"]["trips"]),
+        (200, &json!(4))
+    );
+}
+
+#[test]
+fn push_writes_newer_rows_online_and_offline() {
+    let f = Fixture::new();
+    let read = |id: i64| {
+        let (_, v) = f.post(
+            "/get-online-features",
+            &json!({"features": ["driver_stats:conv_rate", "driver_stats:trips"],
+                    "entities": {"driver_id": [id]}})
+            .to_string(),
+        );
+        v["results"][0]["features"].clone()
+    };
+    // A newer row for driver 1 and a first one for driver 9.
+    let (code, v) = f.post(
+        "/push",
+        &json!({"feature_view": "driver_stats", "to": "online_and_offline",
+                "data": {"driver_id": [1, 9], "ts": ["2025-01-01T10:20:00Z", "2025-01-01T10:10:00Z"],
+                         "conv_rate": [0.5, null], "trips": [5, 1]}})
+        .to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["rows"].as_u64(), v["written_online"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(v["written_offline"], 2);
+    assert_eq!(read(1), json!({"conv_rate": 0.5, "trips": 5}));
+    assert_eq!(read(9), json!({"conv_rate": null, "trips": 1}));
+    // An older row never rolls a value back.
+    let (_, v) = f.post(
+        "/push",
+        &json!({"feature_view": "driver_stats",
+                "data": {"driver_id": [1], "ts": ["2025-01-01T09:30:00Z"], "conv_rate": [0.9], "trips": [99]}})
+        .to_string(),
+    );
+    assert_eq!(
+        (v["written_online"].as_u64(), v["skipped_online"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(read(1)["trips"], 5);
+    // Offline: the pushed row is in the history a training set reads.
+    let labels = crate::common::batch(vec![
+        ("driver_id", Arc::new(Int64Array::from(vec![1, 1]))),
+        ("event_timestamp", ts(vec![t("10:15:00"), t("10:25:00")])),
+    ]);
+    let training = f
+        .repo
+        .store()
+        .historical()
+        .entities(labels)
+        .features(["driver_stats:trips"])
+        .run()
+        .unwrap();
+    let trips = training
+        .column_by_name("trips")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!((trips.value(0), trips.value(1)), (4, 5));
+
+    // Bad pushes name what is wrong.
+    for (body, needle) in [
+        (json!({"feature_view": "nope", "data": {}}), "nope"),
+        (
+            json!({"feature_view": "driver_stats", "data": {"driver_id": [1], "ts": ["2025-01-01T10:00:00Z"], "conv_rate": ["high"], "trips": [1]}}),
+            "conv_rate",
+        ),
+        (
+            json!({"feature_view": "driver_stats", "data": {"driver_id": [1], "ts": ["yesterday"], "conv_rate": [1.0], "trips": [1]}}),
+            "ts",
+        ),
+        (
+            json!({"feature_view": "driver_stats", "data": {"driver_id": [null], "ts": ["2025-01-01T10:00:00Z"], "conv_rate": [1.0], "trips": [1]}}),
+            "driver_id",
+        ),
+        (
+            json!({"feature_view": "driver_stats", "data": {"driver_id": [1], "ts": ["2025-01-01T10:00:00Z"], "conv_rate": [1.0]}}),
+            "trips",
+        ),
+        (
+            json!({"feature_view": "driver_stats", "data": {"driver_id": [1], "ts": ["2025-01-01T10:00:00Z"], "conv_rate": [1.0], "trips": [1], "extra": [1]}}),
+            "extra",
+        ),
+        (
+            json!({"feature_view": "driver_stats", "to": "everywhere", "data": {"driver_id": [1]}}),
+            "everywhere",
+        ),
+    ] {
+        let (code, v) = f.post("/push", &body.to_string());
+        assert!(code == 400 || code == 404, "{body} -> {code} {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{body} -> {v}"
+        );
+    }
+    assert_eq!(read(1)["trips"], 5, "failed pushes wrote nothing");
+}
+
+#[test]
+fn concurrent_pushes_keep_the_newest_row() {
+    let f = Fixture::new();
+    let addr = f.http();
+    // 4 writers push interleaved versions of one key; the newest (10:59) must win.
+    let handles: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    let minute = i * 4 + w; // 0..59, each once
+                    let body = json!({"feature_view": "driver_stats",
+                        "data": {"driver_id": [5], "ts": [format!("2025-01-01T10:{minute:02}:00Z")],
+                                 "conv_rate": [minute as f64], "trips": [minute]}});
+                    let (code, v) = http(addr, "POST", "/push", &body.to_string());
+                    assert_eq!(code, 200, "{v}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    f.clock.set(t("11:30:00"));
+    let (_, v) = f.post(
+        "/get-online-features",
+        &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [5]}}).to_string(),
+    );
+    assert_eq!(v["results"][0]["features"]["trips"], 59, "{v}");
+}
+
+#[test]
+fn registry_changes_are_served_without_restart() {
+    let f = Fixture::new();
+    let before = f.server.as_ref().unwrap().state.registry_serial();
+    let (code, _) = f.post(
+        "/get-online-features",
+        &json!({"feature_service": "tiers", "entities": {"customer_id": ["c1"]}}).to_string(),
+    );
+    assert_eq!(code, 404);
+    f.repo.write(
+        "features.yaml",
+        &format!("{DEFS}  - name: tiers\n    features: [customer_profile:tier]\n"),
+    );
+    f.repo.store().apply().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, v) = f.post(
+            "/get-online-features",
+            &json!({"feature_service": "tiers", "entities": {"customer_id": ["c1"]}}).to_string(),
+        );
+        if code == 200 {
+            assert_eq!(v["results"][0]["features"]["tier"], "gold");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reloaded: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(f.server.as_ref().unwrap().state.registry_serial() > before);
+}
