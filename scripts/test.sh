@@ -13,6 +13,18 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# The Redis tests start real redis-server processes (a standalone server and a 3-node
+# cluster built with redis-cli) on loopback ports: install Debian's package if missing.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  echo "==> installing redis-server (Debian package)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+# Debian's package may start a system-wide server; the tests use their own ports and
+# never touch it.
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

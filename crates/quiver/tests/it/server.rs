@@ -53,7 +53,15 @@ fn t(hms: &str) -> i64 {
     parse_timestamp(&format!("2025-01-01T{hms}Z")).unwrap()
 }
 
+/// The online store a fixture serves from.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Embedded,
+    Redis,
+}
+
 struct Fixture {
+    _redis: Option<quiver_redis::testing::Standalone>,
     repo: Repo,
     rt: tokio::runtime::Runtime,
     server: Option<Server>,
@@ -61,8 +69,32 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Self {
+    fn new(backend: Backend) -> Self {
         let repo = Repo::new(DEFS);
+        let redis = match backend {
+            Backend::Embedded => None,
+            Backend::Redis => {
+                let r = quiver_redis::testing::standalone();
+                // A project of its own, so a shared server (QUIVER_REDIS_URL) is fine.
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let project = format!(
+                    "t{}_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    quiver_core::time::now()
+                );
+                repo.write(
+                    "quiver.yaml",
+                    &format!(
+                        "project: {project}\nregistry: data/registry\n\
+                         offline_store: {{ type: delta, path: data/offline }}\n\
+                         online_store: {{ type: redis, url: \"{}\" }}\n",
+                        r.url()
+                    ),
+                );
+                Some(r)
+            }
+        };
         // Driver 1: rows at 09:00 and 10:00; driver 2: a row at 08:00; driver 3: none.
         repo.parquet(
             "data/drivers.parquet",
@@ -108,6 +140,7 @@ impl Fixture {
             .block_on(Server::start(repo.store(), options, Some(c)))
             .unwrap();
         Fixture {
+            _redis: redis,
             repo,
             rt,
             server: Some(server),
@@ -190,9 +223,8 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Json) {
     (code, v)
 }
 
-#[test]
-fn http_reads_a_service_with_statuses_in_request_order() {
-    let f = Fixture::new();
+fn http_reads_a_service_with_statuses_in_request_order(backend: Backend) {
+    let f = Fixture::new(backend);
     let (code, v) = f.post(
         "/get-online-features",
         &json!({"feature_service": "ranking",
@@ -251,7 +283,11 @@ fn http_reads_a_service_with_statuses_in_request_order() {
     assert_eq!(code, 200);
     let health: Json = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "ok");
-    assert_eq!(health["online_store"], "embedded");
+    let expected = match backend {
+        Backend::Embedded => "embedded",
+        Backend::Redis => "redis",
+    };
+    assert_eq!(health["online_store"], expected);
 
     let (code, metrics) = f.get("/metrics");
     assert_eq!(code, 200);
@@ -276,9 +312,8 @@ fn http_reads_a_service_with_statuses_in_request_order() {
     assert_eq!(code, 404);
 }
 
-#[test]
-fn grpc_answers_like_http() {
-    let f = Fixture::new();
+fn grpc_answers_like_http(backend: Backend) {
+    let f = Fixture::new(backend);
     let body = json!({"feature_service": "ranking",
                       "entities": {"driver_id": [1, 2, 3], "customer_id": ["c1", "c2", "c3"]}});
     let (_, http_resp) = f.post("/get-online-features", &body.to_string());
@@ -317,9 +352,8 @@ fn grpc_answers_like_http() {
     assert_eq!(health.status, "ok");
 }
 
-#[test]
-fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
-    let f = Fixture::new();
+fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Backend) {
+    let f = Fixture::new(backend);
     let cases: Vec<(String, u16, &str)> = vec![
         ("{not json".into(), 400, "malformed"),
         (json!({"feature_service": "nope", "entities": {"driver_id": [1]}}).to_string(), 404, "nope"),
@@ -366,9 +400,8 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     );
 }
 
-#[test]
-fn push_writes_newer_rows_online_and_offline() {
-    let f = Fixture::new();
+fn push_writes_newer_rows_online_and_offline(backend: Backend) {
+    let f = Fixture::new(backend);
     let read = |id: i64| {
         let (_, v) = f.post(
             "/get-online-features",
@@ -465,9 +498,8 @@ fn push_writes_newer_rows_online_and_offline() {
     assert_eq!(read(1)["trips"], 5, "failed pushes wrote nothing");
 }
 
-#[test]
-fn concurrent_pushes_keep_the_newest_row() {
-    let f = Fixture::new();
+fn concurrent_pushes_keep_the_newest_row(backend: Backend) {
+    let f = Fixture::new(backend);
     let addr = f.http();
     // 4 writers push interleaved versions of one key; the newest (10:59) must win.
     let handles: Vec<_> = (0..4)
@@ -495,9 +527,8 @@ fn concurrent_pushes_keep_the_newest_row() {
     assert_eq!(v["results"][0]["features"]["trips"], 59, "{v}");
 }
 
-#[test]
-fn registry_changes_are_served_without_restart() {
-    let f = Fixture::new();
+fn registry_changes_are_served_without_restart(backend: Backend) {
+    let f = Fixture::new(backend);
     let before = f.server.as_ref().unwrap().state.registry_serial();
     let (code, _) = f.post(
         "/get-online-features",
@@ -524,3 +555,24 @@ fn registry_changes_are_served_without_restart() {
     }
     assert!(f.server.as_ref().unwrap().state.registry_serial() > before);
 }
+
+/// Each scenario against both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $name() { super::$name(super::Backend::Embedded) })*
+        }
+        mod redis {
+            $(#[test] fn $name() { super::$name(super::Backend::Redis) })*
+        }
+    };
+}
+
+on_both_backends!(
+    http_reads_a_service_with_statuses_in_request_order,
+    grpc_answers_like_http,
+    bad_requests_get_json_errors_and_the_server_keeps_serving,
+    push_writes_newer_rows_online_and_offline,
+    concurrent_pushes_keep_the_newest_row,
+    registry_changes_are_served_without_restart,
+);
