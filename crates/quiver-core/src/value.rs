@@ -230,6 +230,59 @@ pub fn values_to_array(values: &[Value], dtype: &DType) -> Result<arrow::array::
     })
 }
 
+/// The value at `row` of an array in a storage form ([`DType::to_arrow`]; other integer
+/// and float widths are widened); an unsupported type is an error.
+pub fn value_at(array: &dyn arrow::array::Array, row: usize) -> Result<Value> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
+    if array.is_null(row) {
+        return Ok(Value::Null);
+    }
+    Ok(match array.data_type() {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        DataType::Int32 => Value::Int32(array.as_primitive::<Int32Type>().value(row)),
+        DataType::Int64 => Value::Int64(array.as_primitive::<Int64Type>().value(row)),
+        DataType::Float32 => Value::Float32(array.as_primitive::<Float32Type>().value(row)),
+        DataType::Float64 => Value::Float64(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_string()),
+        DataType::Binary => Value::Bytes(array.as_binary::<i32>().value(row).to_vec()),
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _) => Value::Timestamp(
+            array
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(row),
+        ),
+        DataType::List(_) => {
+            let items = array.as_list::<i32>().value(row);
+            Value::List(
+                (0..items.len())
+                    .map(|i| value_at(items.as_ref(), i))
+                    .collect::<Result<_>>()?,
+            )
+        }
+        other => {
+            let widened = match other {
+                DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => {
+                    DataType::Int32
+                }
+                DataType::UInt32 => DataType::Int64,
+                DataType::Float16 => DataType::Float32,
+                DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+                DataType::LargeBinary | DataType::BinaryView => DataType::Binary,
+                DataType::Timestamp(_, tz) => {
+                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, tz.clone())
+                }
+                _ => {
+                    return Err(Error::Type(format!(
+                        "values of Arrow type {other} are not supported"
+                    )))
+                }
+            };
+            let one = arrow::compute::cast(&array.slice(row, 1), &widened)?;
+            value_at(one.as_ref(), 0)?
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +321,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ts.data_type(), &DType::Timestamp.to_arrow());
+    }
+
+    #[test]
+    fn arrays_round_trip_through_values() {
+        let cases = [
+            (DType::Float64, vec![Value::Float64(0.5), Value::Null]),
+            (DType::Int32, vec![Value::Int32(-3), Value::Null]),
+            (DType::String, vec![Value::String("a".into()), Value::Null]),
+            (DType::Bool, vec![Value::Bool(true), Value::Null]),
+            (
+                DType::Timestamp,
+                vec![Value::Timestamp(1_700_000_000_000_000), Value::Null],
+            ),
+            (
+                DType::List(Box::new(DType::Int64)),
+                vec![Value::List(vec![Value::Int64(1), Value::Null]), Value::Null],
+            ),
+        ];
+        for (t, vals) in cases {
+            let a = values_to_array(&vals, &t).unwrap();
+            let back: Vec<Value> = (0..a.len())
+                .map(|i| value_at(a.as_ref(), i).unwrap())
+                .collect();
+            assert_eq!(back, vals, "{t}");
+        }
+        let small = arrow::array::Int16Array::from(vec![7i16]);
+        assert_eq!(value_at(&small, 0).unwrap(), Value::Int32(7));
     }
 
     #[test]

@@ -286,6 +286,11 @@ impl ReadPlan {
         &self.views[self.output_view[i]].name
     }
 
+    /// The index of output `i`'s feature view in [`view_names`](Self::view_names).
+    pub fn output_view_index(&self, i: usize) -> usize {
+        self.output_view[i]
+    }
+
     /// The feature views read, in first-use order.
     pub fn view_names(&self) -> impl Iterator<Item = &str> {
         self.views.iter().map(|v| v.name.as_str())

@@ -237,11 +237,16 @@ impl ServerState {
         self.snapshot().state.serial
     }
 
-    /// Serves one `GetOnlineFeatures` request.
+    /// Serves one `GetOnlineFeatures` request as its message (gRPC).
     pub async fn get_online_features(
         &self,
         req: pb::GetOnlineFeaturesRequest,
     ) -> Result<pb::GetOnlineFeaturesResponse, ApiError> {
+        Ok(self.read(req).await?.into_message())
+    }
+
+    /// Reads the feature vectors of a request.
+    pub(crate) async fn read(&self, req: pb::GetOnlineFeaturesRequest) -> Result<Served, ApiError> {
         let started = Instant::now();
         let snapshot = self.snapshot();
         let plan = snapshot.plan(
@@ -274,34 +279,11 @@ impl ServerState {
         let at = self.clock.now();
         let vectors = plan.execute(self.online.as_ref(), &entities, at).await?;
         self.metrics.observe_statuses(&plan, &vectors.statuses);
-        let names = plan.feature_names();
-        let nout = names.len();
-        let mut results = Vec::with_capacity(entities.len());
-        let mut values = vectors.values.into_iter();
-        for row in 0..entities.len() {
-            let mut fv = pb::FeatureVector::default();
-            for (k, col) in &req.entities {
-                fv.entities.insert(k.clone(), col.values[row].clone());
-            }
-            for (i, name) in names.iter().enumerate() {
-                let v = values.next().expect("rows × features values");
-                fv.features.insert(name.clone(), api::from_value(v));
-                fv.statuses.insert(
-                    name.clone(),
-                    api::from_status(vectors.statuses[row * nout + i]) as i32,
-                );
-            }
-            results.push(fv);
-        }
-        let latency = started.elapsed();
-        Ok(pb::GetOnlineFeaturesResponse {
-            results,
-            metadata: Some(pb::ResponseMetadata {
-                feature_service: plan.service().map(|(s, _)| s.to_string()),
-                feature_service_version: plan.service().map(|(_, v)| v),
-                feature_names: names.to_vec(),
-                latency_ms: latency.as_secs_f64() * 1e3,
-            }),
+        Ok(Served {
+            entities: req.entities,
+            plan,
+            vectors,
+            started,
         })
     }
 
@@ -313,6 +295,131 @@ impl ServerState {
             registry_serial: self.registry_serial(),
             online_store: self.online.backend().to_string(),
         }
+    }
+}
+
+/// The vectors of one request, ready to encode as a message (gRPC) or as JSON (HTTP).
+pub(crate) struct Served {
+    entities: std::collections::BTreeMap<String, pb::ValueList>,
+    plan: Arc<ReadPlan>,
+    vectors: crate::online::Vectors,
+    started: Instant,
+}
+
+impl Served {
+    /// A guess of the JSON size, to allocate once.
+    pub fn size_hint(&self) -> usize {
+        self.vectors.values.len() * 48 + self.vectors.rows() * 64
+    }
+
+    fn latency_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// The response message.
+    pub fn into_message(self) -> pb::GetOnlineFeaturesResponse {
+        let names = self.plan.feature_names();
+        let nout = names.len();
+        let rows = self.vectors.rows();
+        let latency_ms = self.latency_ms();
+        let mut results = Vec::with_capacity(rows);
+        let mut values = self.vectors.values.into_iter();
+        for row in 0..rows {
+            let mut fv = pb::FeatureVector::default();
+            for (k, col) in &self.entities {
+                fv.entities.insert(k.clone(), col.values[row].clone());
+            }
+            for (i, name) in names.iter().enumerate() {
+                let v = values.next().expect("rows × features values");
+                fv.features.insert(name.clone(), api::from_value(v));
+                fv.statuses.insert(
+                    name.clone(),
+                    api::from_status(self.vectors.statuses[row * nout + i]) as i32,
+                );
+            }
+            results.push(fv);
+        }
+        pb::GetOnlineFeaturesResponse {
+            results,
+            metadata: Some(pb::ResponseMetadata {
+                feature_service: self.plan.service().map(|(s, _)| s.to_string()),
+                feature_service_version: self.plan.service().map(|(_, v)| v),
+                feature_names: names.to_vec(),
+                latency_ms,
+            }),
+        }
+    }
+
+    /// The JSON form of [`into_message`](Self::into_message), written straight from the
+    /// vectors (features in request order) without building the message first.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+        struct Row<'a>(&'a Served, usize);
+        struct Entities<'a>(&'a Served, usize);
+        struct Features<'a>(&'a Served, usize);
+        struct Statuses<'a>(&'a Served, usize);
+        impl serde::Serialize for Entities<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.entities.len()))?;
+                for (k, col) in &self.0.entities {
+                    m.serialize_entry(k, &col.values[self.1])?;
+                }
+                m.end()
+            }
+        }
+        impl serde::Serialize for Features<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let names = self.0.plan.feature_names();
+                let base = self.1 * names.len();
+                let mut m = s.serialize_map(Some(names.len()))?;
+                for (i, n) in names.iter().enumerate() {
+                    m.serialize_entry(n, &self.0.vectors.values[base + i])?;
+                }
+                m.end()
+            }
+        }
+        impl serde::Serialize for Statuses<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let names = self.0.plan.feature_names();
+                let base = self.1 * names.len();
+                let mut m = s.serialize_map(Some(names.len()))?;
+                for (i, n) in names.iter().enumerate() {
+                    m.serialize_entry(n, self.0.vectors.statuses[base + i].as_str())?;
+                }
+                m.end()
+            }
+        }
+        impl serde::Serialize for Row<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("entities", &Entities(self.0, self.1))?;
+                m.serialize_entry("features", &Features(self.0, self.1))?;
+                m.serialize_entry("statuses", &Statuses(self.0, self.1))?;
+                m.end()
+            }
+        }
+        let mut ser = serde_json::Serializer::new(out);
+        let mut top = ser.serialize_map(Some(2))?;
+        struct Results<'a>(&'a Served);
+        impl serde::Serialize for Results<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let rows = self.0.vectors.rows();
+                let mut seq = s.serialize_seq(Some(rows))?;
+                for r in 0..rows {
+                    seq.serialize_element(&Row(self.0, r))?;
+                }
+                seq.end()
+            }
+        }
+        top.serialize_entry("results", &Results(self))?;
+        let meta = pb::ResponseMetadata {
+            feature_service: self.plan.service().map(|(s, _)| s.to_string()),
+            feature_service_version: self.plan.service().map(|(_, v)| v),
+            feature_names: self.plan.feature_names().to_vec(),
+            latency_ms: self.latency_ms(),
+        };
+        top.serialize_entry("metadata", &meta)?;
+        SerializeMap::end(top)
     }
 }
 

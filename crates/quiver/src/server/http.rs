@@ -77,13 +77,24 @@ fn finish(state: &ServerState, endpoint: &'static str, started: Instant, r: Resp
 async fn get_online_features(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
     let started = Instant::now();
     let r = match parse(&body) {
-        Ok(req) => match state.get_online_features(req).await {
-            Ok(resp) => json_response(&resp),
+        Ok(req) => match state.read(req).await {
+            Ok(served) => {
+                let mut body = Vec::with_capacity(256 + served_size_hint(&served));
+                match served.write_json(&mut body) {
+                    Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                    Err(e) => ApiError::internal(format!("cannot encode the response: {e}"))
+                        .into_response(),
+                }
+            }
             Err(e) => e.into_response(),
         },
         Err(e) => e.into_response(),
     };
     finish(&state, "get_online_features", started, r)
+}
+
+fn served_size_hint(s: &super::core::Served) -> usize {
+    s.size_hint()
 }
 
 async fn push(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {

@@ -91,24 +91,25 @@ impl Metrics {
         if nout == 0 {
             return;
         }
-        let mut counts = vec![[0u64; 3]; nout];
+        let views: Vec<&str> = plan.view_names().collect();
+        let mut counts = vec![[0u64; 3]; views.len()];
         for row in statuses.chunks(nout) {
             for (i, s) in row.iter().enumerate() {
-                counts[i][*s as usize] += 1;
+                counts[plan.output_view_index(i)][*s as usize] += 1;
             }
         }
-        for (i, c) in counts.iter().enumerate() {
+        const ALL: [FeatureStatus; 3] = [
+            FeatureStatus::Present,
+            FeatureStatus::Missing,
+            FeatureStatus::OutsideTtl,
+        ];
+        for (v, c) in counts.iter().enumerate() {
             for (s, n) in c.iter().enumerate() {
                 if *n > 0 {
-                    let status = [
-                        FeatureStatus::Present,
-                        FeatureStatus::Missing,
-                        FeatureStatus::OutsideTtl,
-                    ][s];
                     self.statuses
                         .get_or_create(&StatusLabels {
-                            feature_view: plan.output_view(i).to_string(),
-                            status: status.as_str(),
+                            feature_view: views[v].to_string(),
+                            status: ALL[s].as_str(),
                         })
                         .inc_by(*n);
                 }
