@@ -58,10 +58,17 @@ fn t(hms: &str) -> i64 {
 enum Backend {
     Embedded,
     Redis,
+    RedisCluster,
+}
+
+/// A Redis server or cluster kept alive for a fixture.
+enum RedisGuard {
+    _Standalone(quiver_redis::testing::Standalone),
+    _Cluster(quiver_redis::testing::Cluster),
 }
 
 struct Fixture {
-    _redis: Option<quiver_redis::testing::Standalone>,
+    _redis: Option<RedisGuard>,
     repo: Repo,
     rt: tokio::runtime::Runtime,
     server: Option<Server>,
@@ -73,8 +80,7 @@ impl Fixture {
         let repo = Repo::new(DEFS);
         let redis = match backend {
             Backend::Embedded => None,
-            Backend::Redis => {
-                let r = quiver_redis::testing::standalone();
+            Backend::Redis | Backend::RedisCluster => {
                 // A project of its own, so a shared server (QUIVER_REDIS_URL) is fine.
                 static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let project = format!(
@@ -83,16 +89,29 @@ impl Fixture {
                     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     quiver_core::time::now()
                 );
+                let (store, guard) = if matches!(backend, Backend::Redis) {
+                    let r = quiver_redis::testing::standalone();
+                    (
+                        format!("{{ type: redis, url: \"{}\" }}", r.url()),
+                        RedisGuard::_Standalone(r),
+                    )
+                } else {
+                    let c = quiver_redis::testing::cluster();
+                    let nodes: Vec<String> = c.nodes().iter().map(|n| format!("\"{n}\"")).collect();
+                    (
+                        format!("{{ type: redis, cluster: [{}] }}", nodes.join(", ")),
+                        RedisGuard::_Cluster(c),
+                    )
+                };
                 repo.write(
                     "quiver.yaml",
                     &format!(
                         "project: {project}\nregistry: data/registry\n\
                          offline_store: {{ type: delta, path: data/offline }}\n\
-                         online_store: {{ type: redis, url: \"{}\" }}\n",
-                        r.url()
+                         online_store: {store}\n"
                     ),
                 );
-                Some(r)
+                Some(guard)
             }
         };
         // Driver 1: rows at 09:00 and 10:00; driver 2: a row at 08:00; driver 3: none.
@@ -286,6 +305,7 @@ fn http_reads_a_service_with_statuses_in_request_order(backend: Backend) {
     let expected = match backend {
         Backend::Embedded => "embedded",
         Backend::Redis => "redis",
+        Backend::RedisCluster => "redis-cluster",
     };
     assert_eq!(health["online_store"], expected);
 
@@ -566,6 +586,18 @@ macro_rules! on_both_backends {
             $(#[test] fn $name() { super::$name(super::Backend::Redis) })*
         }
     };
+}
+
+/// Reads across the shards of a real 3-node Redis Cluster.
+mod redis_cluster {
+    #[test]
+    fn http_reads_a_service_with_statuses_in_request_order() {
+        super::http_reads_a_service_with_statuses_in_request_order(super::Backend::RedisCluster)
+    }
+    #[test]
+    fn push_writes_newer_rows_online_and_offline() {
+        super::push_writes_newer_rows_online_and_offline(super::Backend::RedisCluster)
+    }
 }
 
 on_both_backends!(
