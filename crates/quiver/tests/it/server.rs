@@ -61,10 +61,11 @@ enum Backend {
     RedisCluster,
 }
 
-/// A Redis server or cluster kept alive for a fixture.
+/// A Redis server or cluster kept alive (until dropped) for a fixture.
+#[allow(dead_code)] // held for its Drop
 enum RedisGuard {
-    _Standalone(quiver_redis::testing::Standalone),
-    _Cluster(quiver_redis::testing::Cluster),
+    Standalone(quiver_redis::testing::Standalone),
+    Cluster(quiver_redis::testing::Cluster),
 }
 
 struct Fixture {
@@ -93,14 +94,14 @@ impl Fixture {
                     let r = quiver_redis::testing::standalone();
                     (
                         format!("{{ type: redis, url: \"{}\" }}", r.url()),
-                        RedisGuard::_Standalone(r),
+                        RedisGuard::Standalone(r),
                     )
                 } else {
                     let c = quiver_redis::testing::cluster();
                     let nodes: Vec<String> = c.nodes().iter().map(|n| format!("\"{n}\"")).collect();
                     (
                         format!("{{ type: redis, cluster: [{}] }}", nodes.join(", ")),
-                        RedisGuard::_Cluster(c),
+                        RedisGuard::Cluster(c),
                     )
                 };
                 repo.write(
