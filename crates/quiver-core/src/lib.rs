@@ -6,17 +6,20 @@
 //!
 //! * [`time`] — timestamps (UTC microseconds), durations and their text form.
 //! * [`dtype`] — the feature value types and their Arrow representation.
-//! * [`model`] — entities, sources, feature views, feature services.
+//! * [`model`] — entities, sources, feature views, on-demand feature views, request
+//!   sources, feature services.
 //! * [`contract`] — the snapshot-lookup rule of DESIGN §2 — status and TTL.
 //! * [`pit`] — the point-in-time join kernel used by historical retrieval.
 //! * [`encoding`] — entity-key and row encodings shared by every online backend.
 //! * [`value`] — a typed scalar for online results.
+//! * [`names`] — did-you-mean suggestions for misspelt names.
 
 pub mod contract;
 pub mod dtype;
 pub mod encoding;
 pub mod error;
 pub mod model;
+pub mod names;
 pub mod pit;
 pub mod time;
 pub mod value;

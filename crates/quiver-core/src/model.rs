@@ -1,4 +1,5 @@
-//! The object model: entities, sources, feature views and feature services (DESIGN §1).
+//! The object model: entities, sources, feature views, request sources, on-demand
+//! feature views and feature services (DESIGN §1).
 //!
 //! These structs are the definition format (parsed from the repository's YAML with
 //! unknown fields rejected) and, with the resolved fields filled in by `apply`, the
@@ -216,6 +217,187 @@ pub struct FeatureService {
     pub tags: Tags,
 }
 
+/// One field of a request source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestField {
+    pub name: String,
+    pub dtype: DType,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// The fields that arrive with a request rather than from a store (DESIGN §1: a request
+/// source). Online they come with the serving request; offline they are columns of the
+/// entity rows, under the same names.
+///
+/// ```yaml
+/// request_sources:
+///   - name: trip_request
+///     schema: [{ name: distance_km, dtype: float64 }]
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSource {
+    pub name: String,
+    pub schema: Vec<RequestField>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+}
+
+impl RequestSource {
+    /// The field with this name.
+    pub fn field(&self, name: &str) -> Option<&RequestField> {
+        self.schema.iter().find(|f| f.name == name)
+    }
+}
+
+/// An input of an on-demand feature view: in definitions either `{ request: NAME }` (a
+/// request source) or the name of a feature view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OnDemandSource {
+    /// A request source, by name.
+    Request(String),
+    /// A feature view, by name.
+    View(String),
+}
+
+impl OnDemandSource {
+    /// The name of the request source or feature view.
+    pub fn name(&self) -> &str {
+        match self {
+            OnDemandSource::Request(n) | OnDemandSource::View(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for OnDemandSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OnDemandSource::Request(n) => write!(f, "request source '{n}'"),
+            OnDemandSource::View(n) => write!(f, "feature view '{n}'"),
+        }
+    }
+}
+
+impl Serialize for OnDemandSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            OnDemandSource::View(n) => s.serialize_str(n),
+            OnDemandSource::Request(n) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("request", n)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OnDemandSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OnDemandSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a feature view name or { request: REQUEST_SOURCE }")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(OnDemandSource::View(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut request: Option<String> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "request" {
+                        return Err(serde::de::Error::unknown_field(&key, &["request"]));
+                    }
+                    if request.is_some() {
+                        return Err(serde::de::Error::duplicate_field("request"));
+                    }
+                    request = Some(map.next_value()?);
+                }
+                request
+                    .map(OnDemandSource::Request)
+                    .ok_or_else(|| serde::de::Error::missing_field("request"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One feature of an on-demand feature view: its type and the SQL expression that
+/// computes it from the view's inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandFeature {
+    pub name: String,
+    /// The declared type; the expression's result is cast to it.
+    pub dtype: DType,
+    /// A SQL scalar expression over the inputs, e.g. `conv_rate * distance_km`.
+    pub expr: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// Features computed when they are asked for, from request fields and other views'
+/// features (DESIGN §1, §5 "on-demand"). One evaluator computes them, offline over a
+/// whole training set and online over the rows of one request.
+///
+/// In an expression a request field is named by its name, a source view's feature by
+/// its bare name or, to tell apart features of the same name, `view__feature`.
+///
+/// ```yaml
+/// on_demand_feature_views:
+///   - name: trip_context
+///     sources: [request: trip_request, driver_hourly_stats]
+///     features:
+///       - { name: conv_rate_x_distance, dtype: float64, expr: "conv_rate * distance_km" }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandFeatureView {
+    pub name: String,
+    pub sources: Vec<OnDemandSource>,
+    pub features: Vec<OnDemandFeature>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+}
+
+impl OnDemandFeatureView {
+    /// The feature with this name.
+    pub fn feature(&self, name: &str) -> Option<&OnDemandFeature> {
+        self.features.iter().find(|f| f.name == name)
+    }
+    /// The request sources it reads, in definition order.
+    pub fn request_sources(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|s| match s {
+            OnDemandSource::Request(n) => Some(n.as_str()),
+            OnDemandSource::View(_) => None,
+        })
+    }
+    /// The feature views it reads, in definition order.
+    pub fn source_views(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|s| match s {
+            OnDemandSource::View(n) => Some(n.as_str()),
+            OnDemandSource::Request(_) => None,
+        })
+    }
+}
+
 /// A reference to one feature: `view:feature`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FeatureRef {
@@ -307,5 +489,26 @@ mod tests {
         for bad in ["conv_rate", ":x", "v:", "a:b:c"] {
             assert!(FeatureRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn on_demand_sources_round_trip() {
+        let json = r#"["v", {"request": "r"}]"#;
+        let s: Vec<OnDemandSource> = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            s,
+            vec![
+                OnDemandSource::View("v".into()),
+                OnDemandSource::Request("r".into())
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"["v",{"request":"r"}]"#
+        );
+        let e = serde_json::from_str::<OnDemandSource>(r#"{"requst": "r"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `requst`"), "{e}");
+        assert!(serde_json::from_str::<OnDemandSource>("{}").is_err());
+        assert!(serde_json::from_str::<OnDemandSource>("3").is_err());
     }
 }

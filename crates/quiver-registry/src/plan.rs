@@ -21,12 +21,14 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
     pub action: Action,
-    /// `entity`, `source`, `feature view` or `feature service`.
+    /// `entity`, `source`, `request source`, `feature view`, `on-demand feature view`
+    /// or `feature service`.
     pub kind: &'static str,
     pub name: String,
     /// For changes: the top-level fields that differ.
     pub fields: Vec<String>,
-    /// For views and services: the version before and after, when it changes.
+    /// For views, on-demand views and services: the version before and after, when it
+    /// changes.
     pub version: Option<(u32, u32)>,
 }
 
@@ -60,9 +62,25 @@ impl Plan {
         );
         diff_map(
             &mut changes,
+            "request source",
+            &old.request_sources,
+            &new.request_sources,
+            |_| None,
+            |r| serde_json::to_value(&r.def),
+        );
+        diff_map(
+            &mut changes,
             "feature view",
             &old.feature_views,
             &new.feature_views,
+            |r| Some(r.version),
+            |r| serde_json::to_value(&r.def),
+        );
+        diff_map(
+            &mut changes,
+            "on-demand feature view",
+            &old.on_demand_feature_views,
+            &new.on_demand_feature_views,
             |r| Some(r.version),
             |r| serde_json::to_value(&r.def),
         );

@@ -5,11 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use arrow::datatypes::{DataType, SchemaRef};
 use quiver_core::dtype::DType;
-use quiver_core::model::{FeatureRef, JoinKey, Source};
+use quiver_core::model::{FeatureRef, JoinKey, OnDemandSource, Source};
 use quiver_core::time::Timestamp;
 
 use crate::repo::{Definitions, Located};
-use crate::state::{suggest, EntityRecord, RegistryState, ServiceRecord, SourceRecord, ViewRecord};
+use crate::state::{
+    odfv_schema, suggest, EntityRecord, OnDemandViewRecord, RegistryState, RequestSourceRecord,
+    ServiceRecord, SourceRecord, ViewRecord,
+};
 use crate::{DefinitionError, Error, Result};
 
 /// Reads the schema of a source's data (the offline plane implements it).
@@ -111,7 +114,16 @@ pub fn resolve(
     let mut errs = Errors(Vec::new());
     let ent_idx = check_names(&mut errs, "entity", &defs.entities, |e| &e.name);
     let src_idx = check_names(&mut errs, "source", &defs.sources, |s| s.name());
+    let req_idx = check_names(&mut errs, "request source", &defs.request_sources, |s| {
+        &s.name
+    });
     let view_idx = check_names(&mut errs, "feature view", &defs.feature_views, |v| &v.name);
+    let odfv_idx = check_names(
+        &mut errs,
+        "on-demand feature view",
+        &defs.on_demand_feature_views,
+        |v| &v.name,
+    );
     let svc_idx = check_names(&mut errs, "feature service", &defs.feature_services, |s| {
         &s.name
     });
@@ -407,6 +419,226 @@ pub fn resolve(
         view_keys.insert(def.name.clone(), keys);
     }
 
+    // Request sources: typed fields with unique identifier names.
+    for r in &defs.request_sources {
+        let obj = format!("request source '{}'", r.value.name);
+        if let Some(&si) = src_idx.get(&r.value.name) {
+            let s = &defs.sources[si];
+            errs.at(
+                r,
+                obj.clone(),
+                "name",
+                format!(
+                    "the name is also a source's ({}{}): sources and request sources share one namespace",
+                    s.file,
+                    s.line.map(|l| format!(":{l}")).unwrap_or_default()
+                ),
+            );
+        }
+        if r.value.schema.is_empty() {
+            errs.at(r, obj.clone(), "schema", "needs at least one field".into());
+        }
+        for (i, f) in r.value.schema.iter().enumerate() {
+            if !is_identifier(&f.name) {
+                errs.at(
+                    r,
+                    obj.clone(),
+                    &format!("schema[{i}].name"),
+                    format!("'{}' must be an identifier", f.name),
+                );
+            }
+            if r.value.schema[..i].iter().any(|g| g.name == f.name) {
+                errs.at(
+                    r,
+                    obj.clone(),
+                    &format!("schema[{i}].name"),
+                    format!("duplicate field '{}'", f.name),
+                );
+            }
+        }
+    }
+
+    // On-demand feature views: sources that exist, names that are unambiguous, and
+    // expressions that compile against the sources' types.
+    let mut odfv_inputs: BTreeMap<String, (Vec<String>, Vec<FeatureRef>)> = BTreeMap::new();
+    for o in &defs.on_demand_feature_views {
+        let def = &o.value;
+        let obj = format!("on-demand feature view '{}'", def.name);
+        if let Some(&vi) = view_idx.get(&def.name) {
+            let v = &defs.feature_views[vi];
+            errs.at(
+                o,
+                obj.clone(),
+                "name",
+                format!(
+                    "the name is also a feature view's ({}{}): feature views and on-demand feature views share one namespace",
+                    v.file,
+                    v.line.map(|l| format!(":{l}")).unwrap_or_default()
+                ),
+            );
+        }
+        if def.sources.is_empty() {
+            errs.at(
+                o,
+                obj.clone(),
+                "sources",
+                "needs at least one source: a feature view or { request: NAME }".into(),
+            );
+        }
+        if def.features.is_empty() {
+            errs.at(
+                o,
+                obj.clone(),
+                "features",
+                "needs at least one feature".into(),
+            );
+        }
+        let mut sources_ok = true;
+        // Request field name → (source index, request source name).
+        let mut fields: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+        for (i, src) in def.sources.iter().enumerate() {
+            let field = format!("sources[{i}]");
+            if def.sources[..i].contains(src) {
+                errs.at(o, obj.clone(), &field, format!("{src} is listed twice"));
+                continue;
+            }
+            match src {
+                OnDemandSource::Request(r) => {
+                    let Some(&ri) = req_idx.get(r) else {
+                        sources_ok = false;
+                        let hint = if src_idx.contains_key(r) {
+                            format!(" ('{r}' is a batch source: list a feature view that reads it)")
+                        } else {
+                            suggest(r, req_idx.keys())
+                        };
+                        errs.at(
+                            o,
+                            obj.clone(),
+                            &field,
+                            format!("unknown request source '{r}'{hint}"),
+                        );
+                        continue;
+                    };
+                    for f in &defs.request_sources[ri].value.schema {
+                        if let Some((_, other)) = fields.get(f.name.as_str()) {
+                            errs.at(
+                                o,
+                                obj.clone(),
+                                &field,
+                                format!(
+                                    "request field '{}' is in both request source '{other}' and request source '{r}'",
+                                    f.name
+                                ),
+                            );
+                        } else {
+                            fields.insert(&f.name, (i, r));
+                        }
+                    }
+                }
+                OnDemandSource::View(v) => {
+                    if view_idx.contains_key(v) {
+                        continue;
+                    }
+                    sources_ok = false;
+                    let message = if odfv_idx.contains_key(v) {
+                        format!(
+                            "'{v}' is an on-demand feature view; the sources of one are feature views and request sources"
+                        )
+                    } else if req_idx.contains_key(v) {
+                        format!("'{v}' is a request source: write {{ request: {v} }}")
+                    } else {
+                        format!("unknown feature view '{v}'{}", suggest(v, view_idx.keys()))
+                    };
+                    errs.at(o, obj.clone(), &field, message);
+                }
+            }
+        }
+        // A request field and a source view's feature with the same name could not be
+        // told apart in an expression.
+        for (i, src) in def.sources.iter().enumerate() {
+            let OnDemandSource::View(v) = src else {
+                continue;
+            };
+            let Some(&vi) = view_idx.get(v) else { continue };
+            for f in &defs.feature_views[vi].value.features {
+                let column = quiver_ondemand::input_column(v, &f.name);
+                for name in [f.name.as_str(), column.as_str()] {
+                    if let Some((_, r)) = fields.get(name) {
+                        sources_ok = false;
+                        errs.at(
+                            o,
+                            obj.clone(),
+                            &format!("sources[{i}]"),
+                            format!(
+                                "request field '{name}' of request source '{r}' has the name of feature '{}' of feature view '{v}' in expressions: rename one",
+                                f.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for (i, f) in def.features.iter().enumerate() {
+            let field = format!("features[{i}].name");
+            if !is_identifier(&f.name) {
+                errs.at(
+                    o,
+                    obj.clone(),
+                    &field,
+                    format!("'{}' must be an identifier", f.name),
+                );
+            }
+            if def.features[..i].iter().any(|g| g.name == f.name) {
+                errs.at(
+                    o,
+                    obj.clone(),
+                    &field,
+                    format!("duplicate feature '{}'", f.name),
+                );
+            }
+        }
+        if !sources_ok {
+            continue;
+        }
+        let Some((schema, columns)) = odfv_schema(
+            def,
+            |r| req_idx.get(r).map(|&i| &defs.request_sources[i].value),
+            |v| view_idx.get(v).map(|&i| &defs.feature_views[i].value),
+        ) else {
+            continue;
+        };
+        match quiver_ondemand::CompiledOdfv::compile(def, &schema) {
+            Ok(compiled) => {
+                let mut request_fields = Vec::new();
+                let mut dependencies = Vec::new();
+                for c in compiled.input_columns() {
+                    match columns.iter().find(|(n, _, _)| n == c).map(|x| &x.2) {
+                        Some(Ok(_)) => request_fields.push(c.clone()),
+                        Some(Err(feature)) => dependencies.push(feature.clone()),
+                        None => {}
+                    }
+                }
+                odfv_inputs.insert(def.name.clone(), (request_fields, dependencies));
+            }
+            Err(quiver_ondemand::Error::Invalid { errors, .. }) => {
+                for e in errors.iter().filter(|e| e.field != "name") {
+                    let i = def
+                        .features
+                        .iter()
+                        .position(|f| f.name == e.feature)
+                        .unwrap_or(0);
+                    errs.at(
+                        o,
+                        obj.clone(),
+                        &format!("features[{i}].{}", e.field),
+                        e.message.clone(),
+                    );
+                }
+            }
+            Err(e) => errs.at(o, obj.clone(), "sources", e.to_string()),
+        }
+    }
+
     // Feature services.
     let mut service_refs: BTreeMap<String, Vec<FeatureRef>> = BTreeMap::new();
     for s in &defs.feature_services {
@@ -429,7 +661,27 @@ pub fn resolve(
                     continue;
                 }
             };
-            let Some(&vi) = view_idx.get(&r.view) else {
+            let (kind, names): (&str, Vec<&String>) = if let Some(&vi) = view_idx.get(&r.view) {
+                (
+                    "feature view",
+                    defs.feature_views[vi]
+                        .value
+                        .features
+                        .iter()
+                        .map(|f| &f.name)
+                        .collect(),
+                )
+            } else if let Some(&oi) = odfv_idx.get(&r.view) {
+                (
+                    "on-demand feature view",
+                    defs.on_demand_feature_views[oi]
+                        .value
+                        .features
+                        .iter()
+                        .map(|f| &f.name)
+                        .collect(),
+                )
+            } else {
                 errs.at(
                     s,
                     obj.clone(),
@@ -437,27 +689,26 @@ pub fn resolve(
                     format!(
                         "unknown feature view '{}'{}",
                         r.view,
-                        suggest(&r.view, view_idx.keys())
+                        suggest(&r.view, view_idx.keys().chain(odfv_idx.keys()))
                     ),
                 );
                 continue;
             };
-            let view = &defs.feature_views[vi].value;
             if r.feature == "*" {
-                refs.extend(view.features.iter().map(|f| FeatureRef {
+                refs.extend(names.iter().map(|f| FeatureRef {
                     view: r.view.clone(),
-                    feature: f.name.clone(),
+                    feature: f.to_string(),
                 }));
-            } else if view.feature(&r.feature).is_none() {
+            } else if !names.contains(&&r.feature) {
                 errs.at(
                     s,
                     obj.clone(),
                     &field,
                     format!(
-                        "feature view '{}' has no feature '{}'{}",
+                        "{kind} '{}' has no feature '{}'{}",
                         r.view,
                         r.feature,
-                        suggest(&r.feature, view.features.iter().map(|f| &f.name))
+                        suggest(&r.feature, names.into_iter())
                     ),
                 );
             } else {
@@ -526,6 +777,20 @@ pub fn resolve(
             .collect(),
         feature_views: BTreeMap::new(),
         feature_services: BTreeMap::new(),
+        request_sources: defs
+            .request_sources
+            .iter()
+            .map(|r| {
+                (
+                    r.value.name.clone(),
+                    RequestSourceRecord {
+                        def: r.value.clone(),
+                        file: r.file.clone(),
+                    },
+                )
+            })
+            .collect(),
+        on_demand_feature_views: BTreeMap::new(),
     };
     for v in &defs.feature_views {
         let def = v.value.clone();
@@ -563,6 +828,28 @@ pub fn resolve(
             },
         );
     }
+    for o in &defs.on_demand_feature_views {
+        let def = o.value.clone();
+        let (request_fields, dependencies) = odfv_inputs.remove(&def.name).unwrap_or_default();
+        let prev = previous.and_then(|p| p.on_demand_feature_views.get(&def.name));
+        let version = match prev {
+            Some(p) if p.def.sources == def.sources && same_odfv_features(&p.def, &def) => {
+                p.version
+            }
+            Some(p) => p.version + 1,
+            None => 1,
+        };
+        state.on_demand_feature_views.insert(
+            def.name.clone(),
+            OnDemandViewRecord {
+                def,
+                version,
+                request_fields,
+                dependencies,
+                file: o.file.clone(),
+            },
+        );
+    }
     for s in &defs.feature_services {
         let features = service_refs.remove(&s.value.name).unwrap_or_default();
         let prev = previous.and_then(|p| p.feature_services.get(&s.value.name));
@@ -592,6 +879,18 @@ pub fn resolve(
     Ok(state)
 }
 
+/// Whether two on-demand views compute the same values: the same features, types and
+/// expressions, in the same order.
+fn same_odfv_features(
+    a: &quiver_core::model::OnDemandFeatureView,
+    b: &quiver_core::model::OnDemandFeatureView,
+) -> bool {
+    a.features
+        .iter()
+        .map(|f| (&f.name, &f.dtype, &f.expr))
+        .eq(b.features.iter().map(|f| (&f.name, &f.dtype, &f.expr)))
+}
+
 fn normalize_key(t: &DType) -> DType {
     match t {
         DType::Int32 => DType::Int64,
@@ -615,4 +914,6 @@ pub fn same_objects(a: &RegistryState, b: &RegistryState) -> bool {
         && a.sources == b.sources
         && a.feature_views == b.feature_views
         && a.feature_services == b.feature_services
+        && a.request_sources == b.request_sources
+        && a.on_demand_feature_views == b.on_demand_feature_views
 }

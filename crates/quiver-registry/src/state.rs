@@ -4,11 +4,18 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use quiver_core::dtype::DType;
 use quiver_core::model::{
-    Entity, FeatureRef, FeatureService, FeatureView, JoinKey, ResolvedView, Source,
+    Entity, FeatureRef, FeatureService, FeatureView, JoinKey, OnDemandFeatureView, RequestSource,
+    ResolvedView, Source,
 };
 use quiver_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
+
+pub use quiver_core::names::suggest;
 
 use crate::{Error, Result};
 
@@ -25,6 +32,111 @@ pub struct EntityRecord {
 pub struct SourceRecord {
     pub def: Source,
     pub file: String,
+}
+
+/// A registered request source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestSourceRecord {
+    pub def: RequestSource,
+    pub file: String,
+}
+
+/// A registered on-demand feature view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OnDemandViewRecord {
+    pub def: OnDemandFeatureView,
+    /// Bumped whenever its sources or its features (names, dtypes, expressions) change.
+    pub version: u32,
+    /// The request fields its expressions read, in input order.
+    #[serde(default)]
+    pub request_fields: Vec<String>,
+    /// The source-view features its expressions read, in input order: what must be
+    /// fetched to compute it.
+    #[serde(default)]
+    pub dependencies: Vec<FeatureRef>,
+    pub file: String,
+}
+
+/// What an on-demand feature view reads, for a data path that computes it: fetch the
+/// [`dependencies`](Self::dependencies), take the
+/// [`request_fields`](Self::request_fields) from the request (online) or the entity rows
+/// (offline), put them in a batch under their input column names, and evaluate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnDemandInputs {
+    pub def: OnDemandFeatureView,
+    /// The schema to compile against: every field of its request sources (by name),
+    /// then every feature of its source views (as `view__feature`), typed by
+    /// [`DType::to_arrow`].
+    pub schema: SchemaRef,
+    /// The request fields the expressions read, in input order.
+    pub request_fields: Vec<RequestInput>,
+    /// The source-view features the expressions read, in input order.
+    pub dependencies: Vec<FeatureInput>,
+}
+
+/// A request field an on-demand view reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestInput {
+    /// The request source declaring it.
+    pub source: String,
+    /// The field's name: its input column, its key in a request's context online and
+    /// its column in the entity rows offline.
+    pub name: String,
+    pub dtype: DType,
+}
+
+/// A feature of a feature view that an on-demand view reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeatureInput {
+    pub feature: FeatureRef,
+    /// Its input column name: `view__feature`.
+    pub column: String,
+    pub dtype: DType,
+}
+
+impl OnDemandInputs {
+    /// Compiles the view against [`schema`](Self::schema).
+    pub fn compile(&self) -> Result<quiver_ondemand::CompiledOdfv, quiver_ondemand::Error> {
+        quiver_ondemand::CompiledOdfv::compile(&self.def, &self.schema)
+    }
+}
+
+/// One input column of an on-demand view: its name, type and origin (`Ok(request
+/// source)` or `Err(feature of a view)`).
+pub(crate) type InputColumn = (String, DType, std::result::Result<String, FeatureRef>);
+
+/// The schema an on-demand view is compiled against, from the fields of its request
+/// sources and the features of its source views (looked up by name), with each
+/// column's origin. `None` when a source is not found.
+pub(crate) fn odfv_schema<'a>(
+    def: &OnDemandFeatureView,
+    request_source: impl Fn(&str) -> Option<&'a RequestSource>,
+    view: impl Fn(&str) -> Option<&'a FeatureView>,
+) -> Option<(SchemaRef, Vec<InputColumn>)> {
+    let mut cols: Vec<InputColumn> = Vec::new();
+    for r in def.request_sources() {
+        for f in &request_source(r)?.schema {
+            cols.push((f.name.clone(), f.dtype.clone(), Ok(r.to_string())));
+        }
+    }
+    for v in def.source_views() {
+        for f in &view(v)?.features {
+            cols.push((
+                quiver_ondemand::input_column(v, &f.name),
+                f.dtype.clone(),
+                Err(FeatureRef {
+                    view: v.to_string(),
+                    feature: f.name.clone(),
+                }),
+            ));
+        }
+    }
+    let schema = Schema::new(
+        cols.iter()
+            .map(|(n, t, _)| Field::new(n, t.to_arrow(), true))
+            .collect::<Vec<_>>(),
+    );
+    Some((Arc::new(schema), cols))
 }
 
 /// How far a view has been materialized to the online store.
@@ -77,6 +189,10 @@ pub struct RegistryState {
     pub sources: BTreeMap<String, SourceRecord>,
     pub feature_views: BTreeMap<String, ViewRecord>,
     pub feature_services: BTreeMap<String, ServiceRecord>,
+    #[serde(default)]
+    pub request_sources: BTreeMap<String, RequestSourceRecord>,
+    #[serde(default)]
+    pub on_demand_feature_views: BTreeMap<String, OnDemandViewRecord>,
 }
 
 impl RegistryState {
@@ -87,6 +203,75 @@ impl RegistryState {
                 "unknown feature view '{name}'{}",
                 suggest(name, self.feature_views.keys())
             ))
+        })
+    }
+
+    /// The on-demand feature view named `name`.
+    pub fn on_demand_view(&self, name: &str) -> Result<&OnDemandViewRecord> {
+        self.on_demand_feature_views.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "unknown on-demand feature view '{name}'{}",
+                suggest(name, self.on_demand_feature_views.keys())
+            ))
+        })
+    }
+
+    /// Whether `name` is an on-demand feature view: its features are computed by
+    /// expressions, not read from a store.
+    pub fn is_on_demand(&self, name: &str) -> bool {
+        self.on_demand_feature_views.contains_key(name)
+    }
+
+    /// The request source named `name`.
+    pub fn request_source(&self, name: &str) -> Result<&RequestSourceRecord> {
+        self.request_sources.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "unknown request source '{name}'{}",
+                suggest(name, self.request_sources.keys())
+            ))
+        })
+    }
+
+    /// What the on-demand feature view `name` reads, and the schema to compile it
+    /// against (see [`OnDemandInputs`]).
+    pub fn on_demand_inputs(&self, name: &str) -> Result<OnDemandInputs> {
+        let rec = self.on_demand_view(name)?;
+        let (schema, cols) = odfv_schema(
+            &rec.def,
+            |r| self.request_sources.get(r).map(|x| &x.def),
+            |v| self.feature_views.get(v).map(|x| &x.def),
+        )
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "on-demand feature view '{name}' reads a source that is not registered"
+            ))
+        })?;
+        let mut request_fields = Vec::new();
+        let mut dependencies = Vec::new();
+        for (column, dtype, origin) in cols {
+            match origin {
+                Ok(source) if rec.request_fields.contains(&column) => {
+                    request_fields.push(RequestInput {
+                        source,
+                        name: column,
+                        dtype,
+                    })
+                }
+                Err(feature) if rec.dependencies.contains(&feature) => {
+                    dependencies.push(FeatureInput {
+                        feature,
+                        column,
+                        dtype,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(OnDemandInputs {
+            def: rec.def.clone(),
+            schema,
+            request_fields,
+            dependencies,
         })
     }
 
@@ -121,24 +306,47 @@ impl RegistryState {
         })
     }
 
-    /// Checks feature references against the registry (each `view:feature` must exist;
-    /// `view:*` expands to all of the view's features).
+    /// Checks feature references against the registry: each `view:feature` must be a
+    /// feature of a feature view or of an on-demand feature view; `view:*` expands to
+    /// all of the view's features.
     pub fn expand_refs(&self, refs: &[String]) -> Result<Vec<FeatureRef>> {
         let mut out = Vec::new();
         for r in refs {
             let r = FeatureRef::parse(r).map_err(|e| Error::NotFound(e.to_string()))?;
-            let view = self.view(&r.view)?;
+            let (kind, names): (&str, Vec<&String>) =
+                if let Some(v) = self.feature_views.get(&r.view) {
+                    (
+                        "feature view",
+                        v.def.features.iter().map(|f| &f.name).collect(),
+                    )
+                } else if let Some(v) = self.on_demand_feature_views.get(&r.view) {
+                    (
+                        "on-demand feature view",
+                        v.def.features.iter().map(|f| &f.name).collect(),
+                    )
+                } else {
+                    return Err(Error::NotFound(format!(
+                        "unknown feature view '{}'{}",
+                        r.view,
+                        suggest(
+                            &r.view,
+                            self.feature_views
+                                .keys()
+                                .chain(self.on_demand_feature_views.keys())
+                        )
+                    )));
+                };
             if r.feature == "*" {
-                out.extend(view.def.features.iter().map(|f| FeatureRef {
+                out.extend(names.iter().map(|f| FeatureRef {
                     view: r.view.clone(),
-                    feature: f.name.clone(),
+                    feature: f.to_string(),
                 }));
-            } else if view.def.feature(&r.feature).is_none() {
+            } else if !names.contains(&&r.feature) {
                 return Err(Error::NotFound(format!(
-                    "feature view '{}' has no feature '{}'{}",
+                    "{kind} '{}' has no feature '{}'{}",
                     r.view,
                     r.feature,
-                    suggest(&r.feature, view.def.features.iter().map(|f| &f.name))
+                    suggest(&r.feature, names.into_iter())
                 )));
             } else {
                 out.push(r);
@@ -147,7 +355,8 @@ impl RegistryState {
         Ok(out)
     }
 
-    /// The feature services that use `view:feature`.
+    /// The feature services that use `view:feature` (of a feature view or an on-demand
+    /// feature view).
     pub fn services_using(&self, view: &str, feature: &str) -> Vec<&str> {
         self.feature_services
             .values()
@@ -159,33 +368,6 @@ impl RegistryState {
             .map(|s| s.def.name.as_str())
             .collect()
     }
-}
-
-/// ", did you mean 'x'?" when a known name is close to `name`.
-pub fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
-    let best = known
-        .map(|k| (edit_distance(name, k), k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min();
-    match best {
-        Some((_, k)) => format!(" (did you mean '{k}'?)"),
-        None => String::new(),
-    }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// The embedded registry: one JSON document in a directory, replaced atomically (written
@@ -298,6 +480,29 @@ mod tests {
             " (did you mean 'driver_stats'?)"
         );
         assert_eq!(suggest("zzz", names.iter()), "");
+    }
+
+    #[test]
+    fn a_registry_written_before_on_demand_views_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RegistryState {
+            project: "p".into(),
+            serial: 2,
+            ..Default::default()
+        };
+        let mut json = serde_json::to_value(&state).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        assert!(obj.remove("request_sources").is_some());
+        assert!(obj.remove("on_demand_feature_views").is_some());
+        std::fs::write(
+            dir.path().join("registry.json"),
+            serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+        let loaded = Registry::new(dir.path()).load().unwrap().unwrap();
+        assert_eq!(loaded, state);
+        assert!(loaded.on_demand_feature_views.is_empty());
+        assert!(!loaded.is_on_demand("anything"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Human and JSON renderings of registry objects and results for the command line.
 
+use quiver_core::model::OnDemandSource;
 use quiver_core::time::format_timestamp;
 use quiver_registry::RegistryState;
 use serde_json::json;
@@ -45,7 +46,14 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// `quiver list [KIND]`.
 pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<()> {
     let s = store.state()?;
-    let kinds = ["entities", "sources", "feature-views", "feature-services"];
+    let kinds = [
+        "entities",
+        "sources",
+        "request-sources",
+        "feature-views",
+        "on-demand-feature-views",
+        "feature-services",
+    ];
     let selected: Vec<&str> = match kind {
         None => kinds.to_vec(),
         Some(k) => {
@@ -64,7 +72,9 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
             let v = match k {
                 "entities" => serde_json::to_value(&s.entities),
                 "sources" => serde_json::to_value(&s.sources),
+                "request-sources" => serde_json::to_value(&s.request_sources),
                 "feature-views" => serde_json::to_value(&s.feature_views),
+                "on-demand-feature-views" => serde_json::to_value(&s.on_demand_feature_views),
                 _ => serde_json::to_value(&s.feature_services),
             };
             out.insert(k.to_string(), v.expect("serializable"));
@@ -108,6 +118,50 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
                     ]
                 })
                 .collect(),
+            "request-sources" => s
+                .request_sources
+                .values()
+                .map(|r| {
+                    vec![
+                        r.def.name.clone(),
+                        r.def
+                            .schema
+                            .iter()
+                            .map(|f| format!("{}:{}", f.name, f.dtype))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        or_dash(&r.def.owner).into(),
+                        or_dash(&r.def.description).into(),
+                    ]
+                })
+                .collect(),
+            "on-demand-feature-views" => s
+                .on_demand_feature_views
+                .values()
+                .map(|v| {
+                    vec![
+                        v.def.name.clone(),
+                        v.version.to_string(),
+                        v.def
+                            .sources
+                            .iter()
+                            .map(|x| match x {
+                                OnDemandSource::Request(r) => format!("request:{r}"),
+                                OnDemandSource::View(v) => v.clone(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        v.def.features.len().to_string(),
+                        or_dash(&v.def.owner).into(),
+                        v.def
+                            .tags
+                            .iter()
+                            .map(|(k, t)| format!("{k}={t}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect(),
             "feature-views" => s
                 .feature_views
                 .values()
@@ -145,6 +199,10 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
         let headers: &[&str] = match k {
             "entities" => &["NAME", "JOIN KEYS", "OWNER", "DESCRIPTION"],
             "sources" => &["NAME", "TYPE", "PATH", "TIMESTAMP", "OWNER"],
+            "request-sources" => &["NAME", "SCHEMA", "OWNER", "DESCRIPTION"],
+            "on-demand-feature-views" => {
+                &["NAME", "VERSION", "SOURCES", "FEATURES", "OWNER", "TAGS"]
+            }
             "feature-views" => &[
                 "NAME", "VERSION", "ENTITIES", "FEATURES", "TTL", "SLA", "OWNER", "TAGS",
             ],
@@ -155,7 +213,8 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
     Ok(())
 }
 
-/// `quiver describe NAME`: an entity, source, feature view or feature service.
+/// `quiver describe NAME`: an entity, source, request source, feature view, on-demand
+/// feature view or feature service.
 pub fn describe(store: &FeatureStore, name: &str, as_json: bool) -> Result<()> {
     let s = store.state()?;
     let v = describe_json(&s, name)?;
@@ -184,8 +243,15 @@ pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value>
                 })
             })
             .collect();
+        let on_demand: Vec<&str> = s
+            .on_demand_feature_views
+            .values()
+            .filter(|o| o.def.source_views().any(|x| x == name))
+            .map(|o| o.def.name.as_str())
+            .collect();
         return Ok(json!({
             "kind": "feature_view", "name": name, "version": v.version,
+            "on_demand_feature_views": on_demand,
             "entities": v.def.entities, "join_keys": v.join_keys.iter().map(|k| json!({"name": k.name, "dtype": k.dtype.to_string()})).collect::<Vec<_>>(),
             "source": v.def.source, "ttl": v.def.ttl.to_string(),
             "freshness_sla": v.def.freshness_sla.map(|d| d.to_string()),
@@ -196,6 +262,44 @@ pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value>
             "materialized": v.materialized.as_ref().map(|m| json!({
                 "start": format_timestamp(m.start), "end": format_timestamp(m.end),
                 "at": format_timestamp(m.at), "rows_written": m.rows_written })),
+        }));
+    }
+    if let Some(v) = s.on_demand_feature_views.get(name) {
+        let features: Vec<_> = v
+            .def
+            .features
+            .iter()
+            .map(|f| {
+                json!({
+                    "name": f.name, "dtype": f.dtype.to_string(), "expr": f.expr,
+                    "description": f.description,
+                    "used_by": s.services_using(name, &f.name),
+                })
+            })
+            .collect();
+        return Ok(json!({
+            "kind": "on_demand_feature_view", "name": name, "version": v.version,
+            "sources": v.def.sources,
+            "request_fields": v.request_fields,
+            "dependencies": v.dependencies.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            "owner": v.def.owner, "tags": v.def.tags, "description": v.def.description,
+            "features": features, "defined_in": v.file,
+        }));
+    }
+    if let Some(r) = s.request_sources.get(name) {
+        let users: Vec<&str> = s
+            .on_demand_feature_views
+            .values()
+            .filter(|o| o.def.request_sources().any(|x| x == name))
+            .map(|o| o.def.name.as_str())
+            .collect();
+        return Ok(json!({
+            "kind": "request_source", "name": name,
+            "schema": r.def.schema.iter().map(|f| json!({
+                "name": f.name, "dtype": f.dtype.to_string(), "description": f.description,
+            })).collect::<Vec<_>>(),
+            "owner": r.def.owner, "description": r.def.description, "tags": r.def.tags,
+            "on_demand_feature_views": users, "defined_in": r.file,
         }));
     }
     if let Some(v) = s.feature_services.get(name) {
@@ -237,7 +341,9 @@ pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value>
         .entities
         .keys()
         .chain(s.sources.keys())
+        .chain(s.request_sources.keys())
         .chain(s.feature_views.keys())
+        .chain(s.on_demand_feature_views.keys())
         .chain(s.feature_services.keys());
     Err(Error::Invalid(format!(
         "no object named '{name}'{}",

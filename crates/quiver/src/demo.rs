@@ -1,8 +1,9 @@
 //! `quiver init`: a working repository with deterministic demo data.
 //!
 //! The demo is a ride-hailing company: drivers with hourly statistics, customers with
-//! daily profiles, and a (driver, customer) view of trips taken together, read from a
-//! CSV file. Values come from a fixed seed; timestamps end at the anchor time (by
+//! daily profiles, a (driver, customer) view of trips taken together, read from a CSV
+//! file, and on-demand features computed from the trip's distance, which arrives with
+//! each request (a column of the entity rows offline). Values come from a fixed seed; timestamps end at the anchor time (by
 //! default the current hour) so that the newest rows are fresh when the demo runs.
 
 use std::path::Path;
@@ -56,6 +57,12 @@ sources:
     path: data/driver_customer_trips.csv
     timestamp_field: ts
 
+request_sources:
+  - name: trip_request              # fields that arrive with a request
+    description: The trip being ranked
+    schema:
+      - { name: distance_km, dtype: float64 }
+
 feature_views:
   - name: driver_hourly_stats
     entities: [driver]
@@ -87,6 +94,14 @@ feature_views:
     features:
       - { name: trips_together, dtype: int64 }
 
+on_demand_feature_views:
+  - name: trip_context              # computed at request time by SQL expressions
+    sources: [request: trip_request, driver_hourly_stats]
+    owner: ranking-team@example.com
+    features:
+      - { name: conv_rate_x_distance, dtype: float64, expr: \"conv_rate * distance_km\" }
+      - { name: long_trip, dtype: bool, expr: \"distance_km >= 15\" }
+
 feature_services:
   - name: driver_activity_v1
     features: [driver_hourly_stats:conv_rate, driver_hourly_stats:avg_daily_trips]
@@ -96,6 +111,13 @@ feature_services:
       - driver_hourly_stats:*
       - customer_profile:current_balance
       - driver_customer_trips:trips_together
+    owner: ranking-team@example.com
+  - name: ride_ranking_v2
+    features:
+      - driver_hourly_stats:*
+      - customer_profile:current_balance
+      - driver_customer_trips:trips_together
+      - trip_context:*
     owner: ranking-team@example.com
 ";
 
@@ -234,7 +256,8 @@ pub fn init(dir: &Path, anchor: Timestamp) -> Result<()> {
     write("data/driver_customer_trips.csv", &csv)?;
 
     // Training labels: 10,000 (driver, customer, time, label) rows; some exactly on a
-    // feature timestamp.
+    // feature timestamp. Each has the trip's distance (a request field; 1% unknown),
+    // drawn from its own generator so that the other data do not depend on it.
     let (mut d, mut c, mut ts, mut label) = (vec![], vec![], vec![], vec![]);
     for i in 0..10_000 {
         if i % 2 == 1 {
@@ -256,11 +279,22 @@ pub fn init(dir: &Path, anchor: Timestamp) -> Result<()> {
         ts.push(t);
         label.push(rng.gen_bool(0.3));
     }
+    let mut trip_rng = StdRng::seed_from_u64(7);
+    let distance: Vec<Option<f64>> = (0..label.len())
+        .map(|_| {
+            if trip_rng.gen_bool(0.01) {
+                None
+            } else {
+                Some((trip_rng.gen_range(0.5f64..40.0) * 10.0).round() / 10.0)
+            }
+        })
+        .collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("driver_id", DataType::Int64, false),
         Field::new("customer_id", DataType::Int64, false),
         ts_field("event_timestamp", false),
         Field::new("trip_completed", DataType::Boolean, false),
+        Field::new("distance_km", DataType::Float64, true),
     ]));
     let batch = RecordBatch::try_new(
         schema.clone(),
@@ -269,6 +303,7 @@ pub fn init(dir: &Path, anchor: Timestamp) -> Result<()> {
             Arc::new(Int64Array::from(c)),
             ts_array(ts),
             Arc::new(BooleanArray::from(label)),
+            Arc::new(Float64Array::from(distance)),
         ],
     )?;
     quiver_offline::files::write_file(&data.join("entities.parquet"), schema, &[batch])?;

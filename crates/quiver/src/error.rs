@@ -11,6 +11,9 @@ pub enum Error {
     Online(#[from] quiver_online::Error),
     #[error(transparent)]
     Core(#[from] quiver_core::Error),
+    /// An on-demand feature view cannot be compiled or evaluated.
+    #[error(transparent)]
+    OnDemand(#[from] quiver_ondemand::Error),
     /// The request is invalid; the message says why.
     #[error("{0}")]
     Invalid(String),

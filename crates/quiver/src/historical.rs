@@ -1,8 +1,20 @@
 //! Historical retrieval as a builder: `store.historical().entities(..).features(..).run()`.
+//!
+//! Features of feature views come from the point-in-time join of the offline store.
+//! Features of on-demand feature views are computed after it, by the same evaluator as
+//! online ([`quiver_ondemand`]), over the whole training set: their source views'
+//! features are joined too (even when not requested, and dropped afterwards) and their
+//! request fields are read from the entity rows' columns of the same names.
 
-use arrow::array::RecordBatch;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use quiver_core::dtype::DType;
 use quiver_core::model::FeatureRef;
 use quiver_offline::{HistoricalRequest, ViewRequest};
+use quiver_registry::state::OnDemandInputs;
 
 use crate::{Error, FeatureStore, Result};
 
@@ -28,13 +40,15 @@ impl<'a> HistoricalBuilder<'a> {
         }
     }
 
-    /// The entity rows: join keys, `event_timestamp`, and any other columns.
+    /// The entity rows: join keys, `event_timestamp`, the request fields of requested
+    /// on-demand features, and any other columns.
     pub fn entities(mut self, batch: RecordBatch) -> Self {
         self.entities.push(batch);
         self
     }
 
-    /// Feature references, `view:feature` (or `view:*`).
+    /// Feature references, `view:feature` (or `view:*`), of feature views or on-demand
+    /// feature views.
     pub fn features<S: Into<String>>(mut self, refs: impl IntoIterator<Item = S>) -> Self {
         self.features.extend(refs.into_iter().map(Into::into));
         self
@@ -58,18 +72,76 @@ impl<'a> HistoricalBuilder<'a> {
         self
     }
 
-    /// Runs the retrieval.
+    /// Runs the retrieval: every entity row, in input order, followed by one column
+    /// per requested feature, in the order requested.
     pub fn run(self) -> Result<RecordBatch> {
         let state = self.store.state()?;
         let refs = resolve_refs(&state, &self.features, self.service.as_deref())?;
-        let mut views: Vec<ViewRequest> = Vec::new();
+        let input_names: Vec<String> = self
+            .entities
+            .first()
+            .map(|b| {
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let out_names: Vec<String> = refs
+            .iter()
+            .map(|r| r.output_name(self.full_names))
+            .collect();
+        let mut seen: Vec<&str> = input_names.iter().map(|s| s.as_str()).collect();
+        for n in &out_names {
+            if seen.contains(&n.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "output column '{n}' appears twice (a feature name shared by several \
+                     views, or an input column): use full feature names (view__feature)"
+                )));
+            }
+            seen.push(n);
+        }
+
+        // The on-demand views requested, in order of first request, compiled once.
+        let mut odfvs: Vec<(OnDemandInputs, quiver_ondemand::CompiledOdfv)> = Vec::new();
         for r in &refs {
-            let out = r.output_name(self.full_names);
+            if state.is_on_demand(&r.view) && !odfvs.iter().any(|(i, _)| i.def.name == r.view) {
+                let inputs = state.on_demand_inputs(&r.view)?;
+                let compiled = inputs.compile()?;
+                odfvs.push((inputs, compiled));
+            }
+        }
+
+        // What the join fetches: the requested stored features under their output
+        // names, then the on-demand views' dependencies not requested, under names that
+        // collide with nothing.
+        let mut fetched: Vec<(FeatureRef, String)> = refs
+            .iter()
+            .zip(&out_names)
+            .filter(|(r, _)| !state.is_on_demand(&r.view))
+            .map(|(r, n)| (r.clone(), n.clone()))
+            .collect();
+        for (inputs, _) in &odfvs {
+            for d in &inputs.dependencies {
+                if fetched.iter().any(|(r, _)| r == &d.feature) {
+                    continue;
+                }
+                let mut name = format!("__quiver_input__{}", d.column);
+                while seen.contains(&name.as_str()) || fetched.iter().any(|(_, n)| n == &name) {
+                    name.push('_');
+                }
+                fetched.push((d.feature.clone(), name));
+            }
+        }
+        let mut views: Vec<ViewRequest> = Vec::new();
+        for (r, out) in &fetched {
+            let pair = (r.feature.clone(), out.clone());
             match views.iter_mut().find(|v| v.view.name == r.view) {
-                Some(v) => v.features.push((r.feature.clone(), out)),
+                Some(v) => v.features.push(pair),
                 None => views.push(ViewRequest {
                     view: state.resolved_view(&r.view)?,
-                    features: vec![(r.feature.clone(), out)],
+                    features: vec![pair],
                 }),
             }
         }
@@ -78,8 +150,123 @@ impl<'a> HistoricalBuilder<'a> {
             timestamp_column: self.timestamp_column,
             views,
         };
-        Ok(self.store.offline()?.historical(&req)?)
+        let joined = self.store.offline()?.historical(&req)?;
+        let n_inputs = joined.num_columns() - fetched.len();
+        let column = |name: &str| -> ArrayRef {
+            joined
+                .column_by_name(name)
+                .cloned()
+                .expect("the join returns every requested column")
+        };
+
+        // On-demand features, over the whole training set.
+        let mut computed: HashMap<FeatureRef, ArrayRef> = HashMap::new();
+        for (inputs, compiled) in &odfvs {
+            let mut fields = Vec::new();
+            let mut columns = Vec::new();
+            for f in &inputs.request_fields {
+                let col = request_column(&joined, n_inputs, &inputs.def.name, &f.name, &f.dtype)?;
+                fields.push(Field::new(&f.name, col.data_type().clone(), true));
+                columns.push(col);
+            }
+            for d in &inputs.dependencies {
+                let (_, name) = fetched
+                    .iter()
+                    .find(|(r, _)| r == &d.feature)
+                    .expect("dependencies are fetched");
+                let col = column(name);
+                fields.push(Field::new(&d.column, col.data_type().clone(), true));
+                columns.push(col);
+            }
+            let batch = RecordBatch::try_new_with_options(
+                Arc::new(Schema::new(fields)),
+                columns,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(joined.num_rows())),
+            )?;
+            let values = compiled.evaluate(&batch)?;
+            for (f, v) in inputs.def.features.iter().zip(values) {
+                computed.insert(
+                    FeatureRef {
+                        view: inputs.def.name.clone(),
+                        feature: f.name.clone(),
+                    },
+                    v,
+                );
+            }
+        }
+
+        // The entity rows' columns, then every requested feature in request order;
+        // dependencies fetched only for on-demand views are left out.
+        let schema = joined.schema();
+        let mut fields: Vec<Field> = schema.fields()[..n_inputs]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut columns: Vec<ArrayRef> = joined.columns()[..n_inputs].to_vec();
+        for (r, name) in refs.iter().zip(&out_names) {
+            let col = match computed.get(r) {
+                Some(c) => Arc::clone(c),
+                None => column(name),
+            };
+            fields.push(Field::new(name, col.data_type().clone(), true));
+            columns.push(col);
+        }
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
     }
+}
+
+/// The entity rows' column for request field `field` of on-demand view `view`, as the
+/// field's declared type: the same type, or a number widened to it (an integer column
+/// for a float64 field, as CSV files give).
+fn request_column(
+    joined: &RecordBatch,
+    n_inputs: usize,
+    view: &str,
+    field: &str,
+    dtype: &DType,
+) -> Result<ArrayRef> {
+    let schema = joined.schema();
+    let inputs = &schema.fields()[..n_inputs];
+    let list = || {
+        inputs
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(pos) = inputs.iter().position(|f| f.name() == field) else {
+        return Err(Error::Invalid(format!(
+            "on-demand feature view '{view}' reads request field '{field}' ({dtype}), but the \
+             entity rows have no column '{field}'{} (columns: {})",
+            quiver_core::names::suggest(field, inputs.iter().map(|f| f.name())),
+            list()
+        )));
+    };
+    let col = joined.column(pos);
+    let want = dtype.to_arrow();
+    if col.data_type() == &want {
+        return Ok(Arc::clone(col));
+    }
+    let have = DType::from_arrow(col.data_type());
+    let fits = col.data_type() == &DataType::Null
+        || have.as_ref().is_some_and(|h| {
+            dtype.accepts(h)
+                || (matches!(dtype, DType::Float64 | DType::Float32)
+                    && matches!(h, DType::Int32 | DType::Int64))
+        });
+    if !fits {
+        return Err(Error::Invalid(format!(
+            "on-demand feature view '{view}' reads request field '{field}' as {dtype}, but \
+             column '{field}' of the entity rows is {} (columns: {})",
+            have.map(|t| t.to_string())
+                .unwrap_or_else(|| col.data_type().to_string()),
+            list()
+        )));
+    }
+    Ok(arrow::compute::cast(col, &want)?)
 }
 
 /// The feature references of a request: explicit ones or a service's, not both.

@@ -5,6 +5,7 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use quiver_core::model::FileFormat;
+use quiver_core::DType;
 
 use crate::{Error, Result};
 
@@ -35,8 +36,8 @@ pub fn write_table(path: impl AsRef<Path>, batch: &RecordBatch) -> Result<()> {
 
 /// Reads entity rows for a historical retrieval. CSV columns carry no types, so the
 /// time column is read as text (parsed by the time contract's rules, fractions of a
-/// second kept) and registered join keys as their registered types (a key `007` of a
-/// string entity stays `007`).
+/// second kept), registered join keys as their registered types (a key `007` of a
+/// string entity stays `007`) and request fields as their declared types.
 pub fn read_entities(
     path: impl AsRef<Path>,
     state: &quiver_registry::RegistryState,
@@ -58,6 +59,23 @@ pub fn read_entities(
                 k.name.clone(),
                 quiver_offline::normalize::key_arrow_type(&k.dtype),
             ));
+        }
+    }
+    // Request fields of on-demand views are columns of the entity rows: read as declared.
+    for r in state.request_sources.values() {
+        for f in &r.def.schema {
+            let scalar = matches!(
+                f.dtype,
+                DType::Bool
+                    | DType::Int32
+                    | DType::Int64
+                    | DType::Float32
+                    | DType::Float64
+                    | DType::String
+            );
+            if scalar && !overrides.iter().any(|(n, _)| n == &f.name) {
+                overrides.push((f.name.clone(), f.dtype.to_arrow()));
+            }
         }
     }
     let schema = quiver_offline::files::csv_schema_with(&inferred, &overrides);

@@ -135,8 +135,45 @@ pub struct ReadPlan {
     groups: Vec<KeyGroup>,
     views: Vec<ViewRead>,
     fields: Vec<FieldId>,
-    /// The view of each output, by index into `views`.
+    /// The view of each stored output, by index into `views`.
     output_view: Vec<usize>,
+    /// Where each output comes from; empty when every output is stored (outputs are then
+    /// the stored outputs, in order).
+    sources: Vec<OutputSource>,
+    /// The on-demand views computed, compiled once.
+    odfvs: Vec<OdfvRead>,
+    /// Names of the feature views and then the on-demand views, and each output's index
+    /// into them (for metrics).
+    view_names: Vec<String>,
+    final_view: Vec<usize>,
+}
+
+/// Where an output of a plan comes from.
+#[derive(Clone, Copy, Debug)]
+enum OutputSource {
+    /// Stored output `i` (of the store read).
+    Stored(usize),
+    /// Feature `j` of on-demand view `k`.
+    OnDemand(usize, usize),
+}
+
+/// One on-demand view of a read: its evaluator and where its inputs come from.
+#[derive(Clone)]
+struct OdfvRead {
+    compiled: std::sync::Arc<quiver_ondemand::CompiledOdfv>,
+    name: String,
+    /// Request fields: (name, type).
+    request: Vec<(String, DType)>,
+    /// Stored features it reads: (input column, stored output index, type).
+    deps: Vec<(String, usize, DType)>,
+}
+
+impl std::fmt::Debug for OdfvRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OdfvRead")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl ReadPlan {
@@ -152,9 +189,86 @@ impl ReadPlan {
             Some(s) => Some((s.to_string(), state.service(s)?.version)),
             None => None,
         };
-        Self::build(refs, service, full_names, |name| {
-            Ok(state.resolved_view(name)?)
-        })
+        if !refs.iter().any(|r| state.is_on_demand(&r.view)) {
+            return Self::build(refs, service, full_names, |name| {
+                Ok(state.resolved_view(name)?)
+            });
+        }
+        // Stored features: the requested ones, then the on-demand views' inputs.
+        let names = output_names(&refs, full_names)?;
+        let mut stored: Vec<FeatureRef> = refs
+            .iter()
+            .filter(|r| !state.is_on_demand(&r.view))
+            .cloned()
+            .collect();
+        let mut odfvs: Vec<OdfvRead> = Vec::new();
+        let mut sources = Vec::with_capacity(refs.len());
+        for r in &refs {
+            if !state.is_on_demand(&r.view) {
+                let i = stored.iter().position(|s| s == r).expect("listed above");
+                sources.push(OutputSource::Stored(i));
+                continue;
+            }
+            let k = match odfvs.iter().position(|o| o.name == r.view) {
+                Some(k) => k,
+                None => {
+                    let inputs = state.on_demand_inputs(&r.view)?;
+                    let compiled = inputs.compile()?;
+                    let mut deps = Vec::new();
+                    for d in &inputs.dependencies {
+                        let i = match stored.iter().position(|s| *s == d.feature) {
+                            Some(i) => i,
+                            None => {
+                                stored.push(d.feature.clone());
+                                stored.len() - 1
+                            }
+                        };
+                        deps.push((d.column.clone(), i, d.dtype.clone()));
+                    }
+                    odfvs.push(OdfvRead {
+                        compiled: std::sync::Arc::new(compiled),
+                        name: r.view.clone(),
+                        request: inputs
+                            .request_fields
+                            .iter()
+                            .map(|f| (f.name.clone(), f.dtype.clone()))
+                            .collect(),
+                        deps,
+                    });
+                    odfvs.len() - 1
+                }
+            };
+            let def = &state.on_demand_view(&r.view)?.def;
+            let j = def
+                .features
+                .iter()
+                .position(|f| f.name == r.feature)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "on-demand feature view '{}' has no feature '{}'",
+                        r.view, r.feature
+                    ))
+                })?;
+            sources.push(OutputSource::OnDemand(k, j));
+        }
+        // Stored outputs get internal names; only `names` is shown.
+        let mut plan = Self::build(stored, service, true, |name| Ok(state.resolved_view(name)?))?;
+        let mut view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
+        let final_view = sources
+            .iter()
+            .map(|s| match s {
+                OutputSource::Stored(i) => plan.output_view[*i],
+                OutputSource::OnDemand(k, _) => plan.views.len() + k,
+            })
+            .collect();
+        view_names.extend(odfvs.iter().map(|o| o.name.clone()));
+        plan.names = names;
+        plan.refs = refs;
+        plan.sources = sources;
+        plan.odfvs = odfvs;
+        plan.view_names = view_names;
+        plan.final_view = final_view;
+        Ok(plan)
     }
 
     /// Compiles a read of `features` of views given directly (no registry): every
@@ -249,6 +363,8 @@ impl ReadPlan {
             output_view.push(vi);
         }
         let fields = views.iter().map(|v| v.field).collect();
+        let view_names = views.iter().map(|v| v.name.clone()).collect();
+        let final_view = output_view.clone();
         Ok(ReadPlan {
             names,
             refs,
@@ -258,6 +374,10 @@ impl ReadPlan {
             views,
             fields,
             output_view,
+            sources: Vec::new(),
+            odfvs: Vec::new(),
+            view_names,
+            final_view,
         })
     }
 
@@ -281,19 +401,32 @@ impl ReadPlan {
         &self.keys
     }
 
-    /// The feature view of output `i`.
+    /// The feature view (or on-demand view) of output `i`.
     pub fn output_view(&self, i: usize) -> &str {
-        &self.views[self.output_view[i]].name
+        &self.view_names[self.final_view[i]]
     }
 
-    /// The index of output `i`'s feature view in [`view_names`](Self::view_names).
+    /// The index of output `i`'s view in [`view_names`](Self::view_names).
     pub fn output_view_index(&self, i: usize) -> usize {
-        self.output_view[i]
+        self.final_view[i]
     }
 
-    /// The feature views read, in first-use order.
+    /// The feature views read, in first-use order, then the on-demand views computed.
     pub fn view_names(&self) -> impl Iterator<Item = &str> {
-        self.views.iter().map(|v| v.name.as_str())
+        self.view_names.iter().map(|v| v.as_str())
+    }
+
+    /// The request fields the plan's on-demand views need, with their types.
+    pub fn request_fields(&self) -> Vec<(&str, &DType)> {
+        let mut out: Vec<(&str, &DType)> = Vec::new();
+        for o in &self.odfvs {
+            for (n, t) in &o.request {
+                if !out.iter().any(|(m, _)| *m == n) {
+                    out.push((n, t));
+                }
+            }
+        }
+        out
     }
 
     /// Converts each entity column to its key's type; errors name the row and key.
@@ -340,15 +473,142 @@ impl ReadPlan {
         Ok(out)
     }
 
-    /// Reads the features of every entity row at time `at`, in one store round trip.
+    /// Reads the features of every entity row at time `at`, in one store round trip
+    /// (a plan with on-demand features needs [`execute_with`](Self::execute_with)).
     pub async fn execute(
         &self,
         online: &dyn OnlineStore,
         entities: &Columns,
         at: Timestamp,
     ) -> Result<Vectors> {
+        self.execute_with(online, entities, &Columns::default(), at)
+            .await
+    }
+
+    /// Like [`execute`](Self::execute), with the request context on-demand features
+    /// read (one column per request field, a value per entity row; other columns are
+    /// ignored). On-demand features are computed by the same evaluator as in
+    /// historical retrieval, over the rows of this request; the status of one is
+    /// `PRESENT` when it has a value, else the worst status of its stored inputs
+    /// (`OUTSIDE_TTL` over `MISSING`).
+    pub async fn execute_with(
+        &self,
+        online: &dyn OnlineStore,
+        entities: &Columns,
+        request_context: &Columns,
+        at: Timestamp,
+    ) -> Result<Vectors> {
+        let stored = self.execute_stored(online, entities, at).await?;
+        if self.sources.is_empty() {
+            return Ok(stored);
+        }
         let n = entities.len();
         let nout = self.names.len();
+        let ns = stored.n_features;
+        // Every on-demand view over the rows of the request.
+        let mut computed: Vec<Vec<arrow::array::ArrayRef>> = Vec::with_capacity(self.odfvs.len());
+        let mut dep_status: Vec<Vec<FeatureStatus>> = Vec::with_capacity(self.odfvs.len());
+        for o in &self.odfvs {
+            let mut fields = Vec::new();
+            let mut cols = Vec::new();
+            for (name, dtype) in &o.request {
+                let values = request_context.get(name).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "on-demand feature view '{}' needs request field '{name}' ({dtype}) in \
+                         the request context",
+                        o.name
+                    ))
+                })?;
+                if values.len() != n {
+                    return Err(Error::Invalid(format!(
+                        "request field '{name}' has {} values for {n} entity rows",
+                        values.len()
+                    )));
+                }
+                let a = quiver_core::value::values_to_array(values, dtype)
+                    .map_err(|e| Error::Invalid(format!("request field '{name}': {e}")))?;
+                fields.push(arrow::datatypes::Field::new(
+                    name,
+                    a.data_type().clone(),
+                    true,
+                ));
+                cols.push(a);
+            }
+            let mut worst = vec![FeatureStatus::Present; n];
+            for (column, i, dtype) in &o.deps {
+                let values: Vec<Value> =
+                    (0..n).map(|r| stored.values[r * ns + i].clone()).collect();
+                for (r, w) in worst.iter_mut().enumerate() {
+                    match (stored.statuses[r * ns + i], *w) {
+                        (FeatureStatus::OutsideTtl, _) => *w = FeatureStatus::OutsideTtl,
+                        (FeatureStatus::Missing, FeatureStatus::Present) => {
+                            *w = FeatureStatus::Missing
+                        }
+                        _ => {}
+                    }
+                }
+                let a = quiver_core::value::values_to_array(&values, dtype)?;
+                fields.push(arrow::datatypes::Field::new(
+                    column,
+                    a.data_type().clone(),
+                    true,
+                ));
+                cols.push(a);
+            }
+            let batch = arrow::array::RecordBatch::try_new_with_options(
+                std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                cols,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+            )?;
+            computed.push(o.compiled.evaluate(&batch)?);
+            dep_status.push(worst);
+        }
+        let mut out = Vectors {
+            n_features: nout,
+            values: Vec::with_capacity(n * nout),
+            statuses: Vec::with_capacity(n * nout),
+            event_timestamps: Vec::with_capacity(n * nout),
+        };
+        let mut stored_values = stored.values;
+        #[allow(clippy::needless_range_loop)] // `r` indexes stored cells and computed arrays
+        for r in 0..n {
+            for src in &self.sources {
+                match *src {
+                    OutputSource::Stored(i) => {
+                        let c = r * ns + i;
+                        out.values
+                            .push(std::mem::replace(&mut stored_values[c], Value::Null));
+                        out.statuses.push(stored.statuses[c]);
+                        out.event_timestamps.push(stored.event_timestamps[c]);
+                    }
+                    OutputSource::OnDemand(k, j) => {
+                        let v = quiver_core::value::value_at(computed[k][j].as_ref(), r)?;
+                        out.statuses.push(if v.is_null() {
+                            match dep_status[k][r] {
+                                FeatureStatus::Present => FeatureStatus::Missing,
+                                s => s,
+                            }
+                        } else {
+                            FeatureStatus::Present
+                        });
+                        out.values.push(v);
+                        out.event_timestamps.push(None);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored outputs of every entity row at time `at`, in one store round trip.
+    async fn execute_stored(
+        &self,
+        online: &dyn OnlineStore,
+        entities: &Columns,
+        at: Timestamp,
+    ) -> Result<Vectors> {
+        let n = entities.len();
+        let nout = self.output_view.len();
         let key_cols = self.key_columns(entities)?;
         // Every group's keys, group-major, in one buffer.
         let mut buf = Vec::new();

@@ -276,8 +276,16 @@ impl ServerState {
         if entities.is_empty() {
             return Err(ApiError::invalid("the entity columns hold no rows"));
         }
+        let context = Columns::new(
+            req.request_context
+                .iter()
+                .map(|(k, v)| (k.clone(), v.values.iter().map(api::to_value).collect()))
+                .collect(),
+        )?;
         let at = self.clock.now();
-        let vectors = plan.execute(self.online.as_ref(), &entities, at).await?;
+        let vectors = plan
+            .execute_with(self.online.as_ref(), &entities, &context, at)
+            .await?;
         self.metrics.observe_statuses(&plan, &vectors.statuses);
         Ok(Served {
             entities: req.entities,

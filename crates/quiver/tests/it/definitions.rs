@@ -265,3 +265,394 @@ fn list_and_describe_show_owners_and_usage() {
     assert!(!ok);
     assert!(err.contains("did you mean 'driver_stats'"), "{err}");
 }
+
+/// GOOD plus a request source, an on-demand view over it and `driver_stats`, and a
+/// service using the on-demand feature.
+fn good_odfv() -> String {
+    GOOD.replace(
+        "feature_services:\n",
+        "feature_services:\n  - name: svc2\n    features: [driver_stats:rate, trip:x]\n",
+    ) + "\
+request_sources:
+  - name: trip_request
+    owner: r@example.com
+    schema:
+      - { name: distance_km, dtype: float64 }
+      - { name: passengers, dtype: int64 }
+on_demand_feature_views:
+  - name: trip
+    sources: [request: trip_request, driver_stats]
+    owner: o@example.com
+    tags: { team: y }
+    features:
+      - { name: x, dtype: float64, expr: \"rate * distance_km\" }
+      - { name: far, dtype: bool, expr: \"distance_km > 10\" }
+"
+}
+
+/// The 1-based line of the first line of `yaml` that is `line`.
+fn line_of(yaml: &str, line: &str) -> usize {
+    yaml.lines().position(|l| l == line).unwrap() + 1
+}
+
+#[test]
+fn on_demand_views_apply_and_are_listed_described_and_planned() {
+    let yaml = good_odfv();
+    let r = repo(&yaml);
+    let plan = r.store().apply().unwrap();
+    let text = plan.to_string();
+    assert!(text.contains("+ request source 'trip_request'"), "{text}");
+    assert!(text.contains("+ on-demand feature view 'trip'"), "{text}");
+    let (plan, _) = r.store().plan().unwrap();
+    assert!(plan.is_empty(), "{plan}");
+
+    let state = r.store().state().unwrap();
+    let odfv = &state.on_demand_feature_views["trip"];
+    assert_eq!(odfv.version, 1);
+    // Only what the expressions read: not `city`, not `passengers`.
+    assert_eq!(odfv.request_fields, vec!["distance_km"]);
+    assert_eq!(
+        odfv.dependencies
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>(),
+        vec!["driver_stats:rate"]
+    );
+    assert_eq!(state.services_using("trip", "x"), vec!["svc2"]);
+    assert!(state.services_using("trip", "far").is_empty());
+    assert_eq!(
+        state.feature_services["svc2"].features[1].to_string(),
+        "trip:x"
+    );
+    let refs = state.expand_refs(&["trip:*".to_string()]).unwrap();
+    assert_eq!(
+        refs.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        vec!["trip:x", "trip:far"]
+    );
+    let e = state.expand_refs(&["trip:y".to_string()]).unwrap_err();
+    assert_mentions(
+        &e.to_string(),
+        &["on-demand feature view 'trip' has no feature 'y'"],
+    );
+    let e = state.expand_refs(&["tri:x".to_string()]).unwrap_err();
+    assert_mentions(
+        &e.to_string(),
+        &["unknown feature view 'tri'", "did you mean 'trip'"],
+    );
+
+    // The inputs a data path needs, and a compile against them.
+    let inputs = state.on_demand_inputs("trip").unwrap();
+    let names: Vec<&str> = inputs
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "distance_km",
+            "passengers",
+            "driver_stats__rate",
+            "driver_stats__city"
+        ]
+    );
+    assert_eq!(inputs.request_fields[0].name, "distance_km");
+    assert_eq!(inputs.request_fields[0].source, "trip_request");
+    assert_eq!(inputs.dependencies.len(), 1);
+    assert_eq!(inputs.dependencies[0].column, "driver_stats__rate");
+    let compiled = inputs.compile().unwrap();
+    assert_eq!(
+        compiled.input_columns(),
+        ["distance_km", "driver_stats__rate"]
+    );
+
+    let (ok, out, err) = cli(r.path(), &["list"]);
+    assert!(ok, "{err}");
+    assert_mentions(
+        &out,
+        &[
+            "REQUEST-SOURCES",
+            "distance_km:float64,passengers:int64",
+            "ON-DEMAND-FEATURE-VIEWS",
+            "request:trip_request,driver_stats",
+            "o@example.com",
+            "team=y",
+        ],
+    );
+    let (ok, out, err) = cli(r.path(), &["list", "on-demand-feature-views", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["on-demand-feature-views"]["trip"]["def"]["features"][0]["expr"],
+        "rate * distance_km"
+    );
+    let (ok, out, _) = cli(r.path(), &["describe", "trip", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "on_demand_feature_view");
+    assert_eq!(v["sources"][0]["request"], "trip_request");
+    assert_eq!(v["sources"][1], "driver_stats");
+    assert_eq!(v["features"][0]["used_by"][0], "svc2");
+    assert_eq!(v["dependencies"][0], "driver_stats:rate");
+    let (ok, out, _) = cli(r.path(), &["describe", "trip_request", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "request_source");
+    assert_eq!(v["on_demand_feature_views"][0], "trip");
+    assert_eq!(v["schema"][1]["dtype"], "int64");
+    let (ok, out, _) = cli(r.path(), &["describe", "driver_stats", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["on_demand_feature_views"][0], "trip");
+    let (ok, _, err) = cli(r.path(), &["describe", "tripp"]);
+    assert!(!ok && err.contains("did you mean 'trip'"), "{err}");
+
+    // A new expression is a new version; an owner change is not; removal is planned.
+    r.write(
+        "features.yaml",
+        &yaml.replace("rate * distance_km", "rate * distance_km * 2"),
+    );
+    let (plan, _) = r.store().plan().unwrap();
+    assert!(
+        plan.to_string()
+            .contains("~ on-demand feature view 'trip' (features) [version 1 -> 2"),
+        "{plan}"
+    );
+    r.store().apply().unwrap();
+    r.write(
+        "features.yaml",
+        &yaml
+            .replace("rate * distance_km", "rate * distance_km * 2")
+            .replace("owner: o@", "owner: p@"),
+    );
+    r.store().apply().unwrap();
+    assert_eq!(
+        r.store().state().unwrap().on_demand_feature_views["trip"].version,
+        2
+    );
+    let without = GOOD.to_string();
+    r.write("features.yaml", &without);
+    let (plan, _) = r.store().plan().unwrap();
+    let text = plan.to_string();
+    assert!(text.contains("- on-demand feature view 'trip'"), "{text}");
+    assert!(text.contains("- request source 'trip_request'"), "{text}");
+    assert!(text.contains("- feature service 'svc2'"), "{text}");
+}
+
+#[test]
+fn on_demand_dangling_sources_are_named_with_file_and_line() {
+    let yaml = good_odfv();
+    let line = line_of(&yaml, "  - name: trip").to_string();
+    let bad = yaml.replace("[request: trip_request,", "[request: trip_reqest,");
+    let e = apply_err(&bad);
+    assert_mentions(
+        &e,
+        &[
+            &format!("features.yaml:{}", line_of(&bad, "  - name: trip")),
+            "on-demand feature view 'trip'",
+            "field 'sources[0]'",
+            "unknown request source 'trip_reqest'",
+            "did you mean 'trip_request'",
+        ],
+    );
+    assert!(e.contains(&format!("features.yaml:{line}")), "{e}");
+    let e = apply_err(&yaml.replace("trip_request, driver_stats]", "trip_request, driver_stat]"));
+    assert_mentions(
+        &e,
+        &[
+            "field 'sources[1]'",
+            "unknown feature view 'driver_stat'",
+            "did you mean 'driver_stats'",
+        ],
+    );
+    // A batch source, a request source written as a view, an on-demand view as a source.
+    let e = apply_err(&yaml.replace("[request: trip_request,", "[request: stats,"));
+    assert_mentions(&e, &["unknown request source 'stats'", "is a batch source"]);
+    let e = apply_err(&yaml.replace("[request: trip_request,", "[trip_request,"));
+    assert_mentions(
+        &e,
+        &["'trip_request' is a request source: write { request: trip_request }"],
+    );
+    let chained = yaml.clone()
+        + "  - name: trip2\n    sources: [trip]\n    features:\n      - { name: y, dtype: float64, expr: \"x\" }\n";
+    let e = apply_err(&chained);
+    assert_mentions(
+        &e,
+        &[
+            "on-demand feature view 'trip2'",
+            "sources[0]",
+            "'trip' is an on-demand feature view",
+        ],
+    );
+    // Services name on-demand features like any other.
+    let e = apply_err(&yaml.replace(
+        "[driver_stats:rate, trip:x]",
+        "[driver_stats:rate, trip:xx]",
+    ));
+    assert_mentions(
+        &e,
+        &[
+            "feature service 'svc2'",
+            "features[1]",
+            "on-demand feature view 'trip' has no feature 'xx'",
+            "did you mean 'x'",
+        ],
+    );
+    let e = apply_err(&yaml.replace("[driver_stats:rate, trip:x]", "[driver_stats:rate, trp:x]"));
+    assert_mentions(&e, &["unknown feature view 'trp'", "did you mean 'trip'"]);
+    let e = apply_err(&yaml.replace(
+        "sources: [request: trip_request, driver_stats]",
+        "sources: []",
+    ));
+    assert_mentions(&e, &["field 'sources'", "needs at least one source"]);
+}
+
+#[test]
+fn on_demand_names_must_not_clash() {
+    let yaml = good_odfv();
+    // An on-demand view named like a feature view.
+    let e = apply_err(&yaml.replace("  - name: trip\n", "  - name: driver_stats\n"));
+    assert_mentions(
+        &e,
+        &[
+            "on-demand feature view 'driver_stats'",
+            "field 'name'",
+            "also a feature view's (features.yaml:10)",
+        ],
+    );
+    // Two on-demand views of one name, in two files.
+    let r = repo(&yaml);
+    r.write(
+        "more.yaml",
+        "on_demand_feature_views:\n  - name: trip\n    sources: [driver_stats]\n    features:\n      - { name: z, dtype: float64, expr: \"rate\" }\n",
+    );
+    let e = r.store().apply().unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "more.yaml:2",
+            "on-demand feature view 'trip'",
+            "duplicate name: also defined in features.yaml",
+        ],
+    );
+    // Duplicate features, duplicate request fields, a request source named like a source.
+    let e = apply_err(&yaml.replace("{ name: far, dtype: bool", "{ name: x, dtype: bool"));
+    assert_mentions(&e, &["features[1].name", "duplicate feature 'x'"]);
+    let e = apply_err(&yaml.replace(
+        "{ name: passengers, dtype: int64 }",
+        "{ name: distance_km, dtype: int64 }",
+    ));
+    assert_mentions(
+        &e,
+        &[
+            "request source 'trip_request'",
+            "schema[1].name",
+            "duplicate field 'distance_km'",
+        ],
+    );
+    let e = apply_err(
+        &yaml
+            .replace("  - name: trip_request\n", "  - name: stats\n")
+            .replace("request: trip_request", "request: stats"),
+    );
+    assert_mentions(&e, &["request source 'stats'", "also a source's"]);
+    // A request field named like a feature of a source view is ambiguous in expressions.
+    let e = apply_err(&yaml.replace(
+        "{ name: passengers, dtype: int64 }",
+        "{ name: rate, dtype: float64 }",
+    ));
+    assert_mentions(
+        &e,
+        &[
+            "on-demand feature view 'trip'",
+            "sources[1]",
+            "request field 'rate' of request source 'trip_request'",
+            "feature 'rate' of feature view 'driver_stats'",
+        ],
+    );
+}
+
+#[test]
+fn expression_errors_name_the_feature_and_field() {
+    let yaml = good_odfv();
+    let at = format!("features.yaml:{}", line_of(&yaml, "  - name: trip"));
+    let e = apply_err(&yaml.replace("rate * distance_km", "rate * "));
+    assert_mentions(
+        &e,
+        &[
+            &at,
+            "on-demand feature view 'trip'",
+            "field 'features[0].expr'",
+            "syntax error",
+        ],
+    );
+    let e = apply_err(&yaml.replace("rate * distance_km", "rat * distance_km"));
+    assert_mentions(
+        &e,
+        &[
+            "field 'features[0].expr'",
+            "unknown column 'rat'",
+            "did you mean 'rate'",
+            "inputs: distance_km, passengers, rate, city",
+        ],
+    );
+    let e = apply_err(&yaml.replace("distance_km > 10", "city > 10 AND city"));
+    assert_mentions(&e, &["field 'features[1].expr'"]);
+    let e = apply_err(&yaml.replace("rate * distance_km", "rate * city"));
+    assert_mentions(&e, &["field 'features[0].expr'", "Float64", "Utf8"]);
+    let e = apply_err(&yaml.replace("rate * distance_km", "sqroot(rate)"));
+    assert_mentions(&e, &["unknown function 'sqroot'", "did you mean 'sqrt'"]);
+    let e = apply_err(&yaml.replace("expr: \"rate * distance_km\"", "expr: \"city\""));
+    assert_mentions(
+        &e,
+        &[
+            "field 'features[0].dtype'",
+            "type is string",
+            "declared float64",
+        ],
+    );
+    // Every broken feature is reported, not just the first.
+    let e = apply_err(
+        &yaml
+            .replace("rate * distance_km", "rat")
+            .replace("distance_km > 10", "distance_km >"),
+    );
+    assert_mentions(
+        &e,
+        &[
+            "features[0].expr",
+            "features[1].expr",
+            "2 invalid definition(s)",
+        ],
+    );
+}
+
+#[test]
+fn bare_feature_names_shared_by_two_source_views_are_ambiguous() {
+    let yaml = good_odfv().replace(
+        "feature_services:\n",
+        "  - name: driver_stats_b\n    entities: [driver]\n    source: stats\n    features: [{ name: rate, dtype: float64 }]\nfeature_services:\n",
+    );
+    let two = yaml.replace(
+        "sources: [request: trip_request, driver_stats]",
+        "sources: [request: trip_request, driver_stats, driver_stats_b]",
+    );
+    let e = apply_err(&two);
+    assert_mentions(
+        &e,
+        &[
+            "field 'features[0].expr'",
+            "'rate' is ambiguous",
+            "driver_stats__rate or driver_stats_b__rate",
+        ],
+    );
+    // Full names resolve it.
+    let r = repo(&two.replace("rate * distance_km", "driver_stats_b__rate * distance_km"));
+    r.store().apply().unwrap();
+    let state = r.store().state().unwrap();
+    assert_eq!(
+        state.on_demand_feature_views["trip"].dependencies[0].to_string(),
+        "driver_stats_b:rate"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{AsArray, Int64Array};
+use arrow::array::{Array, AsArray, Int64Array};
 use arrow::datatypes::{Float64Type, Int64Type};
 use quiver::{FeatureStatus, Value};
 use quiver_core::time::parse_timestamp;
@@ -70,6 +70,37 @@ fn demo_runs_end_to_end_with_parity() {
     // Labels before the first feature row get nulls, never zeros.
     let conv = training.column_by_name("conv_rate").unwrap();
     assert!(arrow::array::Array::null_count(conv.as_ref()) > 0);
+
+    // ride_ranking_v2 adds on-demand features from the rows' trip distance.
+    let store = quiver::FeatureStore::open(&repo).unwrap();
+    let v2 = store
+        .historical()
+        .entities(quiver::io::read_table(&entities).unwrap())
+        .service("ride_ranking_v2")
+        .run()
+        .unwrap();
+    assert_eq!(v2.num_rows(), 10_000);
+    let conv = v2
+        .column_by_name("conv_rate")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let dist = v2
+        .column_by_name("distance_km")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let x = v2
+        .column_by_name("conv_rate_x_distance")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let long = v2.column_by_name("long_trip").unwrap().as_boolean();
+    let mut nulls = 0;
+    for i in 0..v2.num_rows() {
+        let want = (conv.is_valid(i) && dist.is_valid(i)).then(|| conv.value(i) * dist.value(i));
+        assert_eq!(x.is_valid(i).then(|| x.value(i)), want, "row {i}");
+        assert_eq!(long.is_valid(i), dist.is_valid(i), "row {i}");
+        nulls += usize::from(want.is_none());
+    }
+    assert!(nulls > 0 && nulls < 10_000, "{nulls}");
 
     // Materialize up to the anchor, then read online at the anchor.
     let (ok, out, err) = cli(&repo, &["materialize-incremental", ANCHOR]);

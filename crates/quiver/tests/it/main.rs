@@ -5,5 +5,7 @@ mod crash;
 mod definitions;
 mod end_to_end;
 mod ingest;
+mod on_demand;
+mod on_demand_serving;
 mod point_in_time;
 mod server;
