@@ -25,3 +25,5 @@ step online --service ride_ranking_v1 \
   --entity driver_id=1001,customer_id=5001 --entity driver_id=1002,customer_id=5002
 step online --features driver_hourly_stats:conv_rate,customer_profile:current_balance \
   --entity driver_id=1003,customer_id=999999 --json
+step online --service ride_ranking_v2 \
+  --entity driver_id=1001,customer_id=5001 --request distance_km=12.5

@@ -100,6 +100,10 @@ enum Command {
         /// One entity row: key=value[,key=value…]; repeat for more rows.
         #[arg(long = "entity", required = true)]
         entities: Vec<String>,
+        /// The request fields of one entity row (for on-demand features):
+        /// field=value[,field=value…]; one per --entity, in the same order.
+        #[arg(long = "request")]
+        requests: Vec<String>,
         #[arg(long)]
         full_names: bool,
         /// Compute statuses at this time instead of now.
@@ -135,6 +139,18 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// `k=v[,k=v…]` as a map.
+fn parse_pairs(s: &str, flag: &str) -> Result<BTreeMap<String, String>> {
+    let mut row = BTreeMap::new();
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            quiver::Error::Invalid(format!("{flag} {s:?}: expected key=value[,key=value…]"))
+        })?;
+        row.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(row)
 }
 
 fn time_arg(s: &str) -> Result<i64> {
@@ -315,6 +331,7 @@ fn run(cli: Cli) -> Result<()> {
             features,
             service,
             entities,
+            requests,
             full_names,
             at,
         } => {
@@ -339,6 +356,9 @@ fn run(cli: Cli) -> Result<()> {
                     row.insert(k.trim().to_string(), v.trim().to_string());
                 }
                 b = b.entity_row_text(row);
+            }
+            for r in &requests {
+                b = b.request_row_text(parse_pairs(r, "--request")?);
             }
             let result = b.get()?;
             quiver::cli_views::print_online(&result, json);

@@ -678,6 +678,7 @@ pub struct OnlineBuilder<'a> {
     service: Option<String>,
     rows: Vec<BTreeMap<String, Value>>,
     text_rows: Vec<BTreeMap<String, String>>,
+    request_text: Vec<BTreeMap<String, String>>,
     full_names: bool,
     at: Option<Timestamp>,
 }
@@ -714,9 +715,17 @@ impl<'a> OnlineBuilder<'a> {
             service: None,
             rows: vec![],
             text_rows: vec![],
+            request_text: vec![],
             full_names: false,
             at: None,
         }
+    }
+
+    /// Adds the request fields of the next entity row, as text (parsed with the
+    /// declared types): what on-demand features read. Give one per entity row, in order.
+    pub fn request_row_text(mut self, row: BTreeMap<String, String>) -> Self {
+        self.request_text.push(row);
+        self
     }
 
     /// Feature references, `view:feature`.
@@ -814,6 +823,45 @@ impl<'a> OnlineBuilder<'a> {
             }
         }
         let entities = Columns::new(cols)?;
+        let mut context = Columns::default();
+        if !self.request_text.is_empty() {
+            if self.request_text.len() != rows.len() {
+                return Err(Error::Invalid(format!(
+                    "{} request rows for {} entity rows: give one per entity row",
+                    self.request_text.len(),
+                    rows.len()
+                )));
+            }
+            let fields = plan.request_fields();
+            let mut cols: Vec<(String, Vec<Value>)> = fields
+                .iter()
+                .map(|(n, _)| (n.to_string(), Vec::with_capacity(rows.len())))
+                .collect();
+            for (i, row) in self.request_text.iter().enumerate() {
+                for k in row.keys() {
+                    if !fields.iter().any(|(n, _)| n == k) {
+                        return Err(Error::Invalid(format!(
+                            "'{k}' is not a request field of the requested features (fields: {})",
+                            fields
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                }
+                for (c, (name, dtype)) in fields.iter().enumerate() {
+                    let v = match row.get(*name) {
+                        Some(t) => Value::parse_as(t, dtype).map_err(|e| {
+                            Error::Invalid(format!("request row {}: '{name}': {e}", i + 1))
+                        })?,
+                        None => Value::Null,
+                    };
+                    cols[c].1.push(v);
+                }
+            }
+            context = Columns::new(cols)?;
+        }
         let at = self.at.unwrap_or_else(now);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -821,7 +869,8 @@ impl<'a> OnlineBuilder<'a> {
             .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?;
         let v = rt.block_on(async {
             let online = self.store.online_async().await?;
-            plan.execute(online.as_ref(), &entities, at).await
+            plan.execute_with(online.as_ref(), &entities, &context, at)
+                .await
         })?;
         let nout = v.n_features;
         Ok(OnlineResult {
