@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const ENTITIES: usize = 10_000;
 
@@ -115,74 +113,17 @@ fn quiver_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-async fn wait_http(addr: SocketAddr) -> Result<()> {
+fn wait_http(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(mut c) = Conn::open(addr).await {
-            if c.request("GET", "/health", "").await.is_ok() {
+        if let Ok(mut c) = SyncConn::open(addr) {
+            if c.request("GET", "/health", "").is_ok() {
                 return Ok(());
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
     bail!("the server at {addr} did not come up")
-}
-
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
-    line: String,
-    body: Vec<u8>,
-    head: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        Ok(Conn {
-            r: BufReader::new(r),
-            w,
-            line: String::new(),
-            body: Vec::new(),
-            head: Vec::new(),
-        })
-    }
-
-    /// Sends a request and reads the whole response; returns the status.
-    async fn request(&mut self, method: &str, path: &str, body: &str) -> Result<u16> {
-        self.head.clear();
-        use std::io::Write;
-        write!(
-            self.head,
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )?;
-        self.head.extend_from_slice(body.as_bytes());
-        self.w.write_all(&self.head).await?;
-        self.line.clear();
-        self.r.read_line(&mut self.line).await?;
-        let status: u16 = self.line.get(9..12).context("bad status line")?.parse()?;
-        let mut len = 0usize;
-        loop {
-            self.line.clear();
-            self.r.read_line(&mut self.line).await?;
-            let l = self.line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse()?;
-                }
-            }
-        }
-        self.body.resize(len, 0);
-        self.r.read_exact(&mut self.body).await?;
-        Ok(status)
-    }
 }
 
 struct Outcome {
@@ -213,12 +154,13 @@ impl SyncConn {
         })
     }
 
-    fn post(&mut self, path: &str, body: &str) -> Result<u16> {
+    /// Sends a request and reads the whole response; returns the status.
+    fn request(&mut self, method: &str, path: &str, body: &str) -> Result<u16> {
         use std::io::{BufRead, Read, Write};
         self.head.clear();
         write!(
             self.head,
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )?;
         self.head.extend_from_slice(body.as_bytes());
@@ -281,7 +223,7 @@ fn drive(
                 while Instant::now() < due {
                     std::hint::spin_loop();
                 }
-                match c.post("/get-online-features", &bodies[i % bodies.len()]) {
+                match c.request("POST", "/get-online-features", &bodies[i % bodies.len()]) {
                     Ok(200) => lat.push(due.elapsed().as_secs_f64() * 1e6),
                     _ => errors += 1,
                 }
@@ -336,10 +278,6 @@ fn bodies(service: &str, batch: usize) -> Vec<String> {
 
 pub fn bench_serve(secs: f64, rates: &[f64], backends: &[String]) -> Result<()> {
     let bin = quiver_bin()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
     println!(
         "feature server load: `quiver serve` in its own process, HTTP/1.1 keep-alive over loopback, \
          open-loop at fixed rates, {secs} s per point, latency from each request's due time"
@@ -387,7 +325,7 @@ pub fn bench_serve(secs: f64, rates: &[f64], backends: &[String]) -> Result<()> 
                 .context("cannot start quiver serve")?,
         );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        rt.block_on(wait_http(addr))?;
+        wait_http(addr)?;
         println!("\nbackend: {backend}");
         println!(
             "  {:<28} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",

@@ -95,16 +95,12 @@ const CLUSTER_IN_FLIGHT: usize = 512;
 /// Keys asked of `SCAN` per call.
 const SCAN_COUNT: usize = 1000;
 
-/// The conditional write of one entity's rows. `KEYS[1]`: the entity's hash;
-/// `ARGV[1]`: the key TTL in milliseconds (`0`: none); then pairs of a field id and an
-/// encoded row, one pair per field (the client sends each field once). Returns the
-/// number of rows stored.
-pub const WRITE_SCRIPT: &str = r#"
--- quiver-redis: newer-wins write of one entity's rows.
--- A row is the format byte, then event_ts and created_ts as little-endian signed
--- 64-bit integers (bytes 2..9 and 10..17, 1-based), then the values. Versions are
--- compared on these bytes, exactly: Lua numbers are doubles, exact only below 2^53
--- (microseconds: the year 2255), and rows at i64::MIN / i64::MAX are valid.
+/// The Lua function both scripts compare versions with: `cmp_i64(a, pa, b, pb)` orders
+/// the little-endian signed 64-bit integers at 1-based offsets `pa` of `a` and `pb` of
+/// `b` exactly (-1, 0, 1).
+macro_rules! lua_cmp_i64 {
+    () => {
+        r#"
 local function cmp_i64(a, pa, b, pb)
   -- most significant byte first, its sign bit flipped so that negatives order first
   local x = (string.byte(a, pa + 7) + 128) % 256
@@ -120,7 +116,23 @@ local function cmp_i64(a, pa, b, pb)
   end
   return 0
 end
+"#
+    };
+}
 
+/// The conditional write of one entity's rows. `KEYS[1]`: the entity's hash;
+/// `ARGV[1]`: the key TTL in milliseconds (`0`: none); then pairs of a field id and an
+/// encoded row, one pair per field (the client sends each field once). Returns the
+/// number of rows stored.
+pub const WRITE_SCRIPT: &str = concat!(
+    r#"
+-- quiver-redis: newer-wins write of one entity's rows.
+-- A row is the format byte, then event_ts and created_ts as little-endian signed
+-- 64-bit integers (bytes 2..9 and 10..17, 1-based), then the values. Versions are
+-- compared on these bytes, exactly: Lua numbers are doubles, exact only below 2^53
+-- (microseconds: the year 2255), and rows at i64::MIN / i64::MAX are valid."#,
+    lua_cmp_i64!(),
+    r#"
 local key = KEYS[1]
 local n = (#ARGV - 1) / 2
 -- Check every stored row before changing anything: a script that fails midway keeps
@@ -152,30 +164,19 @@ if written > 0 and ARGV[1] ~= '0' then
   redis.call('PEXPIRE', key, ARGV[1])
 end
 return written
-"#;
+"#
+);
 
 /// The conditional delete of one field. `KEYS[1]`: an entity's hash; `ARGV[1]`: a
 /// field id; `ARGV[2]`: the cutoff, a little-endian signed 64-bit integer (8 bytes).
 /// Deletes the field when the row stored there has an event timestamp below the
 /// cutoff; returns 1 if it deleted it, else 0.
-pub const DELETE_SCRIPT: &str = r#"
+pub const DELETE_SCRIPT: &str = concat!(
+    r#"
 -- quiver-redis: delete one field if its row is older than a cutoff, re-checked here so
--- that a row overwritten with a newer one since the scan is never deleted.
-local function cmp_i64(a, pa, b, pb)
-  local x = (string.byte(a, pa + 7) + 128) % 256
-  local y = (string.byte(b, pb + 7) + 128) % 256
-  if x ~= y then
-    if x < y then return -1 else return 1 end
-  end
-  for i = 6, 0, -1 do
-    x, y = string.byte(a, pa + i), string.byte(b, pb + i)
-    if x ~= y then
-      if x < y then return -1 else return 1 end
-    end
-  end
-  return 0
-end
-
+-- that a row overwritten with a newer one since the scan is never deleted."#,
+    lua_cmp_i64!(),
+    r#"
 local key = KEYS[1]
 if redis.call('TYPE', key)['ok'] ~= 'hash' then
   return 0
@@ -193,7 +194,8 @@ if cmp_i64(s, 2, ARGV[2], 1) < 0 then
   return 1
 end
 return 0
-"#;
+"#
+);
 
 static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
 static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_SCRIPT));

@@ -161,6 +161,29 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM (what orchestrators send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn serve(
     store: FeatureStore,
     host: &str,
@@ -205,8 +228,8 @@ fn serve(
                 .map(|a| format!(" and grpc://{a}"))
                 .unwrap_or_default()
         );
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down");
+        shutdown_signal().await;
+        eprintln!("shutting down: finishing requests in flight");
         server.stop().await;
         Ok(())
     })

@@ -371,6 +371,33 @@ fn grpc_answers_like_http(backend: Backend) {
             .unwrap()
             .into_inner();
     assert_eq!(health.status, "ok");
+
+    // Push over gRPC, then read the row back over gRPC.
+    let push: pb::PushRequest = serde_json::from_value(json!({
+        "feature_view": "driver_stats",
+        "data": {"driver_id": [3], "ts": ["2025-01-01T10:05:00Z"], "conv_rate": [0.75], "trips": [8]}
+    }))
+    .unwrap();
+    let pushed = f.rt.block_on(client.push(push)).unwrap().into_inner();
+    assert_eq!((pushed.rows, pushed.written_online), (1, 1));
+    let read: pb::GetOnlineFeaturesRequest = serde_json::from_value(json!({
+        "features": ["driver_stats:trips"], "entities": {"driver_id": [3]}
+    }))
+    .unwrap();
+    let resp =
+        f.rt.block_on(client.get_online_features(read))
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        quiver::server::api::to_value(&resp.results[0].features["trips"]),
+        quiver::Value::Int64(8)
+    );
+    let bad: pb::PushRequest = serde_json::from_value(json!({
+        "feature_view": "driver_stats", "data": {"driver_id": ["x"]}
+    }))
+    .unwrap();
+    let e = f.rt.block_on(client.push(bad)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 }
 
 fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Backend) {
