@@ -44,7 +44,8 @@ enum Command {
     Apply,
     /// List registered objects.
     List {
-        /// entities, sources, feature-views, feature-services (default: all)
+        /// entities, sources, request-sources, feature-views, on-demand-feature-views,
+        /// feature-services (default: all)
         kind: Option<String>,
     },
     /// Describe one object.
