@@ -79,7 +79,7 @@ async fn get_online_features(State(state): State<Arc<ServerState>>, body: Bytes)
     let r = match parse(&body) {
         Ok(req) => match state.read(req).await {
             Ok(served) => {
-                let mut body = Vec::with_capacity(256 + served_size_hint(&served));
+                let mut body = Vec::with_capacity(256 + served.size_hint());
                 match served.write_json(&mut body) {
                     Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
                     Err(e) => ApiError::internal(format!("cannot encode the response: {e}"))
@@ -91,10 +91,6 @@ async fn get_online_features(State(state): State<Arc<ServerState>>, body: Bytes)
         Err(e) => e.into_response(),
     };
     finish(&state, "get_online_features", started, r)
-}
-
-fn served_size_hint(s: &super::core::Served) -> usize {
-    s.size_hint()
 }
 
 async fn push(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
