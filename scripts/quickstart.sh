@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver/target}"
 DEMO="${1:-$PWD/quickstart-demo}"
 
-cargo build --release --locked -p quiver --bin quiver
+cargo build --release --locked -p quiver-cli --bin quiver
 Q="$CARGO_TARGET_DIR/release/quiver"
 step() { printf '\n\033[1m$ quiver %s\033[0m\n' "$*"; "$Q" "$@"; }
 

@@ -258,7 +258,7 @@ fn ingest(dir: &Path) -> Result<u64> {
             )?);
         }
     }
-    let stats = store.ingest(&view, batches)?;
+    let stats = runtime()?.block_on(store.ingest(&view, batches))?;
     Ok(stats.rows_stored)
 }
 
@@ -280,7 +280,7 @@ fn retrieve(dir: &Path) -> Result<(usize, usize)> {
         timestamp_column: "event_timestamp".into(),
         views: vec![ViewRequest { view, features }],
     };
-    let out = store.historical(&req)?;
+    let out = runtime()?.block_on(store.historical(req))?;
     let matched = out.num_rows()
         - arrow::array::Array::null_count(out.column_by_name("f0").context("f0")?.as_ref());
     Ok((out.num_rows(), matched))
@@ -308,8 +308,23 @@ fn run_phase(dir: &Path, scale_name: &str, phase: &str) -> Result<(f64, f64, Str
     Ok((parts[1].parse()?, parts[2].parse()?, parts[3..].join(" ")))
 }
 
+/// A runtime for the async library calls of a benchmark.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Phase timings and other diagnostics: QUIVER_LOG=quiver_offline=debug.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.cmd {
         Cmd::Pit {
             scale: s,
@@ -366,7 +381,10 @@ fn main() -> Result<()> {
                 labels as f64 / secs
             );
         }
-        Cmd::Online { requests } => online::bench_online(requests)?,
+        Cmd::Online { requests } => {
+            online::bench_online(requests)?;
+            online::bench_facade(requests)?;
+        }
         Cmd::Materialize { entities } => online::bench_materialize(entities)?,
         Cmd::Engines { keys, reads } => engines::bench_engines(keys, reads)?,
         Cmd::Serve {

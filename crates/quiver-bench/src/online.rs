@@ -80,7 +80,7 @@ async fn measure(
     requests: usize,
     label: &str,
 ) -> Result<()> {
-    let plan = quiver::online::ReadPlan::for_views(std::slice::from_ref(v), false)?;
+    let plan = quiver::ReadPlan::for_views(std::slice::from_ref(v), false)?;
     let now = quiver_core::time::now();
     let mut lat = Vec::with_capacity(requests);
     let mut present = 0usize;
@@ -90,7 +90,7 @@ async fn measure(
             .map(|j| Value::Int64(((r * 7919 + j * 104_729) % entities) as i64))
             .collect();
         let t = Instant::now();
-        let rows = quiver::online::Columns::new(vec![("entity_id".to_string(), ids)])?;
+        let rows = quiver::Columns::new(vec![("entity_id".to_string(), ids)])?;
         let out = plan.execute(store, &rows, now).await?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         present += out
@@ -123,7 +123,7 @@ pub fn bench_online(requests: usize) -> Result<()> {
     rt.block_on(async {
         for v in [&v50, &v23] {
             let b = rows(v, entities, 1, now)?;
-            quiver::materialize::write_latest(v, &[b], &store, false).await?;
+            quiver::write::write_online_latest(v, &[b], &store, &quiver::NoProgress).await?;
         }
         measure(
             &store,
@@ -147,6 +147,56 @@ pub fn bench_online(requests: usize) -> Result<()> {
     })
 }
 
+/// Reads through the facade — `store.online_features().service(..).entity_row(..)` —
+/// on one opened `FeatureStore` (registry snapshot, compiled plans and the store
+/// connection reused across calls), embedded store.
+pub fn bench_facade(requests: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    crate::serve::write_repo(dir.path(), "{ type: embedded, path: data/online }")?;
+    let rt = crate::runtime()?;
+    let store = quiver::FeatureStore::open(dir.path())?;
+    let entities = crate::serve::ENTITIES;
+    println!(
+        "online reads through the facade (FeatureStore::online_features), embedded store, \
+         {entities} entities"
+    );
+    rt.block_on(async {
+        for (service, batch, n, label) in [
+            ("wide_v1", 1usize, requests, "1 entity × 50 features"),
+            ("ranking_v1", 50, requests / 10, "50 entities × 23 features"),
+        ] {
+            let mut lat = Vec::with_capacity(n);
+            let mut present = 0usize;
+            let start = Instant::now();
+            for r in 0..n {
+                let ids: Vec<Value> = (0..batch)
+                    .map(|j| Value::Int64(((r * 7919 + j * 104_729) % entities) as i64))
+                    .collect();
+                let t = Instant::now();
+                let mut b = store.online_features().service(service);
+                for id in ids {
+                    b = b.entity_row(std::iter::once(("entity_id".to_string(), id)).collect());
+                }
+                let out = b.await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                present += out
+                    .rows
+                    .iter()
+                    .filter(|row| row.statuses[0] == quiver_core::FeatureStatus::Present)
+                    .count();
+            }
+            let total = start.elapsed().as_secs_f64();
+            lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+            println!(
+                "  {label:<24} p50 {:7.1} µs   p99 {:7.1} µs   max {:8.1} µs   {:9.0} vectors/s   ({present} of {} entity rows PRESENT)",
+                percentile(&lat, 0.5), percentile(&lat, 0.99), lat[lat.len() - 1],
+                (n * batch) as f64 / total, n * batch
+            );
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
 pub fn bench_materialize(entities: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = EmbeddedStore::open(dir.path())?;
@@ -158,22 +208,32 @@ pub fn bench_materialize(entities: usize) -> Result<()> {
     println!("materialization, embedded store: {} offline rows ({entities} keys × {per}), 10 float64 features", b.num_rows());
     rt.block_on(async {
         let t = Instant::now();
-        let s =
-            quiver::materialize::write_latest(&v, std::slice::from_ref(&b), &store, false).await?;
+        let (_, written) = quiver::write::write_online_latest(
+            &v,
+            std::slice::from_ref(&b),
+            &store,
+            &quiver::NoProgress,
+        )
+        .await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "  first run   {secs:6.2} s   {:10.0} offline rows/s   {:9.0} keys written/s",
             b.num_rows() as f64 / secs,
-            s.written as f64 / secs
+            written as f64 / secs
         );
         let t = Instant::now();
-        let s =
-            quiver::materialize::write_latest(&v, std::slice::from_ref(&b), &store, false).await?;
+        let (_, written) = quiver::write::write_online_latest(
+            &v,
+            std::slice::from_ref(&b),
+            &store,
+            &quiver::NoProgress,
+        )
+        .await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "  re-run      {secs:6.2} s   {:10.0} offline rows/s   ({} rows of equal version re-stored, none older)",
             b.num_rows() as f64 / secs,
-            s.written
+            written
         );
         Ok(())
     })

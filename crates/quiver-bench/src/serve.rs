@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
-const ENTITIES: usize = 10_000;
+pub(crate) const ENTITIES: usize = 10_000;
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -39,7 +39,7 @@ impl Drop for Proc {
     }
 }
 
-fn write_repo(dir: &Path, online_store: &str) -> Result<()> {
+pub(crate) fn write_repo(dir: &Path, online_store: &str) -> Result<()> {
     std::fs::create_dir_all(dir.join("data"))?;
     std::fs::write(
         dir.join("quiver.yaml"),
@@ -92,9 +92,14 @@ fn write_repo(dir: &Path, online_store: &str) -> Result<()> {
         quiver::io::write_table(dir.join(format!("data/{name}.parquet")), &b)?;
     }
     let store = quiver::FeatureStore::open(dir)?;
-    store.apply()?;
-    store.ingest(&[])?;
-    store.materialize_incremental(quiver_core::time::now(), &[], false)?;
+    crate::runtime()?.block_on(async {
+        store.apply().await?;
+        store.ingest().await?;
+        store
+            .materialize_incremental(quiver_core::time::now())
+            .await?;
+        Ok::<_, quiver::Error>(())
+    })?;
     Ok(())
 }
 
@@ -106,7 +111,7 @@ fn quiver_bin() -> Result<PathBuf> {
     let p = exe.parent().context("no exe dir")?.join("quiver");
     if !p.exists() {
         bail!(
-            "{} not found: build it first (cargo build --release -p quiver --bin quiver) or set QUIVER_BIN",
+            "{} not found: build it first (cargo build --release -p quiver-cli) or set QUIVER_BIN",
             p.display()
         );
     }

@@ -132,6 +132,24 @@ impl DType {
     }
 }
 
+impl DType {
+    /// The one coercion rule of on-demand request fields, the same offline (a column of
+    /// the entity rows) and online (a value of the request context): a field declared
+    /// `self` takes a value of type `given` when they are equal, when both are integers
+    /// (the value must fit), when an integer is given for a float, or a float64 for a
+    /// float32 (rounded to the nearest float32). [`crate::value::values_to_array`]
+    /// converts exactly these (a test checks it).
+    pub fn accepts_request(&self, given: &DType) -> bool {
+        use DType::*;
+        match (self, given) {
+            (a, b) if a == b => true,
+            (Int32 | Int64, Int32 | Int64) => true,
+            (Float32 | Float64, Int32 | Int64 | Float32 | Float64) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The Arrow type of every stored timestamp: microseconds, UTC.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))

@@ -286,6 +286,30 @@ pub fn value_at(array: &dyn arrow::array::Array, row: usize) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Online request values are converted by `values_to_array`; offline request columns
+    /// by `DType::accepts_request` and a checked cast. Both must accept the same types.
+    #[test]
+    fn values_to_array_accepts_exactly_the_request_rule() {
+        let samples = [
+            (DType::Bool, Value::Bool(true)),
+            (DType::Int32, Value::Int32(7)),
+            (DType::Int64, Value::Int64(7)),
+            (DType::Float32, Value::Float32(1.5)),
+            (DType::Float64, Value::Float64(1.5)),
+            (DType::String, Value::String("x".into())),
+        ];
+        for (declared, _) in &samples {
+            for (given, v) in &samples {
+                let online = values_to_array(std::slice::from_ref(v), declared).is_ok();
+                assert_eq!(
+                    online,
+                    declared.accepts_request(given),
+                    "a {given} value for a field declared {declared}"
+                );
+            }
+        }
+    }
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float32Type, Float64Type, Int32Type};
 

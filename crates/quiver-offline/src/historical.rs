@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::normalize::{
     cast_key, table_schema, to_timestamps, Origin, CREATED_TIMESTAMP, EVENT_TIMESTAMP,
 };
-use crate::store::{read_data_file, OfflineStore};
+use crate::store::{read_data_file, DataFile, OfflineStore};
 use crate::{Error, Result};
 
 /// The features wanted from one view, with their output column names.
@@ -50,27 +50,25 @@ pub struct HistoricalRequest {
     pub views: Vec<ViewRequest>,
 }
 
-/// Prints phase timings to stderr when `QUIVER_PROFILE` is set.
+/// Phase timings of a retrieval, as `debug` events of `quiver_offline`
+/// (`QUIVER_LOG=quiver_offline=debug`).
 struct Phases {
-    on: bool,
     last: std::time::Instant,
 }
 
 impl Phases {
     fn new() -> Self {
         Phases {
-            on: std::env::var_os("QUIVER_PROFILE").is_some(),
             last: std::time::Instant::now(),
         }
     }
     fn mark(&mut self, what: &str) {
-        if self.on {
-            eprintln!(
-                "[historical] {what:<28} {:8.3} s",
-                self.last.elapsed().as_secs_f64()
-            );
-            self.last = std::time::Instant::now();
-        }
+        tracing::debug!(
+            phase = what,
+            seconds = self.last.elapsed().as_secs_f64(),
+            "historical retrieval"
+        );
+        self.last = std::time::Instant::now();
     }
 }
 
@@ -105,272 +103,283 @@ enum KeyLookup {
 
 impl OfflineStore {
     /// Builds the training set: the entity rows with one column per requested feature.
-    pub fn historical(&self, req: &HistoricalRequest) -> Result<RecordBatch> {
-        let Some(first) = req.entities.first() else {
-            return Err(Error::Invalid("the entity rows are empty".into()));
-        };
-        let labels = concat_batches(&first.schema(), &req.entities)?;
-        let schema = labels.schema();
-        // Output names must be unique and distinct from the input columns.
-        let mut names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    /// The tables' file lists are read first; the join itself (Parquet decoding, index
+    /// building, gathering) runs on the blocking pool and rayon.
+    pub async fn historical(&self, req: HistoricalRequest) -> Result<RecordBatch> {
+        let mut files = Vec::with_capacity(req.views.len());
         for v in &req.views {
-            for (_, out) in &v.features {
-                if names.contains(&out.as_str()) {
-                    return Err(Error::Invalid(format!(
-                        "output column '{out}' appears twice (a feature name shared by several \
-                         views, or an input column): use full feature names (view__feature)"
-                    )));
-                }
-                names.push(out);
-            }
+            files.push(self.data_files(&v.view).await?);
         }
-        let ts_col = labels
-            .column_by_name(&req.timestamp_column)
-            .ok_or_else(|| {
+        crate::blocking(move || join(&req, &files)).await
+    }
+}
+
+/// The point-in-time join of `req` over each view's data `files`.
+fn join(req: &HistoricalRequest, files: &[Vec<DataFile>]) -> Result<RecordBatch> {
+    let Some(first) = req.entities.first() else {
+        return Err(Error::Invalid("the entity rows are empty".into()));
+    };
+    let labels = concat_batches(&first.schema(), &req.entities)?;
+    let schema = labels.schema();
+    // Output names must be unique and distinct from the input columns.
+    let mut names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    for v in &req.views {
+        for (_, out) in &v.features {
+            if names.contains(&out.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "output column '{out}' appears twice (a feature name shared by several \
+                         views, or an input column): use full feature names (view__feature)"
+                )));
+            }
+            names.push(out);
+        }
+    }
+    let ts_col = labels
+        .column_by_name(&req.timestamp_column)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the entity rows have no '{}' column (columns: {})",
+                req.timestamp_column,
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let origin = Origin {
+        file: "entity rows",
+        first_row: 1,
+    };
+    let times = to_timestamps(ts_col.as_ref(), &req.timestamp_column, &origin, true)?;
+    let times: &[Timestamp] = times.values();
+
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns: Vec<ArrayRef> = labels.columns().to_vec();
+    for (v, files) in req.views.iter().zip(files) {
+        let cols = view_columns(v, files, &labels, times)?;
+        for ((_, out), col) in v.features.iter().zip(cols) {
+            fields.push(Field::new(out, col.data_type().clone(), true));
+            columns.push(col);
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+fn view_columns(
+    req: &ViewRequest,
+    files: &[DataFile],
+    labels: &RecordBatch,
+    times: &[Timestamp],
+) -> Result<Vec<ArrayRef>> {
+    let view = &req.view;
+    let mut phases = Phases::new();
+    let feature_types: Vec<DataType> = req
+        .features
+        .iter()
+        .map(|(f, _)| {
+            view.features
+                .iter()
+                .find(|x| &x.name == f)
+                .map(|x| x.dtype.to_arrow())
+                .ok_or_else(|| {
+                    Error::Invalid(format!("feature view '{}' has no feature '{f}'", view.name))
+                })
+        })
+        .collect::<Result<_>>()?;
+    let key_cols: Vec<ArrayRef> = view
+        .join_keys
+        .iter()
+        .map(|k| {
+            let c = labels.column_by_name(&k.name).ok_or_else(|| {
                 Error::Invalid(format!(
-                    "the entity rows have no '{}' column (columns: {})",
-                    req.timestamp_column,
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "the entity rows have no column '{}', a join key of feature view '{}'",
+                    k.name, view.name
                 ))
             })?;
-        let origin = Origin {
-            file: "entity rows",
-            first_row: 1,
+            cast_key(c, k)
+        })
+        .collect::<Result<_>>()?;
+    let n = labels.num_rows();
+    let valid = |i: usize| key_cols.iter().all(|c| c.is_valid(i));
+    let (lookup, label_index) =
+        if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
+            let keys = key_cols[0].as_primitive::<Int64Type>();
+            let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
+            (KeyLookup::Int(idx), labels)
+        } else {
+            let mut idx = BytesKeyIndex::new();
+            let mut buf = Vec::new();
+            let mut groups = vec![NO_GROUP; n];
+            for (i, g) in groups.iter_mut().enumerate() {
+                if valid(i) {
+                    buf.clear();
+                    for c in &key_cols {
+                        encode_key_part(c.as_ref(), i, &mut buf)?;
+                    }
+                    *g = idx.insert(&buf);
+                }
+            }
+            let labels = LabelIndex::new(&groups, times, idx.len());
+            (KeyLookup::Bytes(idx), labels)
         };
-        let times = to_timestamps(ts_col.as_ref(), &req.timestamp_column, &origin, true)?;
-        let times: &[Timestamp] = times.values();
+    phases.mark("label index");
 
-        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut columns: Vec<ArrayRef> = labels.columns().to_vec();
-        for v in &req.views {
-            let cols = self.view_columns(v, &labels, times)?;
-            for ((_, out), col) in v.features.iter().zip(cols) {
-                fields.push(Field::new(out, col.data_type().clone(), true));
-                columns.push(col);
-            }
-        }
-        Ok(RecordBatch::try_new(
-            Arc::new(Schema::new(fields)),
-            columns,
-        )?)
+    if files.len() >= 1 << 31 {
+        return Err(Error::Invalid("too many data files".into()));
     }
-
-    fn view_columns(
-        &self,
-        req: &ViewRequest,
-        labels: &RecordBatch,
-        times: &[Timestamp],
-    ) -> Result<Vec<ArrayRef>> {
-        let view = &req.view;
-        let mut phases = Phases::new();
-        let feature_types: Vec<DataType> = req
-            .features
-            .iter()
-            .map(|(f, _)| {
-                view.features
-                    .iter()
-                    .find(|x| &x.name == f)
-                    .map(|x| x.dtype.to_arrow())
-                    .ok_or_else(|| {
-                        Error::Invalid(format!("feature view '{}' has no feature '{f}'", view.name))
-                    })
-            })
-            .collect::<Result<_>>()?;
-        let key_cols: Vec<ArrayRef> = view
-            .join_keys
-            .iter()
-            .map(|k| {
-                let c = labels.column_by_name(&k.name).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "the entity rows have no column '{}', a join key of feature view '{}'",
-                        k.name, view.name
-                    ))
-                })?;
-                cast_key(c, k)
-            })
-            .collect::<Result<_>>()?;
-        let n = labels.num_rows();
-        let valid = |i: usize| key_cols.iter().all(|c| c.is_valid(i));
-        let (lookup, label_index) =
-            if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
-                let keys = key_cols[0].as_primitive::<Int64Type>();
-                let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
-                (KeyLookup::Int(idx), labels)
-            } else {
-                let mut idx = BytesKeyIndex::new();
-                let mut buf = Vec::new();
-                let mut groups = vec![NO_GROUP; n];
-                for (i, g) in groups.iter_mut().enumerate() {
-                    if valid(i) {
-                        buf.clear();
-                        for c in &key_cols {
-                            encode_key_part(c.as_ref(), i, &mut buf)?;
+    let nkeys = view.join_keys.len();
+    let mut pass1_cols: Vec<&str> = view.join_keys.iter().map(|k| k.name.as_str()).collect();
+    pass1_cols.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
+    let schema = table_schema(view);
+    let ttl = view.ttl;
+    let candidates: Vec<Vec<Candidate>> = files
+        .par_iter()
+        .enumerate()
+        .map(|(fi, f)| -> Result<Vec<Candidate>> {
+            let batches = read_data_file(&f.path, &schema, 0, Some(&pass1_cols))?;
+            let mut out = Vec::new();
+            let mut row0: u64 = 0;
+            let mut hint = 0usize;
+            let mut buf = Vec::new();
+            for b in batches {
+                let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+                let created = b
+                    .column(nkeys + 1)
+                    .as_primitive::<TimestampMicrosecondType>();
+                let int_keys = match &lookup {
+                    KeyLookup::Int(_) => Some(b.column(0).as_primitive::<Int64Type>().values()),
+                    KeyLookup::Bytes(_) => None,
+                };
+                for r in 0..b.num_rows() {
+                    let group = match &lookup {
+                        KeyLookup::Int(idx) => {
+                            idx.find_from(int_keys.expect("int keys")[r], &mut hint)
                         }
-                        *g = idx.insert(&buf);
-                    }
-                }
-                let labels = LabelIndex::new(&groups, times, idx.len());
-                (KeyLookup::Bytes(idx), labels)
-            };
-        phases.mark("label index");
-
-        let files = self.data_files(view)?;
-        if files.len() >= 1 << 31 {
-            return Err(Error::Invalid("too many data files".into()));
-        }
-        let nkeys = view.join_keys.len();
-        let mut pass1_cols: Vec<&str> = view.join_keys.iter().map(|k| k.name.as_str()).collect();
-        pass1_cols.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
-        let schema = table_schema(view);
-        let ttl = view.ttl;
-        let candidates: Vec<Vec<Candidate>> = files
-            .par_iter()
-            .enumerate()
-            .map(|(fi, f)| -> Result<Vec<Candidate>> {
-                let batches = read_data_file(&f.path, &schema, 0, Some(&pass1_cols))?;
-                let mut out = Vec::new();
-                let mut row0: u64 = 0;
-                let mut hint = 0usize;
-                let mut buf = Vec::new();
-                for b in batches {
-                    let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-                    let created = b
-                        .column(nkeys + 1)
-                        .as_primitive::<TimestampMicrosecondType>();
-                    let int_keys = match &lookup {
-                        KeyLookup::Int(_) => Some(b.column(0).as_primitive::<Int64Type>().values()),
-                        KeyLookup::Bytes(_) => None,
+                        KeyLookup::Bytes(idx) => {
+                            buf.clear();
+                            for k in 0..nkeys {
+                                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+                            }
+                            idx.get(&buf)
+                        }
                     };
-                    for r in 0..b.num_rows() {
-                        let group = match &lookup {
-                            KeyLookup::Int(idx) => {
-                                idx.find_from(int_keys.expect("int keys")[r], &mut hint)
-                            }
-                            KeyLookup::Bytes(idx) => {
-                                buf.clear();
-                                for k in 0..nkeys {
-                                    encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
-                                }
-                                idx.get(&buf)
-                            }
-                        };
-                        let Some(group) = group else { continue };
-                        let t = ts.value(r);
-                        if label_index.may_match(group, t, ttl) {
-                            out.push(Candidate {
-                                group,
-                                ts: t,
-                                created: if created.is_null(r) {
-                                    NO_CREATED
-                                } else {
-                                    created.value(r)
-                                },
-                                loc: ((fi as u64) << 32) | (row0 + r as u64),
-                            });
-                        }
+                    let Some(group) = group else { continue };
+                    let t = ts.value(r);
+                    if label_index.may_match(group, t, ttl) {
+                        out.push(Candidate {
+                            group,
+                            ts: t,
+                            created: if created.is_null(r) {
+                                NO_CREATED
+                            } else {
+                                created.value(r)
+                            },
+                            loc: ((fi as u64) << 32) | (row0 + r as u64),
+                        });
                     }
-                    row0 += b.num_rows() as u64;
                 }
-                Ok(out)
-            })
-            .collect::<Result<_>>()?;
-        let candidates: Vec<Candidate> = candidates.concat();
-        phases.mark("pass 1 (keys, times)");
-        let locs = label_index.resolve(candidates, ttl);
-        drop(label_index);
-        phases.mark("resolve");
-
-        // Pass 2: gather the winning rows' features, file by file.
-        let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
-        for (label, &loc) in locs.iter().enumerate() {
-            if loc != NO_MATCH {
-                wanted[(loc >> 32) as usize].push(((loc & 0xffff_ffff) as u32, label as u32));
+                row0 += b.num_rows() as u64;
             }
-        }
-        drop(locs);
-        let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
-        let gathered: Vec<Option<Vec<ArrayRef>>> = files
-            .par_iter()
-            .zip(wanted.par_iter_mut())
-            .map(|(f, want)| -> Result<Option<Vec<ArrayRef>>> {
-                if want.is_empty() {
-                    return Ok(None);
-                }
-                want.sort_unstable();
-                let batches = read_data_file(&f.path, &schema, 0, Some(&feature_names))?;
-                let Some(b0) = batches.first() else {
-                    return Err(Error::Data(format!(
-                        "{}: data file is empty",
-                        f.path.display()
-                    )));
-                };
-                let all = concat_batches(&b0.schema(), &batches)?;
-                let idx = UInt32Array::from_iter_values(want.iter().map(|w| w.0));
-                let cols = feature_names
-                    .iter()
-                    .zip(&feature_types)
-                    .map(|(name, dt)| {
-                        let c = all.column_by_name(name).ok_or_else(|| {
-                            Error::Data(format!("{}: no column '{name}'", f.path.display()))
-                        })?;
-                        let c = take(c.as_ref(), &idx, None)?;
-                        if c.data_type() != dt {
-                            return Ok(arrow::compute::cast(&c, dt)?);
-                        }
-                        Ok(c)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Some(cols))
-            })
-            .collect::<Result<_>>()?;
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    let candidates: Vec<Candidate> = candidates.concat();
+    phases.mark("pass 1 (keys, times)");
+    let locs = label_index.resolve(candidates, ttl);
+    drop(label_index);
+    phases.mark("resolve");
 
-        phases.mark("pass 2 (gather)");
-        // The winners of all files, concatenated in file order, then one `take` per
-        // column puts each label's value in place (a null index for no match).
-        let n_labels = labels.num_rows();
-        let out = feature_types
-            .par_iter()
-            .enumerate()
-            .map(|(c, dt)| -> Result<ArrayRef> {
-                let parts = || {
-                    gathered.iter().zip(&wanted).filter_map(|(g, w)| {
-                        g.as_ref().map(|cols| (cols[c].as_ref(), w.as_slice()))
-                    })
-                };
-                Ok(match dt {
-                    DataType::Float64 => scatter::<Float64Type>(n_labels, parts()),
-                    DataType::Float32 => scatter::<Float32Type>(n_labels, parts()),
-                    DataType::Int64 => scatter::<Int64Type>(n_labels, parts()),
-                    DataType::Int32 => scatter::<Int32Type>(n_labels, parts()),
-                    // Other types: concatenate the winners in file order and `take`
-                    // each label's value (a null index where nothing matched).
-                    _ => {
-                        let mut index: Vec<Option<u32>> = vec![None; n_labels];
-                        let mut offset = 0u32;
-                        let mut arrays: Vec<&dyn Array> = Vec::new();
-                        for (array, w) in parts() {
-                            for (pos, &(_, label)) in w.iter().enumerate() {
-                                index[label as usize] = Some(offset + pos as u32);
-                            }
-                            offset += w.len() as u32;
-                            arrays.push(array);
-                        }
-                        let all = if arrays.is_empty() {
-                            new_null_array(dt, 0)
-                        } else {
-                            concat(&arrays)?
-                        };
-                        take(all.as_ref(), &UInt32Array::from(index), None)?
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        phases.mark("assemble");
-        Ok(out)
+    // Pass 2: gather the winning rows' features, file by file.
+    let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
+    for (label, &loc) in locs.iter().enumerate() {
+        if loc != NO_MATCH {
+            wanted[(loc >> 32) as usize].push(((loc & 0xffff_ffff) as u32, label as u32));
+        }
     }
+    drop(locs);
+    let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
+    let gathered: Vec<Option<Vec<ArrayRef>>> = files
+        .par_iter()
+        .zip(wanted.par_iter_mut())
+        .map(|(f, want)| -> Result<Option<Vec<ArrayRef>>> {
+            if want.is_empty() {
+                return Ok(None);
+            }
+            want.sort_unstable();
+            let batches = read_data_file(&f.path, &schema, 0, Some(&feature_names))?;
+            let Some(b0) = batches.first() else {
+                return Err(Error::Data(format!(
+                    "{}: data file is empty",
+                    f.path.display()
+                )));
+            };
+            let all = concat_batches(&b0.schema(), &batches)?;
+            let idx = UInt32Array::from_iter_values(want.iter().map(|w| w.0));
+            let cols = feature_names
+                .iter()
+                .zip(&feature_types)
+                .map(|(name, dt)| {
+                    let c = all.column_by_name(name).ok_or_else(|| {
+                        Error::Data(format!("{}: no column '{name}'", f.path.display()))
+                    })?;
+                    let c = take(c.as_ref(), &idx, None)?;
+                    if c.data_type() != dt {
+                        return Ok(arrow::compute::cast(&c, dt)?);
+                    }
+                    Ok(c)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Some(cols))
+        })
+        .collect::<Result<_>>()?;
+
+    phases.mark("pass 2 (gather)");
+    // The winners of all files, concatenated in file order, then one `take` per
+    // column puts each label's value in place (a null index for no match).
+    let n_labels = labels.num_rows();
+    let out = feature_types
+        .par_iter()
+        .enumerate()
+        .map(|(c, dt)| -> Result<ArrayRef> {
+            let parts = || {
+                gathered
+                    .iter()
+                    .zip(&wanted)
+                    .filter_map(|(g, w)| g.as_ref().map(|cols| (cols[c].as_ref(), w.as_slice())))
+            };
+            Ok(match dt {
+                DataType::Float64 => scatter::<Float64Type>(n_labels, parts()),
+                DataType::Float32 => scatter::<Float32Type>(n_labels, parts()),
+                DataType::Int64 => scatter::<Int64Type>(n_labels, parts()),
+                DataType::Int32 => scatter::<Int32Type>(n_labels, parts()),
+                // Other types: concatenate the winners in file order and `take`
+                // each label's value (a null index where nothing matched).
+                _ => {
+                    let mut index: Vec<Option<u32>> = vec![None; n_labels];
+                    let mut offset = 0u32;
+                    let mut arrays: Vec<&dyn Array> = Vec::new();
+                    for (array, w) in parts() {
+                        for (pos, &(_, label)) in w.iter().enumerate() {
+                            index[label as usize] = Some(offset + pos as u32);
+                        }
+                        offset += w.len() as u32;
+                        arrays.push(array);
+                    }
+                    let all = if arrays.is_empty() {
+                        new_null_array(dt, 0)
+                    } else {
+                        concat(&arrays)?
+                    };
+                    take(all.as_ref(), &UInt32Array::from(index), None)?
+                }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    phases.mark("assemble");
+    Ok(out)
 }

@@ -38,6 +38,9 @@ pub enum Error {
     Delta(#[from] deltalake::DeltaTableError),
     #[error(transparent)]
     Core(#[from] quiver_core::Error),
+    /// A failure of quiver itself (a blocking task that panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Result alias for the offline plane.
@@ -46,4 +49,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn io_err(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.to_string();
     move |source| Error::Io { context, source }
+}
+
+/// Runs blocking work (decoding, sorting, file I/O) on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("a blocking task failed: {e}")))?
 }

@@ -64,10 +64,14 @@ pub struct IngestStats {
     pub table_version: Option<u64>,
 }
 
-/// The Delta Lake offline store under a local directory.
+/// The Delta Lake offline store under a local directory. Cheap to clone.
+///
+/// Its operations are `async`; CPU-bound and blocking work (Parquet decoding and
+/// encoding, sorting, merging) runs on tokio's blocking pool and rayon, never on a
+/// runtime worker.
+#[derive(Clone, Debug)]
 pub struct OfflineStore {
     root: PathBuf,
-    rt: tokio::runtime::Runtime,
 }
 
 impl OfflineStore {
@@ -76,11 +80,7 @@ impl OfflineStore {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(io_err(root.display()))?;
         let root = root.canonicalize().map_err(io_err(root.display()))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io_err("starting the I/O runtime"))?;
-        Ok(OfflineStore { root, rt })
+        Ok(OfflineStore { root })
     }
 
     /// The directory of a view's table.
@@ -136,18 +136,64 @@ impl OfflineStore {
     }
 
     /// The current data files of a view's table (empty when it does not exist).
-    pub fn data_files(&self, view: &ResolvedView) -> Result<Vec<DataFile>> {
-        self.rt.block_on(async {
-            let Some(table) = self.load(view).await? else {
-                return Ok(vec![]);
-            };
-            files_of(&table)
-        })
+    pub async fn data_files(&self, view: &ResolvedView) -> Result<Vec<DataFile>> {
+        let Some(table) = self.load(view).await? else {
+            return Ok(vec![]);
+        };
+        files_of(&table)
     }
 
-    /// Ingests normalized batches (see [`crate::normalize::normalize_batch`]).
-    pub fn ingest(&self, view: &ResolvedView, batches: Vec<RecordBatch>) -> Result<IngestStats> {
-        self.rt.block_on(self.ingest_async(view, batches))
+    /// The table's current version (`None` when it does not exist).
+    pub async fn version(&self, view: &ResolvedView) -> Result<Option<u64>> {
+        Ok(self.load(view).await?.and_then(|t| t.version()))
+    }
+
+    /// The data files of the current table that version `since` did not have: every
+    /// file committed after it (an ingest rewrites the day partitions it touches, so
+    /// these hold every row ingested since, whatever its event time).
+    pub async fn files_since(&self, view: &ResolvedView, since: u64) -> Result<Vec<DataFile>> {
+        let Some(table) = self.load(view).await? else {
+            return Ok(vec![]);
+        };
+        if table.version().is_some_and(|v| v <= since) {
+            return Ok(vec![]);
+        }
+        let current = files_of(&table)?;
+        let mut old = DeltaTable::try_from_url(self.table_url(view)?).await?;
+        old.load_version(since as _).await?;
+        let before: std::collections::HashSet<PathBuf> =
+            files_of(&old)?.into_iter().map(|f| f.path).collect();
+        Ok(current
+            .into_iter()
+            .filter(|f| !before.contains(&f.path))
+            .collect())
+    }
+
+    /// Reads the rows of `files` (of a view's table) with `start <= event_timestamp <
+    /// end`.
+    pub async fn read_files(
+        &self,
+        view: &ResolvedView,
+        files: Vec<DataFile>,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> Result<Vec<RecordBatch>> {
+        let schema = table_schema(view);
+        let ts_idx = view.join_keys.len();
+        crate::blocking(move || read_files_in_range(&files, &schema, ts_idx, start, end)).await
+    }
+
+    /// Ingests normalized batches (see [`crate::normalize::normalize_batch`]). The
+    /// merge (reading the touched partitions, sorting, encoding) runs on a blocking
+    /// thread, which drives the Delta calls from there.
+    pub async fn ingest(
+        &self,
+        view: &ResolvedView,
+        batches: Vec<RecordBatch>,
+    ) -> Result<IngestStats> {
+        let (this, view) = (self.clone(), view.clone());
+        let handle = tokio::runtime::Handle::current();
+        crate::blocking(move || handle.block_on(this.ingest_async(&view, batches))).await
     }
 
     async fn ingest_async(
@@ -269,52 +315,66 @@ impl OfflineStore {
 
     /// Reads the rows with `start <= event_timestamp < end`, pruning by day partition,
     /// projected to `columns` (all when `None`).
-    pub fn read_range(
+    pub async fn read_range(
         &self,
         view: &ResolvedView,
         start: Timestamp,
         end: Timestamp,
     ) -> Result<Vec<RecordBatch>> {
-        let schema = table_schema(view);
         let (d0, d1) = (day_of(start), day_of(end.saturating_sub(1)));
         let files: Vec<DataFile> = self
-            .data_files(view)?
+            .data_files(view)
+            .await?
             .into_iter()
             .filter(|f| f.day.is_none_or(|d| d >= d0 && d <= d1))
             .collect();
-        let ts_idx = view.join_keys.len();
-        let batches = files
-            .par_iter()
-            .map(|f| read_data_file(&f.path, &schema, f.day.unwrap_or_default(), None))
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = Vec::new();
-        for b in batches.into_iter().flatten() {
-            let ts = b.column(ts_idx).as_primitive::<TimestampMicrosecondType>();
-            let mask: arrow::array::BooleanArray = ts
-                .values()
-                .iter()
-                .map(|&t| Some(t >= start && t < end))
-                .collect();
-            let f = arrow::compute::filter_record_batch(&b, &mask)?;
-            if f.num_rows() > 0 {
-                out.push(f);
-            }
-        }
-        Ok(out)
+        self.read_files(view, files, start, end).await
     }
 
     /// The number of rows stored for a view (from file metadata).
-    pub fn row_count(&self, view: &ResolvedView) -> Result<u64> {
-        let mut n = 0;
-        for f in self.data_files(view)? {
-            let file = std::fs::File::open(&f.path).map_err(io_err(f.path.display()))?;
-            n += ParquetRecordBatchReaderBuilder::try_new(file)?
-                .metadata()
-                .file_metadata()
-                .num_rows() as u64;
-        }
-        Ok(n)
+    pub async fn row_count(&self, view: &ResolvedView) -> Result<u64> {
+        let files = self.data_files(view).await?;
+        crate::blocking(move || {
+            let mut n = 0;
+            for f in files {
+                let file = std::fs::File::open(&f.path).map_err(io_err(f.path.display()))?;
+                n += ParquetRecordBatchReaderBuilder::try_new(file)?
+                    .metadata()
+                    .file_metadata()
+                    .num_rows() as u64;
+            }
+            Ok(n)
+        })
+        .await
     }
+}
+
+/// Decodes `files` and keeps the rows with `start <= event_timestamp < end`.
+fn read_files_in_range(
+    files: &[DataFile],
+    schema: &arrow::datatypes::SchemaRef,
+    ts_idx: usize,
+    start: Timestamp,
+    end: Timestamp,
+) -> Result<Vec<RecordBatch>> {
+    let batches = files
+        .par_iter()
+        .map(|f| read_data_file(&f.path, schema, f.day.unwrap_or_default(), None))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for b in batches.into_iter().flatten() {
+        let ts = b.column(ts_idx).as_primitive::<TimestampMicrosecondType>();
+        let mask: arrow::array::BooleanArray = ts
+            .values()
+            .iter()
+            .map(|&t| Some(t >= start && t < end))
+            .collect();
+        let f = arrow::compute::filter_record_batch(&b, &mask)?;
+        if f.num_rows() > 0 {
+            out.push(f);
+        }
+    }
+    Ok(out)
 }
 
 fn files_of(table: &DeltaTable) -> Result<Vec<DataFile>> {

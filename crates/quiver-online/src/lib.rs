@@ -1,5 +1,6 @@
-//! The online plane: the [`OnlineStore`] trait, its embedded backend and the
-//! conformance suite every backend runs.
+//! The online plane: the [`OnlineStore`] trait, its embedded backend, the conformance
+//! suite every backend runs, and the compiled online read ([`ReadPlan`]) that every
+//! reader (feature server, facade, Python) shares.
 //!
 //! # Logical layout (DESIGN §4), identical in every backend
 //!
@@ -15,9 +16,11 @@ use async_trait::async_trait;
 pub mod cache;
 pub mod conformance;
 pub mod embedded;
+pub mod plan;
 
 pub use cache::CachedStore;
 pub use embedded::EmbeddedStore;
+pub use plan::{Columns, ReadPlan, Vectors};
 
 /// Errors of the online plane.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,17 @@ pub enum Error {
     /// Stored bytes could not be decoded.
     #[error(transparent)]
     Core(#[from] quiver_core::Error),
+    /// A read request is invalid (unknown feature, wrong key type, ragged columns…).
+    #[error("{0}")]
+    Request(String),
+    /// A read names something the registry does not have.
+    #[error(transparent)]
+    Registry(#[from] quiver_registry::Error),
+    /// An on-demand feature cannot be computed.
+    #[error(transparent)]
+    OnDemand(#[from] quiver_ondemand::Error),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
 }
 
 /// Result alias for the online plane.

@@ -23,6 +23,32 @@ pub struct RepoConfig {
     /// How online reads are served (the feature server and the `online` command).
     #[serde(default)]
     pub serving: ServingConfig,
+    /// Rules every write (ingest, push, stream) applies.
+    #[serde(default)]
+    pub writes: WritesConfig,
+}
+
+/// `writes:` in `quiver.yaml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritesConfig {
+    /// Rows whose event time is later than the writer's clock plus this are rejected
+    /// (default `5m`): online, newer wins, so one row stamped years ahead would hide
+    /// every real update of its key until that date.
+    #[serde(default = "default_max_future_skew")]
+    pub max_future_skew: Duration,
+}
+
+fn default_max_future_skew() -> Duration {
+    Duration::from_micros(5 * 60 * 1_000_000)
+}
+
+impl Default for WritesConfig {
+    fn default() -> Self {
+        WritesConfig {
+            max_future_skew: default_max_future_skew(),
+        }
+    }
 }
 
 fn default_registry() -> String {

@@ -61,6 +61,9 @@ pub enum Error {
     /// Something asked for is not in the registry.
     #[error("{0}")]
     NotFound(String),
+    /// A request to the registry is malformed (e.g. both features and a service).
+    #[error("{0}")]
+    Invalid(String),
     /// The registry file could not be read or written.
     #[error("registry {path}: {message}")]
     Storage { path: String, message: String },

@@ -150,6 +150,11 @@ pub struct MaterializationState {
     pub at: Timestamp,
     /// Rows written online by the last run.
     pub rows_written: u64,
+    /// The offline table version the last run read: the next incremental run also
+    /// reads every file committed after it (corrections and late rows, whatever their
+    /// event time).
+    #[serde(default)]
+    pub table_version: Option<u64>,
 }
 
 /// A registered feature view.
@@ -304,6 +309,37 @@ impl RegistryState {
             features: v.def.features.clone(),
             ttl: v.def.ttl,
         })
+    }
+
+    /// The feature references of a request: explicit ones (`view:feature`, `view:*`) or a
+    /// feature service's, not both, each at most once.
+    pub fn request_refs(
+        &self,
+        features: &[String],
+        service: Option<&str>,
+    ) -> Result<Vec<FeatureRef>> {
+        let refs = match (service, features.is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::Invalid(
+                    "give either features or a feature service, not both".into(),
+                ))
+            }
+            (Some(s), true) => self.service(s)?.features.clone(),
+            (None, false) => self.expand_refs(features)?,
+            (None, true) => {
+                return Err(Error::Invalid(
+                    "no features requested: give features (view:feature) or a feature service"
+                        .into(),
+                ))
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for r in &refs {
+            if !seen.insert(r) {
+                return Err(Error::Invalid(format!("feature {r} is requested twice")));
+            }
+        }
+        Ok(refs)
     }
 
     /// Checks feature references against the registry: each `view:feature` must be a

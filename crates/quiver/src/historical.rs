@@ -1,4 +1,4 @@
-//! Historical retrieval as a builder: `store.historical().entities(..).features(..).run()`.
+//! Historical retrieval as a builder: `store.historical().entities(..).features(..).await`.
 //!
 //! Features of feature views come from the point-in-time join of the offline store.
 //! Features of on-demand feature views are computed after it, by the same evaluator as
@@ -7,6 +7,8 @@
 //! request fields are read from the entity rows' columns of the same names.
 
 use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
@@ -19,8 +21,9 @@ use quiver_registry::state::OnDemandInputs;
 use crate::{Error, FeatureStore, Result};
 
 /// Builds a point-in-time-correct training set.
-pub struct HistoricalBuilder<'a> {
-    store: &'a FeatureStore,
+#[must_use = "a retrieval does nothing until awaited"]
+pub struct HistoricalBuilder {
+    store: FeatureStore,
     entities: Vec<RecordBatch>,
     features: Vec<String>,
     service: Option<String>,
@@ -28,8 +31,8 @@ pub struct HistoricalBuilder<'a> {
     timestamp_column: String,
 }
 
-impl<'a> HistoricalBuilder<'a> {
-    pub(crate) fn new(store: &'a FeatureStore) -> Self {
+impl HistoricalBuilder {
+    pub(crate) fn new(store: FeatureStore) -> Self {
         HistoricalBuilder {
             store,
             entities: Vec::new(),
@@ -74,9 +77,9 @@ impl<'a> HistoricalBuilder<'a> {
 
     /// Runs the retrieval: every entity row, in input order, followed by one column
     /// per requested feature, in the order requested.
-    pub fn run(self) -> Result<RecordBatch> {
+    async fn run(self) -> Result<RecordBatch> {
         let state = self.store.state()?;
-        let refs = resolve_refs(&state, &self.features, self.service.as_deref())?;
+        let refs = state.request_refs(&self.features, self.service.as_deref())?;
         let input_names: Vec<String> = self
             .entities
             .first()
@@ -150,77 +153,99 @@ impl<'a> HistoricalBuilder<'a> {
             timestamp_column: self.timestamp_column,
             views,
         };
-        let joined = self.store.offline()?.historical(&req)?;
-        let n_inputs = joined.num_columns() - fetched.len();
-        let column = |name: &str| -> ArrayRef {
-            joined
-                .column_by_name(name)
-                .cloned()
-                .expect("the join returns every requested column")
-        };
-
-        // On-demand features, over the whole training set.
-        let mut computed: HashMap<FeatureRef, ArrayRef> = HashMap::new();
-        for (inputs, compiled) in &odfvs {
-            let mut fields = Vec::new();
-            let mut columns = Vec::new();
-            for f in &inputs.request_fields {
-                let col = request_column(&joined, n_inputs, &inputs.def.name, &f.name, &f.dtype)?;
-                fields.push(Field::new(&f.name, col.data_type().clone(), true));
-                columns.push(col);
-            }
-            for d in &inputs.dependencies {
-                let (_, name) = fetched
-                    .iter()
-                    .find(|(r, _)| r == &d.feature)
-                    .expect("dependencies are fetched");
-                let col = column(name);
-                fields.push(Field::new(&d.column, col.data_type().clone(), true));
-                columns.push(col);
-            }
-            let batch = RecordBatch::try_new_with_options(
-                Arc::new(Schema::new(fields)),
-                columns,
-                &arrow::array::RecordBatchOptions::new().with_row_count(Some(joined.num_rows())),
-            )?;
-            let values = compiled.evaluate(&batch)?;
-            for (f, v) in inputs.def.features.iter().zip(values) {
-                computed.insert(
-                    FeatureRef {
-                        view: inputs.def.name.clone(),
-                        feature: f.name.clone(),
-                    },
-                    v,
-                );
-            }
-        }
-
-        // The entity rows' columns, then every requested feature in request order;
-        // dependencies fetched only for on-demand views are left out.
-        let schema = joined.schema();
-        let mut fields: Vec<Field> = schema.fields()[..n_inputs]
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        let mut columns: Vec<ArrayRef> = joined.columns()[..n_inputs].to_vec();
-        for (r, name) in refs.iter().zip(&out_names) {
-            let col = match computed.get(r) {
-                Some(c) => Arc::clone(c),
-                None => column(name),
-            };
-            fields.push(Field::new(name, col.data_type().clone(), true));
-            columns.push(col);
-        }
-        Ok(RecordBatch::try_new(
-            Arc::new(Schema::new(fields)),
-            columns,
-        )?)
+        let joined = self.store.offline().historical(req).await?;
+        // On-demand features over the whole training set: CPU work, off the runtime.
+        crate::store::blocking(move || assemble(joined, &refs, &out_names, &odfvs, &fetched)).await
     }
 }
 
+impl IntoFuture for HistoricalBuilder {
+    type Output = Result<RecordBatch>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// The training set from the join's output: the entity rows' columns, then every
+/// requested feature in request order (on-demand ones computed here); dependencies
+/// fetched only for on-demand views are left out.
+fn assemble(
+    joined: RecordBatch,
+    refs: &[FeatureRef],
+    out_names: &[String],
+    odfvs: &[(OnDemandInputs, quiver_ondemand::CompiledOdfv)],
+    fetched: &[(FeatureRef, String)],
+) -> Result<RecordBatch> {
+    let n_inputs = joined.num_columns() - fetched.len();
+    let column = |name: &str| -> ArrayRef {
+        joined
+            .column_by_name(name)
+            .cloned()
+            .expect("the join returns every requested column")
+    };
+
+    // On-demand features, over the whole training set.
+    let mut computed: HashMap<FeatureRef, ArrayRef> = HashMap::new();
+    for (inputs, compiled) in odfvs {
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for f in &inputs.request_fields {
+            let col = request_column(&joined, n_inputs, &inputs.def.name, &f.name, &f.dtype)?;
+            fields.push(Field::new(&f.name, col.data_type().clone(), true));
+            columns.push(col);
+        }
+        for d in &inputs.dependencies {
+            let (_, name) = fetched
+                .iter()
+                .find(|(r, _)| r == &d.feature)
+                .expect("dependencies are fetched");
+            let col = column(name);
+            fields.push(Field::new(&d.column, col.data_type().clone(), true));
+            columns.push(col);
+        }
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(joined.num_rows())),
+        )?;
+        let values = compiled.evaluate(&batch)?;
+        for (f, v) in inputs.def.features.iter().zip(values) {
+            computed.insert(
+                FeatureRef {
+                    view: inputs.def.name.clone(),
+                    feature: f.name.clone(),
+                },
+                v,
+            );
+        }
+    }
+
+    // The entity rows' columns, then every requested feature in request order;
+    // dependencies fetched only for on-demand views are left out.
+    let schema = joined.schema();
+    let mut fields: Vec<Field> = schema.fields()[..n_inputs]
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns: Vec<ArrayRef> = joined.columns()[..n_inputs].to_vec();
+    for (r, name) in refs.iter().zip(out_names) {
+        let col = match computed.get(r) {
+            Some(c) => Arc::clone(c),
+            None => column(name),
+        };
+        fields.push(Field::new(name, col.data_type().clone(), true));
+        columns.push(col);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// The entity rows' column for request field `field` of on-demand view `view`, as the
-/// field's declared type: the same type, or a number widened to it (an integer column
-/// for a float64 field, as CSV files give).
+/// field's declared type, by the one request coercion rule ([`DType::accepts_request`]).
 fn request_column(
     joined: &RecordBatch,
     n_inputs: usize,
@@ -252,11 +277,7 @@ fn request_column(
     }
     let have = DType::from_arrow(col.data_type());
     let fits = col.data_type() == &DataType::Null
-        || have.as_ref().is_some_and(|h| {
-            dtype.accepts(h)
-                || (matches!(dtype, DType::Float64 | DType::Float32)
-                    && matches!(h, DType::Int32 | DType::Int64))
-        });
+        || have.as_ref().is_some_and(|h| dtype.accepts_request(h));
     if !fits {
         return Err(Error::Invalid(format!(
             "on-demand feature view '{view}' reads request field '{field}' as {dtype}, but \
@@ -266,34 +287,15 @@ fn request_column(
             list()
         )));
     }
-    Ok(arrow::compute::cast(col, &want)?)
-}
-
-/// The feature references of a request: explicit ones or a service's, not both.
-pub(crate) fn resolve_refs(
-    state: &quiver_registry::RegistryState,
-    features: &[String],
-    service: Option<&str>,
-) -> Result<Vec<FeatureRef>> {
-    let refs = match (service, features.is_empty()) {
-        (Some(_), false) => {
-            return Err(Error::Invalid(
-                "give either features or a feature service, not both".into(),
-            ))
-        }
-        (Some(s), true) => state.service(s)?.features.clone(),
-        (None, false) => state.expand_refs(features)?,
-        (None, true) => {
-            return Err(Error::Invalid(
-                "no features requested: give features (view:feature) or a feature service".into(),
-            ))
-        }
+    // Checked: an integer that does not fit the declared type is an error, as online.
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
     };
-    let mut seen = std::collections::HashSet::new();
-    for r in &refs {
-        if !seen.insert(r) {
-            return Err(Error::Invalid(format!("feature {r} is requested twice")));
-        }
-    }
-    Ok(refs)
+    arrow::compute::cast_with_options(col, &want, &options).map_err(|e| {
+        Error::Invalid(format!(
+            "on-demand feature view '{view}': column '{field}' of the entity rows does not \
+             fit request field '{field}' ({dtype}): {e}"
+        ))
+    })
 }

@@ -1,4 +1,5 @@
 //! Reading and writing tables (Parquet or CSV by extension) for the CLI and the API.
+//! These are blocking calls: from async code run them in [`crate::blocking`].
 
 use std::path::Path;
 
@@ -48,7 +49,6 @@ pub fn read_entities(
     if format != FileFormat::Csv {
         return read_table(path);
     }
-    let inferred = quiver_offline::files::read_schema(path, format)?;
     let mut overrides = vec![(
         timestamp_column.to_string(),
         arrow::datatypes::DataType::Utf8,
@@ -78,7 +78,9 @@ pub fn read_entities(
             }
         }
     }
-    let schema = quiver_offline::files::csv_schema_with(&inferred, &overrides);
-    let batches = quiver_offline::files::read_file(path, format, Some(schema.clone()))?;
-    Ok(concat_batches(&schema, &batches)?)
+    let batches = crate::write::read_typed(path, format, &overrides)?;
+    match batches.first() {
+        Some(b) => Ok(concat_batches(&b.schema(), &batches)?),
+        None => read_table(path),
+    }
 }

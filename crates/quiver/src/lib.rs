@@ -1,33 +1,41 @@
-//! quiver: a feature store. This crate is the facade over the planes — the
-//! [`FeatureStore`] a user opens on a repository — and the `quiver` command line.
+//! quiver: a feature store. This crate is the library facade over the planes — the
+//! [`FeatureStore`] a user opens on a repository — with every operation as an async
+//! builder (`IntoFuture`, as delta-rs's operations). It links neither the feature server
+//! (`quiver-server`) nor the command line (`quiver-cli`).
 //!
 //! ```no_run
-//! # fn main() -> quiver::Result<()> {
+//! # async fn demo() -> quiver::Result<()> {
 //! let store = quiver::FeatureStore::open("driver_repo")?;
-//! store.apply()?;
-//! store.ingest(&[])?;
+//! store.apply().await?;
+//! store.ingest().await?;
 //! let entities = quiver::io::read_table("driver_repo/data/entities.parquet")?;
 //! let training = store
 //!     .historical()
 //!     .entities(entities)
 //!     .service("driver_activity_v1")
-//!     .run()?;
+//!     .await?;
 //! # Ok(()) }
 //! ```
 
-pub mod cli_views;
-pub mod demo;
 pub mod error;
 pub mod historical;
+pub mod ingest;
 pub mod io;
 pub mod materialize;
 pub mod online;
-pub mod server;
+pub mod snapshot;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod write;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use historical::HistoricalBuilder;
-pub use materialize::MaterializeStats;
-pub use online::{OnlineBuilder, OnlineResult};
+pub use ingest::IngestBuilder;
+pub use materialize::{MaterializeBuilder, MaterializeStats};
+pub use online::{OnlineBuilder, OnlineResult, OnlineRow};
 pub use quiver_core::{DType, Duration, FeatureStatus, Timestamp, Value};
-pub use store::FeatureStore;
+pub use quiver_online::{Columns, ReadPlan, Vectors};
+pub use snapshot::Snapshot;
+pub use store::{blocking, FeatureStore};
+pub use write::{NoProgress, Progress};

@@ -1,27 +1,71 @@
 //! [`FeatureStore`]: a repository opened for use.
+//!
+//! An opened store keeps what every call needs and reuses it: the registry snapshot (with
+//! the read plans compiled from it, see [`Snapshot`]), the offline store and one online
+//! store connection (a Redis connection set, or the LMDB environment), opened on first
+//! use. It notices a new `apply` — through itself at once, from another process within
+//! [`REGISTRY_RECHECK`] — and serves the previous snapshot while a new one is invalid.
+//!
+//! Everything that does I/O is `async`. Blocking work (reading and decoding source
+//! files, sorting, registry writes with their fsync) runs on tokio's blocking pool
+//! ([`blocking`]), never on a runtime worker.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
 
-use arrow::datatypes::DataType;
-use quiver_core::model::{FileFormat, ResolvedView, Source};
+use quiver_core::model::Source;
 use quiver_core::time::now;
-use quiver_offline::files;
-use quiver_offline::normalize::{key_arrow_type, normalize_batch, Origin};
-use quiver_offline::{IngestStats, OfflineStore};
-use quiver_online::{EmbeddedStore, OnlineStore};
+use quiver_offline::{files, OfflineStore};
+use quiver_online::OnlineStore;
 use quiver_registry::config::{OfflineStoreConfig, OnlineStoreConfig};
 use quiver_registry::{
     Definitions, Plan, Registry, RegistryState, RepoConfig, SourceSchema, SourceSchemas,
 };
+use tokio::sync::OnceCell;
 
+use crate::snapshot::Snapshot;
 use crate::{Error, Result};
 
-/// A feature repository opened for use: its configuration, registry and stores.
+/// How long a registry snapshot is used before the registry file is looked at again
+/// (one `stat`): the longest an `apply` by another process goes unnoticed.
+pub const REGISTRY_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A feature repository opened for use. Cheap to clone: clones share the snapshot and
+/// the store connections.
+#[derive(Clone)]
 pub struct FeatureStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     repo: PathBuf,
     config: RepoConfig,
     registry: Registry,
+    offline: OfflineStore,
+    online: OnceCell<Arc<dyn OnlineStore>>,
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    /// When the registry file was last looked at, in µs since `epoch`.
+    checked: AtomicU64,
+    epoch: Instant,
+}
+
+/// What identifies one version of the registry file.
+pub(crate) type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp_of(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Runs blocking work (file I/O, decoding, sorting, fsync) on tokio's blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("a blocking task failed: {e}")))?
 }
 
 /// Reads source schemas relative to a repository.
@@ -39,58 +83,133 @@ impl SourceSchemas for RepoSources<'_> {
         let schema = files::read_schema(first, format).map_err(|e| e.to_string())?;
         Ok(SourceSchema {
             schema,
-            typed: format == FileFormat::Parquet,
+            typed: format == quiver_core::model::FileFormat::Parquet,
         })
     }
 }
 
 impl FeatureStore {
-    /// Opens the repository at `repo` (a directory with `quiver.yaml`).
+    /// Opens the repository at `repo` (a directory with `quiver.yaml`). Reads only
+    /// `quiver.yaml`; the registry and the stores are opened on first use.
     pub fn open(repo: impl AsRef<Path>) -> Result<Self> {
         let repo = repo.as_ref().to_path_buf();
         let config = RepoConfig::load(&repo)?;
         let registry = Registry::new(repo.join(&config.registry));
+        let OfflineStoreConfig::Delta { path } = &config.offline_store;
+        let offline = OfflineStore::open(repo.join(path))?;
         Ok(FeatureStore {
-            repo,
-            config,
-            registry,
+            inner: Arc::new(Inner {
+                repo,
+                config,
+                registry,
+                offline,
+                online: OnceCell::new(),
+                snapshot: RwLock::new(None),
+                checked: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
         })
     }
 
     /// The repository directory.
     pub fn repo(&self) -> &Path {
-        &self.repo
+        &self.inner.repo
     }
 
     /// The repository configuration.
     pub fn config(&self) -> &RepoConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// The project name.
     pub fn project(&self) -> &str {
-        &self.config.project
+        &self.inner.config.project
     }
 
     /// The registry.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.inner.registry
+    }
+
+    /// The offline store.
+    pub fn offline(&self) -> &OfflineStore {
+        &self.inner.offline
+    }
+
+    fn registry_file(&self) -> PathBuf {
+        self.inner.registry.path().join("registry.json")
+    }
+
+    fn since_epoch(&self) -> u64 {
+        self.inner.epoch.elapsed().as_micros() as u64 + 1
+    }
+
+    /// The registry as currently applied, with its compiled read plans. Looks at the
+    /// registry file at most every [`REGISTRY_RECHECK`]; when it changed and no longer
+    /// loads, the previous snapshot stays in use.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        let current = self.inner.snapshot.read().expect("not poisoned").clone();
+        if let Some(s) = &current {
+            let last = self.inner.checked.load(Ordering::Relaxed);
+            if self.since_epoch().saturating_sub(last) < REGISTRY_RECHECK.as_micros() as u64 {
+                return Ok(s.clone());
+            }
+        }
+        match self.reload(current.as_ref()) {
+            Ok(s) => Ok(s),
+            Err(e) => match current {
+                Some(s) => {
+                    tracing::warn!(error = %e, "the registry changed but does not load; \
+                                                 keeping the previous one");
+                    Ok(s)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Loads the registry again if its file changed; returns whether it did.
+    pub fn refresh(&self) -> Result<bool> {
+        let current = self.inner.snapshot.read().expect("not poisoned").clone();
+        let next = self.reload(current.as_ref())?;
+        Ok(current.is_none_or(|c| !Arc::ptr_eq(&c, &next)))
+    }
+
+    fn reload(&self, current: Option<&Arc<Snapshot>>) -> Result<Arc<Snapshot>> {
+        let stamp = stamp_of(&self.registry_file());
+        self.inner
+            .checked
+            .store(self.since_epoch(), Ordering::Relaxed);
+        if let Some(c) = current {
+            if c.stamp == stamp {
+                return Ok(c.clone());
+            }
+        }
+        let state = self.inner.registry.load_required()?;
+        let next = Arc::new(Snapshot::new(state, stamp));
+        *self.inner.snapshot.write().expect("not poisoned") = Some(next.clone());
+        Ok(next)
     }
 
     /// The registered state (after `apply`).
-    pub fn state(&self) -> Result<RegistryState> {
-        Ok(self.registry.load_required()?)
+    pub fn state(&self) -> Result<Arc<RegistryState>> {
+        Ok(self.snapshot()?.state.clone())
     }
 
     /// Validates the repository's definitions and computes what `apply` would change,
     /// with the state it would write.
-    pub fn plan(&self) -> Result<(Plan, RegistryState)> {
-        let defs = Definitions::load(&self.repo, &self.config)?;
-        let previous = self.registry.load()?;
+    pub async fn plan(&self) -> Result<(Plan, RegistryState)> {
+        let this = self.clone();
+        blocking(move || this.plan_blocking()).await
+    }
+
+    fn plan_blocking(&self) -> Result<(Plan, RegistryState)> {
+        let defs = Definitions::load(self.repo(), self.config())?;
+        let previous = self.inner.registry.load()?;
         let next = quiver_registry::resolve(
-            &self.config.project,
+            self.project(),
             &defs,
-            &RepoSources { repo: &self.repo },
+            &RepoSources { repo: self.repo() },
             previous.as_ref(),
             now(),
         )?;
@@ -99,37 +218,58 @@ impl FeatureStore {
 
     /// Validates everything, then writes the registry atomically. Nothing is written
     /// when any definition is invalid.
-    pub fn apply(&self) -> Result<Plan> {
-        let _lock = self.registry.lock()?;
-        let (plan, next) = self.plan()?;
-        if !plan.is_empty() {
-            self.registry.save(&next)?;
-        }
+    pub async fn apply(&self) -> Result<Plan> {
+        let this = self.clone();
+        let plan = blocking(move || {
+            let _lock = this.inner.registry.lock()?;
+            let (plan, next) = this.plan_blocking()?;
+            if !plan.is_empty() {
+                this.inner.registry.save(&next)?;
+            }
+            Ok(plan)
+        })
+        .await?;
+        self.refresh()?;
         Ok(plan)
     }
 
     /// Applies a change to the stored registry under its lock.
-    pub(crate) fn update_state(&self, f: impl FnOnce(&mut RegistryState)) -> Result<()> {
-        let _lock = self.registry.lock()?;
-        let mut state = self.registry.load_required()?;
-        f(&mut state);
-        self.registry.save(&state)?;
+    pub(crate) async fn update_state(
+        &self,
+        f: impl FnOnce(&mut RegistryState) + Send + 'static,
+    ) -> Result<()> {
+        let this = self.clone();
+        blocking(move || {
+            let _lock = this.inner.registry.lock()?;
+            let mut state = this.inner.registry.load_required()?;
+            f(&mut state);
+            this.inner.registry.save(&state)?;
+            Ok(())
+        })
+        .await?;
+        self.refresh()?;
         Ok(())
     }
 
-    /// The offline store.
-    pub fn offline(&self) -> Result<OfflineStore> {
-        let OfflineStoreConfig::Delta { path } = &self.config.offline_store;
-        Ok(OfflineStore::open(self.repo.join(path))?)
+    /// The online store, connected on first use and shared by every later call (and
+    /// every clone of this store), with the hot-key cache in front when
+    /// `serving.cache_ttl` is set. Network backends connect on the runtime of the first
+    /// call.
+    pub async fn online(&self) -> Result<Arc<dyn OnlineStore>> {
+        let store = self
+            .inner
+            .online
+            .get_or_try_init(|| async { self.connect_online().await })
+            .await?;
+        Ok(store.clone())
     }
 
-    /// The online store, opened from async code (network backends connect here, and
-    /// their connections live on the runtime that opened them), with the hot-key cache
-    /// in front when `serving.cache_ttl` is set.
-    pub async fn online_async(&self) -> Result<Arc<dyn OnlineStore>> {
-        let store: Arc<dyn OnlineStore> = match &self.config.online_store {
+    async fn connect_online(&self) -> Result<Arc<dyn OnlineStore>> {
+        let store: Arc<dyn OnlineStore> = match &self.config().online_store {
             OnlineStoreConfig::Embedded { path } => {
-                Arc::new(EmbeddedStore::open(&self.repo.join(path))?)
+                let path = self.repo().join(path);
+                let s = blocking(move || Ok(quiver_online::EmbeddedStore::open(&path)?)).await?;
+                Arc::new(s)
             }
             OnlineStoreConfig::Redis {
                 url,
@@ -144,112 +284,46 @@ impl FeatureStore {
                 Arc::new(quiver_redis::RedisStore::connect(&cfg).await?)
             }
         };
-        Ok(match self.config.serving.cache_ttl {
+        Ok(match self.config().serving.cache_ttl {
             Some(ttl) if !ttl.is_zero() => Arc::new(quiver_online::CachedStore::new(
                 store,
                 std::time::Duration::from_micros(ttl.micros() as u64),
-                self.config.serving.cache_max_bytes,
+                self.config().serving.cache_max_bytes,
             )),
             _ => store,
         })
     }
 
-    /// The resolved view `name`.
-    pub fn view(&self, state: &RegistryState, name: &str) -> Result<ResolvedView> {
-        Ok(state.resolved_view(name)?)
-    }
-
-    /// Loads the batch sources of `views` (all views with an offline store when empty)
-    /// into the offline store. Each view's source is read and validated completely
-    /// before anything is written; re-running leaves one copy of each row.
-    pub fn ingest(&self, views: &[String]) -> Result<Vec<(String, IngestStats)>> {
-        let state = self.state()?;
-        let names: Vec<String> = if views.is_empty() {
-            state
-                .feature_views
-                .values()
-                .filter(|v| v.def.offline || v.def.online)
-                .map(|v| v.def.name.clone())
-                .collect()
-        } else {
-            for v in views {
-                state.view(v)?;
-            }
-            views.to_vec()
-        };
-        let offline = self.offline()?;
-        let mut out = Vec::new();
-        for name in names {
-            let view = state.resolved_view(&name)?;
-            let record = state.view(&name)?;
-            let Source::File(src) = &state.source(&record.def.source)?.def;
-            let path = self.repo.join(&src.path);
-            let mut batches = Vec::new();
-            for file in files::expand(&path)? {
-                let format = files::format_of(&file, src.format)?;
-                let csv_schema = match format {
-                    FileFormat::Parquet => None,
-                    FileFormat::Csv => {
-                        let inferred = files::read_schema(&file, format)?;
-                        let mut overrides: Vec<(String, DataType)> = view
-                            .join_keys
-                            .iter()
-                            .map(|k| (k.name.clone(), key_arrow_type(&k.dtype)))
-                            .collect();
-                        overrides.extend(
-                            view.features
-                                .iter()
-                                .map(|f| (f.name.clone(), f.dtype.to_arrow())),
-                        );
-                        overrides.push((src.timestamp_field.clone(), DataType::Utf8));
-                        if let Some(c) = &src.created_timestamp_field {
-                            overrides.push((c.clone(), DataType::Utf8));
-                        }
-                        Some(files::csv_schema_with(&inferred, &overrides))
-                    }
-                };
-                let display = file
-                    .strip_prefix(&self.repo)
-                    .unwrap_or(&file)
-                    .display()
-                    .to_string();
-                let mut first_row = 1;
-                for b in files::read_file(&file, format, csv_schema)? {
-                    let origin = Origin {
-                        file: &display,
-                        first_row,
-                    };
-                    batches.push(normalize_batch(
-                        &b,
-                        &view,
-                        &src.timestamp_field,
-                        src.created_timestamp_field.as_deref(),
-                        &origin,
-                    )?);
-                    first_row += b.num_rows();
-                }
-            }
-            let stats = offline.ingest(&view, batches)?;
-            if let Some(max) = stats.max_event_ts {
-                self.update_state(|s| {
-                    if let Some(v) = s.feature_views.get_mut(&name) {
-                        v.ingested_until = Some(v.ingested_until.map_or(max, |m| m.max(max)));
-                    }
-                })?;
-            }
-            out.push((name, stats));
-        }
-        Ok(out)
+    /// Starts loading batch sources into the offline store.
+    pub fn ingest(&self) -> crate::IngestBuilder {
+        crate::IngestBuilder::new(self.clone())
     }
 
     /// Starts a historical retrieval.
-    pub fn historical(&self) -> crate::HistoricalBuilder<'_> {
-        crate::HistoricalBuilder::new(self)
+    pub fn historical(&self) -> crate::HistoricalBuilder {
+        crate::HistoricalBuilder::new(self.clone())
+    }
+
+    /// Starts a materialization of `[start, end)`.
+    pub fn materialize(
+        &self,
+        start: quiver_core::Timestamp,
+        end: quiver_core::Timestamp,
+    ) -> crate::MaterializeBuilder {
+        crate::MaterializeBuilder::new(self.clone(), Some(start), end)
+    }
+
+    /// Starts a materialization up to `end`, each view from where its last run ended.
+    pub fn materialize_incremental(
+        &self,
+        end: quiver_core::Timestamp,
+    ) -> crate::MaterializeBuilder {
+        crate::MaterializeBuilder::new(self.clone(), None, end)
     }
 
     /// Starts an online read.
-    pub fn online_features(&self) -> crate::OnlineBuilder<'_> {
-        crate::OnlineBuilder::new(self)
+    pub fn online_features(&self) -> crate::OnlineBuilder {
+        crate::OnlineBuilder::new(self.clone())
     }
 
     /// Errors when `views` names a view that does not exist.
@@ -258,11 +332,5 @@ impl FeatureStore {
             state.view(v)?;
         }
         Ok(())
-    }
-}
-
-impl From<&str> for Error {
-    fn from(s: &str) -> Self {
-        Error::Invalid(s.to_string())
     }
 }

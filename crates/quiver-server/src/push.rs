@@ -1,19 +1,21 @@
-//! `POST /push` / gRPC `Push`: rows for a feature view, validated as an ingest validates
-//! a file (types, null keys, unparsable times, with the row and column named), then
+//! `POST /push` / gRPC `Push`: rows for a feature view, turned into Arrow columns and
+//! handed to the one write path ([`quiver::write`]): validated as an ingest validates a
+//! file (types, null keys, unparsable times, with the row and column named), then
 //! written with the same conditional newer-wins write as materialization (online) and
-//! the same merge as an ingest (offline).
+//! the same merge as an ingest (offline), on the server's runtime.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
+use quiver::write::{self, Input, Targets};
 use quiver_core::value::values_to_array;
 use quiver_core::{DType, Value};
-use quiver_offline::normalize::{key_arrow_type, normalize_batch, Origin};
+use quiver_offline::normalize::{key_arrow_type, Origin};
+use quiver_online::Columns;
 
-use super::api::{self, pb};
-use super::core::{ApiError, ServerState};
-use crate::online::Columns;
+use crate::api::{self, pb};
+use crate::core::{ApiError, ServerState};
 
 /// Largest number of rows one push may carry.
 pub const MAX_PUSH_ROWS: usize = 100_000;
@@ -27,16 +29,17 @@ enum Target {
 
 impl ServerState {
     /// Serves one `Push` request.
+    #[tracing::instrument(level = "debug", skip_all, fields(view = %req.feature_view, to = %req.to))]
     pub async fn push(&self, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot()?;
         let state = &snapshot.state;
-        let record = state.view(&req.feature_view).map_err(crate::Error::from)?;
+        let record = state.view(&req.feature_view).map_err(quiver::Error::from)?;
         let view = state
             .resolved_view(&req.feature_view)
-            .map_err(crate::Error::from)?;
+            .map_err(quiver::Error::from)?;
         let source = state
             .source(&record.def.source)
-            .map_err(crate::Error::from)?;
+            .map_err(quiver::Error::from)?;
         let target = match req.to.as_str() {
             "" | "online" => Target::Online,
             "offline" => Target::Offline,
@@ -140,42 +143,32 @@ impl ServerState {
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let origin = Origin {
-            file: "push request",
-            first_row: 0,
+        let input = Input {
+            timestamp_field: &ts_name,
+            created_field: created_name.as_deref(),
+            origin: Origin {
+                file: "push request",
+                first_row: 0,
+            },
+            not_after: Input::not_after(self.store.config(), self.clock.now()),
         };
-        let batch = normalize_batch(&batch, &view, &ts_name, created_name.as_deref(), &origin)
-            .map_err(crate::Error::from)?;
+        let batch = write::validate(&view, &batch, &input)?;
         let rows = batch.num_rows() as u64;
-        let mut resp = pb::PushResponse {
-            rows,
-            ..Default::default()
+        let targets = Targets {
+            online: target != Target::Offline,
+            offline: target != Target::Online,
         };
-        if target != Target::Online {
-            // The offline store drives its own runtime: run it on a plain thread.
-            let offline = self.store.offline()?;
-            let (view2, batch2) = (view.clone(), batch.clone());
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(offline.ingest(&view2, vec![batch2]));
-            });
-            let stats = rx
-                .await
-                .map_err(|_| ApiError::internal("offline write stopped"))?
-                .map_err(crate::Error::from)?;
-            resp.written_offline = stats.rows_in;
-        }
-        if target != Target::Offline {
-            let stats = crate::materialize::write_latest(
-                &view,
-                std::slice::from_ref(&batch),
-                self.online.as_ref(),
-                false,
-            )
-            .await?;
-            resp.written_online = stats.written;
-            resp.skipped_online = rows - stats.written;
-        }
+        let stats = write::write(&self.store, &view, vec![batch], targets).await?;
+        let resp = pb::PushResponse {
+            rows,
+            written_online: stats.online_written,
+            skipped_online: if targets.online {
+                rows - stats.online_written
+            } else {
+                0
+            },
+            written_offline: stats.offline.map_or(0, |o| o.rows_in),
+        };
         Ok(resp)
     }
 }

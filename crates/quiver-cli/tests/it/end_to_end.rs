@@ -1,6 +1,7 @@
 //! The demo repository end to end through the command line and the API: init, apply,
 //! ingest, historical, materialize, online — and online/offline parity.
 
+use quiver::testing::Block;
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, Int64Array};
@@ -77,7 +78,7 @@ fn demo_runs_end_to_end_with_parity() {
         .historical()
         .entities(quiver::io::read_table(&entities).unwrap())
         .service("ride_ranking_v2")
-        .run()
+        .block()
         .unwrap();
     assert_eq!(v2.num_rows(), 10_000);
     let conv = v2
@@ -121,7 +122,7 @@ fn demo_runs_end_to_end_with_parity() {
             ("customer_id".to_string(), Value::Int64(*c)),
         ]));
     }
-    let online = online.get().unwrap();
+    let online = online.block().unwrap();
     assert_eq!(
         online.feature_service,
         Some(("ride_ranking_v1".to_string(), 1))
@@ -143,7 +144,7 @@ fn demo_runs_end_to_end_with_parity() {
         .historical()
         .entities(labels)
         .service("ride_ranking_v1")
-        .run()
+        .block()
         .unwrap();
     let conv = offline
         .column_by_name("conv_rate")

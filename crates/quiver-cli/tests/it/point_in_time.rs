@@ -3,6 +3,7 @@
 //! labels exactly on feature timestamps, duplicate labels, unknown entities, null
 //! feature values, a composite-key view, and several views in one request.
 
+use quiver::testing::Block;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
@@ -120,8 +121,8 @@ proptest! {
             ("y", Arc::new(Float64Array::from_iter_values(b.iter().map(|r| r.y)))),
         ]);
         let store = repo.store();
-        store.apply().unwrap();
-        store.ingest(&[]).unwrap();
+        store.apply().block().unwrap();
+        store.ingest().block().unwrap();
         let entity_rows = batch(vec![
             ("user_id", Arc::new(Int64Array::from_iter_values(labels.iter().map(|l| l.0)))),
             ("item", Arc::new(StringArray::from_iter_values(labels.iter().map(|l| ITEMS[l.1])))),
@@ -133,7 +134,7 @@ proptest! {
             .entities(entity_rows)
             .features(["va:x", "va:n", "vb:y"])
             .full_names(true)
-            .run()
+            .block()
             .unwrap();
         prop_assert_eq!(out.num_rows(), labels.len());
         let label = out.column_by_name("label").unwrap().as_primitive::<Int64Type>();
@@ -196,8 +197,8 @@ fn name_collisions_need_full_names() {
         ],
     );
     let store = repo.store();
-    store.apply().unwrap();
-    store.ingest(&[]).unwrap();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
     let rows = || {
         batch(vec![
             ("user_id", Arc::new(Int64Array::from(vec![1]))),
@@ -209,7 +210,7 @@ fn name_collisions_need_full_names() {
         .historical()
         .entities(rows())
         .features(["va:x", "vb:x"])
-        .run()
+        .block()
         .unwrap_err();
     assert!(e.to_string().contains("full feature names"), "{e}");
     let out = store
@@ -217,7 +218,7 @@ fn name_collisions_need_full_names() {
         .entities(rows())
         .features(["va:x", "vb:x"])
         .full_names(true)
-        .run()
+        .block()
         .unwrap();
     assert_eq!(
         out.column_by_name("vb__x")
@@ -235,7 +236,7 @@ fn name_collisions_need_full_names() {
         .historical()
         .entities(no_item)
         .features(["vb:x"])
-        .run()
+        .block()
         .unwrap_err();
     assert!(e.to_string().contains("no column 'item'"), "{e}");
     let _ = out.column(0).len();
@@ -267,8 +268,8 @@ fn entity_with_two_join_keys_through_csv_in_and_out() {
          3,ams,2024-01-01T10:00:00Z,e\n",
     );
     let store = repo.store();
-    store.apply().unwrap();
-    store.ingest(&[]).unwrap();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
     let labels = repo.file("data/labels.csv");
     let out = repo.file("data/out.csv");
     let (ok, _, err) = crate::common::cli(

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -13,27 +13,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use super::core::{ApiError, ServerState};
-use super::metrics::{EndpointLabels, RequestLabels};
-
-impl ApiError {
-    fn status(&self) -> StatusCode {
-        match self.code {
-            "INVALID_ARGUMENT" => StatusCode::BAD_REQUEST,
-            "NOT_FOUND" => StatusCode::NOT_FOUND,
-            "PAYLOAD_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
-            "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
-            "METHOD_NOT_ALLOWED" => StatusCode::METHOD_NOT_ALLOWED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
+use crate::core::{ApiCode, ApiError, ServerState};
+use crate::metrics::{EndpointLabels, RequestLabels};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"code": self.code, "message": self.message});
+        let body = json!({"code": self.code.as_str(), "message": self.message});
         (
-            self.status(),
+            self.code.http_status(),
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
@@ -124,7 +111,10 @@ async fn registry_list(
     State(state): State<Arc<ServerState>>,
     Path(kind): Path<String>,
 ) -> Response {
-    let snap = state.snapshot();
+    let snap = match state.snapshot() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let s = &snap.state;
     let v = match kind.as_str() {
         "entities" => serde_json::to_value(s.entities.values().collect::<Vec<_>>()),
@@ -149,7 +139,10 @@ async fn registry_get(
     State(state): State<Arc<ServerState>>,
     Path((kind, name)): Path<(String, String)>,
 ) -> Response {
-    let snap = state.snapshot();
+    let snap = match state.snapshot() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let s = &snap.state;
     let found = match kind.as_str() {
         "entities" => s.entities.get(&name).map(serde_json::to_value),
@@ -172,10 +165,10 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    ApiError {
-        code: "METHOD_NOT_ALLOWED",
-        message: "this endpoint does not take that method (queries are POST, the rest GET)".into(),
-    }
+    ApiError::new(
+        ApiCode::MethodNotAllowed,
+        "this endpoint does not take that method (queries are POST, the rest GET)",
+    )
     .into_response()
 }
 

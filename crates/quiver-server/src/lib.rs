@@ -1,7 +1,10 @@
-//! The feature server (DESIGN §6): HTTP JSON (axum) and gRPC (tonic) over one core.
+//! The feature server (DESIGN §6): HTTP JSON (axum) and gRPC (tonic) over one core,
+//! serving a [`quiver::FeatureStore`]: its registry snapshot, read plans and online store
+//! connection. `quiver serve` (in `quiver-cli`) runs it; the proto in `proto/` defines
+//! both APIs' messages.
 //!
 //! * `POST /get-online-features` and gRPC `GetOnlineFeatures`: feature vectors with a
-//!   status per feature, in request order, from a compiled [`ReadPlan`](crate::online::ReadPlan)
+//!   status per feature, in request order, from a compiled [`ReadPlan`](quiver_online::ReadPlan)
 //!   per feature service.
 //! * `POST /push` and gRPC `Push`: rows for a feature view, validated like an ingest and
 //!   written with the conditional newer-wins write, online and/or offline.
@@ -23,4 +26,4 @@ mod http;
 mod metrics;
 mod push;
 
-pub use self::core::{ApiError, ServeOptions, Server, ServerState};
+pub use self::core::{ApiCode, ApiError, ServeOptions, Server, ServerState};

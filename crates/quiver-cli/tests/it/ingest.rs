@@ -1,6 +1,7 @@
 //! Ingest: validation with row and column named, nothing written on error, and re-runs
 //! leave one copy of each row.
 
+use quiver::testing::Block;
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, StringArray};
@@ -47,7 +48,7 @@ fn repo_with(
 fn stored_rows(r: &Repo) -> u64 {
     let store = r.store();
     let view = store.state().unwrap().resolved_view("stats").unwrap();
-    store.offline().unwrap().row_count(&view).unwrap()
+    store.offline().row_count(&view).block().unwrap()
 }
 
 #[test]
@@ -60,13 +61,13 @@ fn reingest_keeps_one_copy_and_later_values_win() {
         vec![Some(1.0), Some(2.0), Some(3.0), None],
     );
     let store = r.store();
-    store.apply().unwrap();
-    let first = store.ingest(&[]).unwrap();
+    store.apply().block().unwrap();
+    let first = store.ingest().block().unwrap();
     assert_eq!(first[0].1.rows_in, 4);
     assert_eq!(first[0].1.rows_stored, 4);
     assert_eq!(first[0].1.partitions, 2);
     for _ in 0..2 {
-        let again = store.ingest(&[]).unwrap();
+        let again = store.ingest().block().unwrap();
         assert_eq!(again[0].1.rows_replaced, 4, "{:?}", again);
         assert_eq!(stored_rows(&r), 4);
     }
@@ -80,7 +81,7 @@ fn reingest_keeps_one_copy_and_later_values_win() {
             ("score", Arc::new(Float64Array::from(vec![30.0]))),
         ],
     );
-    store.ingest(&["stats".to_string()]).unwrap();
+    store.ingest().views(["stats"]).block().unwrap();
     assert_eq!(stored_rows(&r), 4);
     let labels = crate::common::batch(vec![
         ("user_id", Arc::new(Int64Array::from(vec![2, 1]))),
@@ -90,7 +91,7 @@ fn reingest_keeps_one_copy_and_later_values_win() {
         .historical()
         .entities(labels)
         .features(["stats:score"])
-        .run()
+        .block()
         .unwrap();
     let score = out
         .column_by_name("score")
@@ -108,11 +109,11 @@ fn reingest_keeps_one_copy_and_later_values_win() {
 
 fn ingest_err(r: &Repo) -> String {
     let store = r.store();
-    store.apply().unwrap();
-    let e = store.ingest(&[]).unwrap_err().to_string();
+    store.apply().block().unwrap();
+    let e = store.ingest().block().unwrap_err().to_string();
     let view = store.state().unwrap().resolved_view("stats").unwrap();
     assert!(
-        !store.offline().unwrap().exists(&view) || stored_rows(r) == 0,
+        !store.offline().exists(&view) || stored_rows(r) == 0,
         "nothing may be written"
     );
     e
@@ -129,6 +130,23 @@ fn null_keys_are_rejected_with_row_and_column() {
     let e = ingest_err(&r);
     assert!(
         e.contains("data/src.parquet: row 2, column 'user_id': join key is null"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rows_stamped_beyond_the_clock_are_rejected_with_row_and_column() {
+    let day = 86_400_000_000;
+    let now = quiver_core::time::now();
+    let r = repo_with(
+        vec![Some(1), Some(2)],
+        vec![now - day, now + day],
+        vec![None, None],
+        vec![Some(1.0), Some(2.0)],
+    );
+    let e = ingest_err(&r);
+    assert!(
+        e.contains("data/src.parquet: row 2, column 'event_time'") && e.contains("max_future_skew"),
         "{e}"
     );
 }
@@ -162,7 +180,7 @@ fn wrong_types_in_csv_are_rejected() {
 #[test]
 fn source_changed_to_wrong_type_after_apply_is_rejected() {
     let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     r.parquet(
         "data/src.parquet",
         vec![
@@ -172,7 +190,7 @@ fn source_changed_to_wrong_type_after_apply_is_rejected() {
             ("score", Arc::new(StringArray::from(vec!["x"]))),
         ],
     );
-    let e = r.store().ingest(&[]).unwrap_err().to_string();
+    let e = r.store().ingest().block().unwrap_err().to_string();
     assert!(
         e.contains("column 'score' has type Utf8 but the feature is declared float64"),
         "{e}"
@@ -182,7 +200,7 @@ fn source_changed_to_wrong_type_after_apply_is_rejected() {
 #[test]
 fn corrupt_source_file_is_named() {
     let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     std::fs::write(r.file("data/src.parquet"), b"PAR1 this is not parquet").unwrap();
     let (ok, _, err) = cli(r.path(), &["ingest"]);
     assert!(!ok);
@@ -192,10 +210,12 @@ fn corrupt_source_file_is_named() {
 #[test]
 fn unknown_view_is_an_error() {
     let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     let e = r
         .store()
-        .ingest(&["stat".to_string()])
+        .ingest()
+        .views(["stat"])
+        .block()
         .unwrap_err()
         .to_string();
     assert!(

@@ -1,77 +1,128 @@
 //! The server's shared state and request handling, used by both HTTP and gRPC.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
+use quiver::{Error, ErrorKind, FeatureStore, Snapshot};
 use quiver_core::time::{Clock, SystemClock};
 use quiver_core::Value;
-use quiver_online::OnlineStore;
-use quiver_registry::RegistryState;
+use quiver_online::{Columns, OnlineStore, ReadPlan};
 
-use super::api::{self, pb};
-use super::metrics::Metrics;
-use crate::online::{Columns, ReadPlan};
-use crate::{Error, FeatureStore};
+use crate::api::{self, pb};
+use crate::metrics::Metrics;
+
+/// What kind of error a request gets: mapped once to an HTTP status
+/// ([`http_status`](Self::http_status)) and a gRPC code ([`grpc_code`](Self::grpc_code)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ApiCode {
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    MethodNotAllowed,
+    Unavailable,
+    Internal,
+}
+
+impl ApiCode {
+    /// The code's name in JSON error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiCode::InvalidArgument => "INVALID_ARGUMENT",
+            ApiCode::NotFound => "NOT_FOUND",
+            ApiCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ApiCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiCode::Unavailable => "UNAVAILABLE",
+            ApiCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status answered.
+    pub fn http_status(self) -> axum::http::StatusCode {
+        use axum::http::StatusCode as S;
+        match self {
+            ApiCode::InvalidArgument => S::BAD_REQUEST,
+            ApiCode::NotFound => S::NOT_FOUND,
+            ApiCode::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
+            ApiCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            ApiCode::Unavailable => S::SERVICE_UNAVAILABLE,
+            ApiCode::Internal => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status code answered.
+    pub fn grpc_code(self) -> tonic::Code {
+        use tonic::Code as C;
+        match self {
+            ApiCode::InvalidArgument | ApiCode::MethodNotAllowed => C::InvalidArgument,
+            ApiCode::NotFound => C::NotFound,
+            ApiCode::PayloadTooLarge => C::ResourceExhausted,
+            ApiCode::Unavailable => C::Unavailable,
+            ApiCode::Internal => C::Internal,
+        }
+    }
+
+    /// Whether the failure is the server's (counted as `server_error` in metrics).
+    pub fn is_server_error(self) -> bool {
+        matches!(self, ApiCode::Unavailable | ApiCode::Internal)
+    }
+}
+
+impl From<ErrorKind> for ApiCode {
+    fn from(k: ErrorKind) -> Self {
+        match k {
+            ErrorKind::InvalidInput => ApiCode::InvalidArgument,
+            ErrorKind::NotFound => ApiCode::NotFound,
+            ErrorKind::TooLarge => ApiCode::PayloadTooLarge,
+            ErrorKind::Unavailable => ApiCode::Unavailable,
+            ErrorKind::Internal => ApiCode::Internal,
+        }
+    }
+}
 
 /// A request error: what to answer, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `PAYLOAD_TOO_LARGE`, `UNAVAILABLE` or `INTERNAL`.
-    pub code: &'static str,
+    pub code: ApiCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub fn new(code: ApiCode, message: impl Into<String>) -> Self {
         ApiError {
-            code: "INVALID_ARGUMENT",
+            code,
             message: message.into(),
         }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ApiCode::InvalidArgument, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError {
-            code: "NOT_FOUND",
-            message: message.into(),
-        }
+        Self::new(ApiCode::NotFound, message)
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        ApiError {
-            code: "PAYLOAD_TOO_LARGE",
-            message: message.into(),
-        }
+        Self::new(ApiCode::PayloadTooLarge, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            code: "INTERNAL",
-            message: message.into(),
-        }
+        Self::new(ApiCode::Internal, message)
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.code.as_str(), self.message)
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        use quiver_registry::Error as R;
-        match &e {
-            Error::Registry(R::NotFound(m)) => ApiError::not_found(m.clone()),
-            Error::Registry(R::Storage { .. }) | Error::Online(quiver_online::Error::Store(_)) => {
-                ApiError {
-                    code: "UNAVAILABLE",
-                    message: e.to_string(),
-                }
-            }
-            Error::Offline(quiver_offline::Error::Io { .. })
-            | Error::Offline(quiver_offline::Error::Delta(_)) => ApiError::internal(e.to_string()),
-            _ => ApiError::invalid(e.to_string()),
-        }
+        ApiError::new(e.kind().into(), e.to_string())
+    }
+}
+
+impl From<quiver_online::Error> for ApiError {
+    fn from(e: quiver_online::Error) -> Self {
+        Error::from(e).into()
     }
 }
 
@@ -101,95 +152,13 @@ impl Default for ServeOptions {
     }
 }
 
-/// What identifies one version of the registry file.
-type Stamp = Option<(SystemTime, u64)>;
-
-/// The registry as served: its state and the plans compiled from it.
-pub(crate) struct Snapshot {
-    pub state: Arc<RegistryState>,
-    stamp: Stamp,
-    /// Per (service, full names): its plan, or why it cannot be served.
-    services: HashMap<(String, bool), Result<Arc<ReadPlan>, ApiError>>,
-    /// Plans of ad-hoc feature lists, compiled on first use (bounded).
-    adhoc: Mutex<HashMap<AdhocKey, Arc<ReadPlan>>>,
-}
-
-/// An ad-hoc request's feature list and whether it uses full names.
-type AdhocKey = (Vec<String>, bool);
-
-const MAX_ADHOC_PLANS: usize = 1024;
-
-impl Snapshot {
-    fn compile(state: RegistryState, stamp: Stamp) -> Self {
-        let mut services = HashMap::new();
-        for name in state.feature_services.keys() {
-            for full in [false, true] {
-                let plan = ReadPlan::compile(&state, &[], Some(name), full)
-                    .map(Arc::new)
-                    .map_err(ApiError::from);
-                services.insert((name.clone(), full), plan);
-            }
-        }
-        Snapshot {
-            state: Arc::new(state),
-            stamp,
-            services,
-            adhoc: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn plan(
-        &self,
-        service: Option<&str>,
-        features: &[String],
-        full: bool,
-    ) -> Result<Arc<ReadPlan>, ApiError> {
-        match (service, features.is_empty()) {
-            (Some(s), true) => match self.services.get(&(s.to_string(), full)) {
-                Some(p) => p.clone(),
-                None => Err(ApiError::from(Error::from(
-                    self.state
-                        .service(s)
-                        .expect_err("not compiled, so not registered"),
-                ))),
-            },
-            (Some(_), false) => Err(ApiError::invalid(
-                "give either feature_service or features, not both",
-            )),
-            (None, true) => Err(ApiError::invalid(
-                "no features requested: give feature_service or features",
-            )),
-            (None, false) => {
-                let key = (features.to_vec(), full);
-                if let Some(p) = self.adhoc.lock().expect("not poisoned").get(&key) {
-                    return Ok(p.clone());
-                }
-                let plan = Arc::new(ReadPlan::compile(&self.state, features, None, full)?);
-                let mut cache = self.adhoc.lock().expect("not poisoned");
-                if cache.len() >= MAX_ADHOC_PLANS {
-                    cache.clear();
-                }
-                cache.insert(key, plan.clone());
-                Ok(plan)
-            }
-        }
-    }
-}
-
 /// Everything a request handler needs; shared by the HTTP and gRPC services.
 pub struct ServerState {
     pub(crate) store: FeatureStore,
     pub(crate) online: Arc<dyn OnlineStore>,
-    snapshot: RwLock<Arc<Snapshot>>,
-    registry_file: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Metrics,
     pub(crate) options: ServeOptions,
-}
-
-fn stamp_of(path: &std::path::Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 impl ServerState {
@@ -198,43 +167,37 @@ impl ServerState {
         store: FeatureStore,
         options: ServeOptions,
         clock: Arc<dyn Clock>,
-    ) -> crate::Result<Arc<Self>> {
-        let registry_file = store.registry().path().join("registry.json");
-        let stamp = stamp_of(&registry_file);
-        let state = store.state()?;
-        let online = store.online_async().await?;
+    ) -> quiver::Result<Arc<Self>> {
+        store.snapshot()?;
+        let online = store.online().await?;
         let metrics = Metrics::new(online.clone());
         Ok(Arc::new(ServerState {
             store,
             online,
-            snapshot: RwLock::new(Arc::new(Snapshot::compile(state, stamp))),
-            registry_file,
             clock,
             metrics,
             options,
         }))
     }
 
-    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().expect("not poisoned").clone()
+    /// The registry snapshot being served (the store's).
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+        Ok(self.store.snapshot()?)
     }
 
-    /// Reloads the registry if its file changed; returns whether it did.
-    pub fn reload_if_changed(&self) -> crate::Result<bool> {
-        let stamp = stamp_of(&self.registry_file);
-        if stamp == self.snapshot().stamp {
-            return Ok(false);
+    /// Reloads the registry if its file changed; returns whether it did. A registry
+    /// that does not load is an error and the previous one keeps serving.
+    pub fn reload_if_changed(&self) -> quiver::Result<bool> {
+        let changed = self.store.refresh()?;
+        if changed {
+            self.metrics.reloads.inc();
         }
-        let state = self.store.state()?;
-        let next = Arc::new(Snapshot::compile(state, stamp));
-        *self.snapshot.write().expect("not poisoned") = next;
-        self.metrics.reloads.inc();
-        Ok(true)
+        Ok(changed)
     }
 
     /// The registry serial being served.
     pub fn registry_serial(&self) -> u64 {
-        self.snapshot().state.serial
+        self.store.snapshot().map_or(0, |s| s.serial())
     }
 
     /// Serves one `GetOnlineFeatures` request as its message (gRPC).
@@ -246,10 +209,13 @@ impl ServerState {
     }
 
     /// Reads the feature vectors of a request.
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        service = req.feature_service.as_deref(),
+        features = req.features.len(),
+    ))]
     pub(crate) async fn read(&self, req: pb::GetOnlineFeaturesRequest) -> Result<Served, ApiError> {
         let started = Instant::now();
-        let snapshot = self.snapshot();
-        let plan = snapshot.plan(
+        let plan = self.snapshot()?.plan(
             req.feature_service.as_deref(),
             &req.features,
             req.full_feature_names,
@@ -310,7 +276,7 @@ impl ServerState {
 pub(crate) struct Served {
     entities: std::collections::BTreeMap<String, pb::ValueList>,
     plan: Arc<ReadPlan>,
-    vectors: crate::online::Vectors,
+    vectors: quiver_online::Vectors,
     started: Instant,
 }
 
@@ -455,7 +421,7 @@ impl Server {
         store: FeatureStore,
         options: ServeOptions,
         clock: Option<Arc<dyn Clock>>,
-    ) -> crate::Result<Server> {
+    ) -> quiver::Result<Server> {
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
         let state = ServerState::new(store, options.clone(), clock).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -463,9 +429,12 @@ impl Server {
 
         let listener = tokio::net::TcpListener::bind(options.http)
             .await
-            .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", options.http)))?;
+            .map_err(|source| Error::Io {
+                context: format!("cannot listen on {}", options.http),
+                source,
+            })?;
         let http_addr = listener.local_addr().expect("bound");
-        let app = super::http::router(state.clone());
+        let app = crate::http::router(state.clone());
         let mut rx_http = rx.clone();
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -479,9 +448,12 @@ impl Server {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
-                    .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+                    .map_err(|source| Error::Io {
+                        context: format!("cannot listen on {addr}"),
+                        source,
+                    })?;
                 let bound = listener.local_addr().expect("bound");
-                let svc = super::grpc::service(state.clone());
+                let svc = crate::grpc::service(state.clone());
                 let mut rx_grpc = rx.clone();
                 let incoming =
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -510,10 +482,11 @@ impl Server {
                 let s = reload_state.clone();
                 match tokio::task::spawn_blocking(move || s.reload_if_changed()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        eprintln!("registry reload failed (still serving the previous one): {e}")
-                    }
-                    Err(e) => eprintln!("registry reload failed: {e}"),
+                    Ok(Err(e)) => tracing::warn!(
+                        error = %e,
+                        "registry reload failed (still serving the previous one)"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "registry reload task failed"),
                 }
             }
         }));

@@ -2,17 +2,18 @@
 //! list, statuses under an injected clock, push, registry reload, and every kind of bad
 //! request answered with a JSON error while the server keeps serving.
 
+use quiver::testing::Block;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, StringArray};
-use quiver::server::api::pb;
-use quiver::server::{ServeOptions, Server};
 use quiver_core::time::{parse_timestamp, ManualClock};
+use quiver_server::api::pb;
+use quiver_server::{ServeOptions, Server};
 use serde_json::{json, Value as Json};
 
-use crate::common::{ts, Repo};
+use quiver::testing::{ts, Repo};
 
 const DEFS: &str = r#"
 entities:
@@ -137,10 +138,11 @@ impl Fixture {
             ],
         );
         let store = repo.store();
-        store.apply().unwrap();
-        store.ingest(&[]).unwrap();
+        store.apply().block().unwrap();
+        store.ingest().block().unwrap();
         store
-            .materialize(t("00:00:00"), t("12:00:00"), &[], false)
+            .materialize(t("00:00:00"), t("12:00:00"))
+            .block()
             .unwrap();
         let clock = Arc::new(ManualClock::new(t("10:30:00")));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -389,7 +391,7 @@ fn grpc_answers_like_http(backend: Backend) {
             .unwrap()
             .into_inner();
     assert_eq!(
-        quiver::server::api::to_value(&resp.results[0].features["trips"]),
+        quiver_server::api::to_value(&resp.results[0].features["trips"]),
         quiver::Value::Int64(8)
     );
     let bad: pb::PushRequest = serde_json::from_value(json!({
@@ -488,7 +490,7 @@ fn push_writes_newer_rows_online_and_offline(backend: Backend) {
     );
     assert_eq!(read(1)["trips"], 5);
     // Offline: the pushed row is in the history a training set reads.
-    let labels = crate::common::batch(vec![
+    let labels = quiver::testing::batch(vec![
         ("driver_id", Arc::new(Int64Array::from(vec![1, 1]))),
         ("event_timestamp", ts(vec![t("10:15:00"), t("10:25:00")])),
     ]);
@@ -498,7 +500,7 @@ fn push_writes_newer_rows_online_and_offline(backend: Backend) {
         .historical()
         .entities(labels)
         .features(["driver_stats:trips"])
-        .run()
+        .block()
         .unwrap();
     let trips = training
         .column_by_name("trips")
@@ -587,7 +589,7 @@ fn registry_changes_are_served_without_restart(backend: Backend) {
         "features.yaml",
         &format!("{DEFS}  - name: tiers\n    features: [customer_profile:tier]\n"),
     );
-    f.repo.store().apply().unwrap();
+    f.repo.store().apply().block().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (code, v) = f.post(
@@ -602,6 +604,44 @@ fn registry_changes_are_served_without_restart(backend: Backend) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(f.server.as_ref().unwrap().state.registry_serial() > before);
+}
+
+fn future_stamped_pushes_are_rejected(backend: Backend) {
+    // The fixture's clock reads 10:30; writes.max_future_skew defaults to 5 minutes.
+    let f = Fixture::new(backend);
+    let (code, v) = f.post(
+        "/push",
+        &json!({"feature_view": "driver_stats",
+                "data": {"driver_id": [1, 1], "ts": ["2025-01-01T10:31:00Z", "2030-01-01T00:00:00Z"],
+                         "conv_rate": [0.7, 0.8], "trips": [8, 9]}})
+        .to_string(),
+    );
+    assert_eq!(code, 400, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("row 1") && msg.contains("max_future_skew") && msg.contains("2030-01-01"),
+        "{msg}"
+    );
+    // Nothing of the rejected request was written; a row within the skew is accepted
+    // and later real updates still win.
+    let read = || {
+        let (_, v) = f.post(
+            "/get-online-features",
+            &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1]}})
+                .to_string(),
+        );
+        v["results"][0]["features"]["trips"].clone()
+    };
+    assert_eq!(read(), 4);
+    let (code, v) = f.post(
+        "/push",
+        &json!({"feature_view": "driver_stats",
+                "data": {"driver_id": [1], "ts": ["2025-01-01T10:34:00Z"], "conv_rate": [0.7], "trips": [8]}})
+        .to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    f.clock.set(t("10:35:00"));
+    assert_eq!(read(), 8);
 }
 
 /// Each scenario against both backends.
@@ -635,4 +675,5 @@ on_both_backends!(
     push_writes_newer_rows_online_and_offline,
     concurrent_pushes_keep_the_newest_row,
     registry_changes_are_served_without_restart,
+    future_stamped_pushes_are_rejected,
 );

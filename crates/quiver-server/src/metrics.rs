@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use quiver_core::FeatureStatus;
 use quiver_online::OnlineStore;
 
-use crate::online::ReadPlan;
+use quiver_online::ReadPlan;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {

@@ -5,9 +5,7 @@ use quiver_core::time::format_timestamp;
 use quiver_registry::RegistryState;
 use serde_json::json;
 
-use crate::materialize::MaterializeStats;
-use crate::online::OnlineResult;
-use crate::{Error, FeatureStore, Result};
+use quiver::{Error, FeatureStore, MaterializeStats, OnlineResult, Result};
 
 fn or_dash(s: &str) -> &str {
     if s.is_empty() {

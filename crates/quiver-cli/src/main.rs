@@ -1,4 +1,9 @@
-//! The `quiver` command line.
+//! The `quiver` command line: one tokio runtime for the whole process, over the async
+//! library ([`quiver::FeatureStore`]) and the feature server ([`quiver_server`]).
+
+mod demo;
+mod progress;
+mod views;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -133,7 +138,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    // Diagnostics go to stderr, filtered by QUIVER_LOG (e.g. `QUIVER_LOG=quiver=debug`).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -185,7 +208,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn serve(
+async fn serve(
     store: FeatureStore,
     host: &str,
     port: u16,
@@ -206,18 +229,14 @@ fn serve(
             })
             .map_err(|_| quiver::Error::Invalid(format!("--host {host:?} is not an address")))
     };
-    let options = quiver::server::ServeOptions {
+    let options = quiver_server::ServeOptions {
         http: addr(port)?,
         grpc: grpc_port.map(addr).transpose()?,
         max_entity_rows,
         ..Default::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| quiver::Error::Invalid(format!("cannot start runtime: {e}")))?;
-    rt.block_on(async {
-        let server = quiver::server::Server::start(store, options, None).await?;
+    {
+        let server = quiver_server::Server::start(store, options, None).await?;
         eprintln!(
             "serving project '{}' (registry serial {}, online store {}) on http://{}{}",
             server.state.health().project,
@@ -233,10 +252,10 @@ fn serve(
         eprintln!("shutting down: finishing requests in flight");
         server.stop().await;
         Ok(())
-    })
+    }
 }
 
-fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     if let Command::Init { dir, anchor } = &cli.command {
         let anchor = anchor
@@ -244,7 +263,8 @@ fn run(cli: Cli) -> Result<()> {
             .map(time_arg)
             .transpose()?
             .unwrap_or_else(now);
-        quiver::demo::init(dir, anchor)?;
+        let dir2 = dir.clone();
+        quiver::blocking(move || demo::init(&dir2, anchor)).await?;
         println!(
             "Created a feature repository in {} (history up to {}).\nNext: cd {} && quiver apply && quiver ingest",
             dir.display(),
@@ -257,7 +277,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { .. } => unreachable!("handled above"),
         Command::Plan => {
-            let (plan, _) = store.plan()?;
+            let (plan, _) = store.plan().await?;
             if json {
                 print_json(&plan)
             } else {
@@ -265,7 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Apply => {
-            let plan = store.apply()?;
+            let plan = store.apply().await?;
             if json {
                 print_json(&plan)
             } else {
@@ -275,10 +295,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::List { kind } => quiver::cli_views::list(&store, kind.as_deref(), json)?,
-        Command::Describe { name } => quiver::cli_views::describe(&store, &name, json)?,
+        Command::List { kind } => views::list(&store, kind.as_deref(), json)?,
+        Command::Describe { name } => views::describe(&store, &name, json)?,
         Command::Ingest { views } => {
-            let stats = store.ingest(&views)?;
+            let stats = store.ingest().views(views).await?;
             if json {
                 print_json(
                     &stats
@@ -310,7 +330,11 @@ fn run(cli: Cli) -> Result<()> {
             preview,
         } => {
             let started = std::time::Instant::now();
-            let input = quiver::io::read_entities(&entities, &store.state()?, "event_timestamp")?;
+            let state = store.state()?;
+            let input = quiver::blocking(move || {
+                quiver::io::read_entities(&entities, &state, "event_timestamp")
+            })
+            .await?;
             let mut b = store
                 .historical()
                 .entities(input)
@@ -319,8 +343,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(s) = service {
                 b = b.service(s);
             }
-            let result = b.run()?;
-            quiver::io::write_table(&output, &result)?;
+            let result = b.await?;
+            let (out, res) = (output.clone(), result.clone());
+            quiver::blocking(move || quiver::io::write_table(&out, &res)).await?;
             if json {
                 print_json(
                     &serde_json::json!({"rows": result.num_rows(), "columns": result.num_columns(),
@@ -339,8 +364,12 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Materialize { start, end, views } => {
-            let stats = store.materialize(time_arg(&start)?, time_arg(&end)?, &views, !json)?;
-            quiver::cli_views::print_materialize(&stats, json);
+            let stats = store
+                .materialize(time_arg(&start)?, time_arg(&end)?)
+                .views(views)
+                .with_progress(progress::bar(!json))
+                .await?;
+            views::print_materialize(&stats, json);
         }
         Command::MaterializeIncremental { end, views } => {
             let end = end
@@ -348,8 +377,12 @@ fn run(cli: Cli) -> Result<()> {
                 .map(time_arg)
                 .transpose()?
                 .unwrap_or_else(now);
-            let stats = store.materialize_incremental(end, &views, !json)?;
-            quiver::cli_views::print_materialize(&stats, json);
+            let stats = store
+                .materialize_incremental(end)
+                .views(views)
+                .with_progress(progress::bar(!json))
+                .await?;
+            views::print_materialize(&stats, json);
         }
         Command::Online {
             features,
@@ -384,8 +417,8 @@ fn run(cli: Cli) -> Result<()> {
             for r in &requests {
                 b = b.request_row_text(parse_pairs(r, "--request")?);
             }
-            let result = b.get()?;
-            quiver::cli_views::print_online(&result, json);
+            let result = b.await?;
+            views::print_online(&result, json);
         }
         Command::Serve {
             host,
@@ -393,13 +426,16 @@ fn run(cli: Cli) -> Result<()> {
             grpc_port,
             no_grpc,
             max_entity_rows,
-        } => serve(
-            store,
-            &host,
-            port,
-            (!no_grpc).then_some(grpc_port),
-            max_entity_rows,
-        )?,
+        } => {
+            serve(
+                store,
+                &host,
+                port,
+                (!no_grpc).then_some(grpc_port),
+                max_entity_rows,
+            )
+            .await?
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Invalid definitions are rejected with the file, object and field named, and a
 //! failed apply leaves the registry as it was.
 
+use quiver::testing::Block;
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, StringArray};
@@ -48,7 +49,7 @@ fn repo(yaml: &str) -> Repo {
 /// Applies `yaml` and returns the error text.
 fn apply_err(yaml: &str) -> String {
     let r = repo(yaml);
-    match r.store().apply() {
+    match r.store().apply().block() {
         Ok(_) => panic!("apply accepted an invalid definition:\n{yaml}"),
         Err(e) => e.to_string(),
     }
@@ -63,9 +64,9 @@ fn assert_mentions(err: &str, parts: &[&str]) {
 #[test]
 fn good_definitions_apply_and_plan_is_then_empty() {
     let r = repo(GOOD);
-    let plan = r.store().apply().unwrap();
+    let plan = r.store().apply().block().unwrap();
     assert_eq!(plan.changes.len(), 4, "{plan}");
-    let (plan, _) = r.store().plan().unwrap();
+    let (plan, _) = r.store().plan().block().unwrap();
     assert!(plan.is_empty(), "{plan}");
     let state = r.store().state().unwrap();
     assert_eq!(
@@ -137,7 +138,7 @@ fn duplicates_across_files_name_both_files() {
         "more.yaml",
         "entities:\n  - name: driver\n    join_keys: [driver_id]\n",
     );
-    let e = r.store().apply().unwrap_err().to_string();
+    let e = r.store().apply().block().unwrap_err().to_string();
     assert_mentions(
         &e,
         &[
@@ -198,13 +199,13 @@ fn missing_source_file_is_named() {
 #[test]
 fn failed_apply_leaves_the_registry_intact() {
     let r = repo(GOOD);
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     let before = std::fs::read(r.file("data/registry/registry.json")).unwrap();
     r.write(
         "features.yaml",
         &GOOD.replace("source: stats", "source: missing"),
     );
-    assert!(r.store().apply().is_err());
+    assert!(r.store().apply().block().is_err());
     let after = std::fs::read(r.file("data/registry/registry.json")).unwrap();
     assert_eq!(before, after);
     // The CLI reports the same error and exits non-zero.
@@ -216,18 +217,18 @@ fn failed_apply_leaves_the_registry_intact() {
 #[test]
 fn changing_features_bumps_the_view_version_and_plan_says_so() {
     let r = repo(GOOD);
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     r.write(
         "features.yaml",
         &GOOD.replace("      - { name: city, dtype: string }\n", ""),
     );
-    let (plan, _) = r.store().plan().unwrap();
+    let (plan, _) = r.store().plan().block().unwrap();
     let text = plan.to_string();
     assert!(
         text.contains("~ feature view 'driver_stats' (features) [version 1 -> 2"),
         "{text}"
     );
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     assert_eq!(
         r.store().state().unwrap().feature_views["driver_stats"].version,
         2
@@ -239,7 +240,7 @@ fn changing_features_bumps_the_view_version_and_plan_says_so() {
             .replace("      - { name: city, dtype: string }\n", "")
             .replace("owner: a@", "owner: b@"),
     );
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     assert_eq!(
         r.store().state().unwrap().feature_views["driver_stats"].version,
         2
@@ -249,7 +250,7 @@ fn changing_features_bumps_the_view_version_and_plan_says_so() {
 #[test]
 fn list_and_describe_show_owners_and_usage() {
     let r = repo(GOOD);
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     let (ok, out, err) = cli(r.path(), &["list"]);
     assert!(ok, "{err}");
     assert_mentions(
@@ -299,11 +300,11 @@ fn line_of(yaml: &str, line: &str) -> usize {
 fn on_demand_views_apply_and_are_listed_described_and_planned() {
     let yaml = good_odfv();
     let r = repo(&yaml);
-    let plan = r.store().apply().unwrap();
+    let plan = r.store().apply().block().unwrap();
     let text = plan.to_string();
     assert!(text.contains("+ request source 'trip_request'"), "{text}");
     assert!(text.contains("+ on-demand feature view 'trip'"), "{text}");
-    let (plan, _) = r.store().plan().unwrap();
+    let (plan, _) = r.store().plan().block().unwrap();
     assert!(plan.is_empty(), "{plan}");
 
     let state = r.store().state().unwrap();
@@ -413,27 +414,27 @@ fn on_demand_views_apply_and_are_listed_described_and_planned() {
         "features.yaml",
         &yaml.replace("rate * distance_km", "rate * distance_km * 2"),
     );
-    let (plan, _) = r.store().plan().unwrap();
+    let (plan, _) = r.store().plan().block().unwrap();
     assert!(
         plan.to_string()
             .contains("~ on-demand feature view 'trip' (features) [version 1 -> 2"),
         "{plan}"
     );
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     r.write(
         "features.yaml",
         &yaml
             .replace("rate * distance_km", "rate * distance_km * 2")
             .replace("owner: o@", "owner: p@"),
     );
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     assert_eq!(
         r.store().state().unwrap().on_demand_feature_views["trip"].version,
         2
     );
     let without = GOOD.to_string();
     r.write("features.yaml", &without);
-    let (plan, _) = r.store().plan().unwrap();
+    let (plan, _) = r.store().plan().block().unwrap();
     let text = plan.to_string();
     assert!(text.contains("- on-demand feature view 'trip'"), "{text}");
     assert!(text.contains("- request source 'trip_request'"), "{text}");
@@ -527,7 +528,7 @@ fn on_demand_names_must_not_clash() {
         "more.yaml",
         "on_demand_feature_views:\n  - name: trip\n    sources: [driver_stats]\n    features:\n      - { name: z, dtype: float64, expr: \"rate\" }\n",
     );
-    let e = r.store().apply().unwrap_err().to_string();
+    let e = r.store().apply().block().unwrap_err().to_string();
     assert_mentions(
         &e,
         &[
@@ -649,7 +650,7 @@ fn bare_feature_names_shared_by_two_source_views_are_ambiguous() {
     );
     // Full names resolve it.
     let r = repo(&two.replace("rate * distance_km", "driver_stats_b__rate * distance_km"));
-    r.store().apply().unwrap();
+    r.store().apply().block().unwrap();
     let state = r.store().state().unwrap();
     assert_eq!(
         state.on_demand_feature_views["trip"].dependencies[0].to_string(),

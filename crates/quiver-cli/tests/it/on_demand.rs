@@ -2,6 +2,7 @@
 //! joined features and the entity rows' request columns, checked against the same
 //! arithmetic done here on the joined values.
 
+use quiver::testing::Block;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
@@ -62,8 +63,8 @@ pub fn repo() -> Repo {
         ],
     );
     let store = r.store();
-    store.apply().unwrap();
-    store.ingest(&[]).unwrap();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
     r
 }
 
@@ -122,13 +123,13 @@ fn training_set_with_on_demand_features_matches_the_joined_values() {
         .historical()
         .entities(input.clone())
         .features(["driver_stats:rate", "driver_stats:trips"])
-        .run()
+        .block()
         .unwrap();
     let out = store
         .historical()
         .entities(input.clone())
         .features(["trip:score", "driver_stats:trips", "trip:band", "trip:load"])
-        .run()
+        .block()
         .unwrap();
     // Input columns, then the features in the order asked; `rate` was only a
     // dependency and is not in the output.
@@ -231,7 +232,7 @@ fn services_full_names_and_column_types() {
         .entities(entities())
         .service("ranking")
         .full_names(true)
-        .run()
+        .block()
         .unwrap();
     assert_eq!(out.num_rows(), 7);
     assert_eq!(
@@ -262,7 +263,7 @@ fn services_full_names_and_column_types() {
         .historical()
         .entities(int_dist)
         .features(["trip:score"])
-        .run()
+        .block()
         .unwrap();
     let score = out
         .column_by_name("score")
@@ -281,7 +282,7 @@ fn a_dependency_that_is_also_requested_is_joined_once_and_kept() {
         .entities(entities())
         .features(["driver_stats:rate", "trip:score"])
         .full_names(true)
-        .run()
+        .block()
         .unwrap();
     assert_eq!(names(&out)[5..], ["driver_stats__rate", "trip__score"]);
     let rate = out.column(5).as_primitive::<Float64Type>();
@@ -304,7 +305,7 @@ fn missing_or_mistyped_request_columns_are_clear_errors() {
         .historical()
         .entities(no_distance)
         .features(["trip:score"])
-        .run()
+        .block()
         .unwrap_err()
         .to_string();
     for part in [
@@ -329,7 +330,7 @@ fn missing_or_mistyped_request_columns_are_clear_errors() {
         .historical()
         .entities(text_distance)
         .features(["trip:score"])
-        .run()
+        .block()
         .unwrap_err()
         .to_string();
     assert!(
@@ -349,7 +350,7 @@ fn missing_or_mistyped_request_columns_are_clear_errors() {
         .historical()
         .entities(clash)
         .features(["trip:score"])
-        .run()
+        .block()
         .unwrap_err()
         .to_string();
     assert!(e.contains("output column 'score' appears twice"), "{e}");
@@ -389,4 +390,68 @@ fn the_command_line_reads_request_fields_of_csv_entity_rows_as_declared() {
         .as_primitive::<Float64Type>();
     assert_eq!(score.value(0), 0.5 * 3.0);
     assert!(score.is_null(1) && score.is_null(2));
+}
+
+/// One coercion rule for request fields: an int64 entity column for a field declared
+/// int32 is read as the online request context is (values that fit), offline too.
+#[test]
+fn request_fields_coerce_offline_as_online() {
+    let r = Repo::new(&DEFS.replace(
+        "{ name: passengers, dtype: int64 }",
+        "{ name: passengers, dtype: int32 }",
+    ));
+    r.parquet(
+        "data/stats.parquet",
+        vec![
+            ("driver_id", Arc::new(Int64Array::from(vec![1]))),
+            ("ts", ts(vec![10 * S])),
+            ("rate", Arc::new(Float64Array::from(vec![0.5]))),
+            ("trips", Arc::new(Int64Array::from(vec![4]))),
+        ],
+    );
+    let store = r.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    store.materialize(0, 100 * S).block().unwrap();
+    let labels = |passengers: i64| {
+        batch(vec![
+            ("driver_id", Arc::new(Int64Array::from(vec![1]))),
+            ("event_timestamp", ts(vec![50 * S])),
+            ("distance_km", Arc::new(Float64Array::from(vec![2.0]))),
+            ("passengers", Arc::new(Int64Array::from(vec![passengers]))),
+        ])
+    };
+    let training = store
+        .historical()
+        .entities(labels(3))
+        .features(["trip:load"])
+        .block()
+        .unwrap();
+    let offline = training
+        .column_by_name("load")
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .value(0);
+    let online = store
+        .online_features()
+        .features(["trip:load"])
+        .entity_row([("driver_id".to_string(), quiver::Value::Int64(1))].into())
+        .request_row_text([("passengers".to_string(), "3".to_string())].into())
+        .at(50 * S)
+        .block()
+        .unwrap();
+    assert_eq!(offline, 7);
+    assert_eq!(online.rows[0].values[0], quiver::Value::Int64(offline));
+    // A value that does not fit int32 is an error naming the column, never a wrap.
+    let e = store
+        .historical()
+        .entities(labels(1 << 40))
+        .features(["trip:load"])
+        .block()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("column 'passengers'") && e.contains("int32"),
+        "{e}"
+    );
 }

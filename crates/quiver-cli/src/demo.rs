@@ -18,7 +18,7 @@ use quiver_core::time::{Timestamp, MICROS_PER_SECOND};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{Error, Result};
+use quiver::{Error, Result};
 
 const HOUR: i64 = 3600 * MICROS_PER_SECOND;
 const DAY: i64 = 24 * HOUR;

@@ -2,13 +2,14 @@
 //! as historical retrieval, so for the same stored rows, request fields and time the
 //! served values equal the training-set values bit for bit.
 
+use quiver::testing::Block;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, Int64Array};
 use arrow::datatypes::{Float64Type, Int64Type};
-use quiver::server::api::pb;
-use quiver::server::{ServeOptions, Server};
 use quiver_core::time::ManualClock;
+use quiver_server::api::pb;
+use quiver_server::{ServeOptions, Server};
 use serde_json::json;
 
 use crate::common::{batch, ts};
@@ -19,7 +20,7 @@ const S: i64 = 1_000_000;
 fn served_on_demand_features_equal_the_training_set_bit_for_bit() {
     let r = crate::on_demand::repo();
     let store = r.store();
-    store.materialize(0, 1000 * S, &[], false).unwrap();
+    store.materialize(0, 1000 * S).block().unwrap();
     // Labels at t=25s and t=100s (after the newest stored row, so online and offline
     // see the same row), with awkward distances.
     let drivers = [1i64, 2, 3, 1, 1, 2];
@@ -43,7 +44,7 @@ fn served_on_demand_features_equal_the_training_set_bit_for_bit() {
         .historical()
         .entities(labels)
         .service("ranking")
-        .run()
+        .block()
         .unwrap();
     let score = training
         .column_by_name("score")
@@ -93,7 +94,7 @@ fn served_on_demand_features_equal_the_training_set_bit_for_bit() {
         for (k, &i) in rows.iter().enumerate() {
             let f = &resp.results[k].features;
             let st = &resp.results[k].statuses;
-            let served = quiver::server::api::to_value(&f["score"]);
+            let served = quiver_server::api::to_value(&f["score"]);
             match served {
                 quiver::Value::Float64(x) => {
                     assert!(!score.is_null(i), "row {i}: served {x}, trained null");
@@ -111,7 +112,7 @@ fn served_on_demand_features_equal_the_training_set_bit_for_bit() {
                 other => panic!("row {i}: score {other:?}"),
             }
             assert_eq!(
-                quiver::server::api::to_value(&f["load"]),
+                quiver_server::api::to_value(&f["load"]),
                 if load.is_null(i) {
                     quiver::Value::Null
                 } else {
@@ -120,7 +121,7 @@ fn served_on_demand_features_equal_the_training_set_bit_for_bit() {
                 "row {i}"
             );
             assert_eq!(
-                quiver::server::api::to_value(&f["band"]),
+                quiver_server::api::to_value(&f["band"]),
                 if band.is_null(i) {
                     quiver::Value::Null
                 } else {

@@ -3,23 +3,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use super::api::pb;
-use super::api::pb::feature_serving_server::{FeatureServing, FeatureServingServer};
-use super::core::{ApiError, ServerState};
-use super::metrics::{EndpointLabels, RequestLabels};
+use crate::api::pb;
+use crate::api::pb::feature_serving_server::{FeatureServing, FeatureServingServer};
+use crate::core::{ApiError, ServerState};
+use crate::metrics::{EndpointLabels, RequestLabels};
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        let code = match e.code {
-            "INVALID_ARGUMENT" => Code::InvalidArgument,
-            "NOT_FOUND" => Code::NotFound,
-            "PAYLOAD_TOO_LARGE" => Code::ResourceExhausted,
-            "UNAVAILABLE" => Code::Unavailable,
-            _ => Code::Internal,
-        };
-        Status::new(code, e.message)
+        Status::new(e.code.grpc_code(), e.message)
     }
 }
 
@@ -33,7 +26,7 @@ impl Service {
             .observe(started.elapsed().as_secs_f64());
         let code = match r {
             Ok(_) => "ok",
-            Err(e) if e.code == "INTERNAL" || e.code == "UNAVAILABLE" => "server_error",
+            Err(e) if e.code.is_server_error() => "server_error",
             Err(_) => "client_error",
         };
         m.requests

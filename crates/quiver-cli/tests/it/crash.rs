@@ -1,6 +1,7 @@
 //! A materialization killed mid-way leaves the online store readable with the previous
 //! committed values; a rerun completes.
 
+use quiver::testing::Block;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ fn value_of(repo: &Repo, key: i64) -> Option<f64> {
         .features(["v:x"])
         .at(10 * HOUR)
         .entity_row(BTreeMap::from([("k".to_string(), Value::Int64(key))]))
-        .get()
+        .block()
         .unwrap();
     match (&r.rows[0].values[0], r.rows[0].statuses[0]) {
         (Value::Float64(v), FeatureStatus::Present) => Some(*v),
@@ -52,9 +53,9 @@ fn killed_materialization_leaves_previous_state_readable() {
         ],
     );
     let store = repo.store();
-    store.apply().unwrap();
-    store.ingest(&[]).unwrap();
-    store.materialize(0, 2 * HOUR, &[], false).unwrap();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    store.materialize(0, 2 * HOUR).block().unwrap();
     assert_eq!(value_of(&repo, 0), Some(1.0));
     assert_eq!(value_of(&repo, KEYS - 1), Some(1.0));
 
@@ -100,7 +101,7 @@ fn killed_materialization_leaves_previous_state_readable() {
     );
 
     // A rerun completes.
-    store.materialize(0, 4 * HOUR, &[], false).unwrap();
+    store.materialize(0, 4 * HOUR).block().unwrap();
     assert_eq!(value_of(&repo, 0), Some(2.0));
     assert_eq!(value_of(&repo, KEYS - 1), Some(2.0));
 }

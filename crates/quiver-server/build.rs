@@ -1,7 +1,7 @@
 //! Generates the feature server's gRPC messages and service from
 //! `proto/quiver/serving/v1/serving.proto` (protox: no protoc needed). The same messages
 //! carry the HTTP JSON API: serde derives are added here, and `Value`, `ValueList` and
-//! the status maps get hand-written JSON forms in `server::api`.
+//! the status maps get hand-written JSON forms in `api`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/quiver/serving/v1/serving.proto";
@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .field_attribute(
             ".quiver.serving.v1.FeatureVector.statuses",
-            "#[serde(with = \"crate::server::api::status_map\")]",
+            "#[serde(with = \"crate::api::status_map\")]",
         );
     b.compile_fds(fds)?;
     Ok(())

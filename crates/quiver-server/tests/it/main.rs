@@ -1,0 +1,3 @@
+//! Integration tests of the feature server over HTTP and gRPC.
+
+mod server;

@@ -1,0 +1,81 @@
+//! One version of the registry as a [`FeatureStore`](crate::FeatureStore) uses it: the
+//! state, and the online read plans compiled from it on first use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use quiver_online::ReadPlan;
+use quiver_registry::RegistryState;
+
+use crate::store::Stamp;
+use crate::{Error, Result};
+
+/// What a plan is compiled for: a feature service or a feature list, and whether outputs
+/// use full names.
+type PlanKey = (Option<String>, Vec<String>, bool);
+
+/// Plans kept per snapshot; past this the cache starts over (ad-hoc feature lists are
+/// unbounded in principle).
+const MAX_PLANS: usize = 1024;
+
+/// The registry state and the read plans compiled from it.
+pub struct Snapshot {
+    pub state: Arc<RegistryState>,
+    pub(crate) stamp: Stamp,
+    plans: Mutex<HashMap<PlanKey, Arc<ReadPlan>>>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(state: RegistryState, stamp: Stamp) -> Self {
+        Snapshot {
+            state: Arc::new(state),
+            stamp,
+            plans: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The read plan of a feature service or of a list of `view:feature` references
+    /// (not both), compiled once per snapshot.
+    pub fn plan(
+        &self,
+        service: Option<&str>,
+        features: &[String],
+        full_names: bool,
+    ) -> Result<Arc<ReadPlan>> {
+        match (service, features.is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::Invalid(
+                    "give either a feature service or features, not both".into(),
+                ))
+            }
+            (None, true) => {
+                return Err(Error::Invalid(
+                    "no features requested: give a feature service or features (view:feature)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        let key: PlanKey = (service.map(str::to_string), features.to_vec(), full_names);
+        if let Some(p) = self.plans.lock().expect("not poisoned").get(&key) {
+            return Ok(p.clone());
+        }
+        let plan = Arc::new(ReadPlan::compile(
+            &self.state,
+            features,
+            service,
+            full_names,
+        )?);
+        let mut plans = self.plans.lock().expect("not poisoned");
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// The registry serial.
+    pub fn serial(&self) -> u64 {
+        self.state.serial
+    }
+}

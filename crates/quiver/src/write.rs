@@ -1,0 +1,283 @@
+//! The one write path (DESIGN §3): every way rows enter quiver — ingest of batch
+//! sources, materialization, push, and next stream ingestion and backfills — goes
+//! through the functions here: **validate** ([`validate`]: keys present and typed, times
+//! parsable, features of an accepted type, with the file, row and column named) →
+//! **conditional online write** ([`write_online_latest`]: the newest row per key, never
+//! replacing a fresher stored row) → **offline merge** (the view's Delta table, re-runs
+//! keep one copy). [`write`] runs the online and offline halves a request asks for.
+//!
+//! CSV typing lives here once too ([`read_typed`]): CSV columns carry no types, so join
+//! keys, time columns and declared columns are read as the registry declares them.
+
+use std::path::Path;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
+use quiver_core::contract::{RowVersion, NO_CREATED};
+use quiver_core::encoding::{encode_key_part, encode_row};
+use quiver_core::model::{FileFormat, ResolvedView};
+use quiver_core::pit::BytesKeyIndex;
+use quiver_core::time::{format_timestamp, Timestamp};
+use quiver_offline::files;
+use quiver_offline::normalize::{normalize_batch, Origin};
+use quiver_offline::IngestStats;
+use quiver_online::{entity_key_into, OnlineStore, OnlineWrite};
+
+use crate::{Error, FeatureStore, Result};
+
+/// Rows written per online write batch (one transaction in the embedded store).
+const WRITE_BATCH: usize = 20_000;
+
+/// Where validated rows go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// The online store: the newest row per key, conditionally (newer wins).
+    pub online: bool,
+    /// The offline store: merged into the view's table.
+    pub offline: bool,
+}
+
+/// What a write did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Rows validated.
+    pub rows: u64,
+    /// Online: distinct entity keys offered, and rows stored (the others were not newer
+    /// than the stored row).
+    pub online_keys: u64,
+    pub online_written: u64,
+    /// Offline: what the merge did.
+    pub offline: Option<IngestStats>,
+}
+
+/// Where a batch's time columns are and where it came from.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    /// The event-time column (the source's `timestamp_field`).
+    pub timestamp_field: &'a str,
+    /// The creation-time column, when the source has one.
+    pub created_field: Option<&'a str>,
+    /// For messages: the file (or "push request") and the number of the batch's first row.
+    pub origin: Origin<'a>,
+    /// The latest event time accepted: the writer's clock plus `writes.max_future_skew`.
+    pub not_after: Timestamp,
+}
+
+impl Input<'_> {
+    /// The latest event time a writer whose clock reads `now` accepts under `config`.
+    pub fn not_after(config: &quiver_registry::RepoConfig, now: Timestamp) -> Timestamp {
+        now.saturating_add(config.writes.max_future_skew.micros())
+    }
+}
+
+/// Validates a batch of source rows and converts it to the view's stored form: keys
+/// present and typed, times parsable and not beyond `input.not_after`, features of an
+/// accepted type. Errors name the file (or request), row and column.
+pub fn validate(
+    view: &ResolvedView,
+    batch: &RecordBatch,
+    input: &Input<'_>,
+) -> Result<RecordBatch> {
+    let out = normalize_batch(
+        batch,
+        view,
+        input.timestamp_field,
+        input.created_field,
+        &input.origin,
+    )?;
+    let ts = out
+        .column(view.join_keys.len())
+        .as_primitive::<TimestampMicrosecondType>();
+    if let Some(i) = ts.values().iter().position(|&t| t > input.not_after) {
+        return Err(Error::Invalid(format!(
+            "{}: row {}, column '{}': event time {} is later than the clock allows ({}, \
+             writes.max_future_skew in quiver.yaml): a future row would hide every real \
+             update of its key until then",
+            input.origin.file,
+            input.origin.first_row + i,
+            input.timestamp_field,
+            format_timestamp(ts.value(i)),
+            format_timestamp(input.not_after),
+        )));
+    }
+    Ok(out)
+}
+
+/// Reads a Parquet or CSV file; CSV columns named in `types` are read as those types
+/// (the others inferred).
+pub fn read_typed(
+    path: &Path,
+    format: FileFormat,
+    types: &[(String, DataType)],
+) -> Result<Vec<RecordBatch>> {
+    let csv_schema = match format {
+        FileFormat::Parquet => None,
+        FileFormat::Csv => {
+            let inferred = files::read_schema(path, format)?;
+            Some(files::csv_schema_with(&inferred, types))
+        }
+    };
+    Ok(files::read_file(path, format, csv_schema)?)
+}
+
+/// The CSV types of a view's source columns: keys, features and the time columns
+/// (read as text and parsed by the time contract's rules).
+pub fn source_types(
+    view: &ResolvedView,
+    timestamp_field: &str,
+    created_field: Option<&str>,
+) -> Vec<(String, DataType)> {
+    let mut types: Vec<(String, DataType)> = view
+        .join_keys
+        .iter()
+        .map(|k| {
+            (
+                k.name.clone(),
+                quiver_offline::normalize::key_arrow_type(&k.dtype),
+            )
+        })
+        .collect();
+    types.extend(
+        view.features
+            .iter()
+            .map(|f| (f.name.clone(), f.dtype.to_arrow())),
+    );
+    types.push((timestamp_field.to_string(), DataType::Utf8));
+    if let Some(c) = created_field {
+        types.push((c.to_string(), DataType::Utf8));
+    }
+    types
+}
+
+/// Writes validated rows (the view's stored form) to the targets: online first (the
+/// newest row per key, conditionally), then the offline merge.
+pub async fn write(
+    store: &FeatureStore,
+    view: &ResolvedView,
+    batches: Vec<RecordBatch>,
+    targets: Targets,
+) -> Result<WriteStats> {
+    let mut stats = WriteStats {
+        rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+        ..Default::default()
+    };
+    if targets.online {
+        let online = store.online().await?;
+        let (keys, written) =
+            write_online_latest(view, &batches, online.as_ref(), &crate::NoProgress).await?;
+        stats.online_keys = keys;
+        stats.online_written = written;
+    }
+    if targets.offline {
+        stats.offline = Some(store.offline().ingest(view, batches).await?);
+    }
+    Ok(stats)
+}
+
+/// Reports progress of long writes (the CLI draws a bar).
+pub trait Progress: Send + Sync {
+    /// A write of `total` rows to `view` starts.
+    fn start(&self, view: &str, total: u64);
+    /// `n` more rows are done.
+    fn advance(&self, n: u64);
+    /// The write is over.
+    fn finish(&self);
+}
+
+/// No progress reporting.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// Picks the newest row per entity key of validated batches and writes them online in
+/// batches of conditional writes (a stored row that is newer stays). Returns (distinct
+/// keys, rows stored).
+pub async fn write_online_latest(
+    view: &ResolvedView,
+    batches: &[RecordBatch],
+    online: &dyn OnlineStore,
+    progress: &dyn Progress,
+) -> Result<(u64, u64)> {
+    let nkeys = view.join_keys.len();
+    let mut index = BytesKeyIndex::new();
+    let mut best: Vec<(RowVersion, u32, u32)> = Vec::new();
+    let mut buf = Vec::new();
+    for (bi, b) in batches.iter().enumerate() {
+        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+        let created = b
+            .column(nkeys + 1)
+            .as_primitive::<TimestampMicrosecondType>();
+        for r in 0..b.num_rows() {
+            buf.clear();
+            for k in 0..nkeys {
+                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+            }
+            let version = RowVersion {
+                event_ts: ts.value(r),
+                created_ts: if created.is_null(r) {
+                    NO_CREATED
+                } else {
+                    created.value(r)
+                },
+            };
+            let g = index.insert(&buf) as usize;
+            if g == best.len() {
+                best.push((version, bi as u32, r as u32));
+            } else if version >= best[g].0 {
+                best[g] = (version, bi as u32, r as u32);
+            }
+        }
+    }
+    progress.start(&view.name, best.len() as u64);
+    let field = view.online_field();
+    let entity_set = view.entity_set();
+    let feature_cols: Vec<Vec<ArrayRef>> = batches
+        .iter()
+        .map(|b| b.columns()[nkeys + 2..nkeys + 2 + view.features.len()].to_vec())
+        .collect();
+    let mut written = 0;
+    let mut keys_buf: Vec<u8> = Vec::new();
+    let mut rows_buf: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(WRITE_BATCH);
+    let mut key = Vec::new();
+    for chunk in best.chunks(WRITE_BATCH) {
+        keys_buf.clear();
+        rows_buf.clear();
+        spans.clear();
+        for &(version, bi, r) in chunk {
+            let (bi, r) = (bi as usize, r as usize);
+            let b = &batches[bi];
+            buf.clear();
+            for k in 0..nkeys {
+                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+            }
+            entity_key_into(&view.project, &entity_set, &buf, &mut key);
+            let (k0, r0) = (keys_buf.len(), rows_buf.len());
+            keys_buf.extend_from_slice(&key);
+            encode_row(
+                version.event_ts,
+                version.created_ts,
+                &feature_cols[bi],
+                r,
+                &mut rows_buf,
+            )?;
+            spans.push((k0, keys_buf.len(), r0, rows_buf.len()));
+        }
+        let writes: Vec<OnlineWrite<'_>> = spans
+            .iter()
+            .map(|&(k0, k1, r0, r1)| OnlineWrite {
+                key: &keys_buf[k0..k1],
+                field,
+                row: &rows_buf[r0..r1],
+            })
+            .collect();
+        written += online.write(&writes).await?.written;
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    Ok((best.len() as u64, written))
+}
