@@ -1,0 +1,3 @@
+//! Integration tests of the registry, in one binary.
+
+mod golden;
