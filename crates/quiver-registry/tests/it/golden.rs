@@ -5,25 +5,14 @@
 //! committing it). See `tests/golden/README.md` for the layout of a case.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::TimestampMicrosecondArray;
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
-use quiver_core::model::{FileFormat, Source};
-use quiver_registry::{
-    resolve, Definitions, Plan, RegistryState, RepoConfig, SourceSchema, SourceSchemas,
-};
+use quiver_registry::Plan;
+
+use crate::common::{load_and_resolve, write_fixture_data};
 
 /// The file of a case that holds its expected output; every other file is the repository.
 const EXPECTED: &str = "expected.txt";
-
-/// The time every case is resolved at (2024-01-01T00:00:00Z).
-const NOW: i64 = 1_704_067_200_000_000;
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -76,7 +65,7 @@ fn definition_errors_match_golden_files() {
 /// Loads and resolves the repository at `repo` as `quiver plan` would, and renders the
 /// outcome: the error as displayed, or for a valid repository the plan and the key types.
 fn render(repo: &Path) -> String {
-    match load_and_resolve(repo) {
+    match load_and_resolve(repo, None) {
         Err(e) => format!("{e}\n"),
         Ok(state) => {
             let mut out = format!("ok\n{}", Plan::diff(None, &state));
@@ -103,49 +92,6 @@ fn render(repo: &Path) -> String {
     }
 }
 
-fn load_and_resolve(repo: &Path) -> quiver_registry::Result<RegistryState> {
-    let config = RepoConfig::load(repo)?;
-    let defs = Definitions::load(repo, &config)?;
-    resolve(&config.project, &defs, &FileSchemas { repo }, None, NOW)
-}
-
-/// Reads a source's schema from its file, as the offline plane does: Parquet with its own
-/// types, CSV with types inferred (so untyped).
-struct FileSchemas<'a> {
-    repo: &'a Path,
-}
-
-impl SourceSchemas for FileSchemas<'_> {
-    fn schema(&self, source: &Source) -> Result<SourceSchema, String> {
-        let Source::File(f) = source;
-        let path = self.repo.join(&f.path);
-        let format = f
-            .format
-            .or_else(|| FileFormat::from_path(&f.path))
-            .ok_or_else(|| format!("cannot tell the format of {}", f.path))?;
-        let file = File::open(&path).map_err(|_| format!("{} does not exist", f.path))?;
-        match format {
-            FileFormat::Parquet => Ok(SourceSchema {
-                schema: ParquetRecordBatchReaderBuilder::try_new(file)
-                    .map_err(|e| format!("{}: not a readable Parquet file: {e}", f.path))?
-                    .schema()
-                    .clone(),
-                typed: true,
-            }),
-            FileFormat::Csv => {
-                let (schema, _) = arrow::csv::reader::Format::default()
-                    .with_header(true)
-                    .infer_schema(file, Some(1000))
-                    .map_err(|e| format!("{}: {e}", f.path))?;
-                Ok(SourceSchema {
-                    schema: Arc::new(schema),
-                    typed: false,
-                })
-            }
-        }
-    }
-}
-
 /// Copies a case's files (all but the expected output) into `repo`.
 fn copy_case(from: &Path, repo: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
@@ -159,39 +105,4 @@ fn copy_case(from: &Path, repo: &Path) {
             std::fs::copy(&src, &dst).unwrap();
         }
     }
-}
-
-/// The data every case can read: `data/stats.parquet` with typed columns (a case may add
-/// its own files, CSV ones included, under `data/`).
-fn write_fixture_data(repo: &Path) {
-    let dir = repo.join("data");
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("driver_id", DataType::Int64, false),
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("rate", DataType::Float64, true),
-        Field::new("city", DataType::Utf8, true),
-        Field::new("trips", DataType::Int64, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(vec![1, 2])),
-        Arc::new(StringArray::from(vec!["c1", "c2"])),
-        Arc::new(
-            TimestampMicrosecondArray::from(vec![NOW - 7_200_000_000, NOW - 3_600_000_000])
-                .with_timezone("UTC"),
-        ),
-        Arc::new(Float64Array::from(vec![0.5, 0.7])),
-        Arc::new(StringArray::from(vec!["a", "b"])),
-        Arc::new(Int64Array::from(vec![10, 20])),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let file = File::create(dir.join("stats.parquet")).unwrap();
-    let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
 }

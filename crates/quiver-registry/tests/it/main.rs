@@ -1,3 +1,5 @@
 //! Integration tests of the registry, in one binary.
 
+mod common;
 mod golden;
+mod versions;
