@@ -1,0 +1,262 @@
+//! Feature views: entities and a source that exist, join keys that are columns of the
+//! source with one type per key, and features that are typed columns of the source.
+
+use std::collections::BTreeMap;
+
+use quiver_core::dtype::DType;
+use quiver_core::model::JoinKey;
+
+use super::sources::CheckedSources;
+use super::{column_list, is_identifier, normalize_key, Errors, KeyTypes, Names};
+use crate::repo::Definitions;
+use crate::state::{suggest, RegistryState, ViewRecord};
+
+/// Checks every feature view and returns each one's join keys, typed. The key types read
+/// from the sources are added to `key_types`.
+pub(super) fn check(
+    defs: &Definitions,
+    names: &Names,
+    sources: &CheckedSources<'_>,
+    key_types: &mut KeyTypes,
+    errs: &mut Errors,
+) -> BTreeMap<String, Vec<JoinKey>> {
+    let Names {
+        entities: ent_idx,
+        sources: src_idx,
+        ..
+    } = names;
+    let CheckedSources {
+        schemas: source_schemas,
+        untyped,
+    } = sources;
+    let mut view_keys: BTreeMap<String, Vec<JoinKey>> = BTreeMap::new();
+    for v in &defs.feature_views {
+        let def = &v.value;
+        let obj = format!("feature view '{}'", def.name);
+        if def.entities.is_empty() {
+            errs.at(
+                v,
+                obj.clone(),
+                "entities",
+                "needs at least one entity".into(),
+            );
+        }
+        if def.features.is_empty() {
+            errs.at(
+                v,
+                obj.clone(),
+                "features",
+                "needs at least one feature".into(),
+            );
+        }
+        let source = defs.sources.iter().find(|s| s.value.name() == def.source);
+        if source.is_none() {
+            errs.at(
+                v,
+                obj.clone(),
+                "source",
+                format!(
+                    "unknown source '{}'{}",
+                    def.source,
+                    suggest(&def.source, src_idx.keys())
+                ),
+            );
+        }
+        let schema = source.and_then(|s| source_schemas.get(s.value.name()));
+        let mut keys: Vec<JoinKey> = Vec::new();
+        let mut used_entities = Vec::new();
+        for (i, ent) in def.entities.iter().enumerate() {
+            let field = format!("entities[{i}]");
+            if used_entities.contains(&ent) {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    &field,
+                    format!("entity '{ent}' is listed twice"),
+                );
+                continue;
+            }
+            used_entities.push(ent);
+            let Some(&ei) = ent_idx.get(ent) else {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    &field,
+                    format!("unknown entity '{ent}'{}", suggest(ent, ent_idx.keys())),
+                );
+                continue;
+            };
+            for k in &defs.entities[ei].value.join_keys {
+                if keys.iter().any(|x| x.name == k.name()) {
+                    errs.at(v, obj.clone(), &field, format!(
+                        "join key '{}' of entity '{ent}' is also a key of another entity of this view",
+                        k.name()));
+                    continue;
+                }
+                let Some(schema) = schema else { continue };
+                let Ok(col) = schema.field_with_name(k.name()) else {
+                    errs.at(v, obj.clone(), &field, format!(
+                        "join key '{}' of entity '{ent}' is not a column of source '{}' (columns: {})",
+                        k.name(), def.source, column_list(schema)));
+                    continue;
+                };
+                let Some(src_t) = DType::from_arrow(col.data_type()).filter(|t| t.is_key_type())
+                else {
+                    errs.at(v, obj.clone(), &field, format!(
+                        "join key '{}' has type {} in source '{}'; join keys must be integers, strings or bytes",
+                        k.name(), col.data_type(), def.source));
+                    continue;
+                };
+                let slot = (ent.clone(), k.name().to_string());
+                // CSV columns carry no type: a declared key type is read as declared.
+                let src_t = match key_types.get(&slot) {
+                    Some((t, _)) if untyped.contains(&def.source.as_str()) => t.clone(),
+                    _ => normalize_key(&src_t),
+                };
+                match key_types.get(&slot) {
+                    Some((t, from)) if *t != src_t => errs.at(
+                        v,
+                        obj.clone(),
+                        &field,
+                        format!(
+                            "join key '{}' is {src_t} in source '{}' but {t} in {from}",
+                            k.name(),
+                            def.source
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        key_types.insert(slot, (src_t.clone(), format!("source '{}'", def.source)));
+                    }
+                }
+                keys.push(JoinKey {
+                    name: k.name().to_string(),
+                    dtype: src_t,
+                });
+            }
+        }
+        let mut names: Vec<&str> = Vec::new();
+        let reserved: Vec<&str> = source
+            .map(|s| {
+                vec![
+                    s.value.timestamp_field(),
+                    s.value.created_timestamp_field().unwrap_or(""),
+                ]
+            })
+            .unwrap_or_default();
+        for (i, f) in def.features.iter().enumerate() {
+            let field = format!("features[{i}]");
+            if !is_identifier(&f.name) {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    &format!("{field}.name"),
+                    format!("'{}' must be an identifier", f.name),
+                );
+            }
+            if names.contains(&f.name.as_str()) {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    &format!("{field}.name"),
+                    format!("duplicate feature '{}'", f.name),
+                );
+            }
+            names.push(&f.name);
+            if keys.iter().any(|k| k.name == f.name)
+                || reserved.contains(&f.name.as_str())
+                || ["event_timestamp", "created_timestamp"].contains(&f.name.as_str())
+            {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    &format!("{field}.name"),
+                    format!(
+                        "'{}' is a join key or timestamp column and cannot be a feature",
+                        f.name
+                    ),
+                );
+            }
+            let Some(schema) = schema else { continue };
+            match schema.field_with_name(&f.name) {
+                Err(_) => errs.at(
+                    v,
+                    obj.clone(),
+                    &format!("{field}.name"),
+                    format!(
+                        "column '{}' is not in source '{}' (columns: {})",
+                        f.name,
+                        def.source,
+                        column_list(schema)
+                    ),
+                ),
+                Ok(_) if untyped.contains(&def.source.as_str()) => {}
+                Ok(col) => match DType::from_arrow(col.data_type()) {
+                    Some(t) if f.dtype.accepts(&t) => {}
+                    other => errs.at(
+                        v,
+                        obj.clone(),
+                        &format!("{field}.dtype"),
+                        format!(
+                            "declared {} but column '{}' of source '{}' is {}",
+                            f.dtype,
+                            f.name,
+                            def.source,
+                            other
+                                .map(|t| t.to_string())
+                                .unwrap_or_else(|| col.data_type().to_string())
+                        ),
+                    ),
+                },
+            }
+        }
+        view_keys.insert(def.name.clone(), keys);
+    }
+    view_keys
+}
+
+/// Adds the feature views to `state` (whose sources are set), each with its version: the
+/// previous one while the stored data keeps its shape, else the next.
+pub(super) fn records(
+    defs: &Definitions,
+    mut view_keys: BTreeMap<String, Vec<JoinKey>>,
+    previous: Option<&RegistryState>,
+    state: &mut RegistryState,
+) {
+    for v in &defs.feature_views {
+        let def = v.value.clone();
+        let join_keys = view_keys.remove(&def.name).unwrap_or_default();
+        let source = state.sources.get(&def.source).map(|s| &s.def);
+        let prev = previous.and_then(|p| p.feature_views.get(&def.name));
+        let prev_source = previous
+            .and_then(|p| prev.and_then(|pv| p.sources.get(&pv.def.source)))
+            .map(|s| &s.def);
+        let same_data = prev.is_some_and(|p| {
+            p.join_keys == join_keys
+                && p.def
+                    .features
+                    .iter()
+                    .map(|f| (&f.name, &f.dtype))
+                    .eq(def.features.iter().map(|f| (&f.name, &f.dtype)))
+                && p.def.source == def.source
+                && prev_source.map(|s| (s.timestamp_field(), s.created_timestamp_field()))
+                    == source.map(|s| (s.timestamp_field(), s.created_timestamp_field()))
+        });
+        let (version, materialized, ingested_until) = match prev {
+            Some(p) if same_data => (p.version, p.materialized.clone(), p.ingested_until),
+            Some(p) => (p.version + 1, None, None),
+            None => (1, None, None),
+        };
+        state.feature_views.insert(
+            def.name.clone(),
+            ViewRecord {
+                def,
+                version,
+                join_keys,
+                file: v.file.clone(),
+                materialized,
+                ingested_until,
+            },
+        );
+    }
+}
