@@ -7,8 +7,19 @@
 //! `OUTSIDE_TTL` exactly when a stored one would. What it changes is how soon a newer
 //! row written by *another* process is seen: at most `ttl` later. Writes through the
 //! cache invalidate the cells they touch, so a process reads its own writes.
+//!
+//! **Ordering of a miss against a write.** A miss reads the store, then caches what it
+//! read; a write through the cache stores, then invalidates. If the write's
+//! invalidation fell between the miss's read and its insert, the old cell would be
+//! cached after the write returned. So every entity key hashes to one of a fixed set of
+//! generation counters: a write bumps the counters of its keys before invalidating, a
+//! miss notes its key's counter before reading the store and caches the cell as
+//! *unconfirmed*, then confirms it only if the counter has not moved. An unconfirmed
+//! cell is served only while its counter still holds the noted value, so a cell read
+//! before a write is never served after that write returns. A write to another key
+//! sharing the counter costs a miss, never a wrong value.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +39,15 @@ struct Entry {
     key: Arc<[u8]>,
     cell: Option<Arc<[u8]>>,
     at: Instant,
+    /// The key's generation noted before the store was read.
+    generation: u64,
+    /// Set once the generation was seen unchanged after the insert (shared by the cells
+    /// of one miss); until then the cell is served only while the generation holds.
+    confirmed: Arc<AtomicBool>,
 }
+
+/// The number of generation counters (a power of two).
+const GENERATIONS: usize = 4096;
 
 #[derive(Clone)]
 struct Bytes;
@@ -44,12 +63,19 @@ pub struct CachedStore {
     inner: Arc<dyn OnlineStore>,
     ttl: Duration,
     cache: Cache<Slot, Entry, Bytes>,
+    /// Per group of entity keys, the number of writes through the cache that touched it.
+    generations: Box<[AtomicU64]>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 fn slot(key: &[u8], field: &FieldId) -> Slot {
     (xxhash_rust::xxh3::xxh3_128(key), *field)
+}
+
+/// The generation counter of the key hashed to `hash` (the first half of its [`Slot`]).
+fn generation_of(hash: u128) -> usize {
+    (hash >> 64) as usize & (GENERATIONS - 1)
 }
 
 impl CachedStore {
@@ -61,14 +87,25 @@ impl CachedStore {
             inner,
             ttl,
             cache: Cache::with_weighter(estimate, max_bytes, Bytes),
+            generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
     }
 
+    fn generation(&self, hash: u128) -> &AtomicU64 {
+        &self.generations[generation_of(hash)]
+    }
+
     fn lookup(&self, key: &[u8], field: &FieldId, now: Instant) -> Option<Option<Vec<u8>>> {
-        let e = self.cache.get(&slot(key, field))?;
+        let s = slot(key, field);
+        let e = self.cache.get(&s)?;
         if &*e.key != key || now.duration_since(e.at) >= self.ttl {
+            return None;
+        }
+        if !e.confirmed.load(Ordering::Acquire)
+            && self.generation(s.0).load(Ordering::Acquire) != e.generation
+        {
             return None;
         }
         Some(e.cell.as_ref().map(|c| c.to_vec()))
@@ -79,9 +116,13 @@ impl CachedStore {
 impl OnlineStore for CachedStore {
     async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
         let r = self.inner.write(rows).await;
-        // Invalidate even when the write failed: part of it may have landed.
+        // Invalidate even when the write failed: part of it may have landed. The
+        // generation moves first, so a miss that read the store before this write either
+        // sees it move or inserted before the removal below.
         for w in rows {
-            self.cache.remove(&slot(w.key, &w.field));
+            let s = slot(w.key, &w.field);
+            self.generation(s.0).fetch_add(1, Ordering::AcqRel);
+            self.cache.remove(&s);
         }
         r
     }
@@ -90,7 +131,8 @@ impl OnlineStore for CachedStore {
         let nf = fields.len();
         let now = Instant::now();
         let mut cells: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len() * nf);
-        let mut missing_keys: Vec<usize> = Vec::new();
+        // (key index, its generation counter, the counter before the store is read)
+        let mut missing_keys: Vec<(usize, usize, u64)> = Vec::new();
         let (mut hits, mut misses) = (0u64, 0u64);
         for (ki, key) in keys.iter().enumerate() {
             let mut key_missed = false;
@@ -108,7 +150,9 @@ impl OnlineStore for CachedStore {
                 }
             }
             if key_missed {
-                missing_keys.push(ki);
+                let gi = generation_of(xxhash_rust::xxh3::xxh3_128(key));
+                let g = self.generations[gi].load(Ordering::Acquire);
+                missing_keys.push((ki, gi, g));
             }
         }
         self.hits.fetch_add(hits, Ordering::Relaxed);
@@ -116,10 +160,11 @@ impl OnlineStore for CachedStore {
         if missing_keys.is_empty() {
             return Ok(cells);
         }
-        let sub: Vec<&[u8]> = missing_keys.iter().map(|&k| keys[k]).collect();
+        let sub: Vec<&[u8]> = missing_keys.iter().map(|&(k, _, _)| keys[k]).collect();
         let fetched = self.inner.read(&sub, fields).await?;
         let at = Instant::now();
-        for (si, &ki) in missing_keys.iter().enumerate() {
+        let confirmed = Arc::new(AtomicBool::new(false));
+        for (si, &(ki, _, generation)) in missing_keys.iter().enumerate() {
             let key: Arc<[u8]> = Arc::from(keys[ki]);
             for (fi, f) in fields.iter().enumerate() {
                 let cell = &fetched[si * nf + fi];
@@ -129,10 +174,20 @@ impl OnlineStore for CachedStore {
                         key: key.clone(),
                         cell: cell.as_deref().map(Arc::from),
                         at,
+                        generation,
+                        confirmed: confirmed.clone(),
                     },
                 );
                 cells[ki * nf + fi] = cell.clone();
             }
+        }
+        // Confirm the cells if no write touched their keys since they were read; else
+        // they stay unconfirmed, served only until their generation moves (it has).
+        let unchanged = missing_keys
+            .iter()
+            .all(|&(_, gi, generation)| self.generations[gi].load(Ordering::Acquire) == generation);
+        if unchanged {
+            confirmed.store(true, Ordering::Release);
         }
         Ok(cells)
     }
