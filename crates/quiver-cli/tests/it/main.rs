@@ -9,4 +9,5 @@ mod ingest;
 mod materialize;
 mod on_demand;
 mod on_demand_serving;
+mod parity;
 mod point_in_time;
