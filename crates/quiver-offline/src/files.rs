@@ -4,7 +4,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -74,7 +74,13 @@ pub fn format_of(path: &Path, given: Option<FileFormat>) -> Result<FileFormat> {
         })
 }
 
-/// The schema of a file. CSV columns are typed by inference over the first rows.
+/// Rows of a CSV file read to infer its column types.
+const CSV_INFER_ROWS: usize = 1000;
+
+/// The schema of a file. CSV columns are typed by inference over the first rows; a
+/// column is inferred to be integers only when every value read is an integer written
+/// in its plain form (see [`is_plain_integer`]), else it stays text, so key values like
+/// `007` and `7` stay two entities.
 pub fn read_schema(path: &Path, format: FileFormat) -> Result<SchemaRef> {
     let file = File::open(path).map_err(io_err(path.display()))?;
     match format {
@@ -90,11 +96,59 @@ pub fn read_schema(path: &Path, format: FileFormat) -> Result<SchemaRef> {
         FileFormat::Csv => {
             let (schema, _) = arrow::csv::reader::Format::default()
                 .with_header(true)
-                .infer_schema(file, Some(1000))
+                .infer_schema(file, Some(CSV_INFER_ROWS))
                 .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
-            Ok(Arc::new(schema))
+            Ok(Arc::new(plain_integers_only(path, schema)?))
         }
     }
+}
+
+/// Whether `s` is an integer as it prints: an optional `-`, then digits without
+/// leading zeros (`0` alone), within i64. Text like `007`, `+7`, ` 7` or `-0` is not:
+/// parsed, it would become the same number as another spelling.
+pub fn is_plain_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !digits.starts_with('0'))
+        && s.parse::<i64>().is_ok()
+}
+
+/// `schema` (inferred from the first rows of the CSV file at `path`) with the
+/// integer columns whose text in those rows is not all plain integers turned to text.
+fn plain_integers_only(path: &Path, schema: Schema) -> Result<Schema> {
+    let ints: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| schema.field(i).data_type().is_integer())
+        .collect();
+    if ints.is_empty() {
+        return Ok(schema);
+    }
+    let ctx = |e: &dyn std::fmt::Display| Error::Data(format!("{}: {e}", path.display()));
+    let text = Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    );
+    let file = File::open(path).map_err(io_err(path.display()))?;
+    let mut reader = arrow::csv::ReaderBuilder::new(Arc::new(text))
+        .with_header(true)
+        .with_batch_size(CSV_INFER_ROWS)
+        .with_projection(ints.clone())
+        .build(file)
+        .map_err(|e| ctx(&e))?;
+    let Some(batch) = reader.next().transpose().map_err(|e| ctx(&e))? else {
+        return Ok(schema);
+    };
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for (c, &i) in ints.iter().enumerate() {
+        let col = batch.column(c).as_string::<i32>();
+        if col.iter().flatten().any(|v| !is_plain_integer(v)) {
+            fields[i] = Field::new(fields[i].name(), DataType::Utf8, true);
+        }
+    }
+    Ok(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// Reads a whole file. CSV is read with `csv_schema` when given (columns typed as
