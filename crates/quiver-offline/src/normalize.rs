@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Date32Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use quiver_core::dtype::{timestamp_type, DType};
 use quiver_core::model::{JoinKey, ResolvedView};
 use quiver_core::time::{day_of, parse_timestamp, MICROS_PER_DAY};
 
+use crate::files::is_plain_integer;
 use crate::{Error, Result};
 
 /// Name of the stored event-time column.
@@ -27,6 +30,17 @@ pub fn key_arrow_type(t: &DType) -> DataType {
     match t {
         DType::Int32 | DType::Int64 => DataType::Int64,
         other => other.to_arrow(),
+    }
+}
+
+/// The Arrow type a join-key column of a CSV file is read as: integer keys as text,
+/// which [`normalize_batch`] turns into integers only where each is written as a plain
+/// integer ([`crate::files::is_plain_integer`]), so `007` is never read as `7`; other
+/// keys as stored.
+pub fn key_csv_type(t: &DType) -> DataType {
+    match key_arrow_type(t) {
+        DataType::Int64 => DataType::Utf8,
+        other => other,
     }
 }
 
@@ -145,6 +159,31 @@ pub fn cast_key(col: &ArrayRef, key: &JoinKey) -> Result<ArrayRef> {
     )?)
 }
 
+/// Parses a text column of integer join keys (nulls already rejected), each of which
+/// must be written as a plain integer.
+fn plain_int_keys(col: &ArrayRef, key: &JoinKey, origin: &Origin<'_>) -> Result<ArrayRef> {
+    let c = cast_with_options(col, &DataType::Utf8, &CastOptions::default())?;
+    let s = c.as_string::<i32>();
+    let mut out = Vec::with_capacity(s.len());
+    for i in 0..s.len() {
+        let v = s.value(i);
+        if !is_plain_integer(v) {
+            return Err(origin.err(
+                i,
+                &key.name,
+                format!(
+                    "'{v}' is not a plain integer but the join key is {}: read as a number, \
+                     spellings like 007 and 7 would be one entity; declare the key as \
+                     {{ name: {}, dtype: string }} in its entity to keep them apart",
+                    key.dtype, key.name
+                ),
+            ));
+        }
+        out.push(v.parse::<i64>().expect("plain integers parse"));
+    }
+    Ok(Arc::new(Int64Array::from(out)))
+}
+
 fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin<'_>) -> Result<&'b ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
         Error::Data(format!(
@@ -177,6 +216,14 @@ pub fn normalize_batch(
         if c.null_count() > 0 {
             let row = (0..c.len()).find(|&i| c.is_null(i)).unwrap_or(0);
             return Err(origin.err(row, &k.name, "join key is null"));
+        }
+        let text = matches!(
+            c.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        );
+        if text && key_arrow_type(&k.dtype) == DataType::Int64 {
+            cols.push(plain_int_keys(c, k, origin)?);
+            continue;
         }
         cols.push(cast_key(c, k).map_err(|e| Error::Data(format!("{}: {e}", origin.file)))?);
     }

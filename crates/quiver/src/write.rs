@@ -133,7 +133,7 @@ pub fn source_types(
         .map(|k| {
             (
                 k.name.clone(),
-                quiver_offline::normalize::key_arrow_type(&k.dtype),
+                quiver_offline::normalize::key_csv_type(&k.dtype),
             )
         })
         .collect();

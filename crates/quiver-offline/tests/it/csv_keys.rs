@@ -120,3 +120,27 @@ fn plain_integers_are_still_inferred_as_integers() {
         ]
     );
 }
+
+#[test]
+fn a_zero_padded_key_after_the_inference_rows_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first 1000 rows, which inference reads, hold plain integers; row 1002 holds 007.
+    let mut csv = String::from("driver_id,event_timestamp,n_trips\n");
+    for i in 1..=1001 {
+        csv.push_str(&format!("{i},2024-05-01T00:00:00Z,{i}\n"));
+    }
+    csv.push_str("007,2024-05-01T00:00:00Z,0\n");
+    write(dir.path(), "trips.csv", &csv);
+    let state = resolve_repo(dir.path(), DEFINITIONS);
+    assert_eq!(
+        state.resolved_view("trips").unwrap().join_keys[0].dtype,
+        DType::Int64
+    );
+    let store = OfflineStore::open(dir.path().join("offline")).unwrap();
+    let e = ingest_source(dir.path(), &state, &store, "trips")
+        .expect_err("007 must not be read as driver 7")
+        .to_string();
+    for part in ["trips.csv: row 1002", "driver_id", "'007'", "dtype: string"] {
+        assert!(e.contains(part), "{part:?} not in: {e}");
+    }
+}

@@ -9,7 +9,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use quiver_core::model::{FileFormat, ResolvedView, Source};
 use quiver_offline::files;
-use quiver_offline::normalize::{key_arrow_type, normalize_batch, Origin};
+use quiver_offline::normalize::{key_csv_type, normalize_batch, Origin};
 use quiver_offline::{IngestStats, OfflineStore};
 use quiver_registry::{resolve, Definitions, RegistryState, SourceSchema, SourceSchemas};
 
@@ -40,8 +40,8 @@ pub fn resolve_repo(repo: &Path, yaml: &str) -> RegistryState {
 }
 
 /// Ingests every file of `view`'s source into `store` as a repository does: CSV join
-/// keys and features read as registered, times as text, the time contract's
-/// normalization, then one ingest.
+/// keys read as text (integers checked to be plain), features as registered, times as
+/// text, the time contract's normalization, then one ingest.
 pub fn ingest_source(
     repo: &Path,
     state: &RegistryState,
@@ -61,7 +61,7 @@ pub fn ingest_source(
                 let mut overrides: Vec<(String, DataType)> = resolved
                     .join_keys
                     .iter()
-                    .map(|k| (k.name.clone(), key_arrow_type(&k.dtype)))
+                    .map(|k| (k.name.clone(), key_csv_type(&k.dtype)))
                     .collect();
                 overrides.extend(
                     resolved
