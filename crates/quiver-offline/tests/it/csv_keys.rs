@@ -69,16 +69,15 @@ fn keys_written_with_leading_zeros_or_a_signed_zero_are_distinct_string_entities
         ],
     )
     .unwrap();
-    let out = store
-        .historical(&HistoricalRequest {
-            entities: vec![labels],
-            timestamp_column: "event_timestamp".into(),
-            views: vec![ViewRequest {
-                view,
-                features: vec![("n_trips".into(), "n_trips".into())],
-            }],
-        })
-        .unwrap();
+    let out = crate::block_on(store.historical(HistoricalRequest {
+        entities: vec![labels],
+        timestamp_column: "event_timestamp".into(),
+        views: vec![ViewRequest {
+            view,
+            features: vec![("n_trips".into(), "n_trips".into())],
+        }],
+    }))
+    .unwrap();
     let n = out
         .column_by_name("n_trips")
         .unwrap()

@@ -93,7 +93,17 @@ pub fn ingest_source(
             first_row += b.num_rows();
         }
     }
-    store.ingest(&resolved, batches)
+    block_on(store.ingest(&resolved, batches))
+}
+
+/// Runs an async store operation from a test.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// Writes `text` to `dir/name` and returns the path.
