@@ -2,6 +2,11 @@
 //!
 //! Every timestamp in quiver is an `i64` count of microseconds since the Unix epoch, UTC.
 //! A naive timestamp in input is read as UTC; a zoned one is converted.
+//!
+//! Input finer than a microsecond (nanosecond timestamps, nine fractional digits) is
+//! rounded by which side of the time contract it is on ([`Rounding`]): feature and
+//! event times up, label and entity-row times down, so no row from after a label's time
+//! can reach it.
 
 use std::fmt;
 
@@ -61,6 +66,36 @@ impl Clock for ManualClock {
     }
 }
 
+/// How a time finer than a microsecond becomes microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Up to the next microsecond (ceiling): feature rows' event and creation times, so
+    /// a row never moves earlier than it happened.
+    Up,
+    /// Down (floor): label and entity-row times, and query times, so a label never
+    /// moves later than it was taken.
+    Down,
+}
+
+/// Nanoseconds since the epoch in microseconds, rounded as `rounding` says (toward
+/// minus infinity or plus infinity, also before 1970).
+pub fn micros_from_nanos(nanos: i64, rounding: Rounding) -> Timestamp {
+    round_micros(
+        nanos.div_euclid(1_000),
+        nanos.rem_euclid(1_000) as u16,
+        rounding,
+    )
+}
+
+/// A time given as whole microseconds `floor` plus `sub_nanos` (0..1000) nanoseconds,
+/// rounded to microseconds as `rounding` says.
+pub fn round_micros(floor: Timestamp, sub_nanos: u16, rounding: Rounding) -> Timestamp {
+    match rounding {
+        Rounding::Up if sub_nanos > 0 => floor + 1,
+        _ => floor,
+    }
+}
+
 /// The day (days since the epoch) a timestamp falls in, as used by the offline
 /// store's day partitions.
 pub fn day_of(ts: Timestamp) -> i32 {
@@ -69,11 +104,26 @@ pub fn day_of(ts: Timestamp) -> i32 {
 
 /// Parses a timestamp written as RFC 3339 (`2024-05-01T12:00:00Z`, any offset), as a
 /// naive date-time (`2024-05-01 12:00:00[.ffffff]`, `2024-05-01T12:00:00`, read as UTC)
-/// or as a date (`2024-05-01`, midnight UTC).
+/// or as a date (`2024-05-01`, midnight UTC). Digits finer than a microsecond are
+/// rounded down (a label's or a query's time); see [`parse_timestamp_nanos`].
 pub fn parse_timestamp(s: &str) -> Result<Timestamp> {
+    parse_timestamp_nanos(s).map(|(floor, _)| floor)
+}
+
+/// Parses a timestamp as [`parse_timestamp`] does, keeping what microseconds cannot
+/// hold: the whole microseconds (rounded down) and the nanoseconds past them (0..1000),
+/// for [`round_micros`].
+pub fn parse_timestamp_nanos(s: &str) -> Result<(Timestamp, u16)> {
+    let parts = |dt: DateTime<Utc>| {
+        let nanos = dt.timestamp_subsec_nanos();
+        (
+            dt.timestamp() * MICROS_PER_SECOND + (nanos / 1_000) as i64,
+            (nanos % 1_000) as u16,
+        )
+    };
     let s = s.trim();
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
-        return Ok(dt.with_timezone(&Utc).timestamp_micros());
+        return Ok(parts(dt.with_timezone(&Utc)));
     }
     for fmt in [
         "%Y-%m-%d %H:%M:%S%.f",
@@ -81,22 +131,33 @@ pub fn parse_timestamp(s: &str) -> Result<Timestamp> {
         "%Y-%m-%d %H:%M",
     ] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Ok(Utc.from_utc_datetime(&dt).timestamp_micros());
+            return Ok(parts(Utc.from_utc_datetime(&dt)));
         }
     }
     for fmt in ["%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
         if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
-            return Ok(dt.with_timezone(&Utc).timestamp_micros());
+            return Ok(parts(dt.with_timezone(&Utc)));
         }
     }
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         let dt = d.and_hms_opt(0, 0, 0).expect("midnight exists");
-        return Ok(Utc.from_utc_datetime(&dt).timestamp_micros());
+        return Ok(parts(Utc.from_utc_datetime(&dt)));
     }
     Err(Error::Invalid(format!(
         "cannot parse timestamp {s:?}: expected RFC 3339 (2024-05-01T12:00:00Z) or \
          '2024-05-01 12:00:00' (UTC)"
     )))
+}
+
+/// Formats a time of whole microseconds `floor` plus `sub_nanos` nanoseconds as RFC 3339
+/// in UTC with nine fractional digits (for messages about sub-microsecond input).
+pub fn format_timestamp_nanos(floor: Timestamp, sub_nanos: u16) -> String {
+    match DateTime::<Utc>::from_timestamp_micros(floor) {
+        Some(dt) => (dt + chrono::Duration::nanoseconds(sub_nanos as i64))
+            .format("%Y-%m-%dT%H:%M:%S%.9fZ")
+            .to_string(),
+        None => format!("{floor}us+{sub_nanos}ns"),
+    }
 }
 
 /// Formats a timestamp as RFC 3339 in UTC with microseconds when they are not zero.
@@ -265,5 +326,28 @@ mod tests {
         assert!(parse_timestamp("yesterday").is_err());
         assert_eq!(day_of(-1), -1);
         assert_eq!(day_of(0), 0);
+    }
+
+    #[test]
+    fn sub_microsecond_times_round_up_for_rows_and_down_for_labels() {
+        let z = parse_timestamp("2024-05-01T12:00:00Z").unwrap();
+        let late = "2024-05-01T12:00:00.000000800Z";
+        assert_eq!(parse_timestamp(late).unwrap(), z);
+        assert_eq!(parse_timestamp_nanos(late).unwrap(), (z, 800));
+        assert_eq!(round_micros(z, 800, Rounding::Up), z + 1);
+        assert_eq!(round_micros(z, 800, Rounding::Down), z);
+        assert_eq!(round_micros(z, 0, Rounding::Up), z);
+        let (f, n) = parse_timestamp_nanos("2024-05-01 14:00:00.123456789+02:00").unwrap();
+        assert_eq!((f, n), (z + 123_456, 789));
+        assert_eq!(
+            format_timestamp_nanos(f, n),
+            "2024-05-01T12:00:00.123456789Z"
+        );
+        // Before 1970 too: -1 ns is just before the epoch.
+        assert_eq!(micros_from_nanos(-1, Rounding::Down), -1);
+        assert_eq!(micros_from_nanos(-1, Rounding::Up), 0);
+        assert_eq!(micros_from_nanos(-1_000, Rounding::Up), -1);
+        assert_eq!(micros_from_nanos(1_800, Rounding::Up), 2);
+        assert_eq!(micros_from_nanos(1_800, Rounding::Down), 1);
     }
 }

@@ -27,7 +27,7 @@ use quiver_core::time::Timestamp;
 use rayon::prelude::*;
 
 use crate::normalize::{
-    cast_key, table_schema, to_timestamps, Origin, CREATED_TIMESTAMP, EVENT_TIMESTAMP,
+    cast_key, table_schema, to_timestamps, Origin, Rounding, CREATED_TIMESTAMP, EVENT_TIMESTAMP,
 };
 use crate::store::{read_data_file, DataFile, OfflineStore};
 use crate::{Error, Result};
@@ -152,7 +152,15 @@ fn join(req: &HistoricalRequest, files: &[Vec<DataFile>]) -> Result<RecordBatch>
         file: "entity rows",
         first_row: 1,
     };
-    let times = to_timestamps(ts_col.as_ref(), &req.timestamp_column, &origin, true)?;
+    // Label times round down, feature rows' times up: no row from after a label's
+    // time reaches it, however fine the input's precision.
+    let times = to_timestamps(
+        ts_col.as_ref(),
+        &req.timestamp_column,
+        &origin,
+        true,
+        Rounding::Down,
+    )?;
     let times: &[Timestamp] = times.values();
 
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();

@@ -3,6 +3,11 @@
 //! Stored form of a view's rows: the join keys (int64, string or bytes), a non-null
 //! `event_timestamp` and a nullable `created_timestamp` (microseconds, UTC), the
 //! features typed as declared, and `event_date` (the day partition).
+//!
+//! Source times finer than a microsecond are rounded by the time contract's side
+//! ([`Rounding`]): a feature row's event and creation times up, a label's time down, so
+//! no row from after a label's time can reach it. Two rows of one key that differ only
+//! below a microsecond would become one stored row: that is an error naming both rows.
 
 use std::sync::Arc;
 
@@ -10,10 +15,13 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
 };
 use arrow::compute::{cast_with_options, CastOptions};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType};
 use quiver_core::dtype::{timestamp_type, DType};
 use quiver_core::model::{JoinKey, ResolvedView};
-use quiver_core::time::{day_of, parse_timestamp, MICROS_PER_DAY};
+pub use quiver_core::time::Rounding;
+use quiver_core::time::{
+    day_of, parse_timestamp, parse_timestamp_nanos, round_micros, MICROS_PER_DAY,
+};
 
 use crate::files::is_plain_integer;
 use crate::{Error, Result};
@@ -81,14 +89,42 @@ impl Origin<'_> {
 }
 
 /// Converts a time column (timestamps of any unit and zone, dates, or strings) to UTC
-/// microseconds. Nulls stay null; `required` turns a null into an error.
+/// microseconds. Nulls stay null; `required` turns a null into an error. Times finer
+/// than a microsecond are rounded as `rounding` says: [`Rounding::Up`] for a feature
+/// row's event and creation times, [`Rounding::Down`] for label and entity-row times.
 pub fn to_timestamps(
     col: &dyn Array,
     name: &str,
     origin: &Origin<'_>,
     required: bool,
+    rounding: Rounding,
 ) -> Result<TimestampMicrosecondArray> {
+    to_timestamps_nanos(col, name, origin, required, rounding).map(|(t, _)| t)
+}
+
+/// Like [`to_timestamps`], also returning per row the nanoseconds (0..1000) past the
+/// whole microsecond of the source time, when some row has them.
+fn to_timestamps_nanos(
+    col: &dyn Array,
+    name: &str,
+    origin: &Origin<'_>,
+    required: bool,
+    rounding: Rounding,
+) -> Result<(TimestampMicrosecondArray, Option<Vec<u16>>)> {
+    let mut sub: Option<Vec<u16>> = None;
     let out: TimestampMicrosecondArray = match col.data_type() {
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            let a = col.as_primitive::<TimestampNanosecondType>();
+            let mut values = Vec::with_capacity(a.len());
+            for (i, &ns) in a.values().iter().enumerate() {
+                let r = ns.rem_euclid(1_000) as u16;
+                if r != 0 && a.is_valid(i) {
+                    sub.get_or_insert_with(|| vec![0; a.len()])[i] = r;
+                }
+                values.push(round_micros(ns.div_euclid(1_000), r, rounding));
+            }
+            TimestampMicrosecondArray::new(values.into(), a.nulls().cloned())
+        }
         DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
             let target = DataType::Timestamp(TimeUnit::Microsecond, None);
             let c = cast_with_options(
@@ -111,9 +147,12 @@ pub fn to_timestamps(
                 if s.is_null(i) {
                     v.push(None);
                 } else {
-                    v.push(Some(
-                        parse_timestamp(s.value(i)).map_err(|e| origin.err(i, name, e))?,
-                    ));
+                    let (floor, r) =
+                        parse_timestamp_nanos(s.value(i)).map_err(|e| origin.err(i, name, e))?;
+                    if r != 0 {
+                        sub.get_or_insert_with(|| vec![0; s.len()])[i] = r;
+                    }
+                    v.push(Some(round_micros(floor, r, rounding)));
                 }
             }
             TimestampMicrosecondArray::from(v)
@@ -130,7 +169,7 @@ pub fn to_timestamps(
         let row = (0..out.len()).find(|&i| out.is_null(i)).unwrap_or(0);
         return Err(origin.err(row, name, "timestamp is null"));
     }
-    Ok(out.with_timezone("UTC"))
+    Ok((out.with_timezone("UTC"), sub))
 }
 
 /// Casts a join-key column to its stored type.
@@ -200,8 +239,49 @@ fn column<'b>(batch: &'b RecordBatch, name: &str, origin: &Origin<'_>) -> Result
     })
 }
 
+/// A batch in the view's stored form ([`normalize`]) with what microseconds could not
+/// hold of its source times, so that an ingest tells rows that rounding made equal from
+/// rows that were equal (a repeated row, a re-ingest).
+#[derive(Clone, Debug)]
+pub struct NormalizedBatch {
+    pub batch: RecordBatch,
+    /// Per row, the nanoseconds (0..1000) past the whole microsecond of the source's
+    /// event and creation times; `None` when every time was whole microseconds.
+    pub sub_micros: Option<Vec<[u16; 2]>>,
+    /// Where the rows came from, for messages (empty when unknown).
+    pub file: String,
+    /// 1-based number of the batch's first row in `file`.
+    pub first_row: usize,
+}
+
+impl From<RecordBatch> for NormalizedBatch {
+    /// A batch already in the stored form, its times whole microseconds.
+    fn from(batch: RecordBatch) -> Self {
+        NormalizedBatch {
+            batch,
+            sub_micros: None,
+            file: String::new(),
+            first_row: 1,
+        }
+    }
+}
+
+impl NormalizedBatch {
+    /// Names row `row` of this batch, the `index`th of an ingest, in messages.
+    pub(crate) fn row_name(&self, index: usize, row: usize) -> String {
+        if self.file.is_empty() {
+            format!("batch {} row {}", index + 1, self.first_row + row)
+        } else {
+            format!("{}: row {}", self.file, self.first_row + row)
+        }
+    }
+}
+
 /// Validates a source batch and converts it to the view's stored form: keys present
-/// and non-null, timestamps parsable, features of an accepted type.
+/// and non-null, timestamps parsable (rounded up to the microsecond), features of an
+/// accepted type. Two rows of one key that rounding made equal in (event time, creation
+/// time) are an error naming both. Use [`normalize`] and pass its batches to
+/// [`crate::OfflineStore::ingest`] to catch them across the batches of one ingest too.
 pub fn normalize_batch(
     batch: &RecordBatch,
     view: &ResolvedView,
@@ -209,6 +289,23 @@ pub fn normalize_batch(
     created_field: Option<&str>,
     origin: &Origin<'_>,
 ) -> Result<RecordBatch> {
+    let n = normalize(batch, view, timestamp_field, created_field, origin)?;
+    if n.sub_micros.is_some() {
+        crate::store::check_rounding(view, std::slice::from_ref(&n))?;
+    }
+    Ok(n.batch)
+}
+
+/// Like [`normalize_batch`], keeping what rounding to microseconds took from the source
+/// times, for [`crate::OfflineStore::ingest`] to check across all batches of an ingest
+/// (this function checks nothing across rows).
+pub fn normalize(
+    batch: &RecordBatch,
+    view: &ResolvedView,
+    timestamp_field: &str,
+    created_field: Option<&str>,
+    origin: &Origin<'_>,
+) -> Result<NormalizedBatch> {
     let schema = table_schema(view);
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for k in &view.join_keys {
@@ -227,26 +324,46 @@ pub fn normalize_batch(
         }
         cols.push(cast_key(c, k).map_err(|e| Error::Data(format!("{}: {e}", origin.file)))?);
     }
-    let ts = to_timestamps(
+    let (ts, ts_sub) = to_timestamps_nanos(
         column(batch, timestamp_field, origin)?.as_ref(),
         timestamp_field,
         origin,
         true,
+        Rounding::Up,
     )?;
     let dates: Date32Array = ts.values().iter().map(|&t| Some(day_of(t))).collect();
     cols.push(Arc::new(ts));
+    let mut created_sub = None;
     match created_field {
-        Some(c) => cols.push(Arc::new(to_timestamps(
-            column(batch, c, origin)?.as_ref(),
-            c,
-            origin,
-            false,
-        )?)),
+        Some(c) => {
+            let (created, sub) = to_timestamps_nanos(
+                column(batch, c, origin)?.as_ref(),
+                c,
+                origin,
+                false,
+                Rounding::Up,
+            )?;
+            created_sub = sub;
+            cols.push(Arc::new(created));
+        }
         None => cols.push(arrow::array::new_null_array(
             &timestamp_type(),
             batch.num_rows(),
         )),
     }
+    let sub_micros = match (ts_sub, created_sub) {
+        (None, None) => None,
+        (e, c) => Some(
+            (0..batch.num_rows())
+                .map(|i| {
+                    [
+                        e.as_ref().map_or(0, |v| v[i]),
+                        c.as_ref().map_or(0, |v| v[i]),
+                    ]
+                })
+                .collect(),
+        ),
+    };
     for f in &view.features {
         let c = column(batch, &f.name, origin)?;
         let target = f.dtype.to_arrow();
@@ -276,7 +393,12 @@ pub fn normalize_batch(
         cols.push(casted);
     }
     cols.push(Arc::new(dates));
-    Ok(RecordBatch::try_new(schema, cols)?)
+    Ok(NormalizedBatch {
+        batch: RecordBatch::try_new(schema, cols)?,
+        sub_micros,
+        file: origin.file.to_string(),
+        first_row: origin.first_row,
+    })
 }
 
 /// The day (days since the epoch) of a Date32 partition value written `YYYY-MM-DD`.

@@ -10,6 +10,11 @@
 //! and the removal of the replaced ones are committed in one Delta transaction, so a
 //! reader (or a crash) sees the table before or after, never in between; the rewritten
 //! files of an interrupted ingest are never referenced.
+//!
+//! **Rows that rounding made equal.** Source times finer than a microsecond are rounded
+//! up ([`crate::normalize`]). Two rows of one ingest equal in (join keys, event time,
+//! creation time) after rounding but not before are an error naming both rows, never
+//! merged; rows equal before rounding too (a repeated row, a re-ingest) are not.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -33,10 +38,12 @@ use parquet::schema::types::ColumnPath;
 use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
-use quiver_core::time::{day_of, Timestamp, MICROS_PER_DAY};
+use quiver_core::time::{day_of, format_timestamp_nanos, Timestamp, MICROS_PER_DAY};
 use rayon::prelude::*;
 
-use crate::normalize::{table_schema, CREATED_TIMESTAMP, EVENT_DATE, EVENT_TIMESTAMP};
+use crate::normalize::{
+    table_schema, NormalizedBatch, CREATED_TIMESTAMP, EVENT_DATE, EVENT_TIMESTAMP,
+};
 use crate::{io_err, Error, Result};
 
 /// A data file of a view's table.
@@ -186,11 +193,17 @@ impl OfflineStore {
     /// Ingests normalized batches (see [`crate::normalize::normalize_batch`]). The
     /// merge (reading the touched partitions, sorting, encoding) runs on a blocking
     /// thread, which drives the Delta calls from there.
-    pub async fn ingest(
+    ///
+    /// Batches are in the stored form: [`NormalizedBatch`]es of
+    /// [`crate::normalize::normalize`], which carry what rounding to microseconds took
+    /// from the source times so that two rows it made equal are an error naming both,
+    /// or plain batches whose times were whole microseconds.
+    pub async fn ingest<B: Into<NormalizedBatch>>(
         &self,
         view: &ResolvedView,
-        batches: Vec<RecordBatch>,
+        batches: Vec<B>,
     ) -> Result<IngestStats> {
+        let batches: Vec<NormalizedBatch> = batches.into_iter().map(Into::into).collect();
         let (this, view) = (self.clone(), view.clone());
         let handle = tokio::runtime::Handle::current();
         crate::blocking(move || handle.block_on(this.ingest_async(&view, batches))).await
@@ -199,10 +212,10 @@ impl OfflineStore {
     async fn ingest_async(
         &self,
         view: &ResolvedView,
-        new: Vec<RecordBatch>,
+        new: Vec<NormalizedBatch>,
     ) -> Result<IngestStats> {
         let schema = table_schema(view);
-        let rows_in: u64 = new.iter().map(|b| b.num_rows() as u64).sum();
+        let rows_in: u64 = new.iter().map(|b| b.batch.num_rows() as u64).sum();
         let mut stats = IngestStats {
             rows_in,
             ..Default::default()
@@ -214,7 +227,10 @@ impl OfflineStore {
         let ts_idx = view.join_keys.len();
         let mut touched = BTreeSet::new();
         for b in &new {
-            let ts = b.column(ts_idx).as_primitive::<TimestampMicrosecondType>();
+            let ts = b
+                .batch
+                .column(ts_idx)
+                .as_primitive::<TimestampMicrosecondType>();
             for &t in ts.values() {
                 touched.insert(day_of(t));
                 stats.max_event_ts = Some(stats.max_event_ts.map_or(t, |m: i64| m.max(t)));
@@ -246,9 +262,9 @@ impl OfflineStore {
             .collect();
         let old_rows: u64 = old.iter().map(|b| b.num_rows() as u64).sum();
         let mut all = old;
-        all.extend(new);
+        all.extend(new.iter().map(|b| b.batch.clone()));
 
-        let order = merge_order(view, &all)?;
+        let order = merge_order(view, &all, &new)?;
         stats.rows_stored = order.iter().map(|d| d.1.len() as u64).sum();
         stats.rows_replaced = (old_rows + rows_in).saturating_sub(stats.rows_stored);
         stats.partitions = order.len() as u64;
@@ -465,6 +481,9 @@ pub fn read_data_file(
 #[derive(Clone, Copy)]
 struct Entry {
     day: i32,
+    /// For new rows: the nanoseconds past the microsecond of the source's event time
+    /// (high 16 bits) and creation time (low 16 bits) that rounding took; else 0.
+    sub: u32,
     key: u64,
     ts: i64,
     created: i64,
@@ -472,12 +491,80 @@ struct Entry {
     row: u32,
 }
 
+/// Errors when two rows of `batches` equal in join keys and (event, creation) time differ
+/// below a microsecond: rounding would make them one.
+pub(crate) fn check_rounding(view: &ResolvedView, batches: &[NormalizedBatch]) -> Result<()> {
+    let all: Vec<RecordBatch> = batches.iter().map(|b| b.batch.clone()).collect();
+    merge_order(view, &all, batches).map(|_| ())
+}
+
+/// The error for rows `a` and `b` of `new` (entries of a merge whose batches end with
+/// `new`), equal in microseconds and not in nanoseconds.
+fn rounding_collision(
+    view: &ResolvedView,
+    batches: &[RecordBatch],
+    new: &[NormalizedBatch],
+    a: &Entry,
+    b: &Entry,
+) -> Error {
+    let n_old = batches.len() - new.len();
+    let name = |e: &Entry| {
+        let i = e.batch as usize - n_old;
+        new[i].row_name(i, e.row as usize)
+    };
+    let keys = view
+        .join_keys
+        .iter()
+        .enumerate()
+        .map(|(k, jk)| {
+            let v = arrow::util::display::array_value_to_string(
+                batches[a.batch as usize].column(k),
+                a.row as usize,
+            )
+            .unwrap_or_default();
+            format!("{}={v}", jk.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The source time: the rounded-up microsecond less what rounding added.
+    let source = |micros: i64, sub: u32| match sub as u16 {
+        0 => format_timestamp_nanos(micros, 0),
+        r => format_timestamp_nanos(micros - 1, r),
+    };
+    let mut times = format!(
+        "event times {} and {}",
+        source(a.ts, a.sub >> 16),
+        source(b.ts, b.sub >> 16)
+    );
+    if a.created != NO_CREATED {
+        times.push_str(&format!(
+            ", creation times {} and {}",
+            source(a.created, a.sub & 0xffff),
+            source(b.created, b.sub & 0xffff)
+        ));
+    }
+    Error::Data(format!(
+        "{} and {}: two rows of {keys} differ only below a microsecond ({times}); quiver \
+         stores microseconds, rounding source times up, so they would become one row: make \
+         their times differ by a microsecond or more, or drop one",
+        name(a),
+        name(b)
+    ))
+}
+
 /// One day partition's rows, as (batch, row) positions in merge order.
 type DayRows = (i32, Vec<(usize, usize)>);
 
 /// The rows to keep, per day in ascending order, as (batch, row) pairs sorted by
 /// (key, event time, creation time); of rows equal in key and times the last wins.
-fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<DayRows>> {
+/// `batches` end with the batches of `new` (the rows being ingested): two of their rows
+/// equal in key and times but not in the nanoseconds rounding took are an error.
+fn merge_order(
+    view: &ResolvedView,
+    batches: &[RecordBatch],
+    new: &[NormalizedBatch],
+) -> Result<Vec<DayRows>> {
+    let n_old = batches.len() - new.len();
     let nkeys = view.join_keys.len();
     let int_key = nkeys == 1
         && batches
@@ -494,6 +581,9 @@ fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<DayRo
             .as_primitive::<TimestampMicrosecondType>();
         let mut buf = Vec::new();
         let mut offs = vec![0u32];
+        let sub = bi
+            .checked_sub(n_old)
+            .and_then(|i| new[i].sub_micros.as_deref());
         for r in 0..b.num_rows() {
             let key = if int_key {
                 (b.column(0).as_primitive::<Int64Type>().value(r) as u64) ^ (1 << 63)
@@ -508,6 +598,7 @@ fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<DayRo
             let t = ts.value(r);
             entries.push(Entry {
                 day: day_of(t),
+                sub: sub.map_or(0, |s| (s[r][0] as u32) << 16 | s[r][1] as u32),
                 key,
                 ts: t,
                 created: if created.is_null(r) {
@@ -528,7 +619,18 @@ fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<DayRo
         &key_bytes[e.batch as usize][o[e.row as usize] as usize..o[e.row as usize + 1] as usize]
     };
     let mut out: Vec<DayRows> = Vec::new();
+    // The first new row of the current run of equal rows.
+    let mut first_new: Option<&Entry> = None;
     for (i, e) in entries.iter().enumerate() {
+        if e.batch as usize >= n_old {
+            match first_new {
+                Some(f) if f.sub != e.sub => {
+                    return Err(rounding_collision(view, batches, new, f, e))
+                }
+                Some(_) => {}
+                None => first_new = Some(e),
+            }
+        }
         if let Some(next) = entries.get(i + 1) {
             let same = next.day == e.day
                 && next.key == e.key
@@ -539,6 +641,7 @@ fn merge_order(view: &ResolvedView, batches: &[RecordBatch]) -> Result<Vec<DayRo
                 continue;
             }
         }
+        first_new = None;
         match out.last_mut() {
             Some((d, v)) if *d == e.day => v.push((e.batch as usize, e.row as usize)),
             _ => out.push((e.day, vec![(e.batch as usize, e.row as usize)])),

@@ -153,7 +153,7 @@ impl ServerState {
             not_after: Input::not_after(self.store.config(), self.clock.now()),
         };
         let batch = write::validate(&view, &batch, &input)?;
-        let rows = batch.num_rows() as u64;
+        let rows = batch.batch.num_rows() as u64;
         let targets = Targets {
             online: target != Target::Offline,
             offline: target != Target::Online,

@@ -19,7 +19,7 @@ use quiver_core::model::{FileFormat, ResolvedView};
 use quiver_core::pit::BytesKeyIndex;
 use quiver_core::time::{format_timestamp, Timestamp};
 use quiver_offline::files;
-use quiver_offline::normalize::{normalize_batch, Origin};
+use quiver_offline::normalize::{normalize, NormalizedBatch, Origin};
 use quiver_offline::IngestStats;
 use quiver_online::{entity_key_into, OnlineStore, OnlineWrite};
 
@@ -71,14 +71,16 @@ impl Input<'_> {
 }
 
 /// Validates a batch of source rows and converts it to the view's stored form: keys
-/// present and typed, times parsable and not beyond `input.not_after`, features of an
-/// accepted type. Errors name the file (or request), row and column.
+/// present and typed, times parsable (rounded up to whole microseconds, what rounding
+/// took kept so that the offline merge can refuse two rows it made equal) and not
+/// beyond `input.not_after`, features of an accepted type. Errors name the file (or
+/// request), row and column.
 pub fn validate(
     view: &ResolvedView,
     batch: &RecordBatch,
     input: &Input<'_>,
-) -> Result<RecordBatch> {
-    let out = normalize_batch(
+) -> Result<NormalizedBatch> {
+    let out = normalize(
         batch,
         view,
         input.timestamp_field,
@@ -86,6 +88,7 @@ pub fn validate(
         &input.origin,
     )?;
     let ts = out
+        .batch
         .column(view.join_keys.len())
         .as_primitive::<TimestampMicrosecondType>();
     if let Some(i) = ts.values().iter().position(|&t| t > input.not_after) {
@@ -154,17 +157,18 @@ pub fn source_types(
 pub async fn write(
     store: &FeatureStore,
     view: &ResolvedView,
-    batches: Vec<RecordBatch>,
+    batches: Vec<NormalizedBatch>,
     targets: Targets,
 ) -> Result<WriteStats> {
     let mut stats = WriteStats {
-        rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+        rows: batches.iter().map(|b| b.batch.num_rows() as u64).sum(),
         ..Default::default()
     };
     if targets.online {
         let online = store.online().await?;
+        let rows: Vec<RecordBatch> = batches.iter().map(|b| b.batch.clone()).collect();
         let (keys, written) =
-            write_online_latest(view, &batches, online.as_ref(), &crate::NoProgress).await?;
+            write_online_latest(view, &rows, online.as_ref(), &crate::NoProgress).await?;
         stats.online_keys = keys;
         stats.online_written = written;
     }

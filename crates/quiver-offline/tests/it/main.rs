@@ -2,6 +2,7 @@
 //! normalization, ingest and historical retrieval.
 
 mod csv_keys;
+mod time_rounding;
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use quiver_core::model::{FileFormat, ResolvedView, Source};
 use quiver_offline::files;
-use quiver_offline::normalize::{key_csv_type, normalize_batch, Origin};
+use quiver_offline::normalize::{key_csv_type, normalize, Origin};
 use quiver_offline::{IngestStats, OfflineStore};
 use quiver_registry::{resolve, Definitions, RegistryState, SourceSchema, SourceSchemas};
 
@@ -83,7 +84,7 @@ pub fn ingest_source(
                 file: &name,
                 first_row,
             };
-            batches.push(normalize_batch(
+            batches.push(normalize(
                 &b,
                 &resolved,
                 &src.timestamp_field,
