@@ -5,6 +5,9 @@
 //! guarantee or returns an error, so a backend's test is just
 //! `conformance::run_all(&store).await`.
 //!
+//! The suite is compiled with the crate's `testing` feature, which backend crates enable
+//! in their dev-dependencies.
+//!
 //! Checks may run on a shared, non-empty store, and may run again on the same store:
 //! each check writes under keys and field ids unique to that run of that check (a
 //! project name and field ids derived from a per-run nonce), and never reads or deletes

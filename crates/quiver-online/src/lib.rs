@@ -1,6 +1,6 @@
-//! The online plane: the [`OnlineStore`] trait, its embedded backend, the conformance
-//! suite every backend runs, and the compiled online read ([`ReadPlan`]) that every
-//! reader (feature server, facade, Python) shares.
+//! The online plane: the [`OnlineStore`] trait, its embedded backend, (with the
+//! `testing` feature) the conformance suite every backend runs, and the compiled online
+//! read ([`ReadPlan`]) that every reader (feature server, facade, Python) shares.
 //!
 //! # Logical layout (DESIGN §4), identical in every backend
 //!
@@ -14,6 +14,7 @@
 use async_trait::async_trait;
 
 pub mod cache;
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod embedded;
 pub mod plan;

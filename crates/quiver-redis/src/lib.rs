@@ -61,6 +61,7 @@
 //! row's conditional write is atomic and a replay is idempotent, but a batch is not a
 //! transaction.
 
+#[cfg(feature = "testing")]
 pub mod testing;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;

@@ -49,23 +49,25 @@ async fn connect(config: &RedisConfig) -> RedisStore {
         .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
+/// The conformance suite, twice (the second time on a non-empty store), on the store of
+/// `config`; every check is the suite's own, the same for every backend.
+async fn run_conformance(config: &RedisConfig, backend: &str) {
+    let store = connect(config).await;
+    assert_eq!(store.backend(), backend);
+    conformance::run_all(&store).await;
+    conformance::run_all(&store).await;
+}
+
 #[tokio::test]
 async fn conformance_standalone() {
     let server = harness::standalone();
-    let store = connect(&RedisConfig::standalone(server.url())).await;
-    assert_eq!(store.backend(), "redis");
-    conformance::run_all(&store).await;
-    // Again, on the now non-empty store.
-    conformance::run_all(&store).await;
+    run_conformance(&RedisConfig::standalone(server.url()), "redis").await;
 }
 
 #[tokio::test]
 async fn conformance_cluster() {
     let cluster = harness::cluster();
-    let store = connect(&RedisConfig::cluster(cluster.nodes())).await;
-    assert_eq!(store.backend(), "redis-cluster");
-    conformance::run_all(&store).await;
-    conformance::run_all(&store).await;
+    run_conformance(&RedisConfig::cluster(cluster.nodes()), "redis-cluster").await;
 }
 
 /// All fields of an entity are in one hash whose slot is that of its hash tag alone;
