@@ -18,6 +18,10 @@
 //! cell is served only while its counter still holds the noted value, so a cell read
 //! before a write is never served after that write returns. A write to another key
 //! sharing the counter costs a miss, never a wrong value.
+//!
+//! Only rows are cached: tiles and stream positions are read from the store behind, and
+//! tile merges and deletions go straight to it (they touch no row, so they invalidate
+//! nothing).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +31,12 @@ use async_trait::async_trait;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
-use crate::{CacheStats, FieldId, OnlineStore, OnlineWrite, Result, WriteStats};
+use quiver_core::Timestamp;
+
+use crate::{
+    CacheStats, Capabilities, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
+    TileMerger, WriteStats,
+};
 
 /// The cache key: a 128-bit hash of the entity key and the field. The entry keeps the
 /// full key and a hit is checked against it, so a hash collision is a miss, never a
@@ -196,6 +205,46 @@ impl OnlineStore for CachedStore {
         let n = self.inner.delete_older_than(field, cutoff).await;
         self.cache.clear();
         n
+    }
+
+    async fn merge_tiles(
+        &self,
+        merges: &[KeyMerge<'_>],
+        merger: &dyn TileMerger,
+    ) -> Result<MergeStats> {
+        self.inner.merge_tiles(merges, merger).await
+    }
+
+    async fn read_tiles(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        starts: &[Timestamp],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.read_tiles(keys, view, starts).await
+    }
+
+    async fn stream_positions(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        partition: &[u8],
+    ) -> Result<Vec<Option<u128>>> {
+        self.inner.stream_positions(keys, view, partition).await
+    }
+
+    async fn delete_tiles_before(&self, view: FieldId, cutoff: Timestamp) -> Result<u64> {
+        self.inner.delete_tiles_before(view, cutoff).await
+    }
+
+    /// The store's, except `atomic_batches`: cached rows are served cell by cell, each up
+    /// to `ttl` old, so a read through the cache may see part of a call (rows written
+    /// by other processes may even mix within a key for that long).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_batches: false,
+            ..self.inner.capabilities()
+        }
     }
 
     fn backend(&self) -> &'static str {

@@ -3,7 +3,8 @@
 //!
 //! Every check panics (with the backend name and what went wrong) when the store breaks a
 //! guarantee or returns an error, so a backend's test is just
-//! `conformance::run_all(&store).await`.
+//! `conformance::run_all(Arc::new(store)).await` (inside a tokio runtime: some checks
+//! run writers and readers on threads of their own).
 //!
 //! The suite is compiled with the crate's `testing` feature, which backend crates enable
 //! in their dev-dependencies.
@@ -16,25 +17,36 @@
 //! Rows are opaque to a backend except for their version header: besides real rows
 //! (`quiver_core::encoding::encode_row` of `sample_columns`), checks write rows made of a
 //! valid header followed by arbitrary bytes, to tell cells apart and to test large values.
+//! Tile checks ([`tiles`]) bring their own IRs and mergers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use quiver_core::encoding::{decode_row, encode_key_value, encode_row, sample_columns};
 use quiver_core::{Timestamp, Value};
 
 use crate::{entity_key, FieldId, OnlineStore, OnlineWrite, WriteStats};
 
-/// Runs every check, in order.
-pub async fn run_all(store: &dyn OnlineStore) {
-    newer_wins(store).await;
-    within_batch_newest_wins(store).await;
-    replay_is_idempotent(store).await;
-    missing_cells_read_none(store).await;
-    reads_are_key_major(store).await;
-    key_prefixes_do_not_collide(store).await;
-    long_keys(store).await;
-    delete_older_than_is_per_field(store).await;
-    values_round_trip(store).await;
+pub mod tiles;
+
+/// Runs every check, in order: rows, tiles, then the capabilities the store declares.
+pub async fn run_all(store: Arc<dyn OnlineStore>) {
+    let s = &*store;
+    newer_wins(s).await;
+    within_batch_newest_wins(s).await;
+    replay_is_idempotent(s).await;
+    missing_cells_read_none(s).await;
+    reads_are_key_major(s).await;
+    key_prefixes_do_not_collide(s).await;
+    long_keys(s).await;
+    delete_older_than_is_per_field(s).await;
+    values_round_trip(s).await;
+    tiles::merges_apply_in_order(s).await;
+    tiles::tiles_do_not_mix(s).await;
+    tiles::replays_are_no_ops(s).await;
+    tiles::delete_tiles_before_is_per_view(s).await;
+    tiles::concurrent_merges_lose_no_update(&store).await;
+    tiles::declared_capabilities_hold(&store).await;
 }
 
 /// A namespace unique to one run of one check: a project name and field ids.

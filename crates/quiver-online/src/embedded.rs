@@ -32,13 +32,21 @@
 //!
 //! # Layout
 //!
-//! One named LMDB database, `"rows"`. Key = the entity key bytes followed by the 8-byte
-//! field id; value = the encoded row (`quiver_core::encoding::encode_row`), stored as is.
+//! Three named LMDB databases, one per kind of field (see [`crate::tiles`]), each keyed
+//! by the entity key bytes followed by the field:
+//!
+//! * `"rows"`: field = the 8-byte field id; value = the encoded row
+//!   (`quiver_core::encoding::encode_row`), stored as is.
+//! * `"tiles"`: field = the 16-byte tile field (view id, tile start); value = the IR.
+//! * `"positions"`: field = the 17-byte stream position field; value = the position.
+//!
+//! Within a database every field has the same length, so a storage key splits into entity
+//! key and field unambiguously, and a scan of one kind never meets another.
 //!
 //! LMDB limits keys to 511 bytes ([`DIRECT_KEY_MAX`]). An entity key that does not fit
-//! (longer than 503 bytes) — or that starts with the byte [`HASHED_KEY_PREFIX`] (`0xFF`)
-//! — is stored under `0xFF ++ xxh3-128(entity key) (16 bytes, big-endian) ++ field id`
-//! instead. Keys built by [`crate::entity_key`] start with a UTF-8 project name (or the
+//! with its field (longer than 503 bytes for a row, 495 for a tile, 494 for a stream
+//! position) — or that starts with the byte [`HASHED_KEY_PREFIX`] (`0xFF`) — is stored
+//! under `0xFF ++ xxh3-128(entity key) (16 bytes, big-endian) ++ field` instead. Keys built by [`crate::entity_key`] start with a UTF-8 project name (or the
 //! `0x00` separator), and UTF-8 never contains `0xFF`, so the two key spaces are disjoint
 //! by construction and always so for arbitrary byte keys too. Two different long keys
 //! share a storage key only on a 128-bit hash collision, which is treated as impossible.
@@ -54,10 +62,12 @@
 //!
 //! # Transactions and blocking
 //!
-//! A `write` is one write transaction (committed with `fsync`, so one sync per batch); a
-//! `read` is one read transaction of point gets; `delete_older_than` scans the whole
-//! database in chunks of write transactions. The [`OnlineStore`] methods are `async` for
-//! the sake of network backends, but here the work is done inline on the calling task:
+//! A `write` or a `merge_tiles` is one write transaction (committed with `fsync`, so one
+//! sync per call): the whole call is atomic, and a merge's read-modify-write happens
+//! under LMDB's single-writer lock. A `read` is one read transaction of point gets;
+//! `delete_older_than` and `delete_tiles_before` scan their database in chunks of write
+//! transactions. The [`OnlineStore`] methods are `async` for the sake of network
+//! backends, but here the work is done inline on the calling task:
 //! reads take microseconds, and a write of a large batch blocks its thread for the time
 //! the batch takes (which is what a materialization job wants anyway). Callers that must
 //! not block an async executor for that long can use the synchronous
@@ -76,7 +86,14 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use quiver_core::encoding::row_version;
 use quiver_core::Timestamp;
 
-use crate::{Error, FieldId, OnlineStore, OnlineWrite, Result, WriteStats};
+use crate::tiles::{
+    decode_position, group_by_key, parse_tile_field, position_field, tile_field, validate_merges,
+    KeyMergePlan, MergeField, TILE_FIELD_LEN,
+};
+use crate::{
+    Capabilities, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
+    TileMerger, WriteStats,
+};
 
 /// The LMDB memory-map size requested: 1 TiB on 64-bit targets (1 GiB on 32-bit ones).
 /// Virtual address space only; see the module documentation.
@@ -96,14 +113,18 @@ const MAX_READERS: u32 = 1024;
 /// not hold the writer lock for its whole duration.
 const DELETE_SCAN_CHUNK: usize = 100_000;
 
-/// The name of the one LMDB database.
+/// The names of the LMDB databases (see the module documentation).
 const ROWS_DB: &str = "rows";
+const TILES_DB: &str = "tiles";
+const POSITIONS_DB: &str = "positions";
 
 type Rows = Database<'static, Bytes, Bytes>;
 
 struct Shared {
     env: Env<WithoutTls>,
     rows: Rows,
+    tiles: Rows,
+    positions: Rows,
     path: PathBuf,
 }
 
@@ -272,8 +293,21 @@ impl EmbeddedStore {
         cutoff: Timestamp,
         chunk: usize,
     ) -> Result<u64> {
+        self.delete_chunked(self.shared.rows, chunk, |k, v| {
+            Ok(k.ends_with(&field) && row_version(v)?.0 < cutoff)
+        })
+    }
+
+    /// Deletes the entries of `db` for which `doomed(storage key, value)` holds, scanning
+    /// `chunk` entries per write transaction; each chunk decides on the entries as they
+    /// are in its own transaction, so concurrent writes are never lost.
+    fn delete_chunked(
+        &self,
+        db: Rows,
+        chunk: usize,
+        doomed: impl Fn(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<u64> {
         let chunk = chunk.max(1);
-        let db = self.shared.rows;
         let mut deleted = 0u64;
         let mut resume: Option<Vec<u8>> = None;
         loop {
@@ -282,7 +316,7 @@ impl EmbeddedStore {
                 .env
                 .write_txn()
                 .map_err(|e| store_err("cannot begin a delete", e))?;
-            let mut doomed: Vec<Vec<u8>> = Vec::new();
+            let mut doomed_keys: Vec<Vec<u8>> = Vec::new();
             let mut next: Option<Vec<u8>> = None;
             {
                 let start = match &resume {
@@ -298,26 +332,149 @@ impl EmbeddedStore {
                         break;
                     }
                     let (k, v) = item.map_err(|e| store_err("cannot scan", e))?;
-                    if k.ends_with(&field) && row_version(v)?.0 < cutoff {
-                        doomed.push(k.to_vec());
+                    if doomed(k, v)? {
+                        doomed_keys.push(k.to_vec());
                     }
                     if scanned + 1 == chunk {
                         next = Some(k.to_vec());
                     }
                 }
             }
-            for k in &doomed {
+            for k in &doomed_keys {
                 db.delete(&mut wtxn, k)
                     .map_err(|e| store_err("cannot delete", e))?;
             }
             wtxn.commit()
                 .map_err(|e| store_err("cannot commit a delete", e))?;
-            deleted += doomed.len() as u64;
+            deleted += doomed_keys.len() as u64;
             match next {
                 Some(k) => resume = Some(k),
                 None => return Ok(deleted),
             }
         }
+    }
+
+    /// [`OnlineStore::merge_tiles`], synchronously: one write transaction for the call.
+    pub fn merge_tiles_blocking(
+        &self,
+        merges: &[KeyMerge<'_>],
+        merger: &dyn TileMerger,
+    ) -> Result<MergeStats> {
+        validate_merges(merges)?;
+        let mut stats = MergeStats::default();
+        if merges.is_empty() {
+            return Ok(stats);
+        }
+        let (order, groups) = group_by_key(merges);
+        let mut wtxn = self
+            .shared
+            .env
+            .write_txn()
+            .map_err(|e| store_err("cannot begin a merge", e))?;
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for range in groups {
+            let group = || order[range.clone()].iter().map(|&i| &merges[i]);
+            let plan = KeyMergePlan::new(group());
+            let entity = merges[order[range.start]].key;
+            // Storage keys of the plan's fields.
+            keys.resize_with(plan.fields().len(), Vec::new);
+            for (k, f) in keys.iter_mut().zip(plan.fields()) {
+                storage_key(entity, f.as_bytes(), k);
+            }
+            let outcome = {
+                let mut stored = Vec::with_capacity(keys.len());
+                for (k, f) in keys.iter().zip(plan.fields()) {
+                    let v = self
+                        .db_of(f)
+                        .get(&wtxn, k)
+                        .map_err(|e| store_err("cannot read", e))?;
+                    stored.push(v);
+                }
+                plan.apply(group(), &stored, merger)?
+            };
+            for (c, (i, _)) in outcome.changed.iter().enumerate() {
+                self.db_of(&plan.fields()[*i])
+                    .put(&mut wtxn, &keys[*i], outcome.value(c))
+                    .map_err(|e| store_err("cannot write", e))?;
+            }
+            stats.add(outcome.stats);
+        }
+        wtxn.commit()
+            .map_err(|e| store_err("cannot commit a merge", e))?;
+        Ok(stats)
+    }
+
+    fn db_of(&self, field: &MergeField) -> Rows {
+        match field {
+            MergeField::Tile(_) => self.shared.tiles,
+            MergeField::Position(_) => self.shared.positions,
+        }
+    }
+
+    /// [`OnlineStore::read_tiles`], synchronously.
+    pub fn read_tiles_blocking(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        starts: &[Timestamp],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut cells = Vec::with_capacity(keys.len() * starts.len());
+        if keys.is_empty() || starts.is_empty() {
+            return Ok(cells);
+        }
+        let db = self.shared.tiles;
+        let rtxn = self
+            .shared
+            .env
+            .read_txn()
+            .map_err(|e| store_err("cannot begin a read", e))?;
+        let mut key = Vec::new();
+        for k in keys {
+            for &start in starts {
+                storage_key(k, &tile_field(&view, start), &mut key);
+                let v = db
+                    .get(&rtxn, &key)
+                    .map_err(|e| store_err("cannot read", e))?;
+                cells.push(v.map(<[u8]>::to_vec));
+            }
+        }
+        Ok(cells)
+    }
+
+    /// [`OnlineStore::stream_positions`], synchronously.
+    pub fn stream_positions_blocking(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        partition: &[u8],
+    ) -> Result<Vec<Option<u128>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let rtxn = self
+            .shared
+            .env
+            .read_txn()
+            .map_err(|e| store_err("cannot begin a read", e))?;
+        let field = position_field(&view, partition);
+        let mut key = Vec::new();
+        for k in keys {
+            storage_key(k, &field, &mut key);
+            let v = self
+                .shared
+                .positions
+                .get(&rtxn, &key)
+                .map_err(|e| store_err("cannot read", e))?;
+            out.push(v.map(|v| decode_position(v, partition)).transpose()?);
+        }
+        Ok(out)
+    }
+
+    /// [`OnlineStore::delete_tiles_before`], synchronously: a scan of the tiles database
+    /// in chunks of one write transaction each.
+    pub fn delete_tiles_before_blocking(&self, view: FieldId, cutoff: Timestamp) -> Result<u64> {
+        self.delete_chunked(self.shared.tiles, DELETE_SCAN_CHUNK, |k, _| {
+            let field = &k[k.len().saturating_sub(TILE_FIELD_LEN)..];
+            Ok(matches!(parse_tile_field(field), Some((v, start)) if v == view && start < cutoff))
+        })
     }
 
     /// Calls `f(storage key, row)` for every stored row, in one read transaction, and
@@ -358,7 +515,8 @@ impl EmbeddedStore {
 }
 
 /// The storage key of (`key`, `field`) into `out` (cleared first); see the module docs.
-pub fn storage_key(key: &[u8], field: &FieldId, out: &mut Vec<u8>) {
+/// `field` is a row field id, a tile field or a stream position field.
+pub fn storage_key(key: &[u8], field: &[u8], out: &mut Vec<u8>) {
     out.clear();
     if key.len() + field.len() <= DIRECT_KEY_MAX && key.first() != Some(&HASHED_KEY_PREFIX) {
         out.extend_from_slice(key);
@@ -420,35 +578,44 @@ fn open_shared(canonical: &Path) -> Result<Shared> {
     env.clear_stale_readers()
         .map_err(|e| store_err("cannot check stale readers", e))?;
 
-    // Open the database with a read transaction when it exists, so that opening a store
-    // never waits for another process's write; create it otherwise.
+    // Open the databases with a read transaction when they exist, so that opening a
+    // store never waits for another process's write; create them otherwise (a new
+    // store, or one written before tiles existed).
     let rtxn = env
         .read_txn()
         .map_err(|e| store_err("cannot begin a read", e))?;
-    let existing: Option<Rows> = env
+    let existing: Option<(Rows, Rows, Rows)> = env
         .open_databases_and_commit(rtxn, |dbo, rtxn| {
-            dbo.open_database::<Bytes, Bytes>(rtxn, Some(ROWS_DB))
-                .map(CommitOrAbort::<_, ()>::Commit)
+            let rows = dbo.open_database::<Bytes, Bytes>(rtxn, Some(ROWS_DB))?;
+            let tiles = dbo.open_database::<Bytes, Bytes>(rtxn, Some(TILES_DB))?;
+            let positions = dbo.open_database::<Bytes, Bytes>(rtxn, Some(POSITIONS_DB))?;
+            Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(
+                rows.zip(tiles).zip(positions).map(|((r, t), p)| (r, t, p)),
+            ))
         })
-        .map_err(|e| store_err("cannot open the rows database", e))?
+        .map_err(|e| store_err("cannot open the databases", e))?
         .unwrap_commit();
-    let rows = match existing {
-        Some(rows) => rows,
+    let (rows, tiles, positions) = match existing {
+        Some(dbs) => dbs,
         None => {
             let wtxn = env
                 .write_txn()
                 .map_err(|e| store_err("cannot begin a write", e))?;
             env.create_databases_and_commit(wtxn, |dbo, wtxn| {
-                dbo.create_database::<Bytes, Bytes>(wtxn, Some(ROWS_DB))
-                    .map(CommitOrAbort::<_, ()>::Commit)
+                let rows = dbo.create_database::<Bytes, Bytes>(wtxn, Some(ROWS_DB))?;
+                let tiles = dbo.create_database::<Bytes, Bytes>(wtxn, Some(TILES_DB))?;
+                let positions = dbo.create_database::<Bytes, Bytes>(wtxn, Some(POSITIONS_DB))?;
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit((rows, tiles, positions)))
             })
-            .map_err(|e| store_err("cannot create the rows database", e))?
+            .map_err(|e| store_err("cannot create the databases", e))?
             .unwrap_commit()
         }
     };
     Ok(Shared {
         env,
         rows,
+        tiles,
+        positions,
         path: canonical.to_path_buf(),
     })
 }
@@ -463,8 +630,50 @@ impl OnlineStore for EmbeddedStore {
         self.read_blocking(keys, fields)
     }
 
-    async fn delete_older_than(&self, field: FieldId, cutoff: i64) -> Result<u64> {
+    async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
         self.delete_older_than_blocking(field, cutoff)
+    }
+
+    async fn merge_tiles(
+        &self,
+        merges: &[KeyMerge<'_>],
+        merger: &dyn TileMerger,
+    ) -> Result<MergeStats> {
+        self.merge_tiles_blocking(merges, merger)
+    }
+
+    async fn read_tiles(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        starts: &[Timestamp],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read_tiles_blocking(keys, view, starts)
+    }
+
+    async fn stream_positions(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        partition: &[u8],
+    ) -> Result<Vec<Option<u128>>> {
+        self.stream_positions_blocking(keys, view, partition)
+    }
+
+    async fn delete_tiles_before(&self, view: FieldId, cutoff: Timestamp) -> Result<u64> {
+        self.delete_tiles_before_blocking(view, cutoff)
+    }
+
+    /// One LMDB write transaction per call: every capability. Processes of one machine
+    /// share the store through its directory; it is not a network service.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_batches: true,
+            atomic_per_key: true,
+            shared_across_processes: true,
+            shared_across_hosts: false,
+            durable_writes: true,
+        }
     }
 
     fn backend(&self) -> &'static str {

@@ -6,22 +6,28 @@
 //!
 //! * An **entity key** is `project \0 entity_set \0 encoded join-key values` (see
 //!   [`entity_key`] and `quiver_core::encoding`).
-//! * Per entity key, one **field** per feature view: an 8-byte id
-//!   (`ResolvedView::online_field`, a hash of project, view and version).
-//! * The field's value is a row encoded by `quiver_core::encoding::encode_row`: event
-//!   timestamp, creation timestamp, then the feature values.
+//! * Per entity key, one **row field** per feature view: an 8-byte id
+//!   (`ResolvedView::online_field`, a hash of project, view and version). The field's
+//!   value is a row encoded by `quiver_core::encoding::encode_row`: event timestamp,
+//!   creation timestamp, then the feature values.
+//! * Per entity key, one **tile field** per (aggregated view, tile start) holding the
+//!   tile's IR, and one **stream position field** per (aggregated view, source
+//!   partition); see [`tiles`].
 
 use async_trait::async_trait;
+use quiver_core::Timestamp;
 
 pub mod cache;
 #[cfg(feature = "testing")]
 pub mod conformance;
 pub mod embedded;
 pub mod plan;
+pub mod tiles;
 
 pub use cache::CachedStore;
 pub use embedded::EmbeddedStore;
 pub use plan::{Columns, ReadPlan, Vectors};
+pub use tiles::{KeyMerge, MergeStats, StreamPosition, TileDelta, TileMerger};
 
 /// Errors of the online plane.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +81,42 @@ pub struct WriteStats {
     pub skipped: u64,
 }
 
-/// A store of the latest row per (entity key, feature view).
+/// What a backend guarantees beyond the guarantees every [`OnlineStore`] gives.
 ///
-/// Guarantees every backend gives, checked by [`conformance::run_all`]:
+/// Code that needs one of these asks for it (`store.capabilities().atomic_batches`)
+/// instead of assuming it; the conformance suite checks each capability a backend
+/// declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A whole `write` or `merge_tiles` call is one transaction: it is stored entirely
+    /// or not at all (a failure, or the writing process killed midway, leaves none of
+    /// it), and a concurrent read sees all of it or none of it. Without it, only each
+    /// entity key's part of a call is atomic.
+    pub atomic_batches: bool,
+    /// Each entity key's part of a call is applied atomically. Every backend gives it
+    /// (see the [`OnlineStore`] guarantees); it is listed so that code can say which of
+    /// the two atomicities it relies on.
+    pub atomic_per_key: bool,
+    /// Several processes may open the store at once, writing and reading, each seeing
+    /// the others' writes (the embedded store: processes of one machine).
+    pub shared_across_processes: bool,
+    /// Processes on different machines may share the store (a network service).
+    pub shared_across_hosts: bool,
+    /// A call that returned survives a crash of the machine or of the store's server
+    /// (the embedded store syncs every commit). Redis depends on the server's
+    /// persistence settings, which the store cannot see, and does not declare it: there
+    /// a crash of the server can roll tiles back (with their stream positions) behind
+    /// offsets a consumer already committed, so after one the consumer must consume
+    /// again from an earlier offset (the stored positions make that safe).
+    pub durable_writes: bool,
+}
+
+/// A store of the latest row per (entity key, feature view) and of aggregation tiles per
+/// (entity key, aggregated view, tile start).
+///
+/// # Guarantees of every backend
+///
+/// Checked by `conformance::run_all` (feature `testing`):
 /// * **Newer wins, last of equals wins.** A write stores its row only if no row is stored
 ///   under the same (key, field) or the stored row's (event timestamp, creation
 ///   timestamp) is smaller or equal: a row of equal version replaces the stored one (a
@@ -87,13 +126,31 @@ pub struct WriteStats {
 ///   so the content is unchanged). Within one batch, the newest row for a (key, field)
 ///   wins whatever its position; among rows of equal version for it, the last in the
 ///   batch wins.
-/// * **Atomic batches.** A `write` either stores all of its rows that win or none of
-///   them; a process killed during a write leaves the previous committed state readable.
-/// * **Read-your-writes.** A `read` that starts after a `write` returned sees its rows.
-/// * **Concurrent readers.** Reads proceed while a write is in progress and see either
-///   the state before or after it, never a mix within one row.
+/// * **Atomic per key.** Each entity key's part of a `write` or `merge_tiles` call is
+///   applied as one step: it is stored entirely or not at all, no other writer's change
+///   to that key lands in between, and a read of the key sees all of it or none. A call
+///   that fails may have applied the parts of some keys and not others (unless the
+///   backend declares [`Capabilities::atomic_batches`]); retrying it converges, since
+///   rows are newer-wins and merges with stream positions are idempotent.
+/// * **Merges lose no update.** `merge_tiles` is a read-modify-write of each key's
+///   tiles: merges from any number of concurrent callers, in any number of processes,
+///   all take effect, as if applied one after the other. A merge without a stream
+///   position is not idempotent: replaying it merges its deltas again.
+/// * **Replays are no-ops.** A merge whose stream position is at or below the position
+///   stored for its (key, view, partition) changes nothing; an applied merge stores its
+///   position in the same atomic step as its tiles.
+/// * **Read-your-writes.** A read that starts after a call returned sees its effects.
+/// * **Whole cells.** A read never sees part of a row or of a tile.
+/// * **Separate namespaces.** Rows, tiles and positions of different keys, views,
+///   tile starts and partitions never mix; rows and tiles under the same field id are
+///   distinct.
 /// * **No deletion semantics.** Readers compute status from the stored timestamps;
-///   deleting expired rows is an optimisation, never needed for correctness.
+///   deleting expired rows or old tiles is an optimisation, never needed for
+///   correctness.
+///
+/// # Capabilities
+///
+/// What goes beyond, a backend declares in [`OnlineStore::capabilities`].
 #[async_trait]
 pub trait OnlineStore: Send + Sync {
     /// Writes a batch of rows conditionally (newer wins; of equal versions, the last
@@ -105,8 +162,47 @@ pub trait OnlineStore: Send + Sync {
     async fn read(&self, keys: &[&[u8]], fields: &[FieldId]) -> Result<Vec<Option<Vec<u8>>>>;
 
     /// Deletes every row stored under `field` whose event timestamp is older than
-    /// `cutoff`; returns how many were deleted.
-    async fn delete_older_than(&self, field: FieldId, cutoff: i64) -> Result<u64>;
+    /// `cutoff`; returns how many were deleted. Tiles are not rows: see
+    /// [`Self::delete_tiles_before`].
+    async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64>;
+
+    /// Merges IR deltas into tiles, atomically per entity key (or for the whole call,
+    /// with [`Capabilities::atomic_batches`]). The requests of one key are applied in
+    /// their order in `merges`; for each: if it carries a stream position and the
+    /// position stored for its (key, view, partition) is at or past it, it is skipped;
+    /// otherwise each of its tiles becomes `merger.merge(stored, delta)` and its
+    /// position is stored. Fails, naming the request, if the merger fails.
+    async fn merge_tiles(
+        &self,
+        merges: &[KeyMerge<'_>],
+        merger: &dyn TileMerger,
+    ) -> Result<MergeStats>;
+
+    /// Reads the tiles of `view` starting at `starts` for each of `keys`:
+    /// `keys.len() * starts.len()` IRs, key-major, `None` where nothing is stored.
+    async fn read_tiles(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        starts: &[Timestamp],
+    ) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// The stream offsets stored for (`key`, `view`, `partition`), one per key, `None`
+    /// where no merge with a position of that partition was applied.
+    async fn stream_positions(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        partition: &[u8],
+    ) -> Result<Vec<Option<u128>>>;
+
+    /// Deletes every tile of `view` that starts before `cutoff`; returns how many were
+    /// deleted. Stream positions stay, so that a replay of old events is still
+    /// recognised and cannot bring a deleted tile back.
+    async fn delete_tiles_before(&self, view: FieldId, cutoff: Timestamp) -> Result<u64>;
+
+    /// What this backend guarantees beyond the trait's guarantees.
+    fn capabilities(&self) -> Capabilities;
 
     /// A short name of the backend for messages and metrics.
     fn backend(&self) -> &'static str;

@@ -20,6 +20,10 @@
 //!   layout. Redis stores small hashes as a compact listpack.
 //! * **Value** = the encoded row (`quiver_core::encoding::encode_row`), binary, as given:
 //!   a format byte, the event and creation timestamps (little-endian i64), the values.
+//! * **Tiles and stream positions** are fields of the same hash, in the layout of
+//!   [`quiver_online::tiles`]: 16-byte tile fields (view id, tile start) holding IRs,
+//!   17-byte position fields. One more field, [`VERSION_FIELD`] (`v`, 1 byte), counts
+//!   the tile merges and deletions applied to the hash (see below).
 //!
 //! A read of `k` keys and `f` fields is `k` `HMGET key f1 .. ff` sent as one pipeline:
 //! one round trip on a single server. In cluster mode each `HMGET` is routed to the
@@ -44,6 +48,29 @@
 //! be exact only up to 2^53 microseconds (the year 2255) and would confuse rows near
 //! `i64::MIN` / `i64::MAX`, which are valid rows.
 //!
+//! # Tile merges: read, merge in Rust, compare-and-set
+//!
+//! IRs are merged by the caller's [`TileMerger`], in Rust; no IR logic runs in Redis. A
+//! `merge_tiles` call groups its requests by entity key and, per key:
+//!
+//! 1. reads the hash's version field, the tiles the requests touch and their stream
+//!    positions with one `HMGET` (all keys' `HMGET`s in one pipeline, or spread over
+//!    the shards in cluster mode);
+//! 2. applies the requests in memory ([`quiver_online::tiles::KeyMergePlan`]): a request
+//!    at or below the stored position of its partition is skipped, the others merge
+//!    their deltas and set their positions;
+//! 3. writes the changed fields with [`MERGE_SCRIPT`], which stores them and increments
+//!    the version only if the version is still the one read in step 1 (again one
+//!    pipeline for all keys).
+//!
+//! A key whose version changed in between (another writer merged into it, or deleted
+//! tiles) is read and merged again, with a randomised backoff, up to [`MERGE_ATTEMPTS`]
+//! times. Since every change to a key's tiles or positions increments its version, a
+//! successful compare-and-set means the merge was computed from the key's current
+//! state: concurrent merges are serialised per key and none is lost. A key whose
+//! requests were all replays is not written at all. A hash tag keeps each key on one
+//! shard, so a key's merge is always a single-shard operation.
+//!
 //! # Expiry and deletion
 //!
 //! With a key TTL ([`RedisConfig::key_ttl`]), each script call that stores a row sets
@@ -54,12 +81,15 @@
 //! in cluster mode) and removes the field from each hash whose row is older than the
 //! cutoff, with a script ([`DELETE_SCRIPT`]) that re-checks the stored row, so a row
 //! overwritten with a newer one during the scan is never deleted.
+//! [`OnlineStore::delete_tiles_before`] scans the same way, lists each hash's fields
+//! (`HKEYS`), picks the view's tile fields that start before the cutoff, and deletes
+//! them with [`DELETE_TILES_SCRIPT`], which also increments the version so that a merge
+//! that read a deleted tile merges again instead of writing it back.
 //!
-//! # What a batch write guarantees on Redis
+//! # What Redis guarantees
 //!
-//! See the documentation of the [`OnlineStore`] implementation of [`RedisStore`]: each
-//! row's conditional write is atomic and a replay is idempotent, but a batch is not a
-//! transaction.
+//! See [`RedisStore::capabilities`](OnlineStore::capabilities): everything is atomic
+//! per entity key, nothing across keys.
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -70,7 +100,14 @@ use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use quiver_core::encoding::row_version;
 use quiver_core::Timestamp;
-use quiver_online::{Error, FieldId, OnlineStore, OnlineWrite, Result, WriteStats};
+use quiver_online::tiles::{
+    decode_position, group_by_key, parse_tile_field, position_field, tile_field, validate_merges,
+    KeyMergePlan,
+};
+use quiver_online::{
+    Capabilities, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
+    TileMerger, WriteStats,
+};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -95,6 +132,20 @@ const CLUSTER_IN_FLIGHT: usize = 512;
 
 /// Keys asked of `SCAN` per call.
 const SCAN_COUNT: usize = 1000;
+
+/// The hash field counting the tile merges and deletions applied to an entity hash (its
+/// length, 1 byte, is that of no row, tile or position field).
+pub const VERSION_FIELD: &[u8] = b"v";
+
+/// How many times a merge reads and merges a key again after another writer changed it
+/// in between, before the call fails.
+pub const MERGE_ATTEMPTS: u32 = 64;
+
+/// The longest wait between two attempts of a merge.
+const MERGE_BACKOFF_MAX: Duration = Duration::from_millis(50);
+
+/// Tile fields deleted per script call.
+const DELETE_TILES_CHUNK: usize = 1000;
 
 /// The Lua function both scripts compare versions with: `cmp_i64(a, pa, b, pb)` orders
 /// the little-endian signed 64-bit integers at 1-based offsets `pa` of `a` and `pb` of
@@ -198,8 +249,49 @@ return 0
 "#
 );
 
+/// The compare-and-set write of one entity's merged tiles and stream positions.
+/// `KEYS[1]`: the entity's hash; `ARGV[1]`: the hash's version as read with the tiles
+/// (empty if it had none); `ARGV[2]`: the key TTL in milliseconds (`0`: none); then
+/// pairs of a field and its new value. Writes the fields and increments the version if
+/// the version is unchanged, returning 1; returns 0, writing nothing, if it changed.
+/// The merge itself was computed by the client: the script only checks and stores.
+pub const MERGE_SCRIPT: &str = r#"
+-- quiver-redis: compare-and-set write of one entity's merged tiles and positions.
+local key = KEYS[1]
+local version = redis.call('HGET', key, 'v')
+if (version or '') ~= ARGV[1] then
+  return 0
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+end
+redis.call('HINCRBY', key, 'v', 1)
+if ARGV[2] ~= '0' then
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return 1
+"#;
+
+/// The deletion of tile fields of one entity. `KEYS[1]`: the entity's hash; `ARGV`: the
+/// fields. Deletes them and, if any was there, increments the hash's version (so that a
+/// merge that read one of them merges again); returns how many were deleted.
+pub const DELETE_TILES_SCRIPT: &str = r#"
+-- quiver-redis: delete tile fields, invalidating merges that read them.
+local key = KEYS[1]
+local n = 0
+for i = 1, #ARGV do
+  n = n + redis.call('HDEL', key, ARGV[i])
+end
+if n > 0 then
+  redis.call('HINCRBY', key, 'v', 1)
+end
+return n
+"#;
+
 static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
 static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_SCRIPT));
+static MERGE: LazyLock<Script> = LazyLock::new(|| Script::new(MERGE_SCRIPT));
+static DELETE_TILES: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_TILES_SCRIPT));
 
 /// Where the store is and how it behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,6 +429,14 @@ pub fn entity_key_of(redis_key: &[u8]) -> Option<&[u8]> {
     (format!("{h:016x}").as_bytes() == hex).then_some(entity)
 }
 
+/// Where a scan of the store's keys is: the nodes to scan, the node being scanned and
+/// its cursor.
+struct KeyScan {
+    nodes: Vec<Option<(String, u16)>>,
+    node: usize,
+    cursor: u64,
+}
+
 /// The connection: a reconnecting multiplexed connection to one server, or a cluster
 /// connection (one multiplexed connection per node, routing by slot, following
 /// `MOVED` / `ASK`).
@@ -392,6 +492,26 @@ fn node_url(node: &str) -> String {
     } else {
         format!("redis://{node}")
     }
+}
+
+/// The wait before merge attempt `attempt + 1`: random, up to a bound that doubles with
+/// each attempt (from 1 ms to [`MERGE_BACKOFF_MAX`]), so that writers that collided
+/// spread out.
+fn backoff(attempt: u32) -> Duration {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let bound = Duration::from_millis(1)
+        .saturating_mul(1 << attempt.min(16))
+        .min(MERGE_BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut seed = [0u8; 12];
+    seed[..4].copy_from_slice(&nanos.to_le_bytes());
+    seed[4..].copy_from_slice(&n.to_le_bytes());
+    let r = xxhash_rust::xxh3::xxh3_64(&seed);
+    bound.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 fn is_noscript(e: &RedisError) -> bool {
@@ -479,9 +599,14 @@ impl RedisStore {
         Error::Store(format!("redis {}: {context}: {e}", self.inner.addr))
     }
 
-    /// Loads both scripts (on every primary in cluster mode).
+    /// Loads the scripts (on every primary in cluster mode).
     async fn load_scripts(&self) -> Result<()> {
-        for (name, script) in [("write", &*WRITE), ("delete", &*DELETE)] {
+        for (name, script) in [
+            ("write", &*WRITE),
+            ("delete", &*DELETE),
+            ("merge", &*MERGE),
+            ("tile delete", &*DELETE_TILES),
+        ] {
             let context = format!("cannot load the {name} script");
             let loaded = match self.inner.conn.clone() {
                 Conn::Single(mut c) => script.load_async(&mut c).await,
@@ -580,6 +705,59 @@ impl RedisStore {
             .collect()
     }
 
+    /// The values of one `HMGET` of `n` fields, `None` for missing ones.
+    fn hmget_values(&self, answer: Value, n: usize, context: &str) -> Result<Vec<Option<Vec<u8>>>> {
+        let values = match answer {
+            Value::Array(v) if v.len() == n => v,
+            other => {
+                return Err(self.err(context, format!("HMGET of {n} fields answered {other:?}")))
+            }
+        };
+        values
+            .into_iter()
+            .map(|v| match v {
+                Value::Nil => Ok(None),
+                Value::BulkString(b) => Ok(Some(b)),
+                other => Err(self.err(context, format!("HMGET answered {other:?} for a field"))),
+            })
+            .collect()
+    }
+
+    /// A scan of the store's keys: `SCAN` on the server, or on every primary in
+    /// cluster mode, page by page with [`Self::next_page`].
+    async fn scan_keys(&self) -> Result<KeyScan> {
+        let nodes: Vec<Option<(String, u16)>> = match self.inner.conn.clone() {
+            Conn::Single(_) => vec![None],
+            Conn::Cluster(mut c) => self
+                .primaries(&mut c)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        Ok(KeyScan {
+            nodes,
+            node: 0,
+            cursor: 0,
+        })
+    }
+
+    /// The next page of a scan: the store's keys among those `SCAN` returned (possibly
+    /// none); `None` at the end. A key may be seen twice (`SCAN` promises every key
+    /// that exists throughout at least once).
+    async fn next_page(&self, scan: &mut KeyScan) -> Result<Option<Vec<Vec<u8>>>> {
+        let Some(node) = scan.nodes.get(scan.node) else {
+            return Ok(None);
+        };
+        let (next, mut keys) = self.scan_step(node.as_ref(), scan.cursor).await?;
+        if next == 0 {
+            scan.node += 1;
+        }
+        scan.cursor = next;
+        keys.retain(|k| entity_key_of(k).is_some());
+        Ok(Some(keys))
+    }
+
     /// The primaries of the cluster, as (host, port), from `CLUSTER SLOTS`.
     async fn primaries(&self, conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>> {
         let context = "cannot list the cluster's primaries (CLUSTER SLOTS)";
@@ -652,29 +830,34 @@ impl RedisStore {
     }
 }
 
-/// Redis gives every guarantee of [`OnlineStore`] but one, atomic batches:
+/// Redis gives every guarantee of [`OnlineStore`]; of the capabilities, it is shared
+/// across processes and hosts, but neither atomic across keys nor (as far as the store
+/// can tell) durable:
 ///
-/// * **Newer wins, last of equals wins**: yes. The batch is resolved on the client (per
+/// * **Newer wins, last of equals wins**: the batch is resolved on the client (per
 ///   (key, field) the newest row, of equal versions the last in the batch), and each
 ///   entity's winning rows are compared with the stored ones and written by one Lua
 ///   script, which Redis runs atomically: no other command runs between the comparison
 ///   and the write.
-/// * **Atomic batches: no.** A batch is one script call per entity key, pipelined (on a
-///   cluster, spread over the shards); it is not a transaction. Each call is atomic: an
-///   entity's rows of one batch are all stored or none is, and no row is ever torn. But
-///   if a write fails midway (a lost connection, a shard down, a timeout) some entities
-///   may have the batch's rows and others not, and the write returns an error. Replaying
-///   the batch is idempotent (newer-wins), so a materialization that retries a failed
-///   batch converges to the state the batch describes. A failure may also hide whether
-///   a call was applied: the retry then counts the rows again (as written, as equal
-///   versions replace). Durability is the server's: with `appendonly` off, a Redis crash
-///   loses recent writes (it can then roll a cell back to an older row that a replay
-///   restores).
+/// * **Atomic per key, not per batch.** A `write` is one script call per entity key, a
+///   `merge_tiles` one compare-and-set per entity key, pipelined (on a cluster, spread
+///   over the shards); a call is not a transaction. If it fails midway (a lost
+///   connection, a shard down, a timeout) some entities may have their part and others
+///   not, and the call returns an error. Replaying a `write` is idempotent
+///   (newer-wins), and so is replaying a merge with stream positions, so a job that
+///   retries a failed call converges. A failure may also hide whether a call was
+///   applied: a retried `write` then counts the rows again (as written, as equal
+///   versions replace).
+/// * **Merges lose no update**: see the module documentation (compare-and-set on a
+///   per-key version).
+/// * **Not durable**: with `appendonly` off, a Redis crash loses recent writes (it can
+///   then roll a cell back to an older row, or a tile and its position back together,
+///   which a replay restores).
 /// * **Read-your-writes**: yes, reading from the primaries (replicas are not read).
-/// * **Concurrent readers**: yes, per row: a read sees each cell before or after a
-///   concurrent write, never a mix within one row; a read of many keys may see some
-///   of a concurrent batch and not the rest.
-/// * **No deletion semantics**: yes; key expiry and `delete_older_than` only free memory.
+/// * **Whole cells; reads per key**: a read sees each key's fields (one `HMGET`) as of one
+///   moment; a read of many keys may see some of a concurrent call and not the rest.
+/// * **No deletion semantics**: key expiry, `delete_older_than` and
+///   `delete_tiles_before` only free memory.
 #[async_trait]
 impl OnlineStore for RedisStore {
     async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
@@ -763,81 +946,255 @@ impl OnlineStore for RedisStore {
         let answers = self.run(&cmds, "read failed").await?;
         let mut cells = Vec::with_capacity(keys.len() * fields.len());
         for a in answers {
-            let values = match a {
-                Value::Array(v) if v.len() == fields.len() => v,
-                other => {
-                    return Err(self.err(
-                        "read failed",
-                        format!("HMGET of {} fields answered {other:?}", fields.len()),
-                    ))
-                }
-            };
-            for v in values {
-                cells.push(match v {
-                    Value::Nil => None,
-                    Value::BulkString(b) => Some(b),
-                    other => {
-                        return Err(self.err(
-                            "read failed",
-                            format!("HMGET answered {other:?} for a field"),
-                        ))
-                    }
-                });
-            }
+            cells.extend(self.hmget_values(a, fields.len(), "read failed")?);
         }
         Ok(cells)
     }
 
     async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
-        let nodes: Vec<Option<(String, u16)>> = match self.inner.conn.clone() {
-            Conn::Single(_) => vec![None],
-            Conn::Cluster(mut c) => self
-                .primaries(&mut c)
-                .await?
-                .into_iter()
-                .map(Some)
-                .collect(),
-        };
         let sha = DELETE.get_hash();
         let cutoff = cutoff.to_le_bytes();
         let mut deleted = 0u64;
-        for node in &nodes {
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys) = self.scan_step(node.as_ref(), cursor).await?;
-                let cmds: Vec<Cmd> = keys
-                    .iter()
-                    .filter(|k| entity_key_of(k).is_some())
-                    .map(|k| {
-                        let mut cmd = redis::cmd("EVALSHA");
-                        cmd.arg(sha)
-                            .arg(1)
-                            .arg(&k[..])
-                            .arg(&field[..])
-                            .arg(&cutoff[..]);
-                        cmd
-                    })
-                    .collect();
-                if !cmds.is_empty() {
-                    for a in self.run(&cmds, "delete failed").await? {
-                        match a {
-                            Value::Int(n @ (0 | 1)) => deleted += n as u64,
-                            other => {
-                                return Err(self.err(
-                                    "delete failed",
-                                    format!("the delete script answered {other:?}"),
-                                ))
-                            }
-                        }
+        let mut scan = self.scan_keys().await?;
+        while let Some(keys) = self.next_page(&mut scan).await? {
+            let cmds: Vec<Cmd> = keys
+                .iter()
+                .map(|k| {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(sha)
+                        .arg(1)
+                        .arg(&k[..])
+                        .arg(&field[..])
+                        .arg(&cutoff[..]);
+                    cmd
+                })
+                .collect();
+            for a in self.run(&cmds, "delete failed").await? {
+                match a {
+                    Value::Int(n @ (0 | 1)) => deleted += n as u64,
+                    other => {
+                        return Err(self.err(
+                            "delete failed",
+                            format!("the delete script answered {other:?}"),
+                        ))
                     }
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
         }
         Ok(deleted)
+    }
+
+    async fn merge_tiles(
+        &self,
+        merges: &[KeyMerge<'_>],
+        merger: &dyn TileMerger,
+    ) -> Result<MergeStats> {
+        validate_merges(merges)?;
+        let mut stats = MergeStats::default();
+        if merges.is_empty() {
+            return Ok(stats);
+        }
+        let (order, groups) = group_by_key(merges);
+        let group = |g: usize| order[groups[g].clone()].iter().map(|&i| &merges[i]);
+        let plans: Vec<KeyMergePlan> = (0..groups.len())
+            .map(|g| KeyMergePlan::new(group(g)))
+            .collect();
+        let redis_keys: Vec<Vec<u8>> = groups
+            .iter()
+            .map(|r| redis_key(merges[order[r.start]].key))
+            .collect();
+        let ttl = self.inner.ttl_millis.to_string();
+        let sha = MERGE.get_hash();
+        let mut pending: Vec<usize> = (0..groups.len()).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // 1. Read each pending key's version, tiles and positions: one HMGET per key.
+            let reads: Vec<Cmd> = pending
+                .iter()
+                .map(|&g| {
+                    let mut cmd = redis::cmd("HMGET");
+                    cmd.arg(&redis_keys[g][..]).arg(VERSION_FIELD);
+                    for f in plans[g].fields() {
+                        cmd.arg(f.as_bytes());
+                    }
+                    cmd
+                })
+                .collect();
+            let answers = self.run(&reads, "merge failed").await?;
+            // 2. Merge in memory; 3. compare-and-set what changed.
+            let mut writes: Vec<Cmd> = Vec::new();
+            let mut writing: Vec<(usize, MergeStats)> = Vec::new();
+            for (&g, answer) in pending.iter().zip(answers) {
+                let plan = &plans[g];
+                let values = self.hmget_values(answer, 1 + plan.fields().len(), "merge failed")?;
+                let stored: Vec<Option<&[u8]>> = values[1..].iter().map(|v| v.as_deref()).collect();
+                let outcome = plan.apply(group(g), &stored, merger)?;
+                if outcome.changed.is_empty() {
+                    // Nothing to write (every request a replay): the read decided it.
+                    stats.add(outcome.stats);
+                    continue;
+                }
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(sha)
+                    .arg(1)
+                    .arg(&redis_keys[g][..])
+                    .arg(values[0].as_deref().unwrap_or_default())
+                    .arg(&ttl);
+                for (c, (i, _)) in outcome.changed.iter().enumerate() {
+                    cmd.arg(plan.fields()[*i].as_bytes()).arg(outcome.value(c));
+                }
+                writes.push(cmd);
+                writing.push((g, outcome.stats));
+            }
+            let answers = self.run(&writes, "merge failed").await?;
+            let mut conflicts = Vec::new();
+            for ((g, s), answer) in writing.into_iter().zip(answers) {
+                match answer {
+                    Value::Int(1) => stats.add(s),
+                    Value::Int(0) => conflicts.push(g),
+                    other => {
+                        return Err(self.err(
+                            "merge failed",
+                            format!("the merge script answered {other:?}"),
+                        ))
+                    }
+                }
+            }
+            if conflicts.is_empty() {
+                return Ok(stats);
+            }
+            if attempt >= MERGE_ATTEMPTS {
+                return Err(self.err(
+                    "merge failed",
+                    format!(
+                        "{} entity keys kept changing under concurrent writers; gave up \
+                         after {attempt} attempts (first key {:?})",
+                        conflicts.len(),
+                        String::from_utf8_lossy(&redis_keys[conflicts[0]])
+                    ),
+                ));
+            }
+            stats.retries += conflicts.len() as u64;
+            tokio::time::sleep(backoff(attempt)).await;
+            pending = conflicts;
+        }
+    }
+
+    async fn read_tiles(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        starts: &[Timestamp],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() || starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fields: Vec<[u8; 16]> = starts.iter().map(|&s| tile_field(&view, s)).collect();
+        let mut key_buf = Vec::new();
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|k| {
+                redis_key_into(k, &mut key_buf);
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&key_buf[..]);
+                for f in &fields {
+                    cmd.arg(&f[..]);
+                }
+                cmd
+            })
+            .collect();
+        let answers = self.run(&cmds, "tile read failed").await?;
+        let mut cells = Vec::with_capacity(keys.len() * starts.len());
+        for a in answers {
+            cells.extend(self.hmget_values(a, fields.len(), "tile read failed")?);
+        }
+        Ok(cells)
+    }
+
+    async fn stream_positions(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        partition: &[u8],
+    ) -> Result<Vec<Option<u128>>> {
+        let field = position_field(&view, partition);
+        let mut key_buf = Vec::new();
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|k| {
+                redis_key_into(k, &mut key_buf);
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&key_buf[..]).arg(&field[..]);
+                cmd
+            })
+            .collect();
+        let context = "stream position read failed";
+        let answers = self.run(&cmds, context).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for a in answers {
+            let value = self.hmget_values(a, 1, context)?.pop().flatten();
+            out.push(value.map(|v| decode_position(&v, partition)).transpose()?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_tiles_before(&self, view: FieldId, cutoff: Timestamp) -> Result<u64> {
+        let sha = DELETE_TILES.get_hash();
+        let context = "tile delete failed";
+        let mut deleted = 0u64;
+        let mut scan = self.scan_keys().await?;
+        while let Some(keys) = self.next_page(&mut scan).await? {
+            let listings: Vec<Cmd> = keys
+                .iter()
+                .map(|k| {
+                    let mut cmd = redis::cmd("HKEYS");
+                    cmd.arg(&k[..]);
+                    cmd
+                })
+                .collect();
+            let mut cmds: Vec<Cmd> = Vec::new();
+            for (k, listing) in keys.iter().zip(self.run(&listings, context).await?) {
+                let fields: Vec<Vec<u8>> =
+                    redis::from_redis_value(listing).map_err(|e| self.err(context, e))?;
+                let doomed: Vec<&Vec<u8>> = fields
+                    .iter()
+                    .filter(|f| {
+                        matches!(parse_tile_field(f), Some((v, start)) if v == view && start < cutoff)
+                    })
+                    .collect();
+                for chunk in doomed.chunks(DELETE_TILES_CHUNK) {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(sha).arg(1).arg(&k[..]);
+                    for f in chunk {
+                        cmd.arg(&f[..]);
+                    }
+                    cmds.push(cmd);
+                }
+            }
+            for a in self.run(&cmds, context).await? {
+                match a {
+                    Value::Int(n) if n >= 0 => deleted += n as u64,
+                    other => {
+                        return Err(self.err(
+                            context,
+                            format!("the tile delete script answered {other:?}"),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_batches: false,
+            atomic_per_key: true,
+            shared_across_processes: true,
+            shared_across_hosts: true,
+            durable_writes: false,
+        }
     }
 
     fn backend(&self) -> &'static str {
@@ -907,5 +1264,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.key_ttl, None);
         assert_eq!(c.ttl_millis(), 0);
+    }
+
+    #[test]
+    fn scripts_use_the_version_field() {
+        assert_eq!(VERSION_FIELD, b"v");
+        for script in [MERGE_SCRIPT, DELETE_TILES_SCRIPT] {
+            assert!(script.contains("HINCRBY', key, 'v', 1"), "{script}");
+        }
     }
 }

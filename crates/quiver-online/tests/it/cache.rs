@@ -16,9 +16,10 @@ use crate::sample_row;
 async fn conformance_suite_passes_through_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let inner = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let store = CachedStore::new(inner, Duration::from_secs(60), 1 << 20);
-    conformance::run_all(&store).await;
-    conformance::run_all(&store).await;
+    let store: Arc<dyn OnlineStore> =
+        Arc::new(CachedStore::new(inner, Duration::from_secs(60), 1 << 20));
+    conformance::run_all(store.clone()).await;
+    conformance::run_all(store.clone()).await;
     let stats = store.cache_stats().unwrap();
     assert!(stats.misses > 0, "{stats:?}");
 }

@@ -3,10 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use quiver_core::encoding::row_version;
-use quiver_online::{conformance, FieldId, OnlineStore, OnlineWrite, Result, WriteStats};
+use quiver_core::Timestamp;
+use quiver_online::conformance::{self, tiles as tile_checks};
+use quiver_online::{
+    Capabilities, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result, TileMerger,
+    WriteStats,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flaw {
@@ -43,14 +49,46 @@ enum Flaw {
     DeleteIgnoresField,
     /// `delete_older_than` deletes rows at the cutoff too.
     DeleteInclusive,
+    /// Stream positions are never compared: replays merge again.
+    IgnoresPositions,
+    /// A replay at exactly the stored position merges again.
+    ReplaysAtThePosition,
+    /// Positions compared as their little-endian bytes.
+    ComparesPositionBytes,
+    /// Positions kept per (key, partition), whatever the view.
+    PositionsIgnoreView,
+    /// Tiles kept per (key, start), whatever the view.
+    TilesIgnoreView,
+    /// The deltas of a request merged last to first.
+    ReversesDeltas,
+    /// Read, merge, then write in a separate step: concurrent merges overwrite each other.
+    LosesConcurrentUpdates,
+    /// Tiles stored one by one, so a failing merger leaves the tiles before it merged.
+    PartialKeyOnFailure,
+    /// Declares atomic batches but commits key by key.
+    ClaimsAtomicBatches,
+    /// `delete_tiles_before` deletes tiles at the cutoff too.
+    DeleteTilesInclusive,
+    /// `delete_tiles_before` deletes older tiles of every view.
+    DeleteTilesIgnoresView,
+    /// `delete_tiles_before` deletes stream positions too.
+    DeleteTilesDropsPositions,
 }
 
 /// Rows by (entity key, field).
 type Cells = HashMap<(Vec<u8>, FieldId), Vec<u8>>;
 
+/// Tiles by (entity key, view, start) and positions by (entity key, view, partition).
+#[derive(Clone, Default)]
+struct Tiles {
+    irs: HashMap<(Vec<u8>, FieldId, Timestamp), Vec<u8>>,
+    positions: HashMap<(Vec<u8>, FieldId, Vec<u8>), u128>,
+}
+
 struct MemStore {
     flaw: Flaw,
     cells: Mutex<Cells>,
+    tiles: Mutex<Tiles>,
 }
 
 impl MemStore {
@@ -58,7 +96,87 @@ impl MemStore {
         Self {
             flaw,
             cells: Mutex::default(),
+            tiles: Mutex::default(),
         }
+    }
+
+    fn tile_key(
+        &self,
+        key: &[u8],
+        view: FieldId,
+        start: Timestamp,
+    ) -> (Vec<u8>, FieldId, Timestamp) {
+        let view = if self.flaw == Flaw::TilesIgnoreView {
+            [0; 8]
+        } else {
+            view
+        };
+        (key.to_vec(), view, start)
+    }
+
+    fn position_key(
+        &self,
+        key: &[u8],
+        view: FieldId,
+        partition: &[u8],
+    ) -> (Vec<u8>, FieldId, Vec<u8>) {
+        let view = if self.flaw == Flaw::PositionsIgnoreView {
+            [0; 8]
+        } else {
+            view
+        };
+        (key.to_vec(), view, partition.to_vec())
+    }
+
+    /// Whether a request at `offset` is a replay of a stored `stored`.
+    fn is_replay(&self, stored: u128, offset: u128) -> bool {
+        match self.flaw {
+            Flaw::IgnoresPositions => false,
+            Flaw::ReplaysAtThePosition => stored > offset,
+            Flaw::ComparesPositionBytes => stored.to_le_bytes() >= offset.to_le_bytes(),
+            _ => stored >= offset,
+        }
+    }
+
+    /// Applies one request to `t`.
+    fn apply(
+        &self,
+        t: &mut Tiles,
+        m: &KeyMerge<'_>,
+        merger: &dyn TileMerger,
+    ) -> Result<MergeStats> {
+        let mut stats = MergeStats::default();
+        if let Some(p) = &m.position {
+            let pk = self.position_key(m.key, m.view, p.partition);
+            if t.positions
+                .get(&pk)
+                .is_some_and(|&s| self.is_replay(s, p.offset))
+            {
+                stats.skipped = 1;
+                return Ok(stats);
+            }
+        }
+        let mut deltas: Vec<_> = m.tiles.iter().collect();
+        if self.flaw == Flaw::ReversesDeltas {
+            deltas.reverse();
+        }
+        for d in deltas {
+            let tk = self.tile_key(m.key, m.view, d.start);
+            let mut out = Vec::new();
+            merger.merge(t.irs.get(&tk).map(Vec::as_slice), d.ir, &mut out)?;
+            if self.flaw == Flaw::LosesConcurrentUpdates {
+                // Let other writers read the same stored IR before this one is written.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            t.irs.insert(tk, out);
+            stats.tiles += 1;
+        }
+        if let Some(p) = &m.position {
+            t.positions
+                .insert(self.position_key(m.key, m.view, p.partition), p.offset);
+        }
+        stats.applied = 1;
+        Ok(stats)
     }
 
     fn cell(&self, key: &[u8], field: FieldId) -> (Vec<u8>, FieldId) {
@@ -165,6 +283,122 @@ impl OnlineStore for MemStore {
         Ok((before - cells.len()) as u64)
     }
 
+    async fn merge_tiles(
+        &self,
+        merges: &[KeyMerge<'_>],
+        merger: &dyn TileMerger,
+    ) -> Result<MergeStats> {
+        let mut stats = MergeStats::default();
+        match self.flaw {
+            Flaw::LosesConcurrentUpdates => {
+                // Each request merged on a copy taken under the lock, written back under it
+                // later: what another writer stored in between is lost.
+                for m in merges {
+                    let mut copy = self.tiles.lock().unwrap().clone();
+                    let s = self.apply(&mut copy, m, merger)?;
+                    let mut t = self.tiles.lock().unwrap();
+                    for d in m.tiles {
+                        let k = self.tile_key(m.key, m.view, d.start);
+                        if let Some(v) = copy.irs.remove(&k) {
+                            t.irs.insert(k, v);
+                        }
+                    }
+                    t.positions.extend(copy.positions);
+                    stats.add(s);
+                }
+            }
+            Flaw::PartialKeyOnFailure => {
+                let mut t = self.tiles.lock().unwrap();
+                for m in merges {
+                    stats.add(self.apply(&mut t, m, merger)?);
+                }
+            }
+            Flaw::ClaimsAtomicBatches => {
+                for m in merges {
+                    let mut t = self.tiles.lock().unwrap();
+                    let mut copy = t.clone();
+                    stats.add(self.apply(&mut copy, m, merger)?);
+                    *t = copy;
+                }
+            }
+            _ => {
+                // The whole call on a copy, swapped in at the end: atomic batches.
+                let mut t = self.tiles.lock().unwrap();
+                let mut copy = t.clone();
+                for m in merges {
+                    stats.add(self.apply(&mut copy, m, merger)?);
+                }
+                *t = copy;
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn read_tiles(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        starts: &[Timestamp],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let t = self.tiles.lock().unwrap();
+        let mut out = Vec::new();
+        for k in keys {
+            for &s in starts {
+                out.push(t.irs.get(&self.tile_key(k, view, s)).cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stream_positions(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        partition: &[u8],
+    ) -> Result<Vec<Option<u128>>> {
+        let t = self.tiles.lock().unwrap();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                t.positions
+                    .get(&self.position_key(k, view, partition))
+                    .copied()
+            })
+            .collect())
+    }
+
+    async fn delete_tiles_before(&self, view: FieldId, cutoff: Timestamp) -> Result<u64> {
+        let view = self.tile_key(b"", view, 0).1;
+        let mut t = self.tiles.lock().unwrap();
+        let before = t.irs.len();
+        t.irs.retain(|(_, v, start), _| {
+            let old = if self.flaw == Flaw::DeleteTilesInclusive {
+                *start <= cutoff
+            } else {
+                *start < cutoff
+            };
+            let ours = *v == view || self.flaw == Flaw::DeleteTilesIgnoresView;
+            !(ours && old)
+        });
+        if self.flaw == Flaw::DeleteTilesDropsPositions {
+            t.positions.retain(|(_, v, _), _| *v != view);
+        }
+        Ok((before - t.irs.len()) as u64)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_batches: !matches!(
+                self.flaw,
+                Flaw::LosesConcurrentUpdates | Flaw::PartialKeyOnFailure
+            ),
+            atomic_per_key: true,
+            shared_across_processes: false,
+            shared_across_hosts: false,
+            durable_writes: false,
+        }
+    }
+
     fn backend(&self) -> &'static str {
         "memory-reference"
     }
@@ -181,9 +415,17 @@ enum Check {
     LongKeys,
     Delete,
     RoundTrip,
+    MergeOrder,
+    TilesApart,
+    TileReplays,
+    DeleteTiles,
+    ConcurrentMerges,
+    Capabilities,
 }
 
-async fn run(check: Check, store: &dyn OnlineStore) {
+async fn run(check: Check, store: Arc<dyn OnlineStore>) {
+    let arc = &store;
+    let store = &*store;
     match check {
         Check::NewerWins => conformance::newer_wins(store).await,
         Check::WithinBatch => conformance::within_batch_newest_wins(store).await,
@@ -194,14 +436,20 @@ async fn run(check: Check, store: &dyn OnlineStore) {
         Check::LongKeys => conformance::long_keys(store).await,
         Check::Delete => conformance::delete_older_than_is_per_field(store).await,
         Check::RoundTrip => conformance::values_round_trip(store).await,
+        Check::MergeOrder => tile_checks::merges_apply_in_order(store).await,
+        Check::TilesApart => tile_checks::tiles_do_not_mix(store).await,
+        Check::TileReplays => tile_checks::replays_are_no_ops(store).await,
+        Check::DeleteTiles => tile_checks::delete_tiles_before_is_per_view(store).await,
+        Check::ConcurrentMerges => tile_checks::concurrent_merges_lose_no_update(arc).await,
+        Check::Capabilities => tile_checks::declared_capabilities_hold(arc).await,
     }
 }
 
 #[tokio::test]
 async fn the_reference_store_passes_the_suite() {
-    let store = MemStore::new(Flaw::None);
-    conformance::run_all(&store).await;
-    conformance::run_all(&store).await;
+    let store: Arc<dyn OnlineStore> = Arc::new(MemStore::new(Flaw::None));
+    conformance::run_all(store.clone()).await;
+    conformance::run_all(store).await;
 }
 
 #[tokio::test]
@@ -228,15 +476,29 @@ async fn each_flaw_fails_its_check() {
         (Flaw::MissingAsEmpty, Check::Missing),
         (Flaw::DeleteIgnoresField, Check::Delete),
         (Flaw::DeleteInclusive, Check::Delete),
+        (Flaw::IgnoresPositions, Check::TileReplays),
+        (Flaw::IgnoresPositions, Check::ConcurrentMerges),
+        (Flaw::ReplaysAtThePosition, Check::TileReplays),
+        (Flaw::ComparesPositionBytes, Check::TileReplays),
+        (Flaw::PositionsIgnoreView, Check::TileReplays),
+        (Flaw::TilesIgnoreView, Check::TilesApart),
+        (Flaw::ReversesDeltas, Check::MergeOrder),
+        (Flaw::LosesConcurrentUpdates, Check::ConcurrentMerges),
+        (Flaw::PartialKeyOnFailure, Check::Capabilities),
+        (Flaw::ClaimsAtomicBatches, Check::Capabilities),
+        (Flaw::DeleteTilesInclusive, Check::DeleteTiles),
+        (Flaw::DeleteTilesIgnoresView, Check::DeleteTiles),
+        (Flaw::DeleteTilesIgnoresView, Check::TilesApart),
+        (Flaw::DeleteTilesDropsPositions, Check::DeleteTiles),
     ];
     for (flaw, check) in cases {
         // The flawless store passes the check...
-        let good: Arc<MemStore> = Arc::new(MemStore::new(Flaw::None));
-        let passed = tokio::spawn(async move { run(check, &*good).await }).await;
+        let good: Arc<dyn OnlineStore> = Arc::new(MemStore::new(Flaw::None));
+        let passed = tokio::spawn(async move { run(check, good).await }).await;
         assert!(passed.is_ok(), "{check:?} fails on the reference store");
         // ...and the flawed one fails it.
-        let bad: Arc<MemStore> = Arc::new(MemStore::new(flaw));
-        let result = tokio::spawn(async move { run(check, &*bad).await }).await;
+        let bad: Arc<dyn OnlineStore> = Arc::new(MemStore::new(flaw));
+        let result = tokio::spawn(async move { run(check, bad).await }).await;
         match result {
             Err(e) if e.is_panic() => {
                 let msg = e.into_panic();

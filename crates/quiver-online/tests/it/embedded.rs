@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use quiver_core::encoding::row_version;
 use quiver_online::embedded::{storage_key, HASHED_KEY_PREFIX};
-use quiver_online::{conformance, EmbeddedStore, Error, FieldId, OnlineStore, OnlineWrite};
+use quiver_online::{
+    conformance, EmbeddedStore, Error, FieldId, KeyMerge, OnlineStore, OnlineWrite, StreamPosition,
+    TileDelta,
+};
 
 use crate::{decode_sample, int_key, sample_dtypes, sample_row, sample_rows};
 
@@ -28,9 +31,9 @@ async fn conformance_suite_passes_on_a_fresh_store_and_again_on_the_same_store()
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.backend(), "embedded");
-    conformance::run_all(&store).await;
+    conformance::run_all(Arc::new(store.clone())).await;
     // The checks namespace their keys per run, so they pass on a non-empty store too.
-    conformance::run_all(&store).await;
+    conformance::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test]
@@ -372,4 +375,138 @@ async fn concurrent_readers_see_whole_batches() {
         let bytes = cell.as_ref().unwrap_or_else(|| panic!("key {i} missing"));
         assert_eq!(row_version(bytes).unwrap(), (BATCHES, i as i64));
     }
+}
+
+fn count(n: u64) -> [u8; 8] {
+    n.to_le_bytes()
+}
+
+fn add(stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>) -> quiver_online::Result<()> {
+    let v = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
+    out.extend_from_slice(&count(stored.map_or(0, v) + v(delta)));
+    Ok(())
+}
+
+/// A store written before tiles existed (only the `rows` database) opens with its rows
+/// intact and takes tile merges.
+#[tokio::test]
+async fn a_store_without_tile_databases_opens_and_gains_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = int_key("p", "e", 1);
+    let row = sample_row(1, 1, 0);
+    {
+        let mut options = heed::EnvOpenOptions::new();
+        options.map_size(1 << 30).max_dbs(4);
+        // SAFETY: a fresh directory that nothing else opens while this environment
+        // lives; it is closed before the store opens it.
+        #[allow(unsafe_code)]
+        let env = unsafe { options.open(dir.path()) }.unwrap();
+        type Db = heed::Database<'static, heed::types::Bytes, heed::types::Bytes>;
+        let wtxn = env.write_txn().unwrap();
+        let rows: Db = env
+            .create_databases_and_commit(wtxn, |dbo, wtxn| {
+                dbo.create_database(wtxn, Some("rows"))
+                    .map(heed::CommitOrAbort::<_, ()>::Commit)
+            })
+            .unwrap()
+            .unwrap_commit();
+        let mut wtxn = env.write_txn().unwrap();
+        let mut sk = Vec::new();
+        storage_key(&key, &F, &mut sk);
+        rows.put(&mut wtxn, &sk, &row).unwrap();
+        wtxn.commit().unwrap();
+        env.prepare_for_closing().wait();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.read(&[&key], &[F]).await.unwrap(), vec![Some(row)]);
+    let one = count(1);
+    let t = [TileDelta { start: 0, ir: &one }];
+    let m = [KeyMerge {
+        key: &key,
+        view: F,
+        position: None,
+        tiles: &t,
+    }];
+    store.merge_tiles(&m, &add).await.unwrap();
+    assert_eq!(
+        store.read_tiles(&[&key], F, &[0]).await.unwrap(),
+        vec![Some(one.to_vec())]
+    );
+}
+
+/// Tiles and positions persist across close and reopen, long entity keys included, and
+/// a merge call is one transaction: a failing merger leaves nothing of the call.
+#[tokio::test]
+async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut long = int_key("p", "e", 2);
+    long.resize(600, b'x');
+    let keys = [int_key("p", "e", 1), long];
+    let one = count(1);
+    let t = [TileDelta {
+        start: 300,
+        ir: &one,
+    }];
+    let merges: Vec<KeyMerge<'_>> = keys
+        .iter()
+        .map(|key| KeyMerge {
+            key,
+            view: G,
+            position: Some(StreamPosition {
+                partition: b"p",
+                offset: 9,
+            }),
+            tiles: &t,
+        })
+        .collect();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let s = store.merge_tiles(&merges, &add).await.unwrap();
+        assert_eq!((s.applied, s.tiles), (2, 2));
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let key_refs = refs(&keys);
+    assert_eq!(
+        store.read_tiles(&key_refs, G, &[300]).await.unwrap(),
+        vec![Some(one.to_vec()), Some(one.to_vec())]
+    );
+    assert_eq!(
+        store.stream_positions(&key_refs, G, b"p").await.unwrap(),
+        vec![Some(9), Some(9)]
+    );
+    // Rows are not tiles: the rows database is empty.
+    assert_eq!(store.row_count().unwrap(), 0);
+
+    let fail_on_long = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
+        if delta == b"boom" {
+            return Err(quiver_online::Error::Invalid("boom".into()));
+        }
+        add(stored, delta, out)
+    };
+    let boom = [TileDelta {
+        start: 300,
+        ir: b"boom",
+    }];
+    let calls = [
+        KeyMerge {
+            key: &keys[0],
+            view: G,
+            position: None,
+            tiles: &t,
+        },
+        KeyMerge {
+            key: &keys[1],
+            view: G,
+            position: None,
+            tiles: &boom,
+        },
+    ];
+    let e = store.merge_tiles(&calls, &fail_on_long).await.unwrap_err();
+    assert!(e.to_string().contains("boom"), "{e}");
+    assert!(e.to_string().contains("tile at 300"), "{e}");
+    assert_eq!(
+        store.read_tiles(&key_refs, G, &[300]).await.unwrap(),
+        vec![Some(one.to_vec()), Some(one.to_vec())],
+        "nothing of the failed call is stored"
+    );
 }

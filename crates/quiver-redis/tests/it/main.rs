@@ -1,10 +1,12 @@
 //! Integration tests of the Redis online store against real `redis-server` processes
 //! (see `harness`): the conformance suite on a single server and on a 3-primary
-//! cluster, the key layout on the cluster's shards, key expiry, script reloading, and
-//! connection errors.
+//! cluster, the key layout on the cluster's shards, key expiry, script reloading,
+//! connection errors, and tile merges (`tiles`).
 
 mod harness;
+mod tiles;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiver_core::encoding::{encode_key_value, encode_row};
@@ -50,12 +52,13 @@ async fn connect(config: &RedisConfig) -> RedisStore {
 }
 
 /// The conformance suite, twice (the second time on a non-empty store), on the store of
-/// `config`; every check is the suite's own, the same for every backend.
+/// `config`; every check, rows and tiles, is the suite's own, the same for every backend.
 async fn run_conformance(config: &RedisConfig, backend: &str) {
     let store = connect(config).await;
     assert_eq!(store.backend(), backend);
-    conformance::run_all(&store).await;
-    conformance::run_all(&store).await;
+    let store: Arc<dyn OnlineStore> = Arc::new(store);
+    conformance::run_all(store.clone()).await;
+    conformance::run_all(store).await;
 }
 
 #[tokio::test]
