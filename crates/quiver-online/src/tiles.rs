@@ -371,7 +371,7 @@ fn merge_failed(m: &KeyMerge<'_>, start: Timestamp, e: Error) -> Error {
     match e {
         Error::Store(msg) => Error::Store(format!("{at}: {msg}")),
         Error::Invalid(msg) => Error::Invalid(format!("{at}: {msg}")),
-        Error::Core(c) => Error::Invalid(format!("{at}: {c}")),
+        other => Error::Invalid(format!("{at}: {other}")),
     }
 }
 

@@ -78,16 +78,15 @@ fn values_at(store: &OfflineStore, view: &ResolvedView, times: ArrayRef) -> Vec<
         vec![Arc::new(Int64Array::from(vec![1; n])), times],
     )
     .unwrap();
-    let out = store
-        .historical(&HistoricalRequest {
-            entities: vec![labels],
-            timestamp_column: "event_timestamp".into(),
-            views: vec![ViewRequest {
-                view: view.clone(),
-                features: vec![("v".into(), "v".into())],
-            }],
-        })
-        .unwrap();
+    let out = crate::block_on(store.historical(HistoricalRequest {
+        entities: vec![labels],
+        timestamp_column: "event_timestamp".into(),
+        views: vec![ViewRequest {
+            view: view.clone(),
+            features: vec![("v".into(), "v".into())],
+        }],
+    }))
+    .unwrap();
     let v = out.column_by_name("v").unwrap().as_primitive::<Int64Type>();
     (0..n).map(|i| v.is_valid(i).then(|| v.value(i))).collect()
 }
@@ -106,7 +105,7 @@ fn a_row_800_ns_after_a_label_does_not_reach_it() {
         &origin("stats.parquet"),
     )
     .unwrap();
-    store.ingest(&view, vec![batch]).unwrap();
+    crate::block_on(store.ingest(&view, vec![batch])).unwrap();
     // Labels in nanoseconds: at T, at T + 800 ns (the row's own time, rounded down to T
     // while the row rounds up to T + 1 µs) and at T + 1 µs.
     let labels = Arc::new(
@@ -206,7 +205,11 @@ fn rows_of_one_key_within_one_microsecond_are_an_error_naming_both() {
         &origin("stats.parquet"),
     )
     .is_err());
-    assert_eq!(store.row_count(&view).unwrap(), 0, "nothing was stored");
+    assert_eq!(
+        crate::block_on(store.row_count(&view)).unwrap(),
+        0,
+        "nothing was stored"
+    );
 }
 
 #[test]
@@ -232,7 +235,11 @@ fn rows_of_one_key_within_one_microsecond_in_two_files_of_one_ingest_are_an_erro
     assert!(e.contains("a.csv: row 1"), "{e}");
     assert!(e.contains("b.csv: row 2"), "{e}");
     let view = state.resolved_view("stats").unwrap();
-    assert_eq!(store.row_count(&view).unwrap(), 0, "nothing was stored");
+    assert_eq!(
+        crate::block_on(store.row_count(&view)).unwrap(),
+        0,
+        "nothing was stored"
+    );
 }
 
 #[test]
@@ -250,7 +257,7 @@ fn repeated_and_re_ingested_rows_with_nanoseconds_are_not_collisions() {
             &origin("stats.parquet"),
         )
         .unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let stats = store.ingest(&view, vec![batch]).unwrap();
+        let stats = crate::block_on(store.ingest(&view, vec![batch])).unwrap();
         assert_eq!(stats.rows_stored, 3, "round {round}: {stats:?}");
     }
 }

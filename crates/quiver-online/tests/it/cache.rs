@@ -126,6 +126,40 @@ impl OnlineStore for PausedRead {
         self.inner.delete_older_than(field, cutoff).await
     }
 
+    async fn merge_tiles(
+        &self,
+        merges: &[quiver_online::KeyMerge<'_>],
+        merger: &dyn quiver_online::TileMerger,
+    ) -> quiver_online::Result<quiver_online::MergeStats> {
+        self.inner.merge_tiles(merges, merger).await
+    }
+
+    async fn read_tiles(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        starts: &[i64],
+    ) -> quiver_online::Result<Vec<Option<Vec<u8>>>> {
+        self.inner.read_tiles(keys, view, starts).await
+    }
+
+    async fn stream_positions(
+        &self,
+        keys: &[&[u8]],
+        view: FieldId,
+        partition: &[u8],
+    ) -> quiver_online::Result<Vec<Option<u128>>> {
+        self.inner.stream_positions(keys, view, partition).await
+    }
+
+    async fn delete_tiles_before(&self, view: FieldId, cutoff: i64) -> quiver_online::Result<u64> {
+        self.inner.delete_tiles_before(view, cutoff).await
+    }
+
+    fn capabilities(&self) -> quiver_online::Capabilities {
+        self.inner.capabilities()
+    }
+
     fn backend(&self) -> &'static str {
         "paused"
     }
