@@ -117,11 +117,13 @@ impl ServerState {
         }
         add(
             &ts_name,
-            &DType::Timestamp,
+            // As text: the write path parses it, rounding a row's time up to the
+            // microsecond (DESIGN §9: no row from after T reaches a read at T).
+            &DType::String,
             columns.get(&ts_name).expect("found above"),
         )?;
         if let Some(c) = &created_name {
-            add(c, &DType::Timestamp, columns.get(c).expect("found above"))?;
+            add(c, &DType::String, columns.get(c).expect("found above"))?;
             used.push(c.clone());
         }
         for f in &view.features {

@@ -30,6 +30,11 @@ pub mod testing;
 pub mod write;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The default diagnostics filter of quiver's binaries (`QUIVER_LOG` overrides it):
+/// warnings of quiver's own crates only; libraries' internal logs stay quiet.
+pub const DEFAULT_LOG_FILTER: &str = "quiver=warn,quiver_cli=warn,quiver_server=warn,\
+quiver_offline=warn,quiver_online=warn,quiver_redis=warn,quiver_registry=warn";
 pub use historical::HistoricalBuilder;
 pub use ingest::IngestBuilder;
 pub use materialize::{MaterializeBuilder, MaterializeStats};

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int64Array, StringArray};
+use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use quiver_core::time::{parse_timestamp, ManualClock};
 use quiver_server::api::pb;
 use quiver_server::{ServeOptions, Server};
@@ -646,6 +646,46 @@ fn future_stamped_pushes_are_rejected(backend: Backend) {
     assert_eq!(read(), 8);
 }
 
+fn pushed_sub_microsecond_times_round_up(backend: Backend) {
+    let f = Fixture::new(backend);
+    // A row 800 ns after 10:20:00 must not be visible at 10:20:00, online or offline.
+    let (code, v) = f.post(
+        "/push",
+        &json!({"feature_view": "driver_stats", "to": "online_and_offline",
+                "data": {"driver_id": [7], "ts": ["2025-01-01T10:20:00.000000800Z"],
+                         "conv_rate": [0.5], "trips": [5]}})
+        .to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    f.clock.set(t("10:20:00"));
+    let (_, v) = f.post(
+        "/get-online-features",
+        &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [7]}}).to_string(),
+    );
+    assert_eq!(v["results"][0]["features"]["trips"], Json::Null, "{v}");
+    let labels = quiver::testing::batch(vec![
+        ("driver_id", Arc::new(Int64Array::from(vec![7, 7]))),
+        (
+            "event_timestamp",
+            ts(vec![t("10:20:00"), t("10:20:00") + 1]),
+        ),
+    ]);
+    let training = f
+        .repo
+        .store()
+        .historical()
+        .entities(labels)
+        .features(["driver_stats:trips"])
+        .block()
+        .unwrap();
+    let trips = training.column_by_name("trips").unwrap();
+    assert!(
+        trips.is_null(0),
+        "a label at 10:20:00 does not see a row 800 ns later"
+    );
+    assert!(trips.is_valid(1), "a label 1 µs later does");
+}
+
 /// Each scenario against both backends.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -678,4 +718,5 @@ on_both_backends!(
     concurrent_pushes_keep_the_newest_row,
     registry_changes_are_served_without_restart,
     future_stamped_pushes_are_rejected,
+    pushed_sub_microsecond_times_round_up,
 );
