@@ -85,6 +85,7 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use quiver_core::encoding::row_version;
 use quiver_core::Timestamp;
+use serde::{Deserialize, Serialize};
 
 use crate::tiles::{
     decode_position, group_by_key, parse_tile_field, position_field, tile_field, validate_merges,
@@ -94,6 +95,30 @@ use crate::{
     Capabilities, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
     TileMerger, WriteStats,
 };
+
+/// `online_store: { type: embedded, path: … }` in `quiver.yaml`: where the embedded store
+/// lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// The store's directory; a relative path is relative to the repository.
+    pub path: PathBuf,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/online"),
+        }
+    }
+}
+
+impl EmbeddedConfig {
+    /// Opens the store of this configuration for the repository at `repo`.
+    pub fn open(&self, repo: &Path) -> Result<EmbeddedStore> {
+        EmbeddedStore::open(&repo.join(&self.path))
+    }
+}
 
 /// The LMDB memory-map size requested: 1 TiB on 64-bit targets (1 GiB on 32-bit ones).
 /// Virtual address space only; see the module documentation.

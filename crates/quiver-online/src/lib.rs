@@ -25,7 +25,7 @@ pub mod plan;
 pub mod tiles;
 
 pub use cache::CachedStore;
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedConfig, EmbeddedStore};
 pub use plan::{Columns, ReadPlan, Vectors};
 pub use tiles::{KeyMerge, MergeStats, StreamPosition, TileDelta, TileMerger};
 

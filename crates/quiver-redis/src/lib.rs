@@ -113,6 +113,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
+use serde::{Deserialize, Serialize};
 
 /// The first bytes of every key of the store (then the hash tag's hex digits and `}`).
 pub const KEY_PREFIX: &[u8] = b"q{";
@@ -294,7 +295,13 @@ static MERGE: LazyLock<Script> = LazyLock::new(|| Script::new(MERGE_SCRIPT));
 static DELETE_TILES: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_TILES_SCRIPT));
 
 /// Where the store is and how it behaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It is also the `online_store: { type: redis, … }` section of `quiver.yaml`: it
+/// deserialises from the fields `url`, `cluster` and `key_ttl` (a duration such as
+/// `30d`; `0` means no expiry), rejects any other field, and checks the addresses while
+/// parsing (see [`RedisConfig::check`]). The timeouts are not part of the section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RedisSection", into = "RedisSection")]
 pub struct RedisConfig {
     /// The URL of a single server (`redis://[user:password@]host:port[/db]`,
     /// `redis+unix:///path`). Exactly one of `url` and `cluster` is set.
@@ -354,24 +361,18 @@ impl RedisConfig {
         cluster: Option<Vec<String>>,
         key_ttl: Option<quiver_core::Duration>,
     ) -> Result<Self> {
-        let key_ttl = match key_ttl {
-            Some(d) if d.micros() < 0 => {
-                return Err(Error::Invalid(format!("redis key_ttl {d} is negative")))
-            }
-            Some(d) if !d.is_zero() => Some(Duration::from_micros(d.micros() as u64)),
-            _ => None,
-        };
-        let cfg = Self {
+        Self::try_from(RedisSection {
             url,
-            cluster: cluster.unwrap_or_default(),
+            cluster,
             key_ttl,
-            ..Self::default()
-        };
-        cfg.check()?;
-        Ok(cfg)
+        })
     }
 
-    fn check(&self) -> Result<()> {
+    /// Checks that exactly one of `url` and `cluster` is set, that `url` is a Redis URL
+    /// (`redis://`, `rediss://`, `redis+unix://` or `unix://`) and that the cluster's
+    /// node addresses are addresses.
+    pub fn check(&self) -> Result<()> {
+        const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
         match (&self.url, self.cluster.is_empty()) {
             (Some(_), false) => Err(Error::Invalid(
                 "a redis store takes exactly one of `url` (one server) or `cluster` (node \
@@ -383,7 +384,32 @@ impl RedisConfig {
                  `cluster` (the addresses of Redis Cluster nodes)"
                     .into(),
             )),
-            _ => Ok(()),
+            (Some(url), true) => {
+                let scheme_only = SCHEMES.contains(&url.as_str());
+                if scheme_only || !SCHEMES.iter().any(|s| url.starts_with(s)) {
+                    return Err(Error::Invalid(format!(
+                        "redis {}: not a valid Redis URL: expected one such as \
+                         redis://127.0.0.1:6379 (redis://, rediss://, redis+unix:// or \
+                         unix://)",
+                        redact(url)
+                    )));
+                }
+                Ok(())
+            }
+            (None, false) => {
+                let bad = self.cluster.iter().find(|n| {
+                    let n = n.trim();
+                    n.is_empty() || n.contains(char::is_whitespace)
+                });
+                match bad {
+                    Some(bad) => Err(Error::Invalid(format!(
+                        "redis `cluster` node address {:?} is not an address (expected \
+                         host:port or redis://host:port)",
+                        redact(bad)
+                    ))),
+                    None => Ok(()),
+                }
+            }
         }
     }
 
@@ -395,6 +421,57 @@ impl RedisConfig {
                 ms.clamp(1, i64::MAX as u128) as u64
             }
             _ => 0,
+        }
+    }
+}
+
+/// `online_store: { type: redis, … }` as written in `quiver.yaml`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_ttl: Option<quiver_core::Duration>,
+}
+
+impl TryFrom<RedisSection> for RedisConfig {
+    type Error = Error;
+
+    fn try_from(section: RedisSection) -> Result<Self> {
+        if section.cluster.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Invalid(
+                "redis `cluster` lists no node addresses".into(),
+            ));
+        }
+        let key_ttl = match section.key_ttl {
+            Some(d) if d.micros() < 0 => {
+                return Err(Error::Invalid(format!("redis key_ttl {d} is negative")))
+            }
+            Some(d) if !d.is_zero() => Some(Duration::from_micros(d.micros() as u64)),
+            _ => None,
+        };
+        let cfg = Self {
+            url: section.url,
+            cluster: section.cluster.unwrap_or_default(),
+            key_ttl,
+            ..Self::default()
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+impl From<RedisConfig> for RedisSection {
+    fn from(cfg: RedisConfig) -> Self {
+        RedisSection {
+            url: cfg.url,
+            cluster: (!cfg.cluster.is_empty()).then_some(cfg.cluster),
+            key_ttl: cfg.key_ttl.map(|d| {
+                quiver_core::Duration::from_micros(d.as_micros().min(i64::MAX as u128) as i64)
+            }),
         }
     }
 }
@@ -1264,6 +1341,90 @@ mod tests {
         .unwrap();
         assert_eq!(c.key_ttl, None);
         assert_eq!(c.ttl_millis(), 0);
+        let e = RedisConfig::from_repo_config(
+            Some("redis://a:1".into()),
+            None,
+            Some(quiver_core::Duration::from_micros(-1)),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("negative"), "{e}");
+    }
+
+    /// The section of `quiver.yaml`, as the facade would parse it: a tagged enum of the
+    /// backends' own configuration types.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum OnlineStoreSection {
+        Embedded(quiver_online::EmbeddedConfig),
+        Redis(RedisConfig),
+    }
+
+    fn parse(yaml: &str) -> std::result::Result<OnlineStoreSection, String> {
+        serde_yaml::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_config_section_parses_into_redis_config() {
+        assert_eq!(
+            parse("{ type: redis, url: redis://127.0.0.1:6379 }").unwrap(),
+            OnlineStoreSection::Redis(RedisConfig::standalone("redis://127.0.0.1:6379"))
+        );
+        let cfg = parse(
+            "type: redis\nkey_ttl: 12h\ncluster:\n  - redis://10.0.0.1:6379\n  - 10.0.0.2:6379\n",
+        )
+        .unwrap();
+        let want = RedisConfig::cluster(["redis://10.0.0.1:6379", "10.0.0.2:6379"])
+            .with_key_ttl(Duration::from_secs(12 * 3600));
+        assert_eq!(cfg, OnlineStoreSection::Redis(want.clone()));
+        // `0` means no expiry; the timeouts keep their defaults.
+        let OnlineStoreSection::Redis(c) =
+            parse("{ type: redis, url: 'redis://a:1/2', key_ttl: 0 }").unwrap()
+        else {
+            panic!("a redis section")
+        };
+        assert_eq!(c.key_ttl, None);
+        assert_eq!(c.connect_timeout, RedisConfig::default().connect_timeout);
+        // A round trip through YAML.
+        let text = serde_yaml::to_string(&want).unwrap();
+        assert_eq!(
+            serde_yaml::from_str::<RedisConfig>(&text).unwrap(),
+            want,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_redis_sections_are_rejected_with_the_reason() {
+        let cases = [
+            ("{ type: redis, url: redis://a:1, urll: x }", "urll"),
+            (
+                "{ type: redis, url: redis://a:1, connect_timeout: 5 }",
+                "connect_timeout",
+            ),
+            ("{ type: redis }", "needs `url`"),
+            (
+                "{ type: redis, url: redis://a:1, cluster: [b:2] }",
+                "not both",
+            ),
+            ("{ type: redis, cluster: [] }", "lists no node addresses"),
+            ("{ type: redis, cluster: ['a b:1'] }", "is not an address"),
+            (
+                "{ type: redis, url: 'localhost:6379' }",
+                "not a valid Redis URL",
+            ),
+            ("{ type: redis, url: 'redis://' }", "not a valid Redis URL"),
+            (
+                "{ type: redis, url: redis://a:1, key_ttl: 5 }",
+                "give a unit",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let e = parse(yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        // Passwords stay out of messages.
+        let e = parse("{ type: redis, url: 'http://u:secret@a:1' }").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
     }
 
     #[test]

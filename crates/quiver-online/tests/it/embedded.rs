@@ -6,8 +6,8 @@ use std::sync::Arc;
 use quiver_core::encoding::row_version;
 use quiver_online::embedded::{storage_key, HASHED_KEY_PREFIX};
 use quiver_online::{
-    conformance, EmbeddedStore, Error, FieldId, KeyMerge, OnlineStore, OnlineWrite, StreamPosition,
-    TileDelta,
+    conformance, EmbeddedConfig, EmbeddedStore, Error, FieldId, KeyMerge, OnlineStore, OnlineWrite,
+    StreamPosition, TileDelta,
 };
 
 use crate::{decode_sample, int_key, sample_dtypes, sample_row, sample_rows};
@@ -375,6 +375,47 @@ async fn concurrent_readers_see_whole_batches() {
         let bytes = cell.as_ref().unwrap_or_else(|| panic!("key {i} missing"));
         assert_eq!(row_version(bytes).unwrap(), (BATCHES, i as i64));
     }
+}
+
+/// `online_store: { type: embedded, path }` parses into [`EmbeddedConfig`] (unknown
+/// fields rejected, the path required) and opens relative to the repository.
+#[test]
+fn the_config_section_parses_and_opens_relative_to_the_repository() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum OnlineStoreSection {
+        Embedded(EmbeddedConfig),
+    }
+    let cfg: OnlineStoreSection =
+        serde_yaml::from_str("{ type: embedded, path: data/online }").unwrap();
+    assert_eq!(cfg, OnlineStoreSection::Embedded(EmbeddedConfig::default()));
+    for (yaml, want) in [
+        ("{ type: embedded, path: x, size: 5 }", "size"),
+        ("{ type: embedded }", "path"),
+    ] {
+        let e = serde_yaml::from_str::<OnlineStoreSection>(yaml).unwrap_err();
+        assert!(e.to_string().contains(want), "{yaml}: {e}");
+    }
+    let text = serde_yaml::to_string(&EmbeddedConfig::default()).unwrap();
+    assert_eq!(
+        serde_yaml::from_str::<EmbeddedConfig>(&text).unwrap(),
+        EmbeddedConfig::default()
+    );
+
+    let repo = tempfile::tempdir().unwrap();
+    let store = EmbeddedConfig::default().open(repo.path()).unwrap();
+    assert_eq!(
+        store.path(),
+        repo.path().join("data/online").canonicalize().unwrap()
+    );
+    let absolute = tempfile::tempdir().unwrap();
+    let cfg = EmbeddedConfig {
+        path: absolute.path().to_path_buf(),
+    };
+    assert_eq!(
+        cfg.open(repo.path()).unwrap().path(),
+        absolute.path().canonicalize().unwrap()
+    );
 }
 
 fn count(n: u64) -> [u8; 8] {
