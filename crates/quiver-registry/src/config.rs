@@ -214,8 +214,8 @@ impl RepoConfig {
 
     /// Parses the text of `quiver.yaml`.
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: RepoConfig = serde_yaml::from_str(text)
-            .map_err(|e| Error::Config(format!("{}: {e}", Self::FILE)))?;
+        let cfg: RepoConfig =
+            crate::yaml::from_str(text).map_err(|e| Error::Config(e.in_file(Self::FILE)))?;
         if !crate::resolve::is_identifier(&cfg.project) {
             return Err(Error::Config(format!(
                 "{}: project {:?} must be an identifier (letters, digits, _)",
@@ -320,7 +320,7 @@ mod tests {
                 key_ttl: Some(Duration::from_secs(30 * 86_400)),
             }
         );
-        let text = serde_yaml::to_string(&cfg).unwrap();
+        let text = serde_saphyr::to_string(&cfg).unwrap();
         assert_eq!(RepoConfig::parse(&text).unwrap(), cfg, "{text}");
     }
 

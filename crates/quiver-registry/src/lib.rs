@@ -12,6 +12,7 @@ pub mod plan;
 pub mod repo;
 pub mod resolve;
 pub mod state;
+mod yaml;
 
 pub use config::RepoConfig;
 pub use plan::Plan;
@@ -25,7 +26,9 @@ pub struct DefinitionError {
     /// The file, relative to the repository.
     pub file: String,
     /// The 1-based line, when known.
-    pub line: Option<usize>,
+    pub line: Option<u32>,
+    /// The 1-based column, when known (with the line).
+    pub column: Option<u32>,
     /// The object, as `kind 'name'` (e.g. `feature view 'driver_stats'`).
     pub object: String,
     /// The field at fault (e.g. `features[2].dtype`).
@@ -38,6 +41,9 @@ impl std::fmt::Display for DefinitionError {
         write!(f, "{}", self.file)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         if !self.object.is_empty() {
             write!(f, ": {}", self.object)?;

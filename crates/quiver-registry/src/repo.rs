@@ -6,26 +6,28 @@ use quiver_core::model::{
     Entity, FeatureService, FeatureView, OnDemandFeatureView, RequestSource, Source,
 };
 use serde::Deserialize;
+use serde_saphyr::Spanned;
 
 use crate::config::RepoConfig;
-use crate::{DefinitionError, Error, Result};
+use crate::{yaml, DefinitionError, Error, Result};
 
 /// One definition file's content; every section is optional, unknown keys are errors.
+/// Each object keeps the position it starts at.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DefinitionFile {
     #[serde(default)]
-    entities: Vec<Entity>,
+    entities: Vec<Spanned<Entity>>,
     #[serde(default)]
-    sources: Vec<Source>,
+    sources: Vec<Spanned<Source>>,
     #[serde(default)]
-    request_sources: Vec<RequestSource>,
+    request_sources: Vec<Spanned<RequestSource>>,
     #[serde(default)]
-    feature_views: Vec<FeatureView>,
+    feature_views: Vec<Spanned<FeatureView>>,
     #[serde(default)]
-    on_demand_feature_views: Vec<OnDemandFeatureView>,
+    on_demand_feature_views: Vec<Spanned<OnDemandFeatureView>>,
     #[serde(default)]
-    feature_services: Vec<FeatureService>,
+    feature_services: Vec<Spanned<FeatureService>>,
 }
 
 /// An object and where it was defined.
@@ -34,8 +36,10 @@ pub struct Located<T> {
     pub value: T,
     /// The file, relative to the repository.
     pub file: String,
-    /// The 1-based line of the object's `name:`, when found.
-    pub line: Option<usize>,
+    /// The 1-based line the object starts at (its first key, e.g. `name:`), when known.
+    pub line: Option<u32>,
+    /// The 1-based column the object starts at, when known.
+    pub column: Option<u32>,
 }
 
 /// Every definition of a repository.
@@ -67,7 +71,7 @@ impl Definitions {
             let text = match std::fs::read_to_string(repo.join(&rel)) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(file_error(&rel, None, format!("cannot read: {e}")));
+                    errors.push(file_error(&rel, format!("cannot read: {e}")));
                     continue;
                 }
             };
@@ -87,126 +91,150 @@ impl Definitions {
         if text.trim().is_empty() {
             return Ok(());
         }
-        let parsed: DefinitionFile = serde_yaml::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            file_error(file, line, e.to_string())
-        })?;
-        self.entities
-            .extend(locate(file, text, "entities", parsed.entities, |v| &v.name));
-        self.sources
-            .extend(locate(file, text, "sources", parsed.sources, |v| v.name()));
-        self.request_sources.extend(locate(
-            file,
-            text,
-            "request_sources",
-            parsed.request_sources,
-            |v| &v.name,
-        ));
-        self.feature_views.extend(locate(
-            file,
-            text,
-            "feature_views",
-            parsed.feature_views,
-            |v| &v.name,
-        ));
-        self.on_demand_feature_views.extend(locate(
-            file,
-            text,
-            "on_demand_feature_views",
-            parsed.on_demand_feature_views,
-            |v| &v.name,
-        ));
-        self.feature_services.extend(locate(
-            file,
-            text,
-            "feature_services",
-            parsed.feature_services,
-            |v| &v.name,
-        ));
+        // An empty document (comments only, or `---`) defines nothing.
+        let parsed: DefinitionFile = yaml::from_str::<Option<DefinitionFile>>(text)
+            .map_err(|e| parse_error(file, text, e))?
+            .unwrap_or_default();
+        self.entities.extend(locate(file, parsed.entities));
+        self.sources.extend(locate(file, parsed.sources));
+        self.request_sources
+            .extend(locate(file, parsed.request_sources));
+        self.feature_views
+            .extend(locate(file, parsed.feature_views));
+        self.on_demand_feature_views
+            .extend(locate(file, parsed.on_demand_feature_views));
+        self.feature_services
+            .extend(locate(file, parsed.feature_services));
         Ok(())
     }
 }
 
-fn file_error(file: &str, line: Option<usize>, message: String) -> DefinitionError {
+/// A file that does not parse, at the error's position and, when the error lies in an
+/// object, naming it. A missing field is reported where its object starts.
+fn parse_error(file: &str, text: &str, e: yaml::YamlError) -> DefinitionError {
+    let mut err = DefinitionError {
+        file: file.to_string(),
+        line: e.line,
+        column: e.column,
+        object: String::new(),
+        field: String::new(),
+        message: e.message,
+    };
+    if let (Some(line), Some(column)) = (e.line, e.column) {
+        if let Some(o) = enclosing_object(text, line, column) {
+            if err.message.starts_with("missing field") {
+                (err.line, err.column) = (Some(o.line), Some(o.column));
+            }
+            err.object = o.object;
+        }
+    }
+    err
+}
+
+/// The outline of a definition file: where each object starts and its name, read
+/// without checking anything else.
+#[derive(Default, Deserialize)]
+struct Outline {
+    #[serde(default)]
+    entities: Vec<Spanned<Named>>,
+    #[serde(default)]
+    sources: Vec<Spanned<Named>>,
+    #[serde(default)]
+    request_sources: Vec<Spanned<Named>>,
+    #[serde(default)]
+    feature_views: Vec<Spanned<Named>>,
+    #[serde(default)]
+    on_demand_feature_views: Vec<Spanned<Named>>,
+    #[serde(default)]
+    feature_services: Vec<Spanned<Named>>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// An object of a file: `kind 'name'` (or `section[i]` without a name) and its start.
+struct OutlineObject {
+    object: String,
+    line: u32,
+    column: u32,
+}
+
+/// The object the position `(line, column)` lies in: the last one starting before it
+/// whose block holds it (at its column or deeper), when the text has an outline.
+fn enclosing_object(text: &str, line: u32, column: u32) -> Option<OutlineObject> {
+    let outline: Outline = yaml::from_str_lenient(text)?;
+    let sections = [
+        ("entity", "entities", &outline.entities),
+        ("source", "sources", &outline.sources),
+        (
+            "request source",
+            "request_sources",
+            &outline.request_sources,
+        ),
+        ("feature view", "feature_views", &outline.feature_views),
+        (
+            "on-demand feature view",
+            "on_demand_feature_views",
+            &outline.on_demand_feature_views,
+        ),
+        (
+            "feature service",
+            "feature_services",
+            &outline.feature_services,
+        ),
+    ];
+    let mut best: Option<OutlineObject> = None;
+    for (kind, section, items) in sections {
+        for (i, item) in items.iter().enumerate() {
+            let (Some(l), Some(c)) = yaml::position(item.referenced) else {
+                continue;
+            };
+            let before = (l, c) <= (line, column) && c <= column;
+            if !before || best.as_ref().is_some_and(|b| (b.line, b.column) > (l, c)) {
+                continue;
+            }
+            let object = match &item.value.name {
+                Some(name) => format!("{kind} '{name}'"),
+                None => format!("{section}[{i}]"),
+            };
+            best = Some(OutlineObject {
+                object,
+                line: l,
+                column: c,
+            });
+        }
+    }
+    best
+}
+
+fn file_error(file: &str, message: String) -> DefinitionError {
     DefinitionError {
         file: file.to_string(),
-        line,
+        line: None,
+        column: None,
         object: String::new(),
         field: String::new(),
         message,
     }
 }
 
-/// The objects of one section of a file with their lines: the line of each object's
-/// `name:` is searched for below the section's key and the previous object, so that
-/// objects of the same name in different sections get their own lines.
-fn locate<T>(
-    file: &str,
-    text: &str,
-    section: &str,
-    items: Vec<T>,
-    name: impl Fn(&T) -> &str,
-) -> Vec<Located<T>> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut from = lines
-        .iter()
-        .position(|l| {
-            l.strip_prefix(section)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-        })
-        .unwrap_or(0);
+/// The objects of one section of a file with their positions.
+fn locate<T>(file: &str, items: Vec<Spanned<T>>) -> Vec<Located<T>> {
     items
         .into_iter()
-        .map(|value| {
-            let n = name(&value);
-            let line = lines[from.min(lines.len())..]
-                .iter()
-                .position(|l| line_names(l, n))
-                .map(|i| from + i + 1)
-                .or_else(|| find_name_line(text, n));
-            if let Some(l) = line {
-                from = from.max(l);
-            }
+        .map(|s| {
+            let (line, column) = yaml::position(s.referenced);
             Located {
-                value,
+                value: s.value,
                 file: file.to_string(),
                 line,
+                column,
             }
         })
         .collect()
-}
-
-/// The line of the first `name: <name>` (block or flow style) in `text`.
-fn find_name_line(text: &str, name: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| line_names(l, name))
-        .map(|i| i + 1)
-}
-
-/// Whether a line holds `name: <name>`.
-fn line_names(l: &str, name: &str) -> bool {
-    let mut rest = l;
-    while let Some(i) = rest.find("name:") {
-        let before_ok = i == 0
-            || !rest[..i]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_alphanumeric() || c == '_');
-        let after = rest[i + 5..].trim_start();
-        let after = after.trim_start_matches(['"', '\'']);
-        if before_ok && after.starts_with(name) {
-            let tail = &after[name.len()..];
-            if tail
-                .chars()
-                .next()
-                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
-            {
-                return true;
-            }
-        }
-        rest = &rest[i + 5..];
-    }
-    false
 }
 
 fn collect_files(
@@ -243,18 +271,88 @@ fn collect_files(
 mod tests {
     use super::*;
 
+    /// (line, column) of each located object.
+    fn positions<T>(items: &[Located<T>]) -> Vec<(Option<u32>, Option<u32>)> {
+        items.iter().map(|l| (l.line, l.column)).collect()
+    }
+
     #[test]
-    fn finds_name_lines() {
-        let text = "entities:\n  - name: driver\n    join_keys: [driver_id]\nfeature_views:\n  - { name: driver_stats, source: s }\n";
-        assert_eq!(find_name_line(text, "driver"), Some(2));
-        assert_eq!(find_name_line(text, "driver_stats"), Some(5));
-        assert_eq!(find_name_line(text, "s"), None);
-        // The same name in two sections: each object gets its own line.
-        let text = "feature_views:\n  - name: a\n    source: s\non_demand_feature_views:\n  - name: a\n    sources: [a]\n";
-        let located = locate("f.yaml", text, "on_demand_feature_views", vec!["a"], |v| *v);
-        assert_eq!(located[0].line, Some(5));
-        let located = locate("f.yaml", text, "feature_views", vec!["a"], |v| *v);
-        assert_eq!(located[0].line, Some(2));
+    fn objects_are_located_where_they_start() {
+        // Block and flow style; an object whose first key is not `name`.
+        let text = "\
+entities:
+  - name: driver
+    join_keys: [driver_id]
+  -   join_keys: [customer_id]
+      name: customer
+feature_views:
+  - { name: driver_stats, entities: [driver], source: s, features: [] }
+";
+        let mut d = Definitions::default();
+        d.add_file("f.yaml", text).unwrap();
+        assert_eq!(
+            positions(&d.entities),
+            vec![(Some(2), Some(5)), (Some(4), Some(7))]
+        );
+        assert_eq!(positions(&d.feature_views), vec![(Some(7), Some(5))]);
+        // The same name in two sections, and a name that also appears as a value: each
+        // object gets its own position.
+        let text = "\
+feature_views:
+  - name: a
+    entities: [e]
+    source: s
+    features: []
+on_demand_feature_views:
+  - name: a
+    sources: [a]
+    features: []
+";
+        let mut d = Definitions::default();
+        d.add_file("f.yaml", text).unwrap();
+        assert_eq!(positions(&d.feature_views), vec![(Some(2), Some(5))]);
+        assert_eq!(
+            positions(&d.on_demand_feature_views),
+            vec![(Some(7), Some(5))]
+        );
+    }
+
+    #[test]
+    fn scalars_parse_as_before() {
+        // A file of comments only defines nothing.
+        let mut d = Definitions::default();
+        d.add_file("empty.yaml", "# nothing yet\n").unwrap();
+        d.add_file("empty2.yaml", "---\n").unwrap();
+        assert!(d.entities.is_empty() && d.feature_views.is_empty());
+        // `ttl: 0` is no limit, a bare number elsewhere is an error; tag values that look
+        // like numbers or booleans are strings; quoted and plain strings are alike.
+        let text = "\
+feature_views:
+  - name: v
+    entities: [e]
+    source: s
+    ttl: 0
+    online: false
+    tags: { tier: 1, pii: no, 'team': \"a b\" }
+    features:
+      - { name: x, dtype: 'float64' }
+";
+        d.add_file("f.yaml", text).unwrap();
+        let v = &d.feature_views[0].value;
+        assert_eq!(v.ttl, quiver_core::Duration::ZERO);
+        assert!(!v.online && v.offline);
+        let tags: Vec<(&str, &str)> = v
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(tags, [("pii", "no"), ("team", "a b"), ("tier", "1")]);
+        let e = Definitions::default()
+            .add_file("f.yaml", &text.replace("ttl: 0", "ttl: 30"))
+            .unwrap_err();
+        assert_eq!((e.line, e.column), (Some(5), Some(10)), "{e}");
+        assert_eq!(e.object, "feature view 'v'");
+        assert!(e.message.contains("give a unit"), "{e}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Errors {
         self.0.push(DefinitionError {
             file: loc.file.clone(),
             line: loc.line,
+            column: loc.column,
             object,
             field: field.to_string(),
             message,
