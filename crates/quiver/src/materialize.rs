@@ -129,8 +129,20 @@ impl MaterializeBuilder {
                 .as_ref()
                 .and_then(|m| m.table_version);
             if let Some(since) = since {
-                let files = offline.files_since(&view, since).await?;
-                batches.extend(offline.read_files(&view, files, i64::MIN / 2, end).await?);
+                // Rows at or after `start` came with the range read above; only files
+                // of days up to `start`'s, committed since, can hold rows it missed.
+                let first_day = quiver_core::time::day_of(start);
+                let files = offline
+                    .files_since(&view, since)
+                    .await?
+                    .into_iter()
+                    .filter(|f| f.day.is_none_or(|d| d <= first_day))
+                    .collect();
+                batches.extend(
+                    offline
+                        .read_files(&view, files, i64::MIN / 2, start)
+                        .await?,
+                );
             }
         }
         let rows_read = batches.iter().map(|b| b.num_rows() as u64).sum();
