@@ -151,6 +151,9 @@ pub struct DecodedRow {
     pub event_ts: Timestamp,
     pub created_ts: Timestamp,
     pub values: Vec<Value>,
+    /// How many of `values` the row stored: a row written before features were
+    /// appended to its view stores fewer, and the rest read as null (MISSING online).
+    pub stored: usize,
 }
 
 struct Reader<'a> {
@@ -175,6 +178,9 @@ impl<'a> Reader<'a> {
     fn len(&mut self) -> Result<usize> {
         Ok(u32::from_le_bytes(self.arr()?) as usize)
     }
+    fn at_end(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
 }
 
 /// The event and creation timestamps of an encoded row, without decoding its values
@@ -187,7 +193,13 @@ pub fn row_version(bytes: &[u8]) -> Result<(Timestamp, Timestamp)> {
     Ok((i64::from_le_bytes(r.arr()?), i64::from_le_bytes(r.arr()?)))
 }
 
-/// Decodes a row of the given feature types.
+/// Decodes a row of the given feature types, the types of a view's features in order.
+///
+/// A view's features may be appended to without a new data version, so a row may
+/// store fewer values than `dtypes` asks for (the rest decode as null and
+/// [`DecodedRow::stored`] says how many were stored) or, read by a reader that has not
+/// seen the appended features yet, more (the extra ones are not decoded). A value cut
+/// short is an error.
 pub fn decode_row(bytes: &[u8], dtypes: &[&DType]) -> Result<DecodedRow> {
     let mut r = Reader { bytes, pos: 0 };
     if r.u8()? != ROW_FORMAT {
@@ -195,20 +207,21 @@ pub fn decode_row(bytes: &[u8], dtypes: &[&DType]) -> Result<DecodedRow> {
     }
     let event_ts = i64::from_le_bytes(r.arr()?);
     let created_ts = i64::from_le_bytes(r.arr()?);
-    let values = dtypes
-        .iter()
-        .map(|t| decode_cell(&mut r, t))
-        .collect::<Result<Vec<_>>>()?;
-    if r.pos != bytes.len() {
-        return Err(Error::Corrupt(format!(
-            "row has {} trailing bytes: stored with a different schema",
-            bytes.len() - r.pos
-        )));
+    let mut values = Vec::with_capacity(dtypes.len());
+    let mut stored = 0;
+    for t in dtypes {
+        if r.at_end() {
+            values.push(Value::Null);
+        } else {
+            values.push(decode_cell(&mut r, t)?);
+            stored += 1;
+        }
     }
     Ok(DecodedRow {
         event_ts,
         created_ts,
         values,
+        stored,
     })
 }
 
@@ -341,10 +354,28 @@ mod tests {
         let dtypes: Vec<&DType> = cols.iter().map(|c| &c.0).collect();
         let mut buf = Vec::new();
         encode_row(10, 20, &arrays, 0, &mut buf).unwrap();
+        // Where a row of the first k features ends: a row stored before features were
+        // appended to its view. Cut anywhere else, the row is corrupt.
+        let ends: Vec<usize> = (0..=arrays.len())
+            .map(|k| {
+                let mut b = Vec::new();
+                encode_row(10, 20, &arrays[..k], 0, &mut b).unwrap();
+                b.len()
+            })
+            .collect();
         for cut in 0..buf.len() {
-            assert!(decode_row(&buf[..cut], &dtypes).is_err(), "cut at {cut}");
+            match ends.iter().position(|&e| e == cut) {
+                Some(k) => {
+                    let row = decode_row(&buf[..cut], &dtypes).unwrap();
+                    assert_eq!(row.stored, k, "cut at {cut}");
+                    assert!(row.values[k..].iter().all(Value::is_null), "cut at {cut}");
+                }
+                None => assert!(decode_row(&buf[..cut], &dtypes).is_err(), "cut at {cut}"),
+            }
         }
-        assert!(decode_row(&buf, &dtypes[..3]).is_err());
+        // A reader that does not know the appended features yet reads the others.
+        let row = decode_row(&buf, &dtypes[..3]).unwrap();
+        assert_eq!((row.stored, row.values.len()), (3, 3));
     }
 
     #[test]

@@ -20,9 +20,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Date32Array, RecordBatch};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, Date32Array, RecordBatch, RecordBatchOptions,
+};
 use arrow::compute::interleave;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitBuilder;
@@ -281,7 +283,19 @@ impl OfflineStore {
             }
         }
         let props = props.build();
-        let mut writer = RecordBatchWriter::for_table(&table)?
+        // Features appended to the view since the table was created widen its schema:
+        // the commit below carries the new schema with the files written under it.
+        let evolved = evolved_metadata(&table, &schema)?;
+        let writer = match &evolved {
+            None => RecordBatchWriter::for_table(&table)?,
+            Some(_) => RecordBatchWriter::try_new(
+                self.table_url(view)?.as_str(),
+                schema.clone(),
+                Some(vec![EVENT_DATE.to_string()]),
+                None,
+            )?,
+        };
+        let mut writer = writer
             .with_writer_properties(props)
             .with_target_file_size(512 * 1024 * 1024);
         let mut adds = Vec::new();
@@ -304,6 +318,7 @@ impl OfflineStore {
         }
 
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        actions.extend(evolved.map(Action::Metadata));
         actions.extend(
             replaced
                 .iter()
@@ -363,6 +378,46 @@ impl OfflineStore {
         })
         .await
     }
+}
+
+/// The table's metadata with its schema widened to `schema`, when `schema` has columns
+/// the table does not (features appended to the view); `None` when it has them all.
+/// Only nullable columns may be added: the keys and times never change within a
+/// version.
+fn evolved_metadata(
+    table: &DeltaTable,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<Option<deltalake::kernel::Metadata>> {
+    let snapshot = table.snapshot()?;
+    let current = snapshot.schema();
+    let added: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| current.field(n).is_none())
+        .collect();
+    if added.is_empty() {
+        return Ok(None);
+    }
+    if let Some(f) = schema
+        .fields()
+        .iter()
+        .find(|f| added.contains(&f.name().as_str()) && !f.is_nullable())
+    {
+        return Err(Error::Invalid(format!(
+            "the stored table has no column '{}', which a view version cannot add",
+            f.name()
+        )));
+    }
+    let kernel: StructType = schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| Error::Invalid(format!("cannot map the view's schema to Delta: {e}")))?;
+    use deltalake::kernel::MetadataExt;
+    let metadata = snapshot.metadata().clone().with_schema(&kernel);
+    Ok(Some(metadata.map_err(|e| {
+        Error::Invalid(format!("cannot widen the table's schema: {e}"))
+    })?))
 }
 
 /// Decodes `files` and keeps the rows with `start <= event_timestamp < end`.
@@ -435,22 +490,50 @@ pub fn read_data_file(
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::Data(format!("{}: corrupt data file: {e}", path.display())))?
         .with_batch_size(64 * 1024);
+    // A feature appended to the view after a file was written is not in it: it reads
+    // as null (only nullable columns, i.e. features and the creation time, may be
+    // missing).
+    let missing_ok = |name: &str| schema.field_with_name(name).is_ok_and(|f| f.is_nullable());
     if let Some(cols) = projection {
         let pschema = builder.parquet_schema();
         let roots = pschema.root_schema().get_fields();
-        let idx: Vec<usize> = cols
-            .iter()
-            .map(|c| {
-                roots
-                    .iter()
-                    .position(|f| f.name() == *c)
-                    .ok_or_else(|| Error::Data(format!("{}: no column '{c}'", path.display())))
-            })
-            .collect::<Result<_>>()?;
+        let mut idx = Vec::with_capacity(cols.len());
+        let mut all_present = true;
+        for c in cols {
+            match roots.iter().position(|f| f.name() == *c) {
+                Some(i) => idx.push(i),
+                None if missing_ok(c) => all_present = false,
+                None => return Err(Error::Data(format!("{}: no column '{c}'", path.display()))),
+            }
+        }
         let mask = ProjectionMask::roots(pschema, idx);
         let reader = builder.with_projection(mask).build()?;
         return reader
-            .map(|b| b.map_err(|e| Error::Data(format!("{}: {e}", path.display()))))
+            .map(|b| {
+                let b = b.map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+                if all_present {
+                    return Ok(b);
+                }
+                let (fields, cols): (Vec<Field>, Vec<ArrayRef>) = cols
+                    .iter()
+                    .map(|c| match b.column_by_name(c) {
+                        Some(a) => (Field::new(*c, a.data_type().clone(), true), a.clone()),
+                        None => {
+                            let t = schema.field_with_name(c).expect("checked").data_type();
+                            (
+                                Field::new(*c, t.clone(), true),
+                                new_null_array(t, b.num_rows()),
+                            )
+                        }
+                    })
+                    .unzip();
+                let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+                Ok(RecordBatch::try_new_with_options(
+                    Arc::new(Schema::new(fields)),
+                    cols,
+                    &options,
+                )?)
+            })
             .collect();
     }
     let reader = builder.build()?;
@@ -461,14 +544,20 @@ pub fn read_data_file(
         for f in schema.fields() {
             if f.name() == EVENT_DATE {
                 cols.push(Arc::new(Date32Array::from(vec![day; b.num_rows()])));
-            } else {
-                let c = b.column_by_name(f.name()).ok_or_else(|| {
-                    Error::Data(format!("{}: no column '{}'", path.display(), f.name()))
-                })?;
-                if c.data_type() == f.data_type() {
-                    cols.push(c.clone());
-                } else {
-                    cols.push(arrow::compute::cast(c, f.data_type())?);
+                continue;
+            }
+            match b.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => cols.push(c.clone()),
+                Some(c) => cols.push(arrow::compute::cast(c, f.data_type())?),
+                None if missing_ok(f.name()) => {
+                    cols.push(new_null_array(f.data_type(), b.num_rows()))
+                }
+                None => {
+                    return Err(Error::Data(format!(
+                        "{}: no column '{}'",
+                        path.display(),
+                        f.name()
+                    )))
                 }
             }
         }

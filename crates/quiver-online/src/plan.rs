@@ -190,7 +190,7 @@ impl ReadPlan {
         };
         if !refs.iter().any(|r| state.is_on_demand(&r.view)) {
             return Self::build(refs, service, full_names, |name| {
-                Ok(state.resolved_view(name)?)
+                Ok(state.serving_view(name)?)
             });
         }
         // Stored features: the requested ones, then the on-demand views' inputs.
@@ -251,7 +251,7 @@ impl ReadPlan {
             sources.push(OutputSource::OnDemand(k, j));
         }
         // Stored outputs get internal names; only `names` is shown.
-        let mut plan = Self::build(stored, service, true, |name| Ok(state.resolved_view(name)?))?;
+        let mut plan = Self::build(stored, service, true, |name| Ok(state.serving_view(name)?))?;
         let mut view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
         let final_view = sources
             .iter()
@@ -348,17 +348,11 @@ impl ReadPlan {
                     views.len() - 1
                 }
             };
-            let fi = views[vi]
-                .features
-                .iter()
-                .position(|f| *f == r.feature)
-                .ok_or_else(|| {
-                    Error::Request(format!(
-                        "feature view '{}' has no feature '{}'",
-                        r.view, r.feature
-                    ))
-                })?;
-            views[vi].wanted.push((out, fi));
+            // The references were checked against the declared definitions; the
+            // version served may predate a feature (its reads stay MISSING).
+            if let Some(fi) = views[vi].features.iter().position(|f| *f == r.feature) {
+                views[vi].wanted.push((out, fi));
+            }
             output_view.push(vi);
         }
         let fields = views.iter().map(|v| v.field).collect();
@@ -645,6 +639,10 @@ impl ReadPlan {
                 let mut decoded = decode_row(bytes, &dtypes)?;
                 let status = snapshot_status(Some(decoded.event_ts), at, view.ttl);
                 for &(o, fi) in &view.wanted {
+                    if fi >= decoded.stored {
+                        // Stored before the feature was appended to the view.
+                        continue;
+                    }
                     let c = row * nout + o;
                     out.statuses[c] = status;
                     out.event_timestamps[c] = Some(decoded.event_ts);

@@ -70,6 +70,9 @@ pub enum Error {
     /// A request to the registry is malformed (e.g. both features and a service).
     #[error("{0}")]
     Invalid(String),
+    /// What is asked for has no data yet; the message names the command that fills it.
+    #[error("{0}")]
+    NoData(String),
     /// The registry file could not be read or written.
     #[error("registry {path}: {message}")]
     Storage { path: String, message: String },

@@ -30,6 +30,18 @@ pub struct Change {
     /// For views, on-demand views and services: the version before and after, when it
     /// changes.
     pub version: Option<(u32, u32)>,
+    /// For feature views added, or whose features changed: the command that fills the
+    /// declared version with data, and the version that serves until then (if any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fill: Option<Fill>,
+}
+
+/// What to run after an apply so that a feature view's declared version has data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fill {
+    pub command: String,
+    /// The earlier version that trains and serves until then.
+    pub serving: Option<u32>,
 }
 
 /// The difference between the registered state and the repository.
@@ -76,6 +88,20 @@ impl Plan {
             |r| Some(r.version),
             |r| serde_json::to_value(&r.def),
         );
+        for c in changes.iter_mut().filter(|c| c.kind == "feature view") {
+            let Some(v) = new.feature_views.get(&c.name) else {
+                continue;
+            };
+            let new_features = c.action == Action::Add
+                || c.version.is_some()
+                || c.fields.iter().any(|f| f == "features");
+            if new_features && c.action != Action::Remove {
+                c.fill = Some(Fill {
+                    command: v.fill_command(),
+                    serving: v.earlier.first().map(|e| e.version),
+                });
+            }
+        }
         diff_map(
             &mut changes,
             "on-demand feature view",
@@ -117,6 +143,7 @@ fn diff_map<R>(
                 name: name.clone(),
                 fields: vec![],
                 version: None,
+                fill: None,
             }),
             Some(o) => {
                 let (a, b) = (json(o).unwrap_or_default(), json(n).unwrap_or_default());
@@ -142,6 +169,7 @@ fn diff_map<R>(
                         name: name.clone(),
                         fields,
                         version: v,
+                        fill: None,
                     });
                 }
             }
@@ -154,6 +182,7 @@ fn diff_map<R>(
             name: name.clone(),
             fields: vec![],
             version: None,
+            fill: None,
         });
     }
 }
@@ -177,6 +206,13 @@ impl fmt::Display for Plan {
                 write!(f, " [version {a} -> {b}: new data version]")?;
             }
             writeln!(f)?;
+            if let Some(fill) = &c.fill {
+                write!(f, "      to fill it: {}", fill.command)?;
+                if let Some(v) = fill.serving {
+                    write!(f, " (version {v} trains and serves until then)")?;
+                }
+                writeln!(f)?;
+            }
         }
         let count = |a: Action| self.changes.iter().filter(|c| c.action == a).count();
         writeln!(

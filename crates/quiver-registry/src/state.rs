@@ -9,8 +9,8 @@ use std::sync::Arc;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use quiver_core::dtype::DType;
 use quiver_core::model::{
-    Entity, FeatureRef, FeatureService, FeatureView, JoinKey, OnDemandFeatureView, RequestSource,
-    ResolvedView, Source,
+    Entity, Feature, FeatureRef, FeatureService, FeatureView, JoinKey, OnDemandFeatureView,
+    RequestSource, ResolvedView, Source,
 };
 use quiver_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,82 @@ pub struct ViewRecord {
     /// The newest event time ingested offline, if any.
     #[serde(default)]
     pub ingested_until: Option<Timestamp>,
+    /// Whether rows were written online to this version other than by materialization
+    /// (a push): it has online data to serve.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pushed_online: bool,
+    /// Earlier versions that still train or serve while this one has no data of its
+    /// own, newest first (see [`RegistryState::training_view`],
+    /// [`RegistryState::serving_view`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierVersion>,
+}
+
+/// An earlier data version of a feature view, kept while the declared version has no
+/// data: until the new version is ingested the earlier one trains, and until it is
+/// materialized (or pushed to) the earlier one serves. No apply makes values disappear.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlierVersion {
+    pub version: u32,
+    pub entities: Vec<String>,
+    pub join_keys: Vec<JoinKey>,
+    pub features: Vec<Feature>,
+    #[serde(default)]
+    pub materialized: Option<MaterializationState>,
+    #[serde(default)]
+    pub ingested_until: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pushed_online: bool,
+}
+
+impl ViewRecord {
+    /// Whether the declared version has offline data.
+    pub fn has_offline_data(&self) -> bool {
+        self.ingested_until.is_some()
+    }
+
+    /// Whether the declared version has online data.
+    pub fn has_online_data(&self) -> bool {
+        self.materialized.is_some() || self.pushed_online
+    }
+
+    /// This version as an earlier one, for the record of the next version.
+    pub fn as_earlier(&self) -> EarlierVersion {
+        EarlierVersion {
+            version: self.version,
+            entities: self.def.entities.clone(),
+            join_keys: self.join_keys.clone(),
+            features: self.def.features.clone(),
+            materialized: self.materialized.clone(),
+            ingested_until: self.ingested_until,
+            pushed_online: self.pushed_online,
+        }
+    }
+
+    /// Drops the earlier versions nothing reads any more: one is kept only while it is
+    /// the newest with offline data and the declared version has none, or the newest
+    /// with online data and the declared version has none.
+    pub fn prune_earlier(&mut self) {
+        let mut need_offline = !self.has_offline_data();
+        let mut need_online = !self.has_online_data();
+        self.earlier.retain(|e| {
+            let offline = need_offline && e.ingested_until.is_some();
+            let online = need_online && (e.materialized.is_some() || e.pushed_online);
+            need_offline &= !offline;
+            need_online &= !online;
+            offline || online
+        });
+    }
+
+    /// The command that fills the declared version with data.
+    pub fn fill_command(&self) -> String {
+        let name = &self.def.name;
+        if self.def.online {
+            format!("quiver ingest {name} && quiver materialize-incremental --views {name}")
+        } else {
+            format!("quiver ingest {name}")
+        }
+    }
 }
 
 /// A registered feature service.
@@ -297,7 +373,63 @@ impl RegistryState {
             .ok_or_else(|| Error::NotFound(format!("unknown source '{name}'")))
     }
 
-    /// The view with everything the data paths need.
+    /// The version of view `name` training sets read: the declared one once it has
+    /// offline data, else the newest earlier version that has, else an error naming the
+    /// command that fills it.
+    pub fn training_view(&self, name: &str) -> Result<ResolvedView> {
+        let v = self.view(name)?;
+        if v.has_offline_data() {
+            return self.resolved_view(name);
+        }
+        match v.earlier.iter().find(|e| e.ingested_until.is_some()) {
+            Some(e) => Ok(self.earlier_view(v, e)),
+            None => Err(Error::NoData(format!(
+                "feature view '{name}' has no offline data (version {}): run `quiver ingest \
+                 {name}`",
+                v.version
+            ))),
+        }
+    }
+
+    /// The version of view `name` online reads use: the declared one once it has
+    /// online data, else the newest earlier version that has; the declared one when
+    /// none has (its reads are MISSING).
+    pub fn serving_view(&self, name: &str) -> Result<ResolvedView> {
+        let v = self.view(name)?;
+        if v.has_online_data() {
+            return self.resolved_view(name);
+        }
+        match v
+            .earlier
+            .iter()
+            .find(|e| e.materialized.is_some() || e.pushed_online)
+        {
+            Some(e) => Ok(self.earlier_view(v, e)),
+            None => self.resolved_view(name),
+        }
+    }
+
+    fn earlier_view(&self, v: &ViewRecord, e: &EarlierVersion) -> ResolvedView {
+        ResolvedView {
+            name: v.def.name.clone(),
+            version: e.version,
+            project: self.project.clone(),
+            entities: e.entities.clone(),
+            join_keys: e.join_keys.clone(),
+            features: e.features.clone(),
+            ttl: v.def.ttl,
+        }
+    }
+
+    /// Drops every view's earlier versions that nothing reads any more.
+    pub fn prune_versions(&mut self) {
+        for v in self.feature_views.values_mut() {
+            v.prune_earlier();
+        }
+    }
+
+    /// The declared version of a view, with everything the data paths need: what
+    /// ingest, materialization and push write.
     pub fn resolved_view(&self, name: &str) -> Result<ResolvedView> {
         let v = self.view(name)?;
         Ok(ResolvedView {

@@ -137,16 +137,31 @@ impl HistoricalBuilder {
                 fetched.push((d.feature.clone(), name));
             }
         }
+        // Each view is read at the version that trains: the declared one once ingested,
+        // else the earlier one still holding data.
         let mut views: Vec<ViewRequest> = Vec::new();
         for (r, out) in &fetched {
             let pair = (r.feature.clone(), out.clone());
-            match views.iter_mut().find(|v| v.view.name == r.view) {
-                Some(v) => v.features.push(pair),
-                None => views.push(ViewRequest {
-                    view: state.resolved_view(&r.view)?,
-                    features: vec![pair],
-                }),
+            let i = match views.iter().position(|v| v.view.name == r.view) {
+                Some(i) => i,
+                None => {
+                    views.push(ViewRequest {
+                        view: state.training_view(&r.view)?,
+                        features: Vec::new(),
+                    });
+                    views.len() - 1
+                }
+            };
+            let view = &views[i].view;
+            if view.feature_index(&r.feature).is_none() {
+                let record = state.view(&r.view)?;
+                return Err(Error::Registry(quiver_registry::Error::NoData(format!(
+                    "feature '{}' of feature view '{}' has no offline data: version {} \
+                     trains until version {} is ingested; run `quiver ingest {}`",
+                    r.feature, r.view, view.version, record.version, r.view
+                ))));
             }
+            views[i].features.push(pair);
         }
         let req = HistoricalRequest {
             entities: self.entities,

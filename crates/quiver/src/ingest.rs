@@ -115,16 +115,6 @@ async fn ingest_view(
     .await?
     .offline
     .unwrap_or_default();
-    if let Some(max) = stats.max_event_ts {
-        let name = name.to_string();
-        store
-            .update_state(move |s| {
-                if let Some(v) = s.feature_views.get_mut(&name) {
-                    v.ingested_until = Some(v.ingested_until.map_or(max, |m| m.max(max)));
-                }
-            })
-            .await?;
-    }
     tracing::info!(
         rows = stats.rows_in,
         partitions = stats.partitions,

@@ -243,6 +243,8 @@ impl FeatureStore {
             let _lock = this.inner.registry.lock()?;
             let mut state = this.inner.registry.load_required()?;
             f(&mut state);
+            // A version that got data retires the earlier ones it replaces.
+            state.prune_versions();
             this.inner.registry.save(&state)?;
             Ok(())
         })

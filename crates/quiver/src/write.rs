@@ -175,7 +175,41 @@ pub async fn write(
     if targets.offline {
         stats.offline = Some(store.offline().ingest(view, batches).await?);
     }
+    record_data(store, view, &stats).await?;
     Ok(stats)
+}
+
+/// Records in the registry that the written version has data, so that training and
+/// serving move to it (see `RegistryState::training_view` and `serving_view`): the
+/// newest event time ingested offline, and that rows were pushed online. The registry
+/// is written only when a marker changes.
+async fn record_data(store: &FeatureStore, view: &ResolvedView, stats: &WriteStats) -> Result<()> {
+    let max = stats.offline.as_ref().and_then(|o| o.max_event_ts);
+    let pushed = stats.online_written > 0;
+    let state = store.state()?;
+    let record = state.view(&view.name)?;
+    let newer_offline = max.is_some_and(|m| record.ingested_until.is_none_or(|u| u < m));
+    let first_online = pushed && !record.has_online_data();
+    if record.version != view.version || !(newer_offline || first_online) {
+        return Ok(());
+    }
+    let (name, version) = (view.name.clone(), view.version);
+    store
+        .update_state(move |s| {
+            if let Some(v) = s
+                .feature_views
+                .get_mut(&name)
+                .filter(|v| v.version == version)
+            {
+                if let Some(m) = max {
+                    v.ingested_until = Some(v.ingested_until.map_or(m, |u| u.max(m)));
+                }
+                if pushed && !v.has_online_data() {
+                    v.pushed_online = true;
+                }
+            }
+        })
+        .await
 }
 
 /// Reports progress of long writes (the CLI draws a bar).

@@ -11,3 +11,4 @@ mod on_demand;
 mod on_demand_serving;
 mod parity;
 mod point_in_time;
+mod versions;

@@ -215,8 +215,14 @@ pub(super) fn check(
     view_keys
 }
 
-/// Adds the feature views to `state` (whose sources are set), each with its version: the
-/// previous one while the stored data keeps its shape, else the next.
+/// Adds the feature views to `state` (whose sources are set), each with its version.
+///
+/// The version stays while stored rows keep their meaning: same join keys, entities,
+/// source and time columns, and the previous features a prefix of the new ones (an
+/// appended feature reads as null offline and MISSING online in rows stored before
+/// it). Any other change of the features (a type, a removal, an order) gives the next
+/// version; the previous one is kept as an earlier version that trains and serves
+/// until the new one has data of its own.
 pub(super) fn records(
     defs: &Definitions,
     mut view_keys: BTreeMap<String, Vec<JoinKey>>,
@@ -233,30 +239,44 @@ pub(super) fn records(
             .map(|s| &s.def);
         let same_data = prev.is_some_and(|p| {
             p.join_keys == join_keys
+                && p.def.entities == def.entities
+                && p.def.features.len() <= def.features.len()
                 && p.def
                     .features
                     .iter()
-                    .map(|f| (&f.name, &f.dtype))
-                    .eq(def.features.iter().map(|f| (&f.name, &f.dtype)))
+                    .zip(&def.features)
+                    .all(|(a, b)| a.name == b.name && a.dtype == b.dtype)
                 && p.def.source == def.source
                 && prev_source.map(|s| (s.timestamp_field(), s.created_timestamp_field()))
                     == source.map(|s| (s.timestamp_field(), s.created_timestamp_field()))
         });
-        let (version, materialized, ingested_until) = match prev {
-            Some(p) if same_data => (p.version, p.materialized.clone(), p.ingested_until),
-            Some(p) => (p.version + 1, None, None),
-            None => (1, None, None),
+        let mut record = ViewRecord {
+            def,
+            version: 1,
+            join_keys,
+            file: v.file.clone(),
+            materialized: None,
+            ingested_until: None,
+            pushed_online: false,
+            earlier: Vec::new(),
         };
-        state.feature_views.insert(
-            def.name.clone(),
-            ViewRecord {
-                def,
-                version,
-                join_keys,
-                file: v.file.clone(),
-                materialized,
-                ingested_until,
-            },
-        );
+        match prev {
+            Some(p) if same_data => {
+                record.version = p.version;
+                record.materialized = p.materialized.clone();
+                record.ingested_until = p.ingested_until;
+                record.pushed_online = p.pushed_online;
+                record.earlier = p.earlier.clone();
+            }
+            Some(p) => {
+                record.version = p.version + 1;
+                record.earlier = std::iter::once(p.as_earlier())
+                    .chain(p.earlier.iter().cloned())
+                    .collect();
+            }
+            None => {}
+        }
+        record.prune_earlier();
+        state.feature_views.insert(record.def.name.clone(), record);
     }
 }

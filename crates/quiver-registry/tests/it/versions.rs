@@ -87,6 +87,25 @@ fn versions_and_progress_carry_forward_until_values_change() {
     );
     assert_eq!(versions(&fewer), (2, 2, 1, 1));
     assert_eq!(fewer.feature_views["driver_stats"].ingested_until, None);
+    // ... while version 1, which has offline data, keeps training.
+    assert_eq!(fewer.training_view("driver_stats").unwrap().version, 1);
+    assert_eq!(
+        fewer.training_view("driver_stats").unwrap().features.len(),
+        2
+    );
+
+    // A feature appended: the same data version, progress kept.
+    let more = resolve_with(
+        repo,
+        &DEFS.replace(
+            "      - { name: city, dtype: string }\n",
+            "      - { name: city, dtype: string }\n      - { name: trips, dtype: int64 }\n",
+        ),
+        Some(&first),
+    );
+    assert_eq!(versions(&more), (2, 1, 1, 1));
+    assert_eq!(more.feature_views["driver_stats"].ingested_until, Some(42));
+    assert!(more.feature_views["driver_stats"].earlier.is_empty());
 
     // A new expression: a new version of the on-demand view only.
     let expr = resolve_with(
@@ -107,4 +126,82 @@ fn versions_and_progress_carry_forward_until_values_change() {
     );
     assert_eq!(versions(&served), (2, 1, 1, 2));
     assert_eq!(served.feature_services["ranking"].features.len(), 3);
+}
+
+#[test]
+fn earlier_versions_train_and_serve_until_the_new_one_has_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    write_fixture_data(repo);
+    std::fs::write(repo.join("quiver.yaml"), "project: p\n").unwrap();
+    let reorder = |d: &str| {
+        d.replace(
+            "      - { name: rate, dtype: float64 }\n      - { name: city, dtype: string }\n",
+            "      - { name: city, dtype: string }\n      - { name: rate, dtype: float64 }\n",
+        )
+    };
+
+    // Never ingested: training is an error naming the command; serving reads the
+    // declared version (MISSING everywhere).
+    let mut v1 = resolve_with(repo, DEFS, None);
+    let err = v1.training_view("driver_stats").unwrap_err().to_string();
+    assert!(err.contains("quiver ingest driver_stats"), "{err}");
+    assert_eq!(v1.serving_view("driver_stats").unwrap().version, 1);
+
+    // Version 1 ingested and materialized; a reorder makes version 2, which has none.
+    let rec = v1.feature_views.get_mut("driver_stats").unwrap();
+    rec.ingested_until = Some(42);
+    rec.materialized = Some(quiver_registry::state::MaterializationState {
+        start: 0,
+        end: 50,
+        at: 60,
+        rows_written: 1,
+        table_version: Some(0),
+    });
+    let mut v2 = resolve_with(repo, &reorder(DEFS), Some(&v1));
+    assert_eq!(v2.feature_views["driver_stats"].version, 2);
+    assert_eq!(v2.training_view("driver_stats").unwrap().version, 1);
+    assert_eq!(v2.serving_view("driver_stats").unwrap().version, 1);
+    assert_eq!(v2.resolved_view("driver_stats").unwrap().version, 2);
+
+    // Another change before version 2 got data: version 3, version 1 still serving,
+    // version 2 (which never had data) forgotten.
+    let mut v3 = resolve_with(
+        repo,
+        &reorder(DEFS).replace("      - { name: city, dtype: string }\n", ""),
+        Some(&v2),
+    );
+    let rec = &v3.feature_views["driver_stats"];
+    assert_eq!(rec.version, 3);
+    assert_eq!(
+        rec.earlier.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1]
+    );
+
+    // Ingested: version 3 trains, version 1 still serves until materialized.
+    v3.feature_views
+        .get_mut("driver_stats")
+        .unwrap()
+        .ingested_until = Some(43);
+    v3.prune_versions();
+    assert_eq!(v3.training_view("driver_stats").unwrap().version, 3);
+    assert_eq!(v3.serving_view("driver_stats").unwrap().version, 1);
+    v3.feature_views
+        .get_mut("driver_stats")
+        .unwrap()
+        .pushed_online = true;
+    v3.prune_versions();
+    assert_eq!(v3.serving_view("driver_stats").unwrap().version, 3);
+    assert!(v3.feature_views["driver_stats"].earlier.is_empty());
+
+    // The plan says how to fill the new version and which one serves meanwhile.
+    v2.applied_at -= 1;
+    let plan = quiver_registry::Plan::diff(Some(&v1), &v2).to_string();
+    assert!(
+        plan.contains(
+            "to fill it: quiver ingest driver_stats && quiver materialize-incremental --views \
+             driver_stats (version 1 trains and serves until then)"
+        ),
+        "{plan}"
+    );
 }
