@@ -97,6 +97,14 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         views: Vec<String>,
     },
+    /// Compact the online store: drop the values of rows expired for good (their
+    /// timestamps stay, so nothing served now changes) and delete rows of retired
+    /// data versions.
+    Compact {
+        /// Views (default: all online views).
+        #[arg(long, value_delimiter = ',')]
+        views: Vec<String>,
+    },
     /// Read feature vectors from the online store.
     Online {
         #[arg(long, value_delimiter = ',', conflicts_with = "service")]
@@ -292,6 +300,19 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{plan}");
                 if !plan.is_empty() {
                     println!("Applied to {}.", store.registry().path().display());
+                }
+            }
+        }
+        Command::Compact { views } => {
+            let stats = store.compact_online(&views).await?;
+            if json {
+                print_json(&stats)
+            } else {
+                for s in &stats {
+                    println!(
+                        "{}: {} expired rows compacted, {} rows of retired versions deleted",
+                        s.view, s.compacted, s.deleted
+                    );
                 }
             }
         }

@@ -367,7 +367,7 @@ pub fn print_materialize(stats: &[MaterializeStats], as_json: bool) {
         } else {
             format_timestamp(s.start)
         };
-        println!(
+        print!(
             "{}: {} rows from {} to {}, {} keys, {} rows written online",
             s.view,
             s.rows_read,
@@ -376,6 +376,7 @@ pub fn print_materialize(stats: &[MaterializeStats], as_json: bool) {
             s.keys,
             s.written
         );
+        println!();
     }
 }
 

@@ -27,6 +27,10 @@ const TAG_STR: u8 = 2;
 const TAG_BYTES: u8 = 3;
 const ROW_FORMAT: u8 = 1;
 
+/// Bytes of a row's header: the format byte, the event time and the creation time. A
+/// row of only its header stores no values (see [`DecodedRow::stored`]).
+pub const ROW_HEADER_LEN: usize = 17;
+
 /// Appends the encoding of key column `col` at `row` to `buf`. Keys are Int32, Int64,
 /// Utf8 or Binary arrays; a null key is an error for the caller to have rejected.
 #[inline]

@@ -207,6 +207,12 @@ impl OnlineStore for CachedStore {
         n
     }
 
+    async fn compact_expired(&self, field: FieldId, cutoff: i64) -> Result<u64> {
+        let n = self.inner.compact_expired(field, cutoff).await;
+        self.cache.clear();
+        n
+    }
+
     async fn merge_tiles(
         &self,
         merges: &[KeyMerge<'_>],

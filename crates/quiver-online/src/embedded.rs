@@ -67,12 +67,12 @@
 //! under LMDB's single-writer lock. A `read` is one read transaction of point gets;
 //! `delete_older_than` and `delete_tiles_before` scan their database in chunks of write
 //! transactions. The [`OnlineStore`] methods are `async` for the sake of network
-//! backends, but here the work is done inline on the calling task:
-//! reads take microseconds, and a write of a large batch blocks its thread for the time
-//! the batch takes (which is what a materialization job wants anyway). Callers that must
-//! not block an async executor for that long can use the synchronous
-//! [`EmbeddedStore::write_blocking`] from `spawn_blocking`. LMDB admits one writer at a
-//! time; concurrent `write` calls queue on its writer lock.
+//! backends. Reads take microseconds and run inline on the calling task. Writes,
+//! merges, deletes and compactions (a write transaction and its fsync) never run on a
+//! runtime worker: on a multi-thread runtime the worker first hands its other tasks to
+//! another thread (`block_in_place`); on a blocking thread they run inline. The
+//! synchronous `*_blocking` methods are there for callers already on a blocking thread.
+//! LMDB admits one writer at a time; concurrent `write` calls queue on its writer lock.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -83,7 +83,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
-use quiver_core::encoding::row_version;
+use quiver_core::encoding::{row_version, ROW_HEADER_LEN};
 use quiver_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -323,25 +323,56 @@ impl EmbeddedStore {
         })
     }
 
+    /// [`OnlineStore::compact_expired`], synchronously: a scan of the rows database in
+    /// chunks of one write transaction each. A row of `field` with event time before
+    /// `cutoff` keeps only its header (its timestamps), which reads the same at any time
+    /// past its expiry: status OUTSIDE_TTL, no value; newer-wins writes compare as before.
+    pub fn compact_expired_blocking(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
+        self.rewrite_chunked(self.shared.rows, DELETE_SCAN_CHUNK, |k, v| {
+            if !k.ends_with(&field) || v.len() <= ROW_HEADER_LEN || row_version(v)?.0 >= cutoff {
+                return Ok(Rewrite::Keep);
+            }
+            Ok(Rewrite::Replace(v[..ROW_HEADER_LEN].to_vec()))
+        })
+    }
+
     /// Deletes the entries of `db` for which `doomed(storage key, value)` holds, scanning
-    /// `chunk` entries per write transaction; each chunk decides on the entries as they
-    /// are in its own transaction, so concurrent writes are never lost.
+    /// `chunk` entries per write transaction (see [`Self::rewrite_chunked`]).
     fn delete_chunked(
         &self,
         db: Rows,
         chunk: usize,
         doomed: impl Fn(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<u64> {
+        self.rewrite_chunked(db, chunk, |k, v| {
+            Ok(if doomed(k, v)? {
+                Rewrite::Delete
+            } else {
+                Rewrite::Keep
+            })
+        })
+    }
+
+    /// Rewrites the entries of `db` as `decide(storage key, value)` says, scanning
+    /// `chunk` entries per write transaction; each chunk decides on the entries as they
+    /// are in its own transaction, so concurrent writes are never lost. Returns how
+    /// many entries were deleted or replaced.
+    fn rewrite_chunked(
+        &self,
+        db: Rows,
+        chunk: usize,
+        decide: impl Fn(&[u8], &[u8]) -> Result<Rewrite>,
+    ) -> Result<u64> {
         let chunk = chunk.max(1);
-        let mut deleted = 0u64;
+        let mut changed = 0u64;
         let mut resume: Option<Vec<u8>> = None;
         loop {
             let mut wtxn = self
                 .shared
                 .env
                 .write_txn()
-                .map_err(|e| store_err("cannot begin a delete", e))?;
-            let mut doomed_keys: Vec<Vec<u8>> = Vec::new();
+                .map_err(|e| store_err("cannot begin a compaction", e))?;
+            let mut edits: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
             let mut next: Option<Vec<u8>> = None;
             {
                 let start = match &resume {
@@ -357,24 +388,33 @@ impl EmbeddedStore {
                         break;
                     }
                     let (k, v) = item.map_err(|e| store_err("cannot scan", e))?;
-                    if doomed(k, v)? {
-                        doomed_keys.push(k.to_vec());
+                    match decide(k, v)? {
+                        Rewrite::Keep => {}
+                        Rewrite::Delete => edits.push((k.to_vec(), None)),
+                        Rewrite::Replace(new) => edits.push((k.to_vec(), Some(new))),
                     }
                     if scanned + 1 == chunk {
                         next = Some(k.to_vec());
                     }
                 }
             }
-            for k in &doomed_keys {
-                db.delete(&mut wtxn, k)
-                    .map_err(|e| store_err("cannot delete", e))?;
+            for (k, new) in &edits {
+                match new {
+                    None => db
+                        .delete(&mut wtxn, k)
+                        .map(drop)
+                        .map_err(|e| store_err("cannot delete", e))?,
+                    Some(v) => db
+                        .put(&mut wtxn, k, v)
+                        .map_err(|e| store_err("cannot write", e))?,
+                }
             }
             wtxn.commit()
-                .map_err(|e| store_err("cannot commit a delete", e))?;
-            deleted += doomed_keys.len() as u64;
+                .map_err(|e| store_err("cannot commit a compaction", e))?;
+            changed += edits.len() as u64;
             match next {
                 Some(k) => resume = Some(k),
-                None => return Ok(deleted),
+                None => return Ok(changed),
             }
         }
     }
@@ -645,10 +685,29 @@ fn open_shared(canonical: &Path) -> Result<Shared> {
     })
 }
 
+/// What a scan does with one entry.
+enum Rewrite {
+    Keep,
+    Delete,
+    Replace(Vec<u8>),
+}
+
+/// Runs blocking work (a write transaction and its fsync) without stalling a runtime
+/// worker: on a multi-thread runtime the worker hands its other tasks to another
+/// thread first (`block_in_place`; the data is borrowed, so `spawn_blocking` would
+/// need a copy); elsewhere (a blocking thread, a current-thread runtime) it runs inline.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 #[async_trait]
 impl OnlineStore for EmbeddedStore {
     async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
-        self.write_blocking(rows)
+        off_worker(|| self.write_blocking(rows))
     }
 
     async fn read(&self, keys: &[&[u8]], fields: &[FieldId]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -656,7 +715,11 @@ impl OnlineStore for EmbeddedStore {
     }
 
     async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
-        self.delete_older_than_blocking(field, cutoff)
+        off_worker(|| self.delete_older_than_blocking(field, cutoff))
+    }
+
+    async fn compact_expired(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
+        off_worker(|| self.compact_expired_blocking(field, cutoff))
     }
 
     async fn merge_tiles(
@@ -664,7 +727,7 @@ impl OnlineStore for EmbeddedStore {
         merges: &[KeyMerge<'_>],
         merger: &dyn TileMerger,
     ) -> Result<MergeStats> {
-        self.merge_tiles_blocking(merges, merger)
+        off_worker(|| self.merge_tiles_blocking(merges, merger))
     }
 
     async fn read_tiles(
@@ -686,7 +749,7 @@ impl OnlineStore for EmbeddedStore {
     }
 
     async fn delete_tiles_before(&self, view: FieldId, cutoff: Timestamp) -> Result<u64> {
-        self.delete_tiles_before_blocking(view, cutoff)
+        off_worker(|| self.delete_tiles_before_blocking(view, cutoff))
     }
 
     /// One LMDB write transaction per call: every capability. Processes of one machine

@@ -166,6 +166,17 @@ pub trait OnlineStore: Send + Sync {
     /// [`Self::delete_tiles_before`].
     async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64>;
 
+    /// Compacts the rows stored under `field` whose event time is before `cutoff`
+    /// (callers pass now − the view's ttl: rows expired for every read from now on) by
+    /// dropping their values and keeping their timestamps. Nothing a read at or after
+    /// that time returns changes (status OUTSIDE_TTL, no value), and a newer-wins write
+    /// compares against the same version. Returns how many rows were compacted; a
+    /// backend that expires data by other means (Redis key TTL) keeps the default,
+    /// which does nothing.
+    async fn compact_expired(&self, _field: FieldId, _cutoff: Timestamp) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Merges IR deltas into tiles, atomically per entity key (or for the whole call,
     /// with [`Capabilities::atomic_batches`]). The requests of one key are applied in
     /// their order in `merges`; for each: if it carries a stream position and the

@@ -639,8 +639,10 @@ impl ReadPlan {
                 let mut decoded = decode_row(bytes, &dtypes)?;
                 let status = snapshot_status(Some(decoded.event_ts), at, view.ttl);
                 for &(o, fi) in &view.wanted {
-                    if fi >= decoded.stored {
-                        // Stored before the feature was appended to the view.
+                    // A value not stored (a row written before the feature was appended
+                    // to the view, or compacted after it expired) is MISSING unless the
+                    // row's time says OUTSIDE_TTL.
+                    if fi >= decoded.stored && status == FeatureStatus::Present {
                         continue;
                     }
                     let c = row * nout + o;

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod compact;
 pub mod error;
 pub mod historical;
 pub mod ingest;
@@ -29,6 +30,7 @@ pub mod store;
 pub mod testing;
 pub mod write;
 
+pub use compact::CompactStats;
 pub use error::{Error, ErrorKind, Result};
 
 /// The default diagnostics filter of quiver's binaries (`QUIVER_LOG` overrides it):

@@ -97,3 +97,56 @@ fn incremental_runs_pick_up_restated_and_late_rows() {
     assert_eq!(online(&store, 3), Value::Float64(0.3), "the late row");
     assert_eq!(online(&store, 2), Value::Float64(0.2));
 }
+
+/// Compaction drops the values of the rows of a view with a ttl that expired for good
+/// (timestamps kept): every status and value served now stays the same.
+#[test]
+fn compaction_drops_expired_values_without_changing_what_is_served() {
+    let r = Repo::new(&DEFS.replace("ttl: 0", "ttl: 1h"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+        / S;
+    // Driver 1 expired long ago, driver 2 is fresh.
+    write_source(
+        &r,
+        &[
+            (1, now - 7200, now - 7200, 0.1),
+            (2, now - 60, now - 60, 0.2),
+        ],
+    );
+    let store = r.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    let read = |store: &quiver::FeatureStore| {
+        let res = store
+            .online_features()
+            .features(["stats:rate"])
+            .entity_row(BTreeMap::from([("driver_id".into(), Value::Int64(1))]))
+            .entity_row(BTreeMap::from([("driver_id".into(), Value::Int64(2))]))
+            .block()
+            .unwrap();
+        res.rows
+            .iter()
+            .map(|r| (r.values[0].clone(), r.statuses[0], r.event_timestamps[0]))
+            .collect::<Vec<_>>()
+    };
+    store.materialize(0, (now + 1) * S).block().unwrap();
+    let before = read(&store);
+    assert_eq!(before[0].1, quiver::FeatureStatus::OutsideTtl);
+    assert_eq!(before[1].0, Value::Float64(0.2));
+
+    let stats = store.compact_online(&[]).block().unwrap();
+    assert_eq!((stats[0].compacted, stats[0].deleted), (1, 0));
+    assert_eq!(read(&store), before);
+    assert_eq!(store.compact_online(&[]).block().unwrap()[0].compacted, 0);
+
+    // The compacted row keeps its version: re-materializing writes it again (equal
+    // versions replace), and the reads are still the same.
+    store.materialize(0, (now + 1) * S).block().unwrap();
+    assert_eq!(read(&store), before);
+    let (ok, out, err) = crate::common::cli(r.path(), &["compact"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("stats: 1 expired rows compacted"), "{out}");
+}

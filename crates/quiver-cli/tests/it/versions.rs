@@ -169,6 +169,13 @@ fn a_changed_type_serves_the_previous_version_until_the_new_one_has_data() {
         online(&store, "stats:rate"),
         (Value::Float64(0.1), FeatureStatus::Present)
     );
+    // Version 1 is retired: compaction deletes its two online rows, and reads stay.
+    let stats = store.compact_online(&[]).block().unwrap();
+    assert_eq!(stats[0].deleted, 2);
+    assert_eq!(
+        online(&store, "stats:trips"),
+        (Value::Int64(5), FeatureStatus::Present)
+    );
 }
 
 #[test]

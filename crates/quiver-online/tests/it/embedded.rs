@@ -295,6 +295,62 @@ fn delete_older_than_scans_in_chunks_and_keeps_other_fields() {
     assert_eq!(store.row_count().unwrap(), 0);
 }
 
+/// Compaction keeps an expired row's timestamps and drops its values: a read decodes
+/// the same version with no stored value, other fields and fresh rows are untouched,
+/// and a write older than the kept version is still refused. On a multi-thread runtime
+/// (the write transactions run off the worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_versions_of_expired_rows_and_drops_their_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..10).map(|i| int_key("p", "e", i)).collect();
+    let f_rows = sample_rows(&(0..10).map(|i| (i * 10, 0, 0)).collect::<Vec<_>>());
+    let g_rows = sample_rows(&(0..10).map(|_| (0, 0, 1)).collect::<Vec<_>>());
+    let mut batch = writes(&keys, F, &f_rows);
+    batch.extend(writes(&keys, G, &g_rows));
+    store.write(&batch).await.unwrap();
+
+    // Rows at 0..=40 are before the cutoff 45.
+    assert_eq!(store.compact_expired(F, 45).await.unwrap(), 5);
+    assert_eq!(
+        store.compact_expired(F, 45).await.unwrap(),
+        0,
+        "already compact"
+    );
+    let dtypes = sample_dtypes();
+    let cells = store.read(&refs(&keys), &[F, G]).await.unwrap();
+    for (i, pair) in cells.chunks(2).enumerate() {
+        let f = decode_sample(pair[0].as_deref().unwrap(), &dtypes, "f");
+        assert_eq!(f.event_ts, i as i64 * 10);
+        let want_stored = if i < 5 { 0 } else { dtypes.len() };
+        assert_eq!(f.stored, want_stored, "row {i}");
+        let g = pair[1].as_deref().unwrap();
+        assert_eq!(g, g_rows[i].as_slice(), "another field is untouched");
+    }
+    // Newer wins against the kept version: an older row stays out, a newer one lands.
+    let older = sample_row(5, 0, 0);
+    let newer = sample_row(25, 0, 1);
+    let stats = store
+        .write(&[
+            OnlineWrite {
+                key: &keys[1],
+                field: F,
+                row: &older,
+            },
+            OnlineWrite {
+                key: &keys[2],
+                field: F,
+                row: &newer,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stats.written, 1);
+    let cells = store.read(&refs(&keys[1..3]), &[F]).await.unwrap();
+    assert_eq!(row_version(cells[0].as_deref().unwrap()).unwrap(), (10, 0));
+    assert_eq!(cells[1].as_deref().unwrap(), newer.as_slice());
+}
+
 /// Readers running while a writer commits big batches see, in each read, one whole
 /// committed batch (every row complete and decodable, all from the same batch), never
 /// going back in time; after the writer is done they see its last batch everywhere.
