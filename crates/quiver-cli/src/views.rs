@@ -222,7 +222,7 @@ pub fn describe(store: &FeatureStore, name: &str, as_json: bool) -> Result<()> {
             serde_json::to_string_pretty(&v).expect("serializable")
         );
     } else {
-        print!("{}", serde_yaml::to_string(&v).expect("serializable"));
+        print!("{}", serde_saphyr::to_string(&v).expect("serializable"));
     }
     Ok(())
 }

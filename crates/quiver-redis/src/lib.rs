@@ -1360,7 +1360,7 @@ mod tests {
     }
 
     fn parse(yaml: &str) -> std::result::Result<OnlineStoreSection, String> {
-        serde_yaml::from_str(yaml).map_err(|e| e.to_string())
+        serde_saphyr::from_str(yaml).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -1385,9 +1385,9 @@ mod tests {
         assert_eq!(c.key_ttl, None);
         assert_eq!(c.connect_timeout, RedisConfig::default().connect_timeout);
         // A round trip through YAML.
-        let text = serde_yaml::to_string(&want).unwrap();
+        let text = serde_saphyr::to_string(&want).unwrap();
         assert_eq!(
-            serde_yaml::from_str::<RedisConfig>(&text).unwrap(),
+            serde_saphyr::from_str::<RedisConfig>(&text).unwrap(),
             want,
             "{text}"
         );

@@ -443,18 +443,18 @@ fn the_config_section_parses_and_opens_relative_to_the_repository() {
         Embedded(EmbeddedConfig),
     }
     let cfg: OnlineStoreSection =
-        serde_yaml::from_str("{ type: embedded, path: data/online }").unwrap();
+        serde_saphyr::from_str("{ type: embedded, path: data/online }").unwrap();
     assert_eq!(cfg, OnlineStoreSection::Embedded(EmbeddedConfig::default()));
     for (yaml, want) in [
         ("{ type: embedded, path: x, size: 5 }", "size"),
         ("{ type: embedded }", "path"),
     ] {
-        let e = serde_yaml::from_str::<OnlineStoreSection>(yaml).unwrap_err();
+        let e = serde_saphyr::from_str::<OnlineStoreSection>(yaml).unwrap_err();
         assert!(e.to_string().contains(want), "{yaml}: {e}");
     }
-    let text = serde_yaml::to_string(&EmbeddedConfig::default()).unwrap();
+    let text = serde_saphyr::to_string(&EmbeddedConfig::default()).unwrap();
     assert_eq!(
-        serde_yaml::from_str::<EmbeddedConfig>(&text).unwrap(),
+        serde_saphyr::from_str::<EmbeddedConfig>(&text).unwrap(),
         EmbeddedConfig::default()
     );
 
