@@ -175,7 +175,7 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 fn store_err(context: &str, e: heed::Error) -> Error {
-    Error::Store(format!("{context}: {e}"))
+    Error::store_from(context, e)
 }
 
 impl EmbeddedStore {
@@ -183,10 +183,10 @@ impl EmbeddedStore {
     /// this process already has open returns a handle to the same environment.
     pub fn open(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path)
-            .map_err(|e| Error::Store(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(|e| Error::store_from(format!("cannot create {}", path.display()), e))?;
         let canonical = path
             .canonicalize()
-            .map_err(|e| Error::Store(format!("cannot resolve {}: {e}", path.display())))?;
+            .map_err(|e| Error::store_from(format!("cannot resolve {}", path.display()), e))?;
         let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(shared) = opened.get(&canonical).and_then(Weak::upgrade) {
             return Ok(Self { shared });
@@ -624,15 +624,15 @@ fn open_shared(canonical: &Path) -> Result<Shared> {
                 }
             }
             Err(e) => {
-                return Err(Error::Store(format!(
-                    "cannot open the embedded store at {}: {e}",
-                    canonical.display()
-                )))
+                return Err(Error::store_from(
+                    format!("cannot open the embedded store at {}", canonical.display()),
+                    e,
+                ))
             }
         }
     };
     if env.max_key_size() < DIRECT_KEY_MAX {
-        return Err(Error::Store(format!(
+        return Err(Error::store(format!(
             "LMDB was built with a maximum key size of {} bytes; the store needs {}",
             env.max_key_size(),
             DIRECT_KEY_MAX

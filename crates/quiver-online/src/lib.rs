@@ -32,9 +32,14 @@ pub use tiles::{KeyMerge, MergeStats, StreamPosition, TileDelta, TileMerger};
 /// Errors of the online plane.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The backing store failed (I/O, corruption, capacity).
-    #[error("online store: {0}")]
-    Store(String),
+    /// The backing store failed (I/O, corruption, capacity): what was being done, and
+    /// the backend's error when there is one.
+    #[error("online store: {context}{}", .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+    Store {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A request is invalid (e.g. a key too long for the backend).
     #[error("online store: {0}")]
     Invalid(String),
@@ -52,6 +57,27 @@ pub enum Error {
     OnDemand(#[from] quiver_ondemand::Error),
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// A backend's own error, kept as the source of [`Error::Store`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    /// A store failure without an underlying error.
+    pub fn store(context: impl Into<String>) -> Self {
+        Error::Store {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A store failure caused by the backend's error `source`.
+    pub fn store_from(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Store {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// Result alias for the online plane.

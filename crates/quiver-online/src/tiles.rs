@@ -155,14 +155,14 @@ pub fn encode_position(position: &StreamPosition<'_>, out: &mut Vec<u8>) {
 /// The offset in a stored position value of `partition`.
 pub fn decode_position(value: &[u8], partition: &[u8]) -> Result<u128> {
     if value.len() < 16 {
-        return Err(Error::Store(format!(
+        return Err(Error::store(format!(
             "a stream position of partition {} holds {} bytes, fewer than 16",
             describe_partition(partition),
             value.len()
         )));
     }
     if &value[16..] != partition {
-        return Err(Error::Store(format!(
+        return Err(Error::store(format!(
             "the stream positions of partitions {} and {} hash alike; rename one",
             describe_partition(partition),
             describe_partition(&value[16..])
@@ -369,7 +369,10 @@ fn merge_failed(m: &KeyMerge<'_>, start: Timestamp, e: Error) -> Error {
         String::from_utf8_lossy(m.key)
     );
     match e {
-        Error::Store(msg) => Error::Store(format!("{at}: {msg}")),
+        Error::Store { context, source } => Error::Store {
+            context: format!("{at}: {context}"),
+            source,
+        },
         Error::Invalid(msg) => Error::Invalid(format!("{at}: {msg}")),
         other => Error::Invalid(format!("{at}: {other}")),
     }

@@ -624,7 +624,7 @@ impl RedisStore {
                     .set_max_delay(Duration::from_secs(2));
                 let manager = ConnectionManager::new_with_config(client, manager_config)
                     .await
-                    .map_err(|e| Error::Store(format!("redis {addr}: cannot connect: {e}")))?;
+                    .map_err(|e| Error::store_from(format!("redis {addr}: cannot connect"), e))?;
                 (Conn::Single(manager), addr)
             }
             None => {
@@ -647,7 +647,7 @@ impl RedisStore {
                 let conn = client
                     .get_async_connection()
                     .await
-                    .map_err(|e| Error::Store(format!("redis {addr}: cannot connect: {e}")))?;
+                    .map_err(|e| Error::store_from(format!("redis {addr}: cannot connect"), e))?;
                 (Conn::Cluster(conn), addr)
             }
         };
@@ -672,8 +672,8 @@ impl RedisStore {
         &self.inner.addr
     }
 
-    fn err(&self, context: &str, e: impl std::fmt::Display) -> Error {
-        Error::Store(format!("redis {}: {context}: {e}", self.inner.addr))
+    fn err(&self, context: &str, e: impl Into<quiver_online::BoxError>) -> Error {
+        Error::store_from(format!("redis {}: {context}", self.inner.addr), e)
     }
 
     /// Loads the scripts (on every primary in cluster mode).

@@ -74,8 +74,12 @@ pub enum Error {
     #[error("{0}")]
     NoData(String),
     /// The registry file could not be read or written.
-    #[error("registry {path}: {message}")]
-    Storage { path: String, message: String },
+    #[error("registry {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 /// Result alias for the registry.

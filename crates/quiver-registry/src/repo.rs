@@ -62,7 +62,7 @@ impl Definitions {
         let mut files = Vec::new();
         collect_files(repo, repo, &skip, &mut files).map_err(|e| Error::Storage {
             path: repo.display().to_string(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         files.sort();
         let mut defs = Definitions::default();

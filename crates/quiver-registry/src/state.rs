@@ -559,10 +559,10 @@ impl Registry {
         Registry { dir: dir.into() }
     }
 
-    fn storage_err(&self, e: impl std::fmt::Display) -> Error {
+    fn storage_err(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
         Error::Storage {
             path: self.dir.join(Self::FILE).display().to_string(),
-            message: e.to_string(),
+            source: e.into(),
         }
     }
 

@@ -82,7 +82,7 @@ impl Error {
             Error::Registry(R::Storage { .. })
             | Error::Offline(quiver_offline::Error::Io { .. })
             | Error::Offline(quiver_offline::Error::Delta(_))
-            | Error::Online(On::Store(_))
+            | Error::Online(On::Store { .. })
             | Error::Io { .. } => ErrorKind::Unavailable,
             Error::Internal(_) => ErrorKind::Internal,
             _ => ErrorKind::InvalidInput,

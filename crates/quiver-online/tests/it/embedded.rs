@@ -607,3 +607,17 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
         "nothing of the failed call is stored"
     );
 }
+
+#[test]
+fn store_errors_keep_the_backend_error_as_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let Err(e) = EmbeddedStore::open(&file) else {
+        panic!("a file is not a store directory");
+    };
+    assert!(matches!(e, Error::Store { .. }), "{e:?}");
+    let source = std::error::Error::source(&e).expect("the I/O error is kept");
+    assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
+    assert!(e.to_string().contains(&source.to_string()), "{e}");
+}
