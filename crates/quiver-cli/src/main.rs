@@ -81,6 +81,13 @@ enum Command {
         /// Rows of the result to print.
         #[arg(long, default_value_t = 5)]
         preview: usize,
+        /// Parquet output codec: snappy (default), zstd, zstd(LEVEL) or none.
+        #[arg(long, default_value = "snappy")]
+        compression: String,
+        /// Parquet output rows per row group (row groups and columns are encoded in
+        /// parallel).
+        #[arg(long, default_value_t = 1 << 20)]
+        row_group_size: usize,
     },
     /// Write the latest values with event time in [START, END) to the online store
     /// (END is exclusive: a row stamped exactly END is left for the next run).
@@ -349,8 +356,14 @@ async fn run(cli: Cli) -> Result<()> {
             output,
             full_names,
             preview,
+            compression,
+            row_group_size,
         } => {
             let started = std::time::Instant::now();
+            let options = quiver::io::ParquetOptions {
+                compression: quiver::io::ParquetOptions::parse_compression(&compression)?,
+                row_group_rows: row_group_size,
+            };
             let state = store.state()?;
             let input = quiver::blocking(move || {
                 quiver::io::read_entities(&entities, &state, "event_timestamp")
@@ -358,7 +371,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             let mut b = store
                 .historical()
-                .entities(input)
+                .entity_batches(input)
                 .features(features)
                 .full_names(full_names);
             if let Some(s) = service {
@@ -366,7 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let result = b.await?;
             let (out, res) = (output.clone(), result.clone());
-            quiver::blocking(move || quiver::io::write_table(&out, &res)).await?;
+            quiver::blocking(move || quiver::io::write_table_with(&out, &res, &options)).await?;
             if json {
                 print_json(
                     &serde_json::json!({"rows": result.num_rows(), "columns": result.num_columns(),

@@ -19,7 +19,7 @@ pub struct RepoConfig {
     #[serde(default)]
     pub offline_store: OfflineStoreConfig,
     #[serde(default)]
-    pub online_store: OnlineStoreConfig,
+    pub online_store: OnlineStoreSection,
     /// How online reads are served (the feature server and the `online` command).
     #[serde(default)]
     pub serving: ServingConfig,
@@ -107,90 +107,34 @@ impl Default for OfflineStoreConfig {
     }
 }
 
-/// The online store.
+/// `online_store:` in `quiver.yaml`. `type` names the backend; its other fields are the
+/// backend's own section, which the backend's crate parses and checks when a store is
+/// opened (`quiver_online::EmbeddedConfig` for `embedded`, `quiver_redis::RedisConfig`
+/// for `redis`), so each backend's rules live in one place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum OnlineStoreConfig {
-    /// The embedded store in the directory `path` (relative to the repository).
-    Embedded { path: String },
-    /// A Redis server (`url`, e.g. `redis://127.0.0.1:6379`) or a Redis Cluster
-    /// (`cluster`, a list of node addresses such as `redis://10.0.0.1:6379` or
-    /// `10.0.0.1:6379`, any subset of the nodes): exactly one of the two. With `key_ttl`
-    /// (e.g. `30d`), an entity's hash expires that long after its last write; `0` or no
-    /// `key_ttl` keeps keys until deleted. Expiry only frees memory: serving computes
-    /// freshness from the stored timestamps.
-    Redis {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        url: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        cluster: Option<Vec<String>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        key_ttl: Option<Duration>,
-    },
+pub struct OnlineStoreSection {
+    /// The backend: `embedded` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The backend's fields, as written.
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
-impl OnlineStoreConfig {
-    /// Checks what serde cannot: a Redis store names exactly one of `url` or `cluster`,
-    /// with well-formed addresses.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            OnlineStoreConfig::Embedded { .. } => Ok(()),
-            OnlineStoreConfig::Redis { url, cluster, .. } => validate_redis(url, cluster),
-        }
+impl OnlineStoreSection {
+    /// The section as a value the backend's configuration type deserializes from.
+    pub fn fields_value(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.fields.clone())
     }
 }
 
-fn validate_redis(url: &Option<String>, cluster: &Option<Vec<String>>) -> Result<()> {
-    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
-    match (url, cluster) {
-        (Some(_), Some(_)) => Err(config_err(
-            "online_store: a redis store takes exactly one of `url` (one server) or \
-             `cluster` (the node addresses of a Redis Cluster), not both",
-        )),
-        (None, None) => Err(config_err(
-            "online_store: a redis store needs `url` (one server, e.g. \
-             redis://127.0.0.1:6379) or `cluster` (the node addresses of a Redis Cluster, \
-             e.g. [redis://10.0.0.1:6379, redis://10.0.0.2:6379])",
-        )),
-        (Some(url), None) => {
-            let scheme_only = SCHEMES.contains(&url.as_str());
-            if scheme_only || !SCHEMES.iter().any(|s| url.starts_with(s)) {
-                return Err(config_err(&format!(
-                    "online_store: redis `url` {url:?} must be a Redis URL such as \
-                     redis://127.0.0.1:6379 (redis://, rediss://, redis+unix:// or unix://)"
-                )));
-            }
-            Ok(())
-        }
-        (None, Some(nodes)) => {
-            if nodes.is_empty() {
-                return Err(config_err(
-                    "online_store: redis `cluster` lists no node addresses",
-                ));
-            }
-            let bad = nodes.iter().find(|n| {
-                let n = n.trim();
-                n.is_empty() || n.contains(char::is_whitespace)
-            });
-            if let Some(bad) = bad {
-                return Err(config_err(&format!(
-                    "online_store: redis `cluster` node address {bad:?} is not an address \
-                     (expected host:port or redis://host:port)"
-                )));
-            }
-            Ok(())
-        }
-    }
-}
-
-fn config_err(msg: &str) -> Error {
-    Error::Config(format!("{}: {msg}", RepoConfig::FILE))
-}
-
-impl Default for OnlineStoreConfig {
+impl Default for OnlineStoreSection {
     fn default() -> Self {
-        OnlineStoreConfig::Embedded {
-            path: "data/online".into(),
+        let mut fields = serde_json::Map::new();
+        fields.insert("path".into(), "data/online".into());
+        OnlineStoreSection {
+            kind: "embedded".into(),
+            fields,
         }
     }
 }
@@ -223,7 +167,6 @@ impl RepoConfig {
                 cfg.project
             )));
         }
-        cfg.online_store.validate()?;
         Ok(cfg)
     }
 
@@ -234,10 +177,14 @@ impl RepoConfig {
         match &self.offline_store {
             OfflineStoreConfig::Delta { path } => dirs.push(PathBuf::from(path)),
         }
-        match &self.online_store {
-            OnlineStoreConfig::Embedded { path } => dirs.push(PathBuf::from(path)),
-            // A network store: nothing on disk.
-            OnlineStoreConfig::Redis { .. } => {}
+        // A backend that keeps data in the repository names its directory `path`.
+        if let Some(path) = self
+            .online_store
+            .fields
+            .get("path")
+            .and_then(|p| p.as_str())
+        {
+            dirs.push(PathBuf::from(path));
         }
         dirs
     }
@@ -256,12 +203,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.project, "driver_demo");
-        assert_eq!(
-            cfg.online_store,
-            OnlineStoreConfig::Embedded {
-                path: "data/online".into()
-            }
-        );
+        assert_eq!(cfg.online_store, OnlineStoreSection::default());
+        let dirs = ["data/registry", "data/offline", "data/online"].map(PathBuf::from);
+        assert_eq!(cfg.data_dirs(), dirs);
     }
 
     #[test]
@@ -281,99 +225,31 @@ mod tests {
     }
 
     #[test]
-    fn rejects_unknown_fields_and_backends() {
+    fn rejects_unknown_fields() {
         let e = RepoConfig::parse("project: p\nregistyr: x\n").unwrap_err();
         assert!(e.to_string().contains("registyr"), "{e}");
-        let e = RepoConfig::parse("project: p\nonline_store: { type: memcache, path: x }\n")
-            .unwrap_err();
-        assert!(e.to_string().contains("memcache"), "{e}");
         assert!(RepoConfig::parse("project: 'a b'\n").is_err());
+        let e = RepoConfig::parse("project: p\nonline_store: { path: x }\n").unwrap_err();
+        assert!(e.to_string().contains("type"), "{e}");
     }
 
     #[test]
-    fn parses_a_redis_server() {
+    fn keeps_a_backend_section_as_written() {
+        // The block form; the backend's crate parses the fields (quiver-redis checks
+        // the addresses and the key TTL).
         let cfg = RepoConfig::parse(
-            "project: p\nonline_store: { type: redis, url: redis://127.0.0.1:6379 }\n",
+            "project: p\nonline_store:\n  type: redis\n  cluster: [redis://a:1, b:2]\n  key_ttl: 30d\n",
         )
         .unwrap();
+        assert_eq!(cfg.online_store.kind, "redis");
         assert_eq!(
-            cfg.online_store,
-            OnlineStoreConfig::Redis {
-                url: Some("redis://127.0.0.1:6379".into()),
-                cluster: None,
-                key_ttl: None,
-            }
+            cfg.online_store.fields_value(),
+            serde_json::json!({ "cluster": ["redis://a:1", "b:2"], "key_ttl": "30d" })
         );
         // No data directory for a network store: only the registry and the offline store.
         let dirs = ["data/registry", "data/offline"].map(PathBuf::from);
         assert_eq!(cfg.data_dirs(), dirs);
-        // The block form, with a key TTL; and a round trip through YAML.
-        let cfg = RepoConfig::parse(
-            "project: p\nonline_store:\n  type: redis\n  url: redis://cache:6379/2\n  key_ttl: 30d\n",
-        )
-        .unwrap();
-        assert_eq!(
-            cfg.online_store,
-            OnlineStoreConfig::Redis {
-                url: Some("redis://cache:6379/2".into()),
-                cluster: None,
-                key_ttl: Some(Duration::from_secs(30 * 86_400)),
-            }
-        );
         let text = serde_saphyr::to_string(&cfg).unwrap();
         assert_eq!(RepoConfig::parse(&text).unwrap(), cfg, "{text}");
-    }
-
-    #[test]
-    fn parses_a_redis_cluster() {
-        let cfg = RepoConfig::parse(
-            "project: p\n\
-             online_store:\n  type: redis\n  key_ttl: 12h\n  cluster:\n\
-             \x20   - redis://10.0.0.1:6379\n    - redis://10.0.0.2:6379\n    - 10.0.0.3:6379\n",
-        )
-        .unwrap();
-        assert_eq!(
-            cfg.online_store,
-            OnlineStoreConfig::Redis {
-                url: None,
-                cluster: Some(vec![
-                    "redis://10.0.0.1:6379".into(),
-                    "redis://10.0.0.2:6379".into(),
-                    "10.0.0.3:6379".into(),
-                ]),
-                key_ttl: Some(Duration::from_secs(12 * 3_600)),
-            }
-        );
-        let cfg = RepoConfig::parse(
-            "project: p\nonline_store: { type: redis, cluster: [redis://127.0.0.1:7000, redis://127.0.0.1:7001] }\n",
-        )
-        .unwrap();
-        assert!(matches!(
-            cfg.online_store,
-            OnlineStoreConfig::Redis { cluster: Some(ref n), url: None, key_ttl: None } if n.len() == 2
-        ));
-    }
-
-    #[test]
-    fn rejects_bad_redis_configs() {
-        let err = |yaml: &str| {
-            RepoConfig::parse(&format!("project: p\nonline_store: {yaml}\n"))
-                .unwrap_err()
-                .to_string()
-        };
-        let e = err("{ type: redis }");
-        assert!(e.contains("needs `url`") && e.contains("`cluster`"), "{e}");
-        let e = err("{ type: redis, url: redis://a:6379, cluster: [redis://b:6379] }");
-        assert!(e.contains("exactly one of `url`"), "{e}");
-        let e = err("{ type: redis, cluster: [] }");
-        assert!(e.contains("no node addresses"), "{e}");
-        let e = err("{ type: redis, url: 127.0.0.1:6379 }");
-        assert!(e.contains("must be a Redis URL"), "{e}");
-        let e = err("{ type: redis, url: redis://a:6379, ttl: 1d }");
-        assert!(e.contains("ttl"), "{e}");
-        let e = err("{ type: redis, url: redis://a:6379, key_ttl: forever }");
-        assert!(e.contains("forever"), "{e}");
-        let e = err("{ type: redis, url: redis://a:6379, path: data/online }");
-        assert!(e.contains("path"), "{e}");
     }
 }

@@ -50,6 +50,13 @@ impl HistoricalBuilder {
         self
     }
 
+    /// The entity rows as several batches of one schema (e.g. a file's row groups),
+    /// read as one table without first being copied into one batch.
+    pub fn entity_batches(mut self, batches: impl IntoIterator<Item = RecordBatch>) -> Self {
+        self.entities.extend(batches);
+        self
+    }
+
     /// Feature references, `view:feature` (or `view:*`), of feature views or on-demand
     /// feature views.
     pub fn features<S: Into<String>>(mut self, refs: impl IntoIterator<Item = S>) -> Self {

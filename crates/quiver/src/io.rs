@@ -22,8 +22,20 @@ pub fn read_table(path: impl AsRef<Path>) -> Result<RecordBatch> {
     Ok(concat_batches(&schema, &batches)?)
 }
 
+pub use quiver_offline::files::ParquetOptions;
+
 /// Writes a batch as Parquet or CSV (by extension), replacing the file atomically.
 pub fn write_table(path: impl AsRef<Path>, batch: &RecordBatch) -> Result<()> {
+    write_table_with(path, batch, &ParquetOptions::default())
+}
+
+/// [`write_table`] with the given Parquet options (codec, row-group size); row groups
+/// and columns are encoded in parallel.
+pub fn write_table_with(
+    path: impl AsRef<Path>,
+    batch: &RecordBatch,
+    options: &ParquetOptions,
+) -> Result<()> {
     let path = path.as_ref();
     if FileFormat::from_path(&path.to_string_lossy()).is_none() {
         return Err(Error::Invalid(format!(
@@ -31,11 +43,17 @@ pub fn write_table(path: impl AsRef<Path>, batch: &RecordBatch) -> Result<()> {
             path.display()
         )));
     }
-    quiver_offline::files::write_file(path, batch.schema(), std::slice::from_ref(batch))?;
+    quiver_offline::files::write_file_with(
+        path,
+        batch.schema(),
+        std::slice::from_ref(batch),
+        options,
+    )?;
     Ok(())
 }
 
-/// Reads entity rows for a historical retrieval. CSV columns carry no types, so the
+/// Reads entity rows for a historical retrieval, as the file's batches (not copied into
+/// one). CSV columns carry no types, so the
 /// time column is read as text (parsed by the time contract's rules, fractions of a
 /// second kept), registered join keys as their registered types (a key `007` of a
 /// string entity stays `007`) and request fields as their declared types.
@@ -43,11 +61,16 @@ pub fn read_entities(
     path: impl AsRef<Path>,
     state: &quiver_registry::RegistryState,
     timestamp_column: &str,
-) -> Result<RecordBatch> {
+) -> Result<Vec<RecordBatch>> {
     let path = path.as_ref();
     let format = quiver_offline::files::format_of(path, None)?;
     if format != FileFormat::Csv {
-        return read_table(path);
+        let batches = quiver_offline::files::read_file(path, format, None)?;
+        return Ok(if batches.is_empty() {
+            vec![read_table(path)?]
+        } else {
+            batches
+        });
     }
     let mut overrides = vec![(
         timestamp_column.to_string(),
@@ -79,8 +102,9 @@ pub fn read_entities(
         }
     }
     let batches = crate::write::read_typed(path, format, &overrides)?;
-    match batches.first() {
-        Some(b) => Ok(concat_batches(&b.schema(), &batches)?),
-        None => read_table(path),
-    }
+    Ok(if batches.is_empty() {
+        vec![read_table(path)?]
+    } else {
+        batches
+    })
 }

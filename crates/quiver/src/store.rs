@@ -19,7 +19,7 @@ use quiver_core::model::Source;
 use quiver_core::time::now;
 use quiver_offline::{files, OfflineStore};
 use quiver_online::OnlineStore;
-use quiver_registry::config::{OfflineStoreConfig, OnlineStoreConfig};
+use quiver_registry::config::{OfflineStoreConfig, OnlineStoreSection};
 use quiver_registry::{
     Definitions, Plan, Registry, RegistryState, RepoConfig, SourceSchema, SourceSchemas,
 };
@@ -42,6 +42,7 @@ pub struct FeatureStore {
 struct Inner {
     repo: PathBuf,
     config: RepoConfig,
+    backend: OnlineBackend,
     registry: Registry,
     offline: OfflineStore,
     online: OnceCell<Arc<dyn OnlineStore>>,
@@ -49,6 +50,40 @@ struct Inner {
     /// When the registry file was last looked at, in µs since `epoch`.
     checked: AtomicU64,
     epoch: Instant,
+}
+
+/// The online store of `quiver.yaml`, its section parsed by the backend's own crate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OnlineBackend {
+    Embedded(quiver_online::EmbeddedConfig),
+    Redis(quiver_redis::RedisConfig),
+}
+
+impl OnlineBackend {
+    /// Parses `online_store:` with the configuration type of the backend it names.
+    pub fn from_section(section: &OnlineStoreSection) -> Result<Self> {
+        let err = |e: &dyn std::fmt::Display| {
+            quiver_registry::Error::Config(format!(
+                "{}: online_store ({}): {e}",
+                RepoConfig::FILE,
+                section.kind
+            ))
+        };
+        let fields = section.fields_value();
+        Ok(match section.kind.as_str() {
+            "embedded" => {
+                OnlineBackend::Embedded(serde_json::from_value(fields).map_err(|e| err(&e))?)
+            }
+            "redis" => OnlineBackend::Redis(serde_json::from_value(fields).map_err(|e| err(&e))?),
+            other => {
+                return Err(quiver_registry::Error::Config(format!(
+                    "{}: online_store: unknown type '{other}' (expected embedded or redis)",
+                    RepoConfig::FILE
+                ))
+                .into())
+            }
+        })
+    }
 }
 
 /// What identifies one version of the registry file.
@@ -94,6 +129,7 @@ impl FeatureStore {
     pub fn open(repo: impl AsRef<Path>) -> Result<Self> {
         let repo = repo.as_ref().to_path_buf();
         let config = RepoConfig::load(&repo)?;
+        let backend = OnlineBackend::from_section(&config.online_store)?;
         let registry = Registry::new(repo.join(&config.registry));
         let OfflineStoreConfig::Delta { path } = &config.offline_store;
         let offline = OfflineStore::open(repo.join(path))?;
@@ -101,6 +137,7 @@ impl FeatureStore {
             inner: Arc::new(Inner {
                 repo,
                 config,
+                backend,
                 registry,
                 offline,
                 online: OnceCell::new(),
@@ -267,24 +304,12 @@ impl FeatureStore {
     }
 
     async fn connect_online(&self) -> Result<Arc<dyn OnlineStore>> {
-        let store: Arc<dyn OnlineStore> = match &self.config().online_store {
-            OnlineStoreConfig::Embedded { path } => {
-                let path = self.repo().join(path);
-                let s = blocking(move || Ok(quiver_online::EmbeddedStore::open(&path)?)).await?;
-                Arc::new(s)
+        let store: Arc<dyn OnlineStore> = match &self.inner.backend {
+            OnlineBackend::Embedded(cfg) => {
+                let (cfg, repo) = (cfg.clone(), self.repo().to_path_buf());
+                Arc::new(blocking(move || Ok(cfg.open(&repo)?)).await?)
             }
-            OnlineStoreConfig::Redis {
-                url,
-                cluster,
-                key_ttl,
-            } => {
-                let cfg = quiver_redis::RedisConfig::from_repo_config(
-                    url.clone(),
-                    cluster.clone(),
-                    *key_ttl,
-                )?;
-                Arc::new(quiver_redis::RedisStore::connect(&cfg).await?)
-            }
+            OnlineBackend::Redis(cfg) => Arc::new(quiver_redis::RedisStore::connect(cfg).await?),
         };
         Ok(match self.config().serving.cache_ttl {
             Some(ttl) if !ttl.is_zero() => Arc::new(quiver_online::CachedStore::new(

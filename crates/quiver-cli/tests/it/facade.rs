@@ -151,3 +151,35 @@ fn an_opened_store_notices_a_new_apply() {
     let out = read(&store, "svc2").expect("the new service is served");
     assert_eq!(out.rows[0].values[0], Value::Float64(0.03));
 }
+
+/// `online_store:` is parsed by the backend's own crate when the store opens: its
+/// errors name quiver.yaml, the backend and the field.
+#[test]
+fn online_store_sections_are_parsed_by_their_backend() {
+    let open = |section: &str| {
+        let r = repo(section);
+        quiver::FeatureStore::open(r.path()).map(|_| ())
+    };
+    assert!(open("{ type: embedded, path: data/online }").is_ok());
+    assert!(open("{ type: redis, cluster: [redis://127.0.0.1:7000], key_ttl: 0 }").is_ok());
+    for (section, want) in [
+        ("{ type: redis }", "needs `url`"),
+        (
+            "{ type: redis, url: 127.0.0.1:6379 }",
+            "not a valid Redis URL",
+        ),
+        (
+            "{ type: redis, url: redis://a:6379, key_ttl: forever }",
+            "forever",
+        ),
+        ("{ type: redis, url: redis://a:6379, path: x }", "path"),
+        ("{ type: embedded, path: x, size: 5 }", "size"),
+        ("{ type: memcache, path: x }", "unknown type 'memcache'"),
+    ] {
+        let e = open(section).unwrap_err().to_string();
+        assert!(
+            e.contains("quiver.yaml") && e.contains(want),
+            "{section}: {e}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! normalization, ingest and historical retrieval.
 
 mod csv_keys;
+mod parquet_out;
 mod time_rounding;
 
 use std::path::{Path, PathBuf};

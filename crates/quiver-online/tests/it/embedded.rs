@@ -618,6 +618,9 @@ fn store_errors_keep_the_backend_error_as_their_source() {
     };
     assert!(matches!(e, Error::Store { .. }), "{e:?}");
     let source = std::error::Error::source(&e).expect("the I/O error is kept");
-    assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
+    assert!(
+        source.downcast_ref::<std::io::Error>().is_some(),
+        "{source:?}"
+    );
     assert!(e.to_string().contains(&source.to_string()), "{e}");
 }
