@@ -57,6 +57,12 @@ enum Cmd {
         reuse: bool,
         #[arg(long, hide = true)]
         phase: Option<String>,
+        /// Codec of the file-to-file output (as `quiver historical --compression`).
+        #[arg(long, default_value = "snappy")]
+        compression: String,
+        /// Rows per row group of the file-to-file output.
+        #[arg(long, default_value_t = 1 << 20)]
+        row_group_size: usize,
     },
     /// In-process online reads: 1 entity × 50 features and 50 entities × 23 features.
     Online {
@@ -289,7 +295,7 @@ fn retrieve(dir: &Path) -> Result<(usize, usize)> {
 /// File to file, as `quiver historical` does it: the labels Parquet file read once (its
 /// batches, not concatenated), the retrieval, and the training set written as Parquet
 /// with the default options (Snappy, row groups and columns encoded in parallel).
-fn retrieve_to_file(dir: &Path) -> Result<(usize, u64)> {
+fn retrieve_to_file(dir: &Path, options: &quiver::io::ParquetOptions) -> Result<(usize, u64)> {
     let view = bench_view();
     let store = OfflineStore::open(dir.join("offline"))?;
     let labels = quiver_offline::files::read_file(
@@ -309,16 +315,24 @@ fn retrieve_to_file(dir: &Path) -> Result<(usize, u64)> {
     };
     let out = runtime()?.block_on(store.historical(req))?;
     let path = dir.join("training.parquet");
-    quiver::io::write_table(&path, &out)?;
+    let t = Instant::now();
+    quiver::io::write_table_with(&path, &out, options)?;
+    eprintln!("write {:.3} s", t.elapsed().as_secs_f64());
     Ok((out.num_rows(), std::fs::metadata(&path)?.len()))
 }
 
-fn run_phase(dir: &Path, scale_name: &str, phase: &str) -> Result<(f64, f64, String)> {
+fn run_phase(
+    dir: &Path,
+    scale_name: &str,
+    phase: &str,
+    extra: &[String],
+) -> Result<(f64, f64, String)> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
         .args(["pit", "--scale", scale_name, "--dir"])
         .arg(dir)
         .args(["--phase", phase])
+        .args(extra)
         .output()?;
     if !out.status.success() {
         bail!(
@@ -358,7 +372,19 @@ fn main() -> Result<()> {
             dir,
             reuse,
             phase,
+            compression,
+            row_group_size,
         } => {
+            let options = quiver::io::ParquetOptions {
+                compression: quiver::io::ParquetOptions::parse_compression(&compression)?,
+                row_group_rows: row_group_size,
+            };
+            let extra = [
+                "--compression".to_string(),
+                compression.clone(),
+                "--row-group-size".to_string(),
+                row_group_size.to_string(),
+            ];
             let (entities, labels) = scale(&s)?;
             let dir =
                 dir.unwrap_or_else(|| std::env::temp_dir().join(format!("quiver-bench-pit-{s}")));
@@ -375,7 +401,7 @@ fn main() -> Result<()> {
                         format!("rows={rows} matched={matched}")
                     }
                     "file" => {
-                        let (rows, bytes) = retrieve_to_file(&dir)?;
+                        let (rows, bytes) = retrieve_to_file(&dir, &options)?;
                         format!(
                             "rows={rows} output={:.0}MiB",
                             bytes as f64 / (1 << 20) as f64
@@ -399,22 +425,22 @@ fn main() -> Result<()> {
             println!("quiver pit benchmark, scale {s}: {entities} entities × 10 rows, {labels} labels, ttl 30d");
             println!("data in {}", dir.display());
             if !(reuse && have_data) {
-                let (secs, _, _) = run_phase(&dir, &s, "generate")?;
+                let (secs, _, _) = run_phase(&dir, &s, "generate", &extra)?;
                 println!("  generate   {secs:8.2} s   (not part of the figures)");
             }
             if !(reuse && have_store) {
-                let (secs, rss, info) = run_phase(&dir, &s, "ingest")?;
+                let (secs, rss, info) = run_phase(&dir, &s, "ingest", &extra)?;
                 println!(
                     "  ingest     {secs:8.2} s   peak RSS {rss:8.0} MiB   {:.0} rows/s   {info}",
                     (entities * 10) as f64 / secs
                 );
             }
-            let (secs, rss, info) = run_phase(&dir, &s, "retrieve")?;
+            let (secs, rss, info) = run_phase(&dir, &s, "retrieve", &extra)?;
             println!(
                 "  historical {secs:8.2} s   peak RSS {rss:8.0} MiB   {:.0} label rows/s   {info}   (labels file → training set in memory)",
                 labels as f64 / secs
             );
-            let (secs, rss, info) = run_phase(&dir, &s, "file")?;
+            let (secs, rss, info) = run_phase(&dir, &s, "file", &extra)?;
             println!(
                 "  historical {secs:8.2} s   peak RSS {rss:8.0} MiB   {:.0} label rows/s   {info}   (labels file → training set file)",
                 labels as f64 / secs

@@ -260,6 +260,9 @@ impl ParquetOptions {
                 );
             }
         }
+        // Min/max per column chunk (what readers prune row groups with), not per page:
+        // page statistics cost a fifth of the encoding time of a training set.
+        props = props.set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk);
         props.build()
     }
 }
