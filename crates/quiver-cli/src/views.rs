@@ -260,6 +260,11 @@ pub fn describe_json(s: &RegistryState, name: &str) -> Result<serde_json::Value>
             "materialized": v.materialized.as_ref().map(|m| json!({
                 "start": format_timestamp(m.start), "end": format_timestamp(m.end),
                 "at": format_timestamp(m.at), "rows_written": m.rows_written })),
+            // The versions reads use while the declared one has no data of its own.
+            "training_version": s.training_view(name).ok().map(|t| t.version),
+            "serving_version": s.serving_view(name)?.version,
+            "fill_command": (!v.has_offline_data() || (v.def.online && !v.has_online_data()))
+                .then(|| v.fill_command()),
         }));
     }
     if let Some(v) = s.on_demand_feature_views.get(name) {

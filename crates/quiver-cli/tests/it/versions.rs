@@ -141,6 +141,23 @@ fn a_changed_type_serves_the_previous_version_until_the_new_one_has_data() {
     assert!(plan.contains("quiver ingest stats"), "{plan}");
     assert_eq!(version(&store), 2);
 
+    // `describe` says which versions train and serve, and how to fill the new one.
+    let (ok, out, err) = cli(r.path(), &["describe", "stats", "--json"]);
+    assert!(ok, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (d["version"].as_u64(), d["training_version"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(d["serving_version"].as_u64(), Some(1));
+    assert!(
+        d["fill_command"]
+            .as_str()
+            .unwrap()
+            .contains("quiver ingest stats"),
+        "{d}"
+    );
+
     // Version 1 keeps training and serving.
     let out = training(&store, &["stats:rate", "stats:trips"]);
     assert_eq!(out["rate"].as_primitive::<Float64Type>().value(0), 0.1);
