@@ -268,7 +268,9 @@ fn ingest(dir: &Path) -> Result<u64> {
     Ok(stats.rows_stored)
 }
 
-fn retrieve(dir: &Path) -> Result<(usize, usize)> {
+/// The bench's training set: the labels Parquet file read once (its batches, not
+/// concatenated) and every feature of the view joined point in time.
+fn training_set(dir: &Path) -> Result<arrow::array::RecordBatch> {
     let view = bench_view();
     let store = OfflineStore::open(dir.join("offline"))?;
     let labels = quiver_offline::files::read_file(
@@ -286,34 +288,20 @@ fn retrieve(dir: &Path) -> Result<(usize, usize)> {
         timestamp_column: "event_timestamp".into(),
         views: vec![ViewRequest { view, features }],
     };
-    let out = runtime()?.block_on(store.historical(req))?;
+    Ok(runtime()?.block_on(store.historical(req))?)
+}
+
+fn retrieve(dir: &Path) -> Result<(usize, usize)> {
+    let out = training_set(dir)?;
     let matched = out.num_rows()
         - arrow::array::Array::null_count(out.column_by_name("f0").context("f0")?.as_ref());
     Ok((out.num_rows(), matched))
 }
 
-/// File to file, as `quiver historical` does it: the labels Parquet file read once (its
-/// batches, not concatenated), the retrieval, and the training set written as Parquet
-/// with the default options (Snappy, row groups and columns encoded in parallel).
+/// File to file, as `quiver historical` does it: [`training_set`], then the output
+/// written as Parquet with `options` (row groups and columns encoded in parallel).
 fn retrieve_to_file(dir: &Path, options: &quiver::io::ParquetOptions) -> Result<(usize, u64)> {
-    let view = bench_view();
-    let store = OfflineStore::open(dir.join("offline"))?;
-    let labels = quiver_offline::files::read_file(
-        &dir.join("labels.parquet"),
-        quiver_core::model::FileFormat::Parquet,
-        None,
-    )?;
-    let features = view
-        .features
-        .iter()
-        .map(|f| (f.name.clone(), f.name.clone()))
-        .collect();
-    let req = HistoricalRequest {
-        entities: labels,
-        timestamp_column: "event_timestamp".into(),
-        views: vec![ViewRequest { view, features }],
-    };
-    let out = runtime()?.block_on(store.historical(req))?;
+    let out = training_set(dir)?;
     let path = dir.join("training.parquet");
     let t = Instant::now();
     quiver::io::write_table_with(&path, &out, options)?;
