@@ -198,6 +198,18 @@ pub struct EarlierVersion {
     pub pushed_online: bool,
 }
 
+impl EarlierVersion {
+    /// Whether this version has offline data (it can train).
+    pub fn has_offline_data(&self) -> bool {
+        self.ingested_until.is_some()
+    }
+
+    /// Whether this version has online data (it can serve).
+    pub fn has_online_data(&self) -> bool {
+        self.materialized.is_some() || self.pushed_online
+    }
+}
+
 impl ViewRecord {
     /// Whether the declared version has offline data.
     pub fn has_offline_data(&self) -> bool {
@@ -229,8 +241,8 @@ impl ViewRecord {
         let mut need_offline = !self.has_offline_data();
         let mut need_online = !self.has_online_data();
         self.earlier.retain(|e| {
-            let offline = need_offline && e.ingested_until.is_some();
-            let online = need_online && (e.materialized.is_some() || e.pushed_online);
+            let offline = need_offline && e.has_offline_data();
+            let online = need_online && e.has_online_data();
             need_offline &= !offline;
             need_online &= !online;
             offline || online
@@ -381,7 +393,7 @@ impl RegistryState {
         if v.has_offline_data() {
             return self.resolved_view(name);
         }
-        match v.earlier.iter().find(|e| e.ingested_until.is_some()) {
+        match v.earlier.iter().find(|e| e.has_offline_data()) {
             Some(e) => Ok(self.earlier_view(v, e)),
             None => Err(Error::NoData(format!(
                 "feature view '{name}' has no offline data (version {}): run `quiver ingest \
@@ -399,11 +411,7 @@ impl RegistryState {
         if v.has_online_data() {
             return self.resolved_view(name);
         }
-        match v
-            .earlier
-            .iter()
-            .find(|e| e.materialized.is_some() || e.pushed_online)
-        {
+        match v.earlier.iter().find(|e| e.has_online_data()) {
             Some(e) => Ok(self.earlier_view(v, e)),
             None => self.resolved_view(name),
         }
