@@ -300,13 +300,14 @@ fn retrieve(dir: &Path) -> Result<(usize, usize)> {
 
 /// File to file, as `quiver historical` does it: [`training_set`], then the output
 /// written as Parquet with `options` (row groups and columns encoded in parallel).
-fn retrieve_to_file(dir: &Path, options: &quiver::io::ParquetOptions) -> Result<(usize, u64)> {
+/// Returns the rows, the output's size and the seconds the write took.
+fn retrieve_to_file(dir: &Path, options: &quiver::io::ParquetOptions) -> Result<(usize, u64, f64)> {
     let out = training_set(dir)?;
     let path = dir.join("training.parquet");
     let t = Instant::now();
     quiver::io::write_table_with(&path, &out, options)?;
-    eprintln!("write {:.3} s", t.elapsed().as_secs_f64());
-    Ok((out.num_rows(), std::fs::metadata(&path)?.len()))
+    let write = t.elapsed().as_secs_f64();
+    Ok((out.num_rows(), std::fs::metadata(&path)?.len(), write))
 }
 
 fn run_phase(
@@ -389,9 +390,9 @@ fn main() -> Result<()> {
                         format!("rows={rows} matched={matched}")
                     }
                     "file" => {
-                        let (rows, bytes) = retrieve_to_file(&dir, &options)?;
+                        let (rows, bytes, write) = retrieve_to_file(&dir, &options)?;
                         format!(
-                            "rows={rows} output={:.0}MiB",
+                            "rows={rows} output={:.0}MiB write={write:.2}s",
                             bytes as f64 / (1 << 20) as f64
                         )
                     }

@@ -353,27 +353,15 @@ fn write_parquet(
             offset += take;
         }
     }
-    // Every (row group, column) pair is one encoding task.
+    // Every (row group, column) pair is one encoding task, in file order. One column
+    // writer per leaf, and every column has one leaf (checked above).
     let ncols = schema.fields().len();
-    let tasks: Vec<(usize, usize)> = (0..groups.len())
-        .flat_map(|g| (0..ncols).map(move |c| (g, c)))
-        .collect();
-    let writers = (0..groups.len())
-        .map(|g| factory.create_column_writers(g))
-        .collect::<parquet::errors::Result<Vec<_>>>()?;
-    // One column writer per leaf, and every column has one leaf (checked above).
-    let mut slots: Vec<Option<parquet::arrow::arrow_writer::ArrowColumnWriter>> =
-        writers.into_iter().flatten().map(Some).collect();
-    let jobs: Vec<_> = tasks
-        .iter()
-        .map(|&(g, c)| {
-            (
-                g,
-                c,
-                slots[g * ncols + c].take().expect("one writer per task"),
-            )
-        })
-        .collect();
+    let mut jobs = Vec::with_capacity(groups.len() * ncols);
+    for g in 0..groups.len() {
+        for (c, w) in factory.create_column_writers(g)?.into_iter().enumerate() {
+            jobs.push((g, c, w));
+        }
+    }
     let chunks: Vec<ArrowColumnChunk> = jobs
         .into_par_iter()
         .map(|(g, c, mut w)| -> Result<ArrowColumnChunk> {

@@ -260,6 +260,13 @@ impl ViewRecord {
     }
 }
 
+/// Where a version's data is read from.
+#[derive(Clone, Copy)]
+enum Plane {
+    Offline,
+    Online,
+}
+
 /// A registered feature service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
@@ -389,32 +396,41 @@ impl RegistryState {
     /// offline data, else the newest earlier version that has, else an error naming the
     /// command that fills it.
     pub fn training_view(&self, name: &str) -> Result<ResolvedView> {
-        let v = self.view(name)?;
-        if v.has_offline_data() {
-            return self.resolved_view(name);
-        }
-        match v.earlier.iter().find(|e| e.has_offline_data()) {
-            Some(e) => Ok(self.earlier_view(v, e)),
-            None => Err(Error::NoData(format!(
-                "feature view '{name}' has no offline data (version {}): run `quiver ingest \
-                 {name}`",
-                v.version
-            ))),
-        }
+        self.version_with_data(name, Plane::Offline)?
+            .ok_or_else(|| {
+                Error::NoData(format!(
+                    "feature view '{name}' has no offline data (version {}): run `quiver \
+                     ingest {name}`",
+                    self.feature_views[name].version
+                ))
+            })
     }
 
     /// The version of view `name` online reads use: the declared one once it has
     /// online data, else the newest earlier version that has; the declared one when
     /// none has (its reads are MISSING).
     pub fn serving_view(&self, name: &str) -> Result<ResolvedView> {
-        let v = self.view(name)?;
-        if v.has_online_data() {
-            return self.resolved_view(name);
-        }
-        match v.earlier.iter().find(|e| e.has_online_data()) {
-            Some(e) => Ok(self.earlier_view(v, e)),
+        match self.version_with_data(name, Plane::Online)? {
+            Some(v) => Ok(v),
             None => self.resolved_view(name),
         }
+    }
+
+    /// The newest version of view `name` (declared, then earlier ones) with data in
+    /// `plane`.
+    fn version_with_data(&self, name: &str, plane: Plane) -> Result<Option<ResolvedView>> {
+        let v = self.view(name)?;
+        let has = |offline: bool, online: bool| match plane {
+            Plane::Offline => offline,
+            Plane::Online => online,
+        };
+        if has(v.has_offline_data(), v.has_online_data()) {
+            return self.resolved_view(name).map(Some);
+        }
+        Ok(v.earlier
+            .iter()
+            .find(|e| has(e.has_offline_data(), e.has_online_data()))
+            .map(|e| self.earlier_view(v, e)))
     }
 
     fn earlier_view(&self, v: &ViewRecord, e: &EarlierVersion) -> ResolvedView {
