@@ -75,18 +75,25 @@ fn online(store: &quiver::FeatureStore, feature: &str) -> (Value, FeatureStatus)
     (res.rows[0].values[0].clone(), res.rows[0].statuses[0])
 }
 
+/// A repository of `defs` over the source, applied, ingested and materialized up to
+/// t = 100 s.
+fn served(defs: &str) -> (Repo, quiver::FeatureStore) {
+    let r = Repo::new(defs);
+    write_source(&r);
+    let store = r.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    store.materialize_incremental(100 * S).block().unwrap();
+    (r, store)
+}
+
 fn version(store: &quiver::FeatureStore) -> u32 {
     store.state().unwrap().feature_views["stats"].version
 }
 
 #[test]
 fn appending_a_feature_keeps_the_data_and_the_version() {
-    let r = Repo::new(DEFS);
-    write_source(&r);
-    let store = r.store();
-    store.apply().block().unwrap();
-    store.ingest().block().unwrap();
-    store.materialize_incremental(100 * S).block().unwrap();
+    let (r, store) = served(DEFS);
 
     r.write(
         "features.yaml",
@@ -124,12 +131,7 @@ fn appending_a_feature_keeps_the_data_and_the_version() {
 #[test]
 fn a_changed_type_serves_the_previous_version_until_the_new_one_has_data() {
     let with_trips = format!("{DEFS}      - {{ name: trips, dtype: int32 }}\n");
-    let r = Repo::new(&with_trips);
-    write_source(&r);
-    let store = r.store();
-    store.apply().block().unwrap();
-    store.ingest().block().unwrap();
-    store.materialize_incremental(100 * S).block().unwrap();
+    let (r, store) = served(&with_trips);
 
     // int32 -> int64 changes how rows are stored: a new data version.
     r.write(
