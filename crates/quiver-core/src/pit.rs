@@ -40,9 +40,34 @@ pub struct Candidate {
 }
 
 /// Sorted, de-duplicated 64-bit integer keys; a key's group is its position.
+///
+/// When the keys are dense (their range at most [`DENSE_FACTOR`] times their number, as
+/// sequential ids are), a table from `key − min` to group answers
+/// each lookup with one memory access and no dependency on the previous lookup, so a
+/// scan of feature rows overlaps its cache misses.
 #[derive(Clone, Debug, Default)]
 pub struct IntKeyIndex {
     keys: Vec<i64>,
+    dense: Option<DenseTable>,
+}
+
+/// How much larger than the number of keys their range may be for a direct table.
+pub const DENSE_FACTOR: u64 = 4;
+
+/// Group by `key − min`, [`NO_GROUP`] for keys without labels.
+#[derive(Clone, Debug)]
+struct DenseTable {
+    min: i64,
+    groups: Vec<u32>,
+}
+
+impl DenseTable {
+    #[inline]
+    fn get(&self, k: i64) -> Option<u32> {
+        // Keys below `min` wrap to slots past the end.
+        let slot = usize::try_from(k.wrapping_sub(self.min) as u64).ok()?;
+        self.groups.get(slot).copied().filter(|&g| g != NO_GROUP)
+    }
 }
 
 impl IntKeyIndex {
@@ -50,7 +75,7 @@ impl IntKeyIndex {
     pub fn new(mut keys: Vec<i64>) -> Self {
         keys.par_sort_unstable();
         keys.dedup();
-        IntKeyIndex { keys }
+        IntKeyIndex::with_table(keys)
     }
 
     /// Builds the index from label keys and returns each label's group
@@ -72,7 +97,26 @@ impl IntKeyIndex {
             }
             groups[i as usize] = (uniq.len() - 1) as u32;
         }
-        (IntKeyIndex { keys: uniq }, groups)
+        (IntKeyIndex::with_table(uniq), groups)
+    }
+
+    /// The index of sorted, distinct `keys`, with a direct table when they are dense.
+    fn with_table(keys: Vec<i64>) -> Self {
+        let (Some(&min), Some(&max)) = (keys.first(), keys.last()) else {
+            return IntKeyIndex { keys, dense: None };
+        };
+        let range = max as i128 - min as i128 + 1;
+        if range > (keys.len() as u64 * DENSE_FACTOR).max(1024) as i128 {
+            return IntKeyIndex { keys, dense: None };
+        }
+        let mut groups = vec![NO_GROUP; range as usize];
+        for (g, &k) in keys.iter().enumerate() {
+            groups[(k - min) as usize] = g as u32;
+        }
+        IntKeyIndex {
+            keys,
+            dense: Some(DenseTable { min, groups }),
+        }
     }
 
     /// The number of groups.
@@ -87,7 +131,15 @@ impl IntKeyIndex {
 
     /// The group of `k`.
     pub fn get(&self, k: i64) -> Option<u32> {
+        if let Some(d) = &self.dense {
+            return d.get(k);
+        }
         self.keys.binary_search(&k).ok().map(|p| p as u32)
+    }
+
+    /// Whether lookups go through a direct table (see the type's doc).
+    pub fn is_dense(&self) -> bool {
+        self.dense.is_some()
     }
 
     /// The group of `k`, searching forward from `hint` (exponential search) when `k` is
@@ -95,6 +147,9 @@ impl IntKeyIndex {
     /// ascending keys (the offline store writes files sorted by key) cost O(log gap).
     #[inline]
     pub fn find_from(&self, k: i64, hint: &mut usize) -> Option<u32> {
+        if let Some(d) = &self.dense {
+            return d.get(k);
+        }
         let keys = &self.keys;
         let len = keys.len();
         let h = *hint;
@@ -241,7 +296,7 @@ impl LabelIndex {
             offsets.push(triples.len() as u32);
         }
         (
-            IntKeyIndex { keys: uniq },
+            IntKeyIndex::with_table(uniq),
             LabelIndex {
                 n_labels: keys.len(),
                 offsets,
@@ -333,6 +388,45 @@ mod tests {
         assert_eq!(a_labels.times, b_labels.times);
         let (idx, labels) = LabelIndex::from_int_labels(&[], &[], |_| true);
         assert!(idx.is_empty() && labels.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn dense_and_sorted_int_label_indexes_agree(
+            labels in prop::collection::vec((0i64..30, 0i64..20, any::<bool>()), 0..80),
+            spread in prop::sample::select(vec![1i64, 1 << 40]),
+            probes in prop::collection::vec(-5i64..35, 0..40),
+        ) {
+            // `spread` 1 keeps the keys dense (a direct table), 2^40 makes them sparse.
+            let keys: Vec<i64> = labels.iter().map(|l| l.0 * spread - 7).collect();
+            let times: Vec<i64> = labels.iter().map(|l| l.1).collect();
+            let valid = |i: usize| labels[i].2;
+            let (idx, index) = LabelIndex::from_int_labels(&keys, &times, valid);
+            let mut uniq: Vec<i64> = (0..keys.len()).filter(|&i| valid(i)).map(|i| keys[i]).collect();
+            uniq.sort_unstable();
+            uniq.dedup();
+            let dense = match (uniq.first(), uniq.last()) {
+                (Some(&a), Some(&b)) => (b - a + 1) as u64 <= (uniq.len() as u64 * DENSE_FACTOR).max(1024),
+                _ => false,
+            };
+            prop_assert_eq!(idx.is_dense(), dense);
+            // Sparse keys with more than one distinct value never get a table.
+            prop_assert!(!(spread > 1 && uniq.len() > 1 && idx.is_dense()));
+            let (b_idx, groups) = IntKeyIndex::from_labels(&keys, valid);
+            let b_index = LabelIndex::new(&groups, &times, b_idx.len());
+            prop_assert_eq!(&idx.keys, &b_idx.keys);
+            prop_assert_eq!(&index.offsets, &b_index.offsets);
+            prop_assert_eq!(&index.order, &b_index.order);
+            prop_assert_eq!(&index.times, &b_index.times);
+            let mut hint = 0;
+            for p in probes {
+                let k = p * spread - 7;
+                prop_assert_eq!(idx.find_from(k, &mut hint), b_idx.get(k));
+                prop_assert_eq!(idx.get(k), b_idx.get(k));
+            }
+            prop_assert_eq!(idx.get(i64::MIN), None);
+            prop_assert_eq!(idx.get(i64::MAX), None);
+        }
     }
 
     #[test]

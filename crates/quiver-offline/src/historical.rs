@@ -96,6 +96,9 @@ fn scatter<'a, T: ArrowPrimitiveType>(
     ))
 }
 
+/// Rows per block of the first pass (see there).
+const PASS1_BLOCK: usize = 256;
+
 enum KeyLookup {
     Int(IntKeyIndex),
     Bytes(BytesKeyIndex),
@@ -254,41 +257,53 @@ fn view_columns(
             let mut row0: u64 = 0;
             let mut hint = 0usize;
             let mut buf = Vec::new();
+            // Rows go in blocks: first every row's group, then the label check. Lookups
+            // of one block do not depend on each other, so their cache misses overlap.
+            let mut block = [NO_GROUP; PASS1_BLOCK];
             for b in batches {
                 let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
                 let created = b
                     .column(nkeys + 1)
                     .as_primitive::<TimestampMicrosecondType>();
-                let int_keys = match &lookup {
-                    KeyLookup::Int(_) => Some(b.column(0).as_primitive::<Int64Type>().values()),
-                    KeyLookup::Bytes(_) => None,
-                };
-                for r in 0..b.num_rows() {
-                    let group = match &lookup {
+                let rows = b.num_rows();
+                for start in (0..rows).step_by(PASS1_BLOCK) {
+                    let end = (start + PASS1_BLOCK).min(rows);
+                    let groups = &mut block[..end - start];
+                    match &lookup {
                         KeyLookup::Int(idx) => {
-                            idx.find_from(int_keys.expect("int keys")[r], &mut hint)
+                            let keys =
+                                &b.column(0).as_primitive::<Int64Type>().values()[start..end];
+                            for (g, &k) in groups.iter_mut().zip(keys) {
+                                *g = idx.find_from(k, &mut hint).unwrap_or(NO_GROUP);
+                            }
                         }
                         KeyLookup::Bytes(idx) => {
-                            buf.clear();
-                            for k in 0..nkeys {
-                                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+                            for (g, r) in groups.iter_mut().zip(start..end) {
+                                buf.clear();
+                                for k in 0..nkeys {
+                                    encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+                                }
+                                *g = idx.get(&buf).unwrap_or(NO_GROUP);
                             }
-                            idx.get(&buf)
                         }
-                    };
-                    let Some(group) = group else { continue };
-                    let t = ts.value(r);
-                    if label_index.may_match(group, t, ttl) {
-                        out.push(Candidate {
-                            group,
-                            ts: t,
-                            created: if created.is_null(r) {
-                                NO_CREATED
-                            } else {
-                                created.value(r)
-                            },
-                            loc: ((fi as u64) << 32) | (row0 + r as u64),
-                        });
+                    }
+                    for (&group, r) in groups.iter().zip(start..end) {
+                        if group == NO_GROUP {
+                            continue;
+                        }
+                        let t = ts.value(r);
+                        if label_index.may_match(group, t, ttl) {
+                            out.push(Candidate {
+                                group,
+                                ts: t,
+                                created: if created.is_null(r) {
+                                    NO_CREATED
+                                } else {
+                                    created.value(r)
+                                },
+                                loc: ((fi as u64) << 32) | (row0 + r as u64),
+                            });
+                        }
                     }
                 }
                 row0 += b.num_rows() as u64;
