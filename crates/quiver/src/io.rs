@@ -29,8 +29,8 @@ pub fn write_table(path: impl AsRef<Path>, batch: &RecordBatch) -> Result<()> {
     write_table_with(path, batch, &ParquetOptions::default())
 }
 
-/// [`write_table`] with the given Parquet options (codec, row-group size); row groups
-/// and columns are encoded in parallel.
+/// [`write_table`] with the given Parquet options (codec, row-group size); each row
+/// group's columns are encoded in parallel while the previous group is written.
 pub fn write_table_with(
     path: impl AsRef<Path>,
     batch: &RecordBatch,

@@ -1,6 +1,7 @@
 //! Integration tests of quiver-offline: source files through the registry's inference,
 //! normalization, ingest and historical retrieval.
 
+mod bad_files;
 mod csv_keys;
 mod parquet_out;
 mod time_rounding;

@@ -1,5 +1,6 @@
-//! Parquet output: row groups and columns encoded in parallel read back as written, in
-//! order, with the codec and row-group size asked for.
+//! Parquet output: row groups encoded column by column in parallel and written as they
+//! finish read back as written, in order, with the codec, row-group size and
+//! statistics asked for.
 
 use std::sync::Arc;
 
@@ -66,6 +67,12 @@ fn parallel_row_groups_read_back_in_order() {
             .iter()
             .take(3)
             .all(|g| g.num_rows() == 1_000));
+        // Chunk statistics for keys and text (what readers filter on), none for floats.
+        for g in meta.row_groups() {
+            assert!(g.column(0).statistics().is_some(), "{codec}: id");
+            assert!(g.column(1).statistics().is_none(), "{codec}: x");
+            assert!(g.column(2).statistics().is_some(), "{codec}: s");
+        }
         // (The file records the codec, not its level.)
         assert_eq!(
             std::mem::discriminant(&meta.row_group(0).column(1).compression()),
