@@ -84,8 +84,8 @@ enum Command {
         /// Parquet output codec: snappy (default), zstd, zstd(LEVEL) or none.
         #[arg(long, default_value = "snappy")]
         compression: String,
-        /// Parquet output rows per row group (row groups and columns are encoded in
-        /// parallel).
+        /// Parquet output rows per row group (a group's columns are encoded in parallel
+        /// while the previous group is written).
         #[arg(long, default_value_t = 1 << 20)]
         row_group_size: usize,
     },
@@ -145,9 +145,9 @@ enum Command {
         #[arg(long)]
         no_grpc: bool,
         /// Largest number of entity rows per request (default: serving.max_entity_rows
-        /// in quiver.yaml, 1000).
-        #[arg(long)]
-        max_entity_rows: Option<usize>,
+        /// in quiver.yaml, 1000; at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max_entity_rows: Option<u64>,
     },
 }
 
@@ -244,10 +244,17 @@ async fn serve(
             })
             .map_err(|_| quiver::Error::Invalid(format!("--host {host:?} is not an address")))
     };
+    let serving = &store.config().serving;
+    let micros = |d: quiver::Duration| std::time::Duration::from_micros(d.micros().max(0) as u64);
     let options = quiver_server::ServeOptions {
         http: addr(port)?,
         grpc: grpc_port.map(addr).transpose()?,
         max_entity_rows,
+        limits: quiver_server::ConnectionLimits {
+            header_timeout: micros(serving.header_timeout),
+            body_timeout: micros(serving.body_timeout),
+            max_connections: serving.max_connections,
+        },
         ..Default::default()
     };
     {
@@ -466,7 +473,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &host,
                 port,
                 (!no_grpc).then_some(grpc_port),
-                max_entity_rows,
+                max_entity_rows.map(|n| n as usize),
             )
             .await?
         }

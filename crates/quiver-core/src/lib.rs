@@ -13,11 +13,13 @@
 //! * [`encoding`] — entity-key and row encodings shared by every online backend.
 //! * [`value`] — a typed scalar for online results.
 //! * [`names`] — did-you-mean suggestions for misspelt names.
+//! * [`fault`] — crash points for fault-injection tests.
 
 pub mod contract;
 pub mod dtype;
 pub mod encoding;
 pub mod error;
+pub mod fault;
 pub mod model;
 pub mod names;
 pub mod pit;

@@ -23,6 +23,19 @@ pub const MICROS_PER_SECOND: i64 = 1_000_000;
 /// Microseconds per day.
 pub const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
 
+/// The earliest time quiver stores: 0001-01-01T00:00:00Z. Times before it (or after
+/// [`MAX_TIMESTAMP`]) are errors at ingest, push and in entity rows: years outside
+/// 1–9999 are no event's time, and tables, dates and other readers (Spark, Delta) do
+/// not represent them.
+pub const MIN_TIMESTAMP: Timestamp = -62_135_596_800 * MICROS_PER_SECOND;
+/// The latest time quiver stores: 9999-12-31T23:59:59.999999Z.
+pub const MAX_TIMESTAMP: Timestamp = 253_402_300_800 * MICROS_PER_SECOND - 1;
+
+/// Whether `t` lies in [`MIN_TIMESTAMP`]..=[`MAX_TIMESTAMP`].
+pub fn in_range(t: Timestamp) -> bool {
+    (MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&t)
+}
+
 /// The current wall-clock time as a [`Timestamp`].
 pub fn now() -> Timestamp {
     Utc::now().timestamp_micros()
@@ -276,19 +289,32 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Int(i64),
-            Str(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: a number and a unit (ms, s, m, h, d, w), e.g. 90s, 30m, 2h, 1d, 4w, or 0")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<Duration, E> {
+                if n == 0 {
+                    Ok(Duration::ZERO)
+                } else {
+                    Err(E::custom(format!(
+                        "invalid duration {n}: give a unit, e.g. {n}s or {n}d"
+                    )))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<Duration, E> {
+                match i64::try_from(n) {
+                    Ok(n) => self.visit_i64(n),
+                    Err(_) => Err(E::custom(format!("invalid duration {n}: too large"))),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Duration, E> {
+                Duration::parse(s).map_err(E::custom)
+            }
         }
-        match Repr::deserialize(d)? {
-            Repr::Int(0) => Ok(Duration::ZERO),
-            Repr::Int(n) => Err(serde::de::Error::custom(format!(
-                "invalid duration {n}: give a unit, e.g. {n}s or {n}d"
-            ))),
-            Repr::Str(s) => Duration::parse(&s).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 

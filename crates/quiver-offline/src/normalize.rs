@@ -20,7 +20,7 @@ use quiver_core::dtype::{timestamp_type, DType};
 use quiver_core::model::{JoinKey, ResolvedView};
 pub use quiver_core::time::Rounding;
 use quiver_core::time::{
-    day_of, parse_timestamp, parse_timestamp_nanos, round_micros, MICROS_PER_DAY,
+    self as time, day_of, parse_timestamp, parse_timestamp_nanos, round_micros, MICROS_PER_DAY,
 };
 
 use crate::files::is_plain_integer;
@@ -168,6 +168,16 @@ fn to_timestamps_nanos(
     if required && out.null_count() > 0 {
         let row = (0..out.len()).find(|&i| out.is_null(i)).unwrap_or(0);
         return Err(origin.err(row, name, "timestamp is null"));
+    }
+    if let Some(row) = (0..out.len()).find(|&i| out.is_valid(i) && !time::in_range(out.value(i))) {
+        return Err(origin.err(
+            row,
+            name,
+            format!(
+                "time {} µs since the epoch is outside the years 1–9999 quiver stores",
+                out.value(row)
+            ),
+        ));
     }
     Ok((out.with_timezone("UTC"), sub))
 }

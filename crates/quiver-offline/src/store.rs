@@ -226,6 +226,7 @@ impl OfflineStore {
             return Ok(stats);
         }
         let mut table = self.load_or_create(view).await?;
+        quiver_core::fault::crash_point("ingest.after_create");
         let ts_idx = view.join_keys.len();
         let mut touched = BTreeSet::new();
         for b in &new {
@@ -335,6 +336,7 @@ impl OfflineStore {
             predicate: (!replaced.is_empty())
                 .then(|| format!("{EVENT_DATE} IN ('{}')", days.join("', '"))),
         };
+        quiver_core::fault::crash_point("ingest.before_commit");
         let committed = CommitBuilder::default()
             .with_actions(actions)
             .build(Some(table.snapshot()?), table.log_store(), op)

@@ -88,6 +88,7 @@ use datafusion_sql::parser::DFParser;
 use datafusion_sql::planner::{ParserOptions, PlannerContext, SqlToRel};
 use datafusion_sql::sqlparser::ast::{visit_expressions, Expr as SqlExpr};
 use datafusion_sql::sqlparser::dialect::GenericDialect;
+use datafusion_sql::sqlparser::tokenizer::{Token, Tokenizer};
 use quiver_core::dtype::DType;
 use quiver_core::model::{OnDemandFeature, OnDemandFeatureView};
 use quiver_core::names::suggest;
@@ -121,7 +122,14 @@ pub enum ExprErrorKind {
     Cast,
     /// A construct an on-demand expression cannot use (an alias, a subquery…).
     Unsupported,
+    /// More than [`MAX_EXPR_TOKENS`] tokens.
+    TooLarge,
 }
+
+/// The most tokens (names, literals, operators, parentheses) an on-demand expression
+/// may have. It bounds the depth of the expression's tree, which every step from
+/// parsing to evaluation walks recursively; a 100-term formula fits.
+pub const MAX_EXPR_TOKENS: usize = 256;
 
 /// A problem with one feature of an on-demand feature view.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -400,6 +408,31 @@ fn plan_feature(
     };
     if f.expr.trim().is_empty() {
         return Err(err(ExprErrorKind::Syntax, "the expression is empty".into()));
+    }
+    // Parsing, planning, evaluating and dropping an expression recurse once per level
+    // of its tree, and a chain of N operators is N levels deep: bounding the tokens
+    // bounds the depth, so no expression can exhaust a thread's stack.
+    let tokens = Tokenizer::new(&GenericDialect {}, &f.expr)
+        .tokenize()
+        .map_err(|e| {
+            err(
+                ExprErrorKind::Syntax,
+                format!("syntax error in {:?}: {e}", f.expr),
+            )
+        })?;
+    let n = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .count();
+    if n > MAX_EXPR_TOKENS {
+        return Err(err(
+            ExprErrorKind::TooLarge,
+            format!(
+                "the expression has {n} tokens (names, literals, operators, parentheses), \
+                 more than the {MAX_EXPR_TOKENS} an on-demand feature may have: split it \
+                 into several features"
+            ),
+        ));
     }
     let parsed =
         DFParser::parse_sql_into_expr_with_dialect(&f.expr, &GenericDialect {}).map_err(|e| {

@@ -614,3 +614,51 @@ fn compiled_views_are_shareable_across_threads() {
         .iter()
         .all(|r| r == &zip_map(&CONV, &DIST, |c, d| c * d)));
 }
+
+/// `conv_rate + conv_rate + …` with `terms` terms: a tree as deep as it is long.
+fn chain(terms: usize) -> String {
+    vec!["conv_rate"; terms].join(" + ")
+}
+
+#[test]
+fn expressions_beyond_the_token_bound_are_rejected_not_a_stack_overflow() {
+    for terms in [800, 3_000, 50_000] {
+        let e = one_error(&chain(terms), "float64");
+        assert_eq!(e.kind, ExprErrorKind::TooLarge, "{terms} terms");
+        assert!(
+            e.message.contains(&format!("{} tokens", 2 * terms - 1))
+                && e.message.contains(&MAX_EXPR_TOKENS.to_string()),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn the_largest_expression_allowed_compiles_and_evaluates_on_a_small_stack() {
+    // The deepest tree the bound admits, on a thread with a tokio worker's 2 MiB stack
+    // and this unoptimized test build's larger frames: compiling, evaluating and
+    // dropping it must fit.
+    let terms = MAX_EXPR_TOKENS.div_ceil(2);
+    let expr = chain(terms);
+    let got = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let odfv = compile(&[("f", "float64", &expr)]);
+            let out = odfv.evaluate(&batch()).unwrap();
+            out[0]
+                .as_primitive::<Float64Type>()
+                .iter()
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    let want: Vec<Option<f64>> = CONV.iter().map(|c| c.map(|c| c * terms as f64)).collect();
+    for (g, w) in got.iter().zip(&want) {
+        match (g, w) {
+            (Some(g), Some(w)) => assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{g} {w}"),
+            _ => assert_eq!(g, w),
+        }
+    }
+}

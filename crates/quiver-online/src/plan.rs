@@ -664,9 +664,23 @@ fn describe(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::String(s) => format!("the string {s:?}"),
         Value::Bool(b) => format!("the boolean {b}"),
-        Value::Float32(_) | Value::Float64(_) => format!("the number {v}"),
+        Value::Float32(x) => describe_float(f64::from(*x)),
+        Value::Float64(x) => describe_float(*x),
         Value::List(_) => "a list".into(),
         other => format!("{other}"),
+    }
+}
+
+/// A floating-point number as sent (`1001.0`, not `1001`), with a hint when it is a
+/// whole number: JSON keeps `1001` and `1001.0` apart, and integer keys take the former.
+fn describe_float(x: f64) -> String {
+    if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 {
+        format!(
+            "the floating-point number {x:?} (send integer keys without a decimal point: {})",
+            x as i64
+        )
+    } else {
+        format!("the floating-point number {x:?}")
     }
 }
 

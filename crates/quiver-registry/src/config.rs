@@ -68,9 +68,45 @@ pub struct ServingConfig {
     /// The cache's memory bound in bytes (default 64 MiB).
     #[serde(default = "default_cache_bytes")]
     pub cache_max_bytes: u64,
-    /// The most entity rows one request may ask for (default 1000).
-    #[serde(default = "default_max_entity_rows")]
+    /// The most entity rows one request may ask for (default 1000, at least 1).
+    #[serde(default = "default_max_entity_rows", deserialize_with = "at_least_one")]
     pub max_entity_rows: usize,
+    /// How long the server waits for a request's headers (default `10s`). On a
+    /// kept-alive connection the wait starts after the previous response, so this is
+    /// also how long an idle connection stays open.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// How long the server waits for a request's body once its headers arrived
+    /// (default `30s`); a slower body is answered 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Duration,
+    /// Open HTTP connections at most (default 1024); further clients wait in the
+    /// listen backlog until one closes.
+    #[serde(default = "default_max_connections", deserialize_with = "at_least_one")]
+    pub max_connections: usize,
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+/// A count that must be positive (0 would refuse every request).
+fn at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    let n = <usize as Deserialize>::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom(
+            "must be at least 1 (0 would refuse every request or connection)",
+        ));
+    }
+    Ok(n)
 }
 
 fn default_cache_bytes() -> u64 {
@@ -87,6 +123,9 @@ impl Default for ServingConfig {
             cache_ttl: None,
             cache_max_bytes: default_cache_bytes(),
             max_entity_rows: default_max_entity_rows(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -215,6 +254,22 @@ mod tests {
                 .unwrap();
         assert_eq!(cfg.serving.cache_ttl, Some(Duration::parse("5s").unwrap()));
         assert_eq!(cfg.serving.max_entity_rows, 50);
+        assert_eq!(cfg.serving.header_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.serving.max_connections, 1024);
+        let cfg = RepoConfig::parse(
+            "project: p\nserving: { header_timeout: 2s, body_timeout: 500ms, max_connections: 64 }\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.serving.header_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.serving.body_timeout, Duration::from_micros(500_000));
+        assert_eq!(cfg.serving.max_connections, 64);
+        let e = RepoConfig::parse("project: p\nserving:\n  max_entity_rows: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("quiver.yaml:3") && e.contains("must be at least 1"),
+            "{e}"
+        );
         assert_eq!(cfg.serving.cache_max_bytes, 64 << 20);
         assert_eq!(
             RepoConfig::parse("project: p\n").unwrap().serving.cache_ttl,

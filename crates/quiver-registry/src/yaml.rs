@@ -28,7 +28,7 @@ impl YamlError {
 
 /// Parses `text` into `T`; unknown fields, duplicate keys and wrong types are errors.
 pub(crate) fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    serde_saphyr::from_str(text).map_err(|e| {
+    serde_saphyr::from_str(without_bom(text)).map_err(|e| {
         let (line, column) = e.location().map(position).unwrap_or_default();
         let message = Messages.format_message(e.without_snippet());
         YamlError {
@@ -44,7 +44,13 @@ pub(crate) fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> 
 /// at a text the strict parse rejected.
 pub(crate) fn from_str_lenient<T: DeserializeOwned>(text: &str) -> Option<T> {
     let options = serde_saphyr::options! { duplicate_keys: DuplicateKeyPolicy::LastWins };
-    serde_saphyr::from_str_with_options(text, options).ok()
+    serde_saphyr::from_str_with_options(without_bom(text), options).ok()
+}
+
+/// `text` without a leading UTF-8 byte-order mark, which editors on Windows write and
+/// which is no part of the YAML.
+fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// The 1-based line and column of `loc`, when known.

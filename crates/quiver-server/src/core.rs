@@ -20,6 +20,8 @@ pub enum ApiCode {
     NotFound,
     PayloadTooLarge,
     MethodNotAllowed,
+    /// The client did not send its request in time.
+    Timeout,
     Unavailable,
     Internal,
 }
@@ -32,6 +34,7 @@ impl ApiCode {
             ApiCode::NotFound => "NOT_FOUND",
             ApiCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ApiCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiCode::Timeout => "REQUEST_TIMEOUT",
             ApiCode::Unavailable => "UNAVAILABLE",
             ApiCode::Internal => "INTERNAL",
         }
@@ -45,6 +48,7 @@ impl ApiCode {
             ApiCode::NotFound => S::NOT_FOUND,
             ApiCode::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             ApiCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            ApiCode::Timeout => S::REQUEST_TIMEOUT,
             ApiCode::Unavailable => S::SERVICE_UNAVAILABLE,
             ApiCode::Internal => S::INTERNAL_SERVER_ERROR,
         }
@@ -57,6 +61,7 @@ impl ApiCode {
             ApiCode::InvalidArgument | ApiCode::MethodNotAllowed => C::InvalidArgument,
             ApiCode::NotFound => C::NotFound,
             ApiCode::PayloadTooLarge => C::ResourceExhausted,
+            ApiCode::Timeout => C::DeadlineExceeded,
             ApiCode::Unavailable => C::Unavailable,
             ApiCode::Internal => C::Internal,
         }
@@ -138,6 +143,8 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// How often the registry file is checked for changes.
     pub reload_interval: std::time::Duration,
+    /// Timeouts and the connection limit of the HTTP listener.
+    pub limits: crate::http::ConnectionLimits,
 }
 
 impl Default for ServeOptions {
@@ -148,6 +155,7 @@ impl Default for ServeOptions {
             max_entity_rows: 1000,
             max_body_bytes: 4 << 20,
             reload_interval: std::time::Duration::from_millis(500),
+            limits: Default::default(),
         }
     }
 }
@@ -435,14 +443,12 @@ impl Server {
             })?;
         let http_addr = listener.local_addr().expect("bound");
         let app = crate::http::router(state.clone());
-        let mut rx_http = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx_http.wait_for(|s| *s).await;
-                })
-                .await;
-        }));
+        tasks.push(tokio::spawn(crate::http::serve(
+            listener,
+            app,
+            options.limits,
+            rx.clone(),
+        )));
 
         let grpc_addr = match options.grpc {
             Some(addr) => {

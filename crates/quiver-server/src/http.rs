@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -61,9 +62,30 @@ fn finish(state: &ServerState, endpoint: &'static str, started: Instant, r: Resp
     r
 }
 
-async fn get_online_features(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
+/// The request body, or the JSON error the API promises when it could not be read (too
+/// large, cut short), instead of axum's plain-text rejection.
+fn body_of(state: &ServerState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ApiCode::PayloadTooLarge,
+                format!(
+                    "the request body is larger than the {} bytes allowed",
+                    state.options.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })
+}
+
+async fn get_online_features(
+    State(state): State<Arc<ServerState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
-    let r = match parse(&body) {
+    let r = match body_of(&state, body).and_then(|b| parse(&b)) {
         Ok(req) => match state.read(req).await {
             Ok(served) => {
                 let mut body = Vec::with_capacity(256 + served.size_hint());
@@ -80,9 +102,12 @@ async fn get_online_features(State(state): State<Arc<ServerState>>, body: Bytes)
     finish(&state, "get_online_features", started, r)
 }
 
-async fn push(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
+async fn push(
+    State(state): State<Arc<ServerState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
-    let r = match parse(&body) {
+    let r = match body_of(&state, body).and_then(|b| parse(&b)) {
         Ok(req) => match state.push(req).await {
             Ok(resp) => json_response(&resp),
             Err(e) => e.into_response(),
@@ -184,6 +209,134 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/registry/{kind}/{name}", get(registry_get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Connection limits of the HTTP listener (`serving:` in `quiver.yaml`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request's headers must arrive within this time of the server starting to wait
+    /// for them. On a kept-alive connection the wait starts after the previous
+    /// response, so this is also how long an idle connection stays open. Zero: none.
+    pub header_timeout: std::time::Duration,
+    /// A request's body must arrive within this time of its headers. Zero: none.
+    pub body_timeout: std::time::Duration,
+    /// Open connections at most; further clients wait in the listen backlog until one
+    /// closes.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Reads the whole request body within `body_timeout` and at most `max_body_bytes`,
+/// answering 408 or 413 with the API's JSON error otherwise; the handlers then take
+/// the buffered body.
+async fn read_body(
+    State(state): State<Arc<ServerState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = state.options.max_body_bytes;
+    let timeout = state.options.limits.body_timeout;
+    // Zero: no timeout.
+    let timeout = if timeout.is_zero() {
+        std::time::Duration::MAX
+    } else {
+        timeout
+    };
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(e)) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut too_large = false;
+            while let Some(c) = cause {
+                too_large |= c.is::<http_body_util::LengthLimitError>();
+                cause = c.source();
+            }
+            if too_large {
+                ApiError::new(
+                    ApiCode::PayloadTooLarge,
+                    format!("the request body is larger than the {limit} bytes allowed"),
+                )
+                .into_response()
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {e}")).into_response()
+            }
+        }
+        Err(_) => ApiError::new(
+            ApiCode::Timeout,
+            format!(
+                "the request body did not arrive within {} ms (serving.body_timeout)",
+                timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true: HTTP/1.1 with the header
+/// timeout and connection limit of `limits` (the body timeout is [`read_body`]'s).
+/// Connections in flight at shutdown finish their requests.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout((!limits.header_timeout.is_zero()).then_some(limits.header_timeout));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = stopped(&mut shutdown) => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: wait for connections to close.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // Timeouts and clients going away end connections with an error: routine.
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
 }

@@ -27,3 +27,4 @@ mod metrics;
 mod push;
 
 pub use self::core::{ApiCode, ApiError, ServeOptions, Server, ServerState};
+pub use self::http::ConnectionLimits;

@@ -44,5 +44,5 @@ pub use online::{OnlineBuilder, OnlineResult, OnlineRow};
 pub use quiver_core::{DType, Duration, FeatureStatus, Timestamp, Value};
 pub use quiver_online::{Columns, ReadPlan, Vectors};
 pub use snapshot::Snapshot;
-pub use store::{blocking, FeatureStore, OnlineBackend};
+pub use store::{blocking, FeatureStore, OnlineBackend, REGISTRY_RECHECK};
 pub use write::{NoProgress, Progress};

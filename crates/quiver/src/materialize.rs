@@ -113,11 +113,19 @@ impl MaterializeBuilder {
         let end = self.end;
         let view = self.store.state()?.resolved_view(name)?;
         let offline = self.store.offline();
-        if !offline.exists(&view) {
-            return Err(Error::Invalid(format!(
-                "feature view '{name}' has no offline data yet: run `quiver ingest {name}` \
+        // A table without data files (a first ingest stopped before its commit) is
+        // reported like a missing one: no high-water mark moves over data not there.
+        let exists = offline.exists(&view);
+        if !exists || offline.data_files(&view).await?.is_empty() {
+            let why = if exists {
+                " (its table is empty: an ingest that did not finish?)"
+            } else {
+                " yet"
+            };
+            return Err(Error::Registry(quiver_registry::Error::NoData(format!(
+                "feature view '{name}' has no offline data{why}: run `quiver ingest {name}` \
                  before materializing"
-            )));
+            ))));
         }
         // The version read is recorded, so that the next incremental run also reads
         // every file committed after it (corrections, late rows).
@@ -171,6 +179,7 @@ impl MaterializeBuilder {
             keys,
             written,
         };
+        quiver_core::fault::crash_point("materialize.before_state");
         let name = name.to_string();
         self.store
             .update_state(move |s| {

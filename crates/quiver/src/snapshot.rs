@@ -74,6 +74,27 @@ impl Snapshot {
         Ok(plan)
     }
 
+    /// Compiles the read plan of every feature service and of every on-demand view's
+    /// features (kept for later reads): a registry that cannot serve is an error here,
+    /// before it replaces one that can.
+    pub(crate) fn check(&self) -> Result<()> {
+        for name in self.state.feature_services.keys() {
+            self.plan(Some(name), &[], false)?;
+        }
+        for (name, odfv) in &self.state.on_demand_feature_views {
+            let features: Vec<String> = odfv
+                .def
+                .features
+                .iter()
+                .map(|f| format!("{name}:{}", f.name))
+                .collect();
+            if !features.is_empty() {
+                self.plan(None, &features, false)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The registry serial.
     pub fn serial(&self) -> u64 {
         self.state.serial

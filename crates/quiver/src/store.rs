@@ -47,6 +47,9 @@ struct Inner {
     offline: OfflineStore,
     online: OnceCell<Arc<dyn OnlineStore>>,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
+    /// The stamp of a registry file that loaded but could not serve (see
+    /// [`Snapshot::check`]): not tried again until the file changes.
+    rejected: std::sync::Mutex<Stamp>,
     /// When the registry file was last looked at, in µs since `epoch`.
     checked: AtomicU64,
     epoch: Instant,
@@ -142,6 +145,7 @@ impl FeatureStore {
                 offline,
                 online: OnceCell::new(),
                 snapshot: RwLock::new(None),
+                rejected: std::sync::Mutex::new(None),
                 checked: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
@@ -221,9 +225,22 @@ impl FeatureStore {
             if c.stamp == stamp {
                 return Ok(c.clone());
             }
+            if stamp.is_some() && *self.inner.rejected.lock().expect("not poisoned") == stamp {
+                return Err(Error::Invalid(
+                    "the registry file changed but was rejected (see the earlier warning)".into(),
+                ));
+            }
         }
         let state = self.inner.registry.load_required()?;
         let next = Arc::new(Snapshot::new(state, stamp));
+        // A registry replacing one in use must serve everything it declares; the first
+        // one loads as it is (a plan that does not compile fails only its own reads).
+        if current.is_some() {
+            if let Err(e) = next.check() {
+                *self.inner.rejected.lock().expect("not poisoned") = stamp;
+                return Err(e);
+            }
+        }
         *self.inner.snapshot.write().expect("not poisoned") = Some(next.clone());
         Ok(next)
     }

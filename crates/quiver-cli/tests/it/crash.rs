@@ -1,5 +1,6 @@
 //! A materialization killed mid-way leaves the online store readable with the previous
-//! committed values; a rerun completes.
+//! committed values; a rerun completes. An ingest killed before its first commit
+//! leaves an empty table that materialization reports instead of skipping it.
 
 use quiver::testing::Block;
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Float64Array, Int64Array};
 use quiver::{FeatureStatus, Value};
 
-use crate::common::{quiver_bin, ts, Repo};
+use crate::common::{cli, quiver_bin, ts, Repo};
 
 const KEYS: i64 = 300_000;
 const HOUR: i64 = 3_600_000_000;
@@ -104,4 +105,62 @@ fn killed_materialization_leaves_previous_state_readable() {
     store.materialize(0, 4 * HOUR).block().unwrap();
     assert_eq!(value_of(&repo, 0), Some(2.0));
     assert_eq!(value_of(&repo, KEYS - 1), Some(2.0));
+}
+
+/// The first ingest of a view stops at `point` (as a kill -9 there would stop it),
+/// leaving an offline table without data.
+fn crash_first_ingest(repo: &Repo, point: &str) {
+    let out = std::process::Command::new(quiver_bin())
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("ingest")
+        .env(quiver_core::fault::CRASH_AT_VAR, point)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{point}: the ingest was stopped");
+    assert!(
+        repo.path().join("data/offline").exists(),
+        "{point}: the run got as far as creating the offline table"
+    );
+}
+
+#[test]
+fn killed_first_ingest_is_reported_and_the_reingest_materialized_in_full() {
+    const N: i64 = 2_000;
+    for point in ["ingest.after_create", "ingest.before_commit"] {
+        let repo = Repo::new(
+            "entities: [{ name: e, join_keys: [k] }]\n\
+             sources: [{ name: s, type: file, path: data/s.parquet, timestamp_field: t }]\n\
+             feature_views: [{ name: v, entities: [e], source: s, features: [{ name: x, dtype: float64 }] }]\n",
+        );
+        repo.parquet(
+            "data/s.parquet",
+            vec![
+                ("k", Arc::new(Int64Array::from_iter_values(0..N))),
+                ("t", ts(vec![HOUR; N as usize])),
+                ("x", Arc::new(Float64Array::from(vec![1.0; N as usize]))),
+            ],
+        );
+        let store = repo.store();
+        store.apply().block().unwrap();
+        crash_first_ingest(&repo, point);
+
+        // The empty table is reported, and no high-water mark moves over it.
+        let (ok, out, err) = cli(repo.path(), &["materialize-incremental"]);
+        assert!(!ok, "{point}: materializing an empty table fails\n{out}");
+        assert!(
+            err.contains("feature view 'v'") && err.contains("quiver ingest v"),
+            "{point}: {err}"
+        );
+        assert_eq!(store.state().unwrap().feature_views["v"].materialized, None);
+
+        // After a successful ingest every key is materialized.
+        let (ok, _, err) = cli(repo.path(), &["ingest"]);
+        assert!(ok, "{point}: {err}");
+        let (ok, _, err) = cli(repo.path(), &["materialize-incremental"]);
+        assert!(ok, "{point}: {err}");
+        for k in (0..N).step_by(97).chain([N - 1]) {
+            assert_eq!(value_of(&repo, k), Some(1.0), "{point}: key {k}");
+        }
+    }
 }

@@ -207,6 +207,60 @@ fn corrupt_source_file_is_named() {
     assert!(err.contains("src.parquet"), "{err}");
 }
 
+/// A source written with page checksums (pyarrow, `write_page_checksum=True`, no
+/// compression): 1,000 rows of `k` (0..1000), `t` (1970-01-01T01:00Z), `x` ((k % 100) / 100).
+const CHECKSUMMED: &[u8] = include_bytes!("../fixtures/checksummed.parquet");
+/// Where the data page of column `x` starts in [`CHECKSUMMED`] (its column chunk
+/// metadata's data_page_offset), and the chunk's length.
+const X_PAGE: (usize, usize) = (16_162, 8_079);
+
+#[test]
+fn flipped_bytes_in_a_checksummed_source_fail_the_ingest_and_keep_stored_rows() {
+    let r = Repo::new(
+        "entities: [{ name: e, join_keys: [k] }]\n\
+         sources: [{ name: s, type: file, path: data/s.parquet, timestamp_field: t }]\n\
+         feature_views: [{ name: v, entities: [e], source: s, features: [{ name: x, dtype: float64 }] }]\n",
+    );
+    std::fs::create_dir_all(r.file("data")).unwrap();
+    std::fs::write(r.file("data/s.parquet"), CHECKSUMMED).unwrap();
+    let store = r.store();
+    store.apply().block().unwrap();
+    let (ok, _, err) = cli(r.path(), &["ingest"]);
+    assert!(ok, "the intact file ingests: {err}");
+    let view = store.state().unwrap().resolved_view("v").unwrap();
+    let version = store.offline().version(&view).block().unwrap();
+    assert_eq!(store.offline().row_count(&view).block().unwrap(), 1_000);
+
+    // 4 KiB of flipped bytes inside the values of `x`: without the checksum they decode
+    // as other numbers (pyarrow without verification reads -2.5e-127 for row 500).
+    let mut bad = CHECKSUMMED.to_vec();
+    let start = X_PAGE.0 + 2000;
+    assert!(start + 4096 < X_PAGE.0 + X_PAGE.1);
+    for b in &mut bad[start..start + 4096] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(r.file("data/s.parquet"), &bad).unwrap();
+    let (ok, _, err) = cli(r.path(), &["ingest"]);
+    assert!(!ok, "a file that fails its checksum is not ingested");
+    assert!(
+        err.contains("s.parquet") && err.to_lowercase().contains("checksum"),
+        "{err}"
+    );
+    assert_eq!(store.offline().version(&view).block().unwrap(), version);
+    assert_eq!(store.offline().row_count(&view).block().unwrap(), 1_000);
+
+    // Cut short: an error naming the file, nothing replaced either.
+    std::fs::write(
+        r.file("data/s.parquet"),
+        &CHECKSUMMED[..CHECKSUMMED.len() - 100],
+    )
+    .unwrap();
+    let (ok, _, err) = cli(r.path(), &["ingest"]);
+    assert!(!ok);
+    assert!(err.contains("s.parquet"), "{err}");
+    assert_eq!(store.offline().version(&view).block().unwrap(), version);
+}
+
 #[test]
 fn unknown_view_is_an_error() {
     let r = repo_with(vec![Some(1)], vec![1], vec![None], vec![Some(1.0)]);

@@ -153,3 +153,55 @@ fn served_on_demand_features_equal_the_training_set_bit_for_bit() {
     assert!(resp.contains("passengers"), "{resp}");
     rt.block_on(server.stop());
 }
+
+/// Reads the `ranking` service for driver 1 at t=25s with a distance of 2 km.
+fn ranking(store: &quiver::FeatureStore) -> quiver::Result<String> {
+    use std::collections::BTreeMap;
+    let r = store
+        .online_features()
+        .service("ranking")
+        .at(25 * S)
+        .entity_row(BTreeMap::from([(
+            "driver_id".to_string(),
+            quiver::Value::Int64(1),
+        )]))
+        .request_row_text(BTreeMap::from([
+            ("distance_km".to_string(), "2".to_string()),
+            ("passengers".to_string(), "1".to_string()),
+        ]))
+        .block()?;
+    Ok(format!("{:?}", r.rows))
+}
+
+#[test]
+fn a_registry_that_cannot_serve_does_not_replace_the_one_in_use() {
+    let r = crate::on_demand::repo();
+    let store = r.store();
+    store.materialize(0, 1000 * S).block().unwrap();
+    let before = ranking(&store).unwrap();
+    assert!(before.contains("1.6"), "score = 0.8 × 2: {before}");
+
+    // Another writer leaves a registry whose expression has 800 terms (far beyond what
+    // `apply` accepts; compiling it unbounded overflowed a server thread's stack).
+    let path = r.file("data/registry/registry.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let expr = &mut json["on_demand_feature_views"]["trip"]["def"]["features"][0]["expr"];
+    assert_eq!(expr.as_str(), Some("rate * distance_km"));
+    *expr = serde_json::Value::String(vec!["rate"; 800].join(" + "));
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    std::thread::sleep(quiver::REGISTRY_RECHECK * 3);
+
+    // The store keeps serving the registry it had, on a thread with a tokio worker's
+    // stack, and a store opened afresh reports the expression instead of crashing.
+    let again = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || (ranking(&store), ranking(&store)))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(again.0.unwrap(), before);
+    assert_eq!(again.1.unwrap(), before);
+    let e = ranking(&r.store()).unwrap_err().to_string();
+    assert!(e.contains("score") && e.contains("tokens"), "{e}");
+}

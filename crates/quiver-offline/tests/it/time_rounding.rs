@@ -261,3 +261,73 @@ fn repeated_and_re_ingested_rows_with_nanoseconds_are_not_collisions() {
         assert_eq!(stats.rows_stored, 3, "round {round}: {stats:?}");
     }
 }
+
+#[test]
+fn times_outside_years_1_to_9999_are_errors_naming_row_and_column() {
+    use arrow::array::TimestampMicrosecondArray;
+    use quiver_core::time::{MAX_TIMESTAMP, MIN_TIMESTAMP};
+    let batch = |t: i64| {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("driver_id", DataType::Int64, false),
+                Field::new(
+                    "event_timestamp",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
+                Field::new("v", DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(TimestampMicrosecondArray::from(vec![0, t]).with_timezone("UTC")),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap()
+    };
+    // Year ±270,000 (valid int64 µs, beyond what dates represent), and just past each end.
+    for t in [
+        270_000 * 366 * 86_400 * 1_000_000,
+        -270_000 * 366 * 86_400 * 1_000_000,
+        MAX_TIMESTAMP + 1,
+        MIN_TIMESTAMP - 1,
+        i64::MAX,
+    ] {
+        let e = normalize_batch(
+            &batch(t),
+            &view(),
+            "event_timestamp",
+            None,
+            &origin("s.parquet"),
+        )
+        .expect_err("out of range")
+        .to_string();
+        assert!(
+            e.contains("s.parquet: row 2, column 'event_timestamp'") && e.contains("1–9999"),
+            "{e}"
+        );
+    }
+    for t in [MAX_TIMESTAMP, MIN_TIMESTAMP] {
+        normalize_batch(
+            &batch(t),
+            &view(),
+            "event_timestamp",
+            None,
+            &origin("s.parquet"),
+        )
+        .expect("the ends are stored");
+    }
+    // Ingesting the last representable microsecond works end to end.
+    let dir = tempfile::tempdir().unwrap();
+    let store = OfflineStore::open(dir.path()).unwrap();
+    let b = normalize_batch(
+        &batch(MAX_TIMESTAMP),
+        &view(),
+        "event_timestamp",
+        None,
+        &origin("s.parquet"),
+    )
+    .unwrap();
+    crate::block_on(store.ingest(&view(), vec![b])).unwrap();
+    assert_eq!(crate::block_on(store.row_count(&view())).unwrap(), 2);
+}

@@ -31,7 +31,10 @@ pub(super) fn check(
                 "needs at least one feature".into(),
             );
         }
-        let mut refs = Vec::new();
+        let mut refs: Vec<FeatureRef> = Vec::new();
+        // Where each feature was first listed, for the error on a repeat (a read would
+        // return two columns of one name).
+        let mut listed: BTreeMap<(String, String), usize> = BTreeMap::new();
         for (i, r) in s.value.features.iter().enumerate() {
             let field = format!("features[{i}]");
             let r = match FeatureRef::parse(r) {
@@ -74,11 +77,14 @@ pub(super) fn check(
                 );
                 continue;
             };
-            if r.feature == "*" {
-                refs.extend(names.iter().map(|f| FeatureRef {
-                    view: r.view.clone(),
-                    feature: f.to_string(),
-                }));
+            let expanded: Vec<FeatureRef> = if r.feature == "*" {
+                names
+                    .iter()
+                    .map(|f| FeatureRef {
+                        view: r.view.clone(),
+                        feature: f.to_string(),
+                    })
+                    .collect()
             } else if !names.contains(&&r.feature) {
                 errs.at(
                     s,
@@ -91,8 +97,29 @@ pub(super) fn check(
                         suggest(&r.feature, names.into_iter())
                     ),
                 );
+                continue;
             } else {
-                refs.push(r);
+                vec![r]
+            };
+            for r in expanded {
+                match listed.entry((r.view.clone(), r.feature.clone())) {
+                    std::collections::btree_map::Entry::Occupied(first) => errs.at(
+                        s,
+                        obj.clone(),
+                        &field,
+                        format!(
+                            "lists feature '{}:{}' twice (also features[{}]); list each \
+                             feature once",
+                            r.view,
+                            r.feature,
+                            first.get()
+                        ),
+                    ),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(i);
+                        refs.push(r);
+                    }
+                }
             }
         }
         service_refs.insert(s.value.name.clone(), refs);

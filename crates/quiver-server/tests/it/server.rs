@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use quiver_core::time::{parse_timestamp, ManualClock};
 use quiver_server::api::pb;
-use quiver_server::{ServeOptions, Server};
+use quiver_server::{ConnectionLimits, ServeOptions, Server};
 use serde_json::{json, Value as Json};
 
 use quiver::testing::{ts, Repo};
@@ -79,6 +79,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(backend: Backend) -> Self {
+        Self::with_limits(backend, ConnectionLimits::default())
+    }
+
+    /// A fixture whose HTTP listener has the given timeouts and connection limit.
+    fn with_limits(backend: Backend, limits: ConnectionLimits) -> Self {
         let repo = Repo::new(DEFS);
         let redis = match backend {
             Backend::Embedded => None,
@@ -155,6 +160,7 @@ impl Fixture {
             grpc: Some("127.0.0.1:0".parse().unwrap()),
             max_entity_rows: 100,
             reload_interval: std::time::Duration::from_millis(50),
+            limits,
             ..Default::default()
         };
         let c: Arc<dyn quiver_core::time::Clock> = clock.clone();
@@ -412,6 +418,7 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Backend) {
         (json!({"feature_service": "ranking", "features": ["driver_stats:trips"], "entities": {"driver_id": [1]}}).to_string(), 400, "not both"),
         (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": ["one"]}}).to_string(), 400, "driver_id"),
         (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1.5]}}).to_string(), 400, "int64"),
+        (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1001.0]}}).to_string(), 400, "the floating-point number 1001.0 (send integer keys without a decimal point: 1001)"),
         (json!({"feature_service": "ranking", "entities": {"driver_id": [1, 2], "customer_id": ["c1"]}}).to_string(), 400, "customer_id"),
         (json!({"feature_service": "ranking", "entities": {"driver_id": [1]}}).to_string(), 400, "customer_id"),
         (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1], "rider": [2]}}).to_string(), 400, "rider"),
@@ -435,8 +442,17 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Backend) {
     }
     // A body over the size limit is refused before parsing.
     let huge = format!("{{\"features\":[\"{}\"]}}", "x".repeat(5 << 20));
-    let (code, _) = raw(f.http(), "POST", "/get-online-features", &huge);
-    assert_eq!(code, 413);
+    for path in ["/get-online-features", "/push"] {
+        let (code, body) = raw(f.http(), "POST", path, &huge);
+        assert_eq!(code, 413);
+        let v: Json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{path}: a JSON error, not {body:?}: {e}"));
+        assert_eq!(v["code"], "PAYLOAD_TOO_LARGE", "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("bytes allowed"),
+            "{v}"
+        );
+    }
     let (code, v) = f.post("/no-such-endpoint", "{}");
     assert_eq!((code, v["code"].as_str()), (404, Some("NOT_FOUND")));
     // Still serving.
@@ -720,3 +736,79 @@ on_both_backends!(
     future_stamped_pushes_are_rejected,
     pushed_sub_microsecond_times_round_up,
 );
+
+/// Reads from `s` until the server closes it (or `within` passes); returns what arrived
+/// and whether it was closed.
+fn read_until_closed(s: &mut TcpStream, within: std::time::Duration) -> (String, bool) {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&got).into_owned(), true)
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+#[test]
+fn stalled_and_idle_connections_are_closed_and_do_not_deny_service() {
+    let ms = std::time::Duration::from_millis;
+    let f = Fixture::with_limits(
+        Backend::Embedded,
+        ConnectionLimits {
+            header_timeout: ms(300),
+            body_timeout: ms(300),
+            max_connections: 4,
+        },
+    );
+    // More half-sent requests than the server takes connections: headers never end.
+    let mut stalled: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.http()).unwrap();
+            s.write_all(b"POST /get-online-features HTTP/1.1\r\nHost: t\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // A well-behaved client is still served: stalled connections time out and free
+    // their slots, and the waiting ones are taken in turn.
+    let (code, v) = f.post(
+        "/get-online-features",
+        &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1]}}).to_string(),
+    );
+    assert_eq!(
+        (code, &v["results"][0]["features"]["trips"]),
+        (200, &json!(4))
+    );
+    for (i, s) in stalled.iter_mut().enumerate() {
+        let (_, closed) = read_until_closed(s, ms(20_000));
+        assert!(closed, "stalled connection {i} was closed by the server");
+    }
+
+    // A body that stops halfway is answered 408 with the API's JSON error.
+    let mut s = TcpStream::connect(f.http()).unwrap();
+    s.write_all(
+        b"POST /get-online-features HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"features\": ",
+    )
+    .unwrap();
+    let (resp, _) = read_until_closed(&mut s, ms(20_000));
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(
+        resp.contains("REQUEST_TIMEOUT") && resp.contains("body_timeout"),
+        "{resp}"
+    );
+
+    // A kept-alive connection left idle is closed after the header timeout.
+    let mut s = TcpStream::connect(f.http()).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (resp, closed) = read_until_closed(&mut s, ms(20_000));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(closed, "the idle keep-alive connection was closed");
+}
