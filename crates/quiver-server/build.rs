@@ -34,6 +34,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".quiver.serving.v1.FeatureVector.statuses",
             "#[serde(with = \"crate::api::status_map\")]",
         );
+    // Request columns given twice are an error, not last-wins (JSON only: protobuf maps
+    // are last-wins by definition).
+    for field in [
+        "GetOnlineFeaturesRequest.entities",
+        "GetOnlineFeaturesRequest.request_context",
+        "PushRequest.data",
+    ] {
+        b = b.field_attribute(
+            format!(".quiver.serving.v1.{field}"),
+            "#[serde(deserialize_with = \"crate::api::unique_keys\")]",
+        );
+    }
     b.compile_fds(fds)?;
     Ok(())
 }

@@ -92,7 +92,11 @@ enum Command {
     /// Write the latest values with event time in [START, END) to the online store
     /// (END is exclusive: a row stamped exactly END is left for the next run).
     Materialize {
+        /// First event time included: RFC 3339 (`2025-03-01T12:00:00Z`,
+        /// `2025-03-01T13:00:00+01:00`), `2025-03-01 12:00[:00[.ffffff]]` (UTC) or a
+        /// date `2025-03-01` (midnight UTC).
         start: String,
+        /// First event time excluded, in the same forms.
         end: String,
         /// Views (default: all online views).
         #[arg(long, value_delimiter = ',')]
@@ -100,6 +104,7 @@ enum Command {
     },
     /// Materialize from where the last run ended up to END (default: now).
     MaterializeIncremental {
+        /// First event time excluded (default: now), in the forms `materialize` takes.
         end: Option<String>,
         #[arg(long, value_delimiter = ',')]
         views: Vec<String>,
@@ -245,14 +250,13 @@ async fn serve(
             .map_err(|_| quiver::Error::Invalid(format!("--host {host:?} is not an address")))
     };
     let serving = &store.config().serving;
-    let micros = |d: quiver::Duration| std::time::Duration::from_micros(d.micros().max(0) as u64);
     let options = quiver_server::ServeOptions {
         http: addr(port)?,
         grpc: grpc_port.map(addr).transpose()?,
         max_entity_rows,
         limits: quiver_server::ConnectionLimits {
-            header_timeout: micros(serving.header_timeout),
-            body_timeout: micros(serving.body_timeout),
+            header_timeout: serving.header_timeout.to_std(),
+            body_timeout: serving.body_timeout.to_std(),
             max_connections: serving.max_connections,
         },
         ..Default::default()
@@ -341,7 +345,8 @@ async fn run(cli: Cli) -> Result<()> {
                         .map(|(v, s)| {
                             serde_json::json!({
                     "view": v, "rows_in": s.rows_in, "rows_stored": s.rows_stored,
-                    "rows_replaced": s.rows_replaced, "partitions": s.partitions,
+                    "rows_replaced": s.rows_replaced, "rows_duplicate": s.rows_duplicate,
+                    "partitions": s.partitions,
                     "table_version": s.table_version })
                         })
                         .collect::<Vec<_>>(),
@@ -349,8 +354,8 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 for (v, s) in stats {
                     println!(
-                        "{v}: {} rows read, {} rows stored in {} day partitions ({} replaced an existing row), table version {}",
-                        s.rows_in, s.rows_stored, s.partitions, s.rows_replaced,
+                        "{v}: {} rows read, {} rows stored in {} day partitions ({} replaced a stored row, {} duplicated another row of the source), table version {}",
+                        s.rows_in, s.rows_stored, s.partitions, s.rows_replaced, s.rows_duplicate,
                         s.table_version.map_or("-".into(), |v| v.to_string())
                     );
                 }
@@ -371,6 +376,8 @@ async fn run(cli: Cli) -> Result<()> {
                 compression: quiver::io::ParquetOptions::parse_compression(&compression)?,
                 row_group_rows: row_group_size,
             };
+            // The output's format is known from its name: check it before the work.
+            quiver_offline::files::format_of(&output, None)?;
             let state = store.state()?;
             let input = quiver::blocking(move || {
                 quiver::io::read_entities(&entities, &state, "event_timestamp")

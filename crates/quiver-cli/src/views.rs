@@ -404,7 +404,14 @@ pub fn print_online(r: &OnlineResult, as_json: bool) {
                     .zip(&row.statuses)
                     .map(|(n, s)| (n.clone(), json!(s.as_str())))
                     .collect();
-                json!({"entities": row.entities, "features": features, "statuses": statuses})
+                let event_timestamps: serde_json::Map<String, serde_json::Value> = r
+                    .feature_names
+                    .iter()
+                    .zip(&row.event_timestamps)
+                    .map(|(n, t)| (n.clone(), json!(t.map(format_timestamp))))
+                    .collect();
+                json!({"entities": row.entities, "features": features, "statuses": statuses,
+                       "event_timestamps": event_timestamps})
             })
             .collect();
         println!(

@@ -199,6 +199,11 @@ impl Duration {
     pub const fn from_secs(s: i64) -> Self {
         Duration(s * MICROS_PER_SECOND)
     }
+
+    /// As a `std::time::Duration` (negative durations become zero).
+    pub fn to_std(self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.0.max(0) as u64)
+    }
     /// The length in microseconds.
     pub const fn micros(self) -> i64 {
         self.0

@@ -63,8 +63,12 @@ pub struct IngestStats {
     pub rows_in: u64,
     /// Rows in the rewritten partitions after the merge.
     pub rows_stored: u64,
-    /// Stored rows replaced by an identical-key row of this ingest.
+    /// Stored rows replaced by a row of this ingest with the same key, event time and
+    /// creation time.
     pub rows_replaced: u64,
+    /// Rows of this ingest identical in key, event time and creation time to a later
+    /// row of it (the later one is stored).
+    pub rows_duplicate: u64,
     /// Day partitions written.
     pub partitions: u64,
     /// The newest event time ingested.
@@ -269,7 +273,14 @@ impl OfflineStore {
 
         let order = merge_order(view, &all, &new)?;
         stats.rows_stored = order.iter().map(|d| d.1.len() as u64).sum();
-        stats.rows_replaced = (old_rows + rows_in).saturating_sub(stats.rows_stored);
+        let n_old = all.len() - new.len();
+        let old_kept = order
+            .iter()
+            .flat_map(|d| &d.1)
+            .filter(|(b, _)| *b < n_old)
+            .count() as u64;
+        stats.rows_replaced = old_rows.saturating_sub(old_kept);
+        stats.rows_duplicate = rows_in.saturating_sub(stats.rows_stored - old_kept);
         stats.partitions = order.len() as u64;
 
         // Keys, times and numbers are mostly distinct per row: dictionary pages cost

@@ -192,6 +192,13 @@ pub trait OnlineStore: Send + Sync {
     /// [`Self::delete_tiles_before`].
     async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64>;
 
+    /// Checks that the store answers (a round trip to a remote server, within its read
+    /// timeout): what health and readiness checks report. Embedded stores answer
+    /// whenever they are open.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Compacts the rows stored under `field` whose event time is before `cutoff`
     /// (callers pass now − the view's ttl: rows expired for every read from now on) by
     /// dropping their values and keeping their timestamps. Nothing a read at or after

@@ -297,9 +297,10 @@ static DELETE_TILES: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_TILE
 /// Where the store is and how it behaves.
 ///
 /// It is also the `online_store: { type: redis, … }` section of `quiver.yaml`: it
-/// deserialises from the fields `url`, `cluster` and `key_ttl` (a duration such as
-/// `30d`; `0` means no expiry), rejects any other field, and checks the addresses while
-/// parsing (see [`RedisConfig::check`]). The timeouts are not part of the section.
+/// deserialises from the fields `url`, `cluster`, `key_ttl` (a duration such as `30d`;
+/// `0` means no expiry), `connect_timeout`, `read_timeout` and `write_timeout`
+/// (durations), rejects any other field, and checks the addresses while parsing (see
+/// [`RedisConfig::check`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RedisSection", into = "RedisSection")]
 pub struct RedisConfig {
@@ -315,8 +316,11 @@ pub struct RedisConfig {
     /// How long to wait for a connection to a server.
     pub connect_timeout: Duration,
     /// How long to wait for the answer to one request (one pipeline of up to 1,024
-    /// commands on a single server, one command in cluster mode).
+    /// commands on a single server, one command in cluster mode): the bound of writes.
     pub response_timeout: Duration,
+    /// How long an online read (all its keys) may take before it fails: serving reads
+    /// must fail fast when the server is stuck, not hang a request.
+    pub read_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -327,6 +331,7 @@ impl Default for RedisConfig {
             key_ttl: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -365,6 +370,9 @@ impl RedisConfig {
             url,
             cluster,
             key_ttl,
+            connect_timeout: None,
+            read_timeout: None,
+            write_timeout: None,
         })
     }
 
@@ -435,6 +443,27 @@ struct RedisSection {
     cluster: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_ttl: Option<quiver_core::Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connect_timeout: Option<quiver_core::Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    read_timeout: Option<quiver_core::Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write_timeout: Option<quiver_core::Duration>,
+}
+
+/// A positive duration of the section, or an error naming the field.
+fn positive(name: &str, d: Option<quiver_core::Duration>) -> Result<Option<Duration>> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.micros() <= 0 => Err(Error::Invalid(format!(
+            "redis {name} must be positive, not {d}"
+        ))),
+        Some(d) => Ok(Some(Duration::from_micros(d.micros() as u64))),
+    }
+}
+
+fn section_duration(d: Duration) -> quiver_core::Duration {
+    quiver_core::Duration::from_micros(d.as_micros().min(i64::MAX as u128) as i64)
 }
 
 impl TryFrom<RedisSection> for RedisConfig {
@@ -453,11 +482,17 @@ impl TryFrom<RedisSection> for RedisConfig {
             Some(d) if !d.is_zero() => Some(Duration::from_micros(d.micros() as u64)),
             _ => None,
         };
+        let defaults = Self::default();
         let cfg = Self {
             url: section.url,
             cluster: section.cluster.unwrap_or_default(),
             key_ttl,
-            ..Self::default()
+            connect_timeout: positive("connect_timeout", section.connect_timeout)?
+                .unwrap_or(defaults.connect_timeout),
+            read_timeout: positive("read_timeout", section.read_timeout)?
+                .unwrap_or(defaults.read_timeout),
+            response_timeout: positive("write_timeout", section.write_timeout)?
+                .unwrap_or(defaults.response_timeout),
         };
         cfg.check()?;
         Ok(cfg)
@@ -469,9 +504,10 @@ impl From<RedisConfig> for RedisSection {
         RedisSection {
             url: cfg.url,
             cluster: (!cfg.cluster.is_empty()).then_some(cfg.cluster),
-            key_ttl: cfg.key_ttl.map(|d| {
-                quiver_core::Duration::from_micros(d.as_micros().min(i64::MAX as u128) as i64)
-            }),
+            key_ttl: cfg.key_ttl.map(section_duration),
+            connect_timeout: Some(section_duration(cfg.connect_timeout)),
+            read_timeout: Some(section_duration(cfg.read_timeout)),
+            write_timeout: Some(section_duration(cfg.response_timeout)),
         }
     }
 }
@@ -528,6 +564,7 @@ struct Inner {
     /// For messages: the URL (password hidden) or the cluster's seed nodes.
     addr: String,
     ttl_millis: u64,
+    read_timeout: Duration,
 }
 
 /// The Redis online store. Cheap to clone: clones share the connection.
@@ -656,6 +693,7 @@ impl RedisStore {
                 conn,
                 addr,
                 ttl_millis: config.ttl_millis(),
+                read_timeout: config.read_timeout,
             }),
         };
         store.load_scripts().await?;
@@ -1020,12 +1058,36 @@ impl OnlineStore for RedisStore {
                 cmd
             })
             .collect();
-        let answers = self.run(&cmds, "read failed").await?;
+        let timeout = self.inner.read_timeout;
+        let answers = tokio::time::timeout(timeout, self.run(&cmds, "read failed"))
+            .await
+            .map_err(|_| {
+                self.err(
+                    "read failed",
+                    format!(
+                        "no answer within the read timeout of {} ms (online_store.read_timeout)",
+                        timeout.as_millis()
+                    ),
+                )
+            })??;
         let mut cells = Vec::with_capacity(keys.len() * fields.len());
         for a in answers {
             cells.extend(self.hmget_values(a, fields.len(), "read failed")?);
         }
         Ok(cells)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let timeout = self.inner.read_timeout;
+        tokio::time::timeout(timeout, self.run(&[redis::cmd("PING")], "ping failed"))
+            .await
+            .map_err(|_| {
+                self.err(
+                    "ping failed",
+                    format!("no answer within {} ms", timeout.as_millis()),
+                )
+            })??;
+        Ok(())
     }
 
     async fn delete_older_than(&self, field: FieldId, cutoff: Timestamp) -> Result<u64> {
@@ -1384,6 +1446,21 @@ mod tests {
         };
         assert_eq!(c.key_ttl, None);
         assert_eq!(c.connect_timeout, RedisConfig::default().connect_timeout);
+        assert_eq!(c.read_timeout, Duration::from_millis(250));
+        let OnlineStoreSection::Redis(c) = parse(
+            "{ type: redis, url: 'redis://a:1', connect_timeout: 2s, read_timeout: 50ms, write_timeout: 10s }",
+        )
+        .unwrap() else {
+            panic!("a redis section")
+        };
+        assert_eq!(
+            (c.connect_timeout, c.read_timeout, c.response_timeout),
+            (
+                Duration::from_secs(2),
+                Duration::from_millis(50),
+                Duration::from_secs(10)
+            )
+        );
         // A round trip through YAML.
         let text = serde_saphyr::to_string(&want).unwrap();
         assert_eq!(
@@ -1399,7 +1476,11 @@ mod tests {
             ("{ type: redis, url: redis://a:1, urll: x }", "urll"),
             (
                 "{ type: redis, url: redis://a:1, connect_timeout: 5 }",
-                "connect_timeout",
+                "give a unit",
+            ),
+            (
+                "{ type: redis, url: redis://a:1, read_timeout: 0 }",
+                "read_timeout must be positive",
             ),
             ("{ type: redis }", "needs `url`"),
             (

@@ -116,10 +116,40 @@ impl Server {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered,
+    /// as with a server stuck in a long command or a paused VM.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {}", self.child.id());
+    }
+}
+
+impl Server {
+    fn thaw_quietly(&self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.thaw_quietly();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -37,6 +37,15 @@ pub struct WritesConfig {
     /// every real update of its key until that date.
     #[serde(default = "default_max_future_skew")]
     pub max_future_skew: Duration,
+    /// How long a materialization keeps re-sending a batch the online store failed to
+    /// write (a lost connection, a timeout), with backoff, before it fails (default
+    /// `30s`; `0`: no retries).
+    #[serde(default = "default_retry_for")]
+    pub retry_for: Duration,
+}
+
+fn default_retry_for() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_max_future_skew() -> Duration {
@@ -47,6 +56,7 @@ impl Default for WritesConfig {
     fn default() -> Self {
         WritesConfig {
             max_future_skew: default_max_future_skew(),
+            retry_for: default_retry_for(),
         }
     }
 }

@@ -92,6 +92,37 @@ fn kind(k: Kind) -> pb::Value {
     pb::Value { kind: Some(k) }
 }
 
+/// A JSON object as a map in which a key given twice is an error: JSON parsers differ on
+/// which of two equal keys wins, so `{"driver_id": [1], "driver_id": [2]}` is refused
+/// rather than answered for one of them.
+pub fn unique_keys<'de, D, V>(d: D) -> Result<std::collections::BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+        type Value = std::collections::BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = std::collections::BTreeMap::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if out.contains_key(&k) {
+                    return Err(de::Error::custom(format!(
+                        "'{k}' appears twice in one object; give each column once"
+                    )));
+                }
+                let v = m.next_value()?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique(std::marker::PhantomData))
+}
+
 /// JSON form of the `statuses` maps: status names instead of enum numbers.
 pub mod status_map {
     use std::collections::BTreeMap;

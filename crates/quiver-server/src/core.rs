@@ -278,6 +278,20 @@ impl ServerState {
             online_store: self.online.backend().to_string(),
         }
     }
+
+    /// [`Self::health`] after a round trip to the online store: `status` is `ok`, or
+    /// `unavailable: …` with the store's error, and the flag says which (load balancers
+    /// take the server out of rotation on 503).
+    pub async fn check_health(&self) -> (bool, pb::HealthResponse) {
+        let mut h = self.health();
+        match self.online.ping().await {
+            Ok(()) => (true, h),
+            Err(e) => {
+                h.status = format!("unavailable: online store: {e}");
+                (false, h)
+            }
+        }
+    }
 }
 
 /// The vectors of one request, ready to encode as a message (gRPC) or as JSON (HTTP).

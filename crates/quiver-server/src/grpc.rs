@@ -61,7 +61,7 @@ impl FeatureServing for Service {
         &self,
         _request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        Ok(Response::new(self.0.health()))
+        Ok(Response::new(self.0.check_health().await.1))
     }
 }
 

@@ -117,8 +117,30 @@ async fn push(
     finish(&state, "push", started, r)
 }
 
+/// The server's state and whether its online store answers: 200, or 503 when it does
+/// not (reads would fail).
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
-    json_response(&state.health())
+    let (ok, h) = state.check_health().await;
+    let mut r = json_response(&h);
+    if !ok {
+        *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r
+}
+
+/// Readiness for load balancers: 200 `ready` when requests can be served (registry
+/// loaded, online store answering), else 503 with the reason.
+async fn ready(State(state): State<Arc<ServerState>>) -> Response {
+    if let Err(e) = state.snapshot() {
+        return ApiError::new(ApiCode::Unavailable, format!("not ready: {}", e.message))
+            .into_response();
+    }
+    let (ok, h) = state.check_health().await;
+    if ok {
+        "ready".into_response()
+    } else {
+        ApiError::new(ApiCode::Unavailable, format!("not ready: {}", h.status)).into_response()
+    }
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
@@ -204,6 +226,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/get-online-features", post(get_online_features))
         .route("/push", post(push))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/registry/{kind}", get(registry_list))
         .route("/registry/{kind}/{name}", get(registry_get))

@@ -15,7 +15,7 @@ use quiver_core::time::{format_timestamp, now, Timestamp};
 use quiver_registry::state::MaterializationState;
 use tracing::Instrument;
 
-use crate::write::{write_online_latest, NoProgress, Progress};
+use crate::write::{write_online_latest_retrying, NoProgress, Progress};
 use crate::{Error, FeatureStore, Result};
 
 /// What materializing one view did.
@@ -162,12 +162,14 @@ impl MaterializeBuilder {
             view.clone(),
             tokio::runtime::Handle::current(),
         );
+        let retry_for = self.store.config().writes.retry_for.to_std();
         let (keys, written) = crate::store::blocking(move || {
-            handle.block_on(write_online_latest(
+            handle.block_on(write_online_latest_retrying(
                 &v,
                 &batches,
                 online.as_ref(),
                 progress.as_ref(),
+                retry_for,
             ))
         })
         .await?;

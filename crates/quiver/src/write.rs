@@ -240,6 +240,21 @@ pub async fn write_online_latest(
     online: &dyn OnlineStore,
     progress: &dyn Progress,
 ) -> Result<(u64, u64)> {
+    write_online_latest_retrying(view, batches, online, progress, std::time::Duration::ZERO).await
+}
+
+/// [`write_online_latest`], re-sending a batch the store failed to write (a connection
+/// lost, a timeout) with backoff for up to `retry_for` in all. Writes are conditional
+/// (newer wins, equal versions rewrite the same bytes), so rows of a batch that did
+/// reach the store before the failure are not applied twice: re-sent, they change
+/// nothing.
+pub async fn write_online_latest_retrying(
+    view: &ResolvedView,
+    batches: &[RecordBatch],
+    online: &dyn OnlineStore,
+    progress: &dyn Progress,
+    retry_for: std::time::Duration,
+) -> Result<(u64, u64)> {
     let nkeys = view.join_keys.len();
     let mut index = BytesKeyIndex::new();
     let mut best: Vec<(RowVersion, u32, u32)> = Vec::new();
@@ -313,9 +328,39 @@ pub async fn write_online_latest(
                 row: &rows_buf[r0..r1],
             })
             .collect();
-        written += online.write(&writes).await?.written;
+        written += write_with_retries(online, &writes, retry_for)
+            .await?
+            .written;
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
     Ok((best.len() as u64, written))
+}
+
+/// One conditional batch write, re-sent after store failures with exponential backoff
+/// (50 ms doubling to 2 s) while `retry_for` allows.
+async fn write_with_retries(
+    online: &dyn OnlineStore,
+    writes: &[OnlineWrite<'_>],
+    retry_for: std::time::Duration,
+) -> Result<quiver_online::WriteStats> {
+    let started = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        match online.write(writes).await {
+            Ok(stats) => return Ok(stats),
+            Err(e @ quiver_online::Error::Store { .. })
+                if started.elapsed() + delay <= retry_for =>
+            {
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "online write failed; sending the batch again"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

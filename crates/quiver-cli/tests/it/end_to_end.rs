@@ -53,6 +53,25 @@ fn demo_runs_end_to_end_with_parity() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("10000 rows"), "{out}");
+    // An output the command cannot write is refused before any work: here the entity
+    // file does not even exist, and the error is about the output.
+    let (ok, _, err) = cli(
+        &repo,
+        &[
+            "historical",
+            "--entities",
+            "no-such-file.parquet",
+            "--service",
+            "ride_ranking_v1",
+            "--output",
+            "training.json",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("training.json") && err.contains("cannot tell the format"),
+        "{err}"
+    );
     let training = quiver::io::read_table(repo.join("data/training.parquet")).unwrap();
     assert_eq!(training.num_rows(), 10_000);
     for c in [
@@ -200,6 +219,16 @@ fn demo_runs_end_to_end_with_parity() {
     assert!(v["results"][0]["features"]["conv_rate"].is_null());
     assert_eq!(v["results"][1]["statuses"]["conv_rate"], "MISSING");
     assert!(v["results"][1]["features"]["conv_rate"].is_null());
+    // The JSON carries the event times the table shows: the expired row's, none for the
+    // unknown key.
+    let t = v["results"][0]["event_timestamps"]["conv_rate"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an event time: {v}"));
+    assert!(
+        parse_timestamp(t).unwrap() < parse_timestamp("2025-03-02T12:00:00Z").unwrap(),
+        "{t}"
+    );
+    assert!(v["results"][1]["event_timestamps"]["conv_rate"].is_null());
     assert_eq!(v["metadata"]["feature_service_version"], 1);
 
     // Bad online requests get clear errors.

@@ -120,6 +120,39 @@ fn ingest_err(r: &Repo) -> String {
 }
 
 #[test]
+fn duplicates_inside_a_source_are_not_reported_as_replaced_stored_rows() {
+    let s = 1_000_000;
+    // Rows 1 and 2 are identical in key, event and creation time.
+    let r = repo_with(
+        vec![Some(1), Some(1), Some(2)],
+        vec![10 * s, 10 * s, 10 * s],
+        vec![Some(5), Some(5), None],
+        vec![Some(1.0), Some(2.0), Some(3.0)],
+    );
+    let store = r.store();
+    store.apply().block().unwrap();
+    let first = store.ingest().block().unwrap();
+    let stats = &first[0].1;
+    assert_eq!(
+        (
+            stats.rows_in,
+            stats.rows_stored,
+            stats.rows_replaced,
+            stats.rows_duplicate
+        ),
+        (3, 2, 0, 1),
+        "{stats:?}"
+    );
+    let (ok, out, err) = cli(r.path(), &["ingest"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("2 replaced a stored row")
+            && out.contains("1 duplicated another row of the source"),
+        "{out}"
+    );
+}
+
+#[test]
 fn null_keys_are_rejected_with_row_and_column() {
     let r = repo_with(
         vec![Some(1), None],

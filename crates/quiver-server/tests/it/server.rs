@@ -121,27 +121,7 @@ impl Fixture {
                 Some(guard)
             }
         };
-        // Driver 1: rows at 09:00 and 10:00; driver 2: a row at 08:00; driver 3: none.
-        repo.parquet(
-            "data/drivers.parquet",
-            vec![
-                ("driver_id", Arc::new(Int64Array::from(vec![1, 1, 2]))),
-                ("ts", ts(vec![t("09:00:00"), t("10:00:00"), t("08:00:00")])),
-                (
-                    "conv_rate",
-                    Arc::new(Float64Array::from(vec![Some(0.1), Some(0.25), None])),
-                ),
-                ("trips", Arc::new(Int64Array::from(vec![3, 4, 7]))),
-            ],
-        );
-        repo.parquet(
-            "data/customers.parquet",
-            vec![
-                ("customer_id", Arc::new(StringArray::from(vec!["c1", "c2"]))),
-                ("ts", ts(vec![t("01:00:00"), t("02:00:00")])),
-                ("tier", Arc::new(StringArray::from(vec!["gold", "silver"]))),
-            ],
-        );
+        sample_data(&repo);
         let store = repo.store();
         store.apply().block().unwrap();
         store.ingest().block().unwrap();
@@ -205,6 +185,31 @@ impl Drop for Fixture {
             self.rt.block_on(s.stop());
         }
     }
+}
+
+/// The fixture's sources. Driver 1: rows at 09:00 and 10:00; driver 2: a row at 08:00;
+/// driver 3: none.
+fn sample_data(repo: &Repo) {
+    repo.parquet(
+        "data/drivers.parquet",
+        vec![
+            ("driver_id", Arc::new(Int64Array::from(vec![1, 1, 2]))),
+            ("ts", ts(vec![t("09:00:00"), t("10:00:00"), t("08:00:00")])),
+            (
+                "conv_rate",
+                Arc::new(Float64Array::from(vec![Some(0.1), Some(0.25), None])),
+            ),
+            ("trips", Arc::new(Int64Array::from(vec![3, 4, 7]))),
+        ],
+    );
+    repo.parquet(
+        "data/customers.parquet",
+        vec![
+            ("customer_id", Arc::new(StringArray::from(vec!["c1", "c2"]))),
+            ("ts", ts(vec![t("01:00:00"), t("02:00:00")])),
+            ("tier", Arc::new(StringArray::from(vec!["gold", "silver"]))),
+        ],
+    );
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the body.
@@ -426,6 +431,8 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Backend) {
         (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": []}}).to_string(), 400, "no rows"),
         (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [null]}}).to_string(), 400, "null"),
         (json!({"features": ["driver_stats:trips"], "entitis": {"driver_id": [1]}}).to_string(), 400, "entitis"),
+        (r#"{"features": ["driver_stats:trips"], "entities": {"driver_id": [1], "driver_id": [2]}}"#.into(), 400, "'driver_id' appears twice"),
+        (r#"{"feature_service": "ranking", "entities": {"driver_id": [1], "customer_id": ["c1"]}, "request_context": {"x": [1], "x": [2]}}"#.into(), 400, "'x' appears twice"),
         (json!({"features": ["driver_stats:trips"], "entities": {"driver_id": (0..101).collect::<Vec<_>>()}}).to_string(), 413, "at most 100"),
     ];
     for (body, code, needle) in cases {
@@ -811,4 +818,93 @@ fn stalled_and_idle_connections_are_closed_and_do_not_deny_service() {
     let (resp, closed) = read_until_closed(&mut s, ms(20_000));
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(closed, "the idle keep-alive connection was closed");
+}
+
+#[test]
+fn a_frozen_redis_fails_reads_fast_is_reported_by_health_and_materialization_waits_for_it() {
+    use std::collections::BTreeMap;
+    let redis = quiver_redis::testing::Server::start(&[]);
+    let repo = Repo::new(DEFS);
+    repo.write(
+        "quiver.yaml",
+        &format!(
+            "project: frozen\nregistry: data/registry\n\
+             offline_store: {{ type: delta, path: data/offline }}\n\
+             online_store: {{ type: redis, url: \"{}\", read_timeout: 200ms, write_timeout: 300ms }}\n",
+            redis.url()
+        ),
+    );
+    sample_data(&repo);
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    store
+        .materialize(t("00:00:00"), t("09:30:00"))
+        .block()
+        .unwrap();
+    // Driver stats have a ttl of 1h: read at 09:30 the 09:00 row, at 10:30 the 10:00 one.
+    let read = |at: &str| {
+        store
+            .online_features()
+            .features(["driver_stats:trips"])
+            .at(t(at))
+            .entity_row(BTreeMap::from([(
+                "driver_id".to_string(),
+                quiver::Value::Int64(1),
+            )]))
+            .block()
+    };
+    assert_eq!(
+        read("09:30:00").unwrap().rows[0].values[0],
+        quiver::Value::Int64(3)
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = ServeOptions {
+        http: "127.0.0.1:0".parse().unwrap(),
+        grpc: None,
+        ..Default::default()
+    };
+    let server = rt
+        .block_on(Server::start(repo.store(), options, None))
+        .unwrap();
+    let addr = server.http_addr;
+    let (code, body) = raw(addr, "GET", "/health", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(raw(addr, "GET", "/ready", "").0, 200);
+
+    redis.freeze();
+    // Reads fail within the read timeout instead of waiting for the server.
+    let e = read("09:30:00").unwrap_err().to_string();
+    assert!(e.contains("read timeout of 200 ms"), "{e}");
+    let (code, body) = raw(addr, "GET", "/health", "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("unavailable: online store"), "{body}");
+    let (code, body) = raw(addr, "GET", "/ready", "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+
+    // A materialization started while Redis is frozen re-sends its batch until Redis
+    // answers again (here after 1.5 s), then completes.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(1_500));
+            redis.thaw();
+        });
+        store
+            .materialize(t("00:00:00"), t("12:00:00"))
+            .block()
+            .expect("the materialization outlasts a 1.5 s freeze");
+    });
+    assert_eq!(
+        read("10:30:00").unwrap().rows[0].values[0],
+        quiver::Value::Int64(4)
+    );
+    assert_eq!(raw(addr, "GET", "/health", "").0, 200);
+    assert_eq!(raw(addr, "GET", "/ready", "").0, 200);
+    rt.block_on(server.stop());
 }
