@@ -121,20 +121,9 @@ impl Fixture {
                 Some(guard)
             }
         };
-        sample_data(&repo);
-        let store = repo.store();
-        store.apply().block().unwrap();
-        store.ingest().block().unwrap();
-        store
-            .materialize(t("00:00:00"), t("12:00:00"))
-            .block()
-            .unwrap();
+        prepare(&repo, "12:00:00");
         let clock = Arc::new(ManualClock::new(t("10:30:00")));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let options = ServeOptions {
             http: "127.0.0.1:0".parse().unwrap(),
             grpc: Some("127.0.0.1:0".parse().unwrap()),
@@ -185,6 +174,25 @@ impl Drop for Fixture {
             self.rt.block_on(s.stop());
         }
     }
+}
+
+/// Applies the fixture's definitions to `repo`, ingests its sources and materializes
+/// them up to `until`.
+fn prepare(repo: &Repo, until: &str) {
+    sample_data(repo);
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    store.materialize(t("00:00:00"), t(until)).block().unwrap();
+}
+
+/// The runtime a test serves from.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The fixture's sources. Driver 1: rows at 09:00 and 10:00; driver 2: a row at 08:00;
@@ -834,14 +842,8 @@ fn a_frozen_redis_fails_reads_fast_is_reported_by_health_and_materialization_wai
             redis.url()
         ),
     );
-    sample_data(&repo);
+    prepare(&repo, "09:30:00");
     let store = repo.store();
-    store.apply().block().unwrap();
-    store.ingest().block().unwrap();
-    store
-        .materialize(t("00:00:00"), t("09:30:00"))
-        .block()
-        .unwrap();
     // Driver stats have a ttl of 1h: read at 09:30 the 09:00 row, at 10:30 the 10:00 one.
     let read = |at: &str| {
         store
@@ -859,11 +861,7 @@ fn a_frozen_redis_fails_reads_fast_is_reported_by_health_and_materialization_wai
         quiver::Value::Int64(3)
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let options = ServeOptions {
         http: "127.0.0.1:0".parse().unwrap(),
         grpc: None,
