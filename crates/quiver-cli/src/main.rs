@@ -117,6 +117,18 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         views: Vec<String>,
     },
+    /// Delete offline data files no table version within the retention reads: files
+    /// replaced by re-ingests and files of ingests that never committed (a killed
+    /// run), once older than the retention. Time travel reaches back the retention.
+    Vacuum {
+        /// How long replaced files are kept (e.g. 7d, 12h; 0 keeps only what the
+        /// current tables read).
+        #[arg(long, default_value = "7d")]
+        retention: String,
+        /// Views (default: all).
+        #[arg(long, value_delimiter = ',')]
+        views: Vec<String>,
+    },
     /// Read feature vectors from the online store.
     Online {
         #[arg(long, value_delimiter = ',', conflicts_with = "service")]
@@ -318,6 +330,17 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{plan}");
                 if !plan.is_empty() {
                     println!("Applied to {}.", store.registry().path().display());
+                }
+            }
+        }
+        Command::Vacuum { retention, views } => {
+            let retention = quiver::Duration::parse(&retention)?;
+            let stats = store.vacuum(&views, retention).await?;
+            if json {
+                print_json(&stats)
+            } else {
+                for s in &stats {
+                    println!("{}: {} offline data files deleted", s.view, s.files_deleted);
                 }
             }
         }

@@ -40,7 +40,7 @@ use parquet::schema::types::ColumnPath;
 use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
-use quiver_core::time::{day_of, format_timestamp_nanos, Timestamp, MICROS_PER_DAY};
+use quiver_core::time::{day_of, format_timestamp_nanos, Duration, Timestamp, MICROS_PER_DAY};
 use rayon::prelude::*;
 
 use crate::normalize::{
@@ -57,6 +57,13 @@ pub struct DataFile {
 }
 
 /// What an ingest did.
+/// What a vacuum of one table did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VacuumStats {
+    /// Data files deleted.
+    pub files_deleted: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IngestStats {
     /// Rows read from the source.
@@ -373,6 +380,29 @@ impl OfflineStore {
             .filter(|f| f.day.is_none_or(|d| d >= d0 && d <= d1))
             .collect();
         self.read_files(view, files, start, end).await
+    }
+
+    /// Deletes the files of a view's table that no version within `retention` reads:
+    /// files replaced by later ingests (removed from the table more than `retention`
+    /// ago) and files no commit ever added (an ingest killed before its commit), once
+    /// older than `retention`. Reads of the current table, and time travel to versions
+    /// newer than `retention`, are unchanged. Returns the files deleted.
+    pub async fn vacuum(&self, view: &ResolvedView, retention: Duration) -> Result<VacuumStats> {
+        let Some(table) = self.load(view).await? else {
+            return Ok(VacuumStats::default());
+        };
+        let retention = chrono::Duration::microseconds(retention.micros().max(0));
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(retention)
+            // A shorter retention than the table's default (7 days) is the caller's
+            // explicit choice.
+            .with_enforce_retention_duration(false)
+            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+            .await?;
+        Ok(VacuumStats {
+            files_deleted: metrics.files_deleted.len() as u64,
+        })
     }
 
     /// The number of rows stored for a view (from file metadata).

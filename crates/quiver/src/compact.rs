@@ -64,3 +64,48 @@ impl FeatureStore {
         Ok(out)
     }
 }
+
+/// What a vacuum did for one feature view's offline table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VacuumStats {
+    pub view: String,
+    /// Data files deleted.
+    pub files_deleted: u64,
+}
+
+impl FeatureStore {
+    /// Deletes offline data files that no table version within `retention` reads:
+    /// those replaced by later ingests and those of ingests that never committed, once
+    /// older than `retention`, for `views` (all when empty) and the earlier data
+    /// versions they keep. Training sets read now are unchanged; time travel reaches
+    /// back `retention`.
+    pub async fn vacuum(
+        &self,
+        views: &[String],
+        retention: quiver_core::Duration,
+    ) -> Result<Vec<VacuumStats>> {
+        let state = self.state()?;
+        FeatureStore::check_views(&state, views)?;
+        let mut out = Vec::new();
+        for (name, record) in &state.feature_views {
+            if !(views.is_empty() || views.contains(name)) {
+                continue;
+            }
+            let mut stats = VacuumStats {
+                view: name.clone(),
+                ..Default::default()
+            };
+            let mut view = state.resolved_view(name)?;
+            let versions: Vec<u32> = std::iter::once(record.version)
+                .chain(record.earlier.iter().map(|e| e.version))
+                .collect();
+            for version in versions {
+                view.version = version;
+                stats.files_deleted += self.offline().vacuum(&view, retention).await?.files_deleted;
+            }
+            tracing::info!(view = %name, files_deleted = stats.files_deleted, "vacuumed");
+            out.push(stats);
+        }
+        Ok(out)
+    }
+}

@@ -30,7 +30,7 @@ pub mod store;
 pub mod testing;
 pub mod write;
 
-pub use compact::CompactStats;
+pub use compact::{CompactStats, VacuumStats};
 pub use error::{Error, ErrorKind, Result};
 
 /// The default diagnostics filter of quiver's binaries (`QUIVER_LOG` overrides it):

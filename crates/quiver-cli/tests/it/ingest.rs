@@ -310,3 +310,70 @@ fn unknown_view_is_an_error() {
         "{e}"
     );
 }
+
+/// The Parquet files under the repository's offline store.
+fn offline_files(r: &Repo) -> usize {
+    fn walk(dir: &std::path::Path, n: &mut usize) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, n);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(&r.file("data/offline"), &mut n);
+    n
+}
+
+#[test]
+fn vacuum_deletes_replaced_and_uncommitted_files_and_keeps_what_is_read() {
+    let s = 1_000_000;
+    let r = repo_with(
+        vec![Some(1), Some(2), Some(3)],
+        vec![10 * s, 86_400 * s, 2 * 86_400 * s],
+        vec![None, None, None],
+        vec![Some(1.0), Some(2.0), Some(3.0)],
+    );
+    let store = r.store();
+    store.apply().block().unwrap();
+    for _ in 0..3 {
+        store.ingest().block().unwrap();
+    }
+    // A re-ingest killed after writing its files, before its commit.
+    let out = std::process::Command::new(crate::common::quiver_bin())
+        .arg("--repo")
+        .arg(r.path())
+        .arg("ingest")
+        .env(quiver_core::fault::CRASH_AT_VAR, "ingest.before_commit")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let view = store.state().unwrap().resolved_view("stats").unwrap();
+    let live = store.offline().data_files(&view).block().unwrap().len();
+    assert_eq!(live, 3, "one file per day partition");
+    assert_eq!(
+        offline_files(&r),
+        4 * live,
+        "three ingests and a killed one"
+    );
+
+    // The default retention (7 days) keeps these fresh files.
+    let (ok, out, err) = cli(r.path(), &["vacuum"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("stats: 0 offline data files deleted"), "{out}");
+    assert_eq!(offline_files(&r), 4 * live);
+
+    let (ok, out, err) = cli(r.path(), &["vacuum", "--retention", "0"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("stats: {} offline data files deleted", 3 * live)),
+        "{out}"
+    );
+    assert_eq!(offline_files(&r), live);
+    assert_eq!(stored_rows(&r), 3);
+    let (ok, _, err) = cli(r.path(), &["vacuum", "--retention", "1 week"]);
+    assert!(!ok && err.contains("1 week"), "{err}");
+}
