@@ -714,6 +714,25 @@ impl RedisStore {
         Error::store_from(format!("redis {}: {context}", self.inner.addr), e)
     }
 
+    /// `call`, failed with an error naming the read timeout when it takes longer: what
+    /// reads and health checks wait at most, however stuck the server is.
+    async fn within_read_timeout<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T>>,
+        context: &str,
+    ) -> Result<T> {
+        let timeout = self.inner.read_timeout;
+        tokio::time::timeout(timeout, call).await.map_err(|_| {
+            self.err(
+                context,
+                format!(
+                    "no answer within the read timeout of {} ms (online_store.read_timeout)",
+                    timeout.as_millis()
+                ),
+            )
+        })?
+    }
+
     /// Loads the scripts (on every primary in cluster mode).
     async fn load_scripts(&self) -> Result<()> {
         for (name, script) in [
@@ -1058,18 +1077,9 @@ impl OnlineStore for RedisStore {
                 cmd
             })
             .collect();
-        let timeout = self.inner.read_timeout;
-        let answers = tokio::time::timeout(timeout, self.run(&cmds, "read failed"))
-            .await
-            .map_err(|_| {
-                self.err(
-                    "read failed",
-                    format!(
-                        "no answer within the read timeout of {} ms (online_store.read_timeout)",
-                        timeout.as_millis()
-                    ),
-                )
-            })??;
+        let answers = self
+            .within_read_timeout(self.run(&cmds, "read failed"), "read failed")
+            .await?;
         let mut cells = Vec::with_capacity(keys.len() * fields.len());
         for a in answers {
             cells.extend(self.hmget_values(a, fields.len(), "read failed")?);
@@ -1078,15 +1088,11 @@ impl OnlineStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        let timeout = self.inner.read_timeout;
-        tokio::time::timeout(timeout, self.run(&[redis::cmd("PING")], "ping failed"))
-            .await
-            .map_err(|_| {
-                self.err(
-                    "ping failed",
-                    format!("no answer within {} ms", timeout.as_millis()),
-                )
-            })??;
+        self.within_read_timeout(
+            self.run(&[redis::cmd("PING")], "ping failed"),
+            "ping failed",
+        )
+        .await?;
         Ok(())
     }
 

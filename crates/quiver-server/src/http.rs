@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -62,30 +61,9 @@ fn finish(state: &ServerState, endpoint: &'static str, started: Instant, r: Resp
     r
 }
 
-/// The request body, or the JSON error the API promises when it could not be read (too
-/// large, cut short), instead of axum's plain-text rejection.
-fn body_of(state: &ServerState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ApiCode::PayloadTooLarge,
-                format!(
-                    "the request body is larger than the {} bytes allowed",
-                    state.options.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
-        }
-    })
-}
-
-async fn get_online_features(
-    State(state): State<Arc<ServerState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn get_online_features(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
     let started = Instant::now();
-    let r = match body_of(&state, body).and_then(|b| parse(&b)) {
+    let r = match parse(&body) {
         Ok(req) => match state.read(req).await {
             Ok(served) => {
                 let mut body = Vec::with_capacity(256 + served.size_hint());
@@ -102,12 +80,9 @@ async fn get_online_features(
     finish(&state, "get_online_features", started, r)
 }
 
-async fn push(
-    State(state): State<Arc<ServerState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn push(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
     let started = Instant::now();
-    let r = match body_of(&state, body).and_then(|b| parse(&b)) {
+    let r = match parse(&body) {
         Ok(req) => match state.push(req).await {
             Ok(resp) => json_response(&resp),
             Err(e) => e.into_response(),
@@ -221,7 +196,6 @@ async fn method_not_allowed() -> Response {
 
 /// The HTTP routes.
 pub fn router(state: Arc<ServerState>) -> Router {
-    let limit = state.options.max_body_bytes;
     Router::new()
         .route("/get-online-features", post(get_online_features))
         .route("/push", post(push))
@@ -232,11 +206,13 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/registry/{kind}/{name}", get(registry_get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // `read_body` buffers every body within the size limit and the body timeout
+        // (answering 413/408 in the API's JSON), so the handlers' `Bytes` never fail.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             read_body,
         ))
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 

@@ -24,3 +24,22 @@ pub fn cli(repo: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// One entity (`e`, key `k`), one Parquet source `data/s.parquet` (time `t`) and one view
+/// `v` with a float64 feature `x`.
+pub const ONE_VIEW: &str = "entities: [{ name: e, join_keys: [k] }]\n\
+     sources: [{ name: s, type: file, path: data/s.parquet, timestamp_field: t }]\n\
+     feature_views: [{ name: v, entities: [e], source: s, features: [{ name: x, dtype: float64 }] }]\n";
+
+/// Runs `quiver ingest` in `repo` stopped at crash point `point` (as a kill -9 there
+/// would stop it, see `quiver_core::fault`), and checks that it did not finish.
+pub fn ingest_stopped_at(repo: &Path, point: &str) {
+    let out = std::process::Command::new(quiver_bin())
+        .arg("--repo")
+        .arg(repo)
+        .arg("ingest")
+        .env(quiver_core::fault::CRASH_AT_VAR, point)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the ingest was stopped at {point}");
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Float64Array, Int64Array};
 use quiver::{FeatureStatus, Value};
 
-use crate::common::{cli, quiver_bin, ts, Repo};
+use crate::common::{cli, ingest_stopped_at, quiver_bin, ts, Repo, ONE_VIEW};
 
 const KEYS: i64 = 300_000;
 const HOUR: i64 = 3_600_000_000;
@@ -32,11 +32,7 @@ fn value_of(repo: &Repo, key: i64) -> Option<f64> {
 
 #[test]
 fn killed_materialization_leaves_previous_state_readable() {
-    let repo = Repo::new(
-        "entities: [{ name: e, join_keys: [k] }]\n\
-         sources: [{ name: s, type: file, path: data/s.parquet, timestamp_field: t }]\n\
-         feature_views: [{ name: v, entities: [e], source: s, features: [{ name: x, dtype: float64 }] }]\n",
-    );
+    let repo = Repo::new(ONE_VIEW);
     // Two rows per key: x = 1 at 1h, x = 2 at 3h.
     let keys: Vec<i64> = (0..KEYS).chain(0..KEYS).collect();
     let times: Vec<i64> = (0..2 * KEYS)
@@ -107,32 +103,11 @@ fn killed_materialization_leaves_previous_state_readable() {
     assert_eq!(value_of(&repo, KEYS - 1), Some(2.0));
 }
 
-/// The first ingest of a view stops at `point` (as a kill -9 there would stop it),
-/// leaving an offline table without data.
-fn crash_first_ingest(repo: &Repo, point: &str) {
-    let out = std::process::Command::new(quiver_bin())
-        .arg("--repo")
-        .arg(repo.path())
-        .arg("ingest")
-        .env(quiver_core::fault::CRASH_AT_VAR, point)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{point}: the ingest was stopped");
-    assert!(
-        repo.path().join("data/offline").exists(),
-        "{point}: the run got as far as creating the offline table"
-    );
-}
-
 #[test]
 fn killed_first_ingest_is_reported_and_the_reingest_materialized_in_full() {
     const N: i64 = 2_000;
     for point in ["ingest.after_create", "ingest.before_commit"] {
-        let repo = Repo::new(
-            "entities: [{ name: e, join_keys: [k] }]\n\
-             sources: [{ name: s, type: file, path: data/s.parquet, timestamp_field: t }]\n\
-             feature_views: [{ name: v, entities: [e], source: s, features: [{ name: x, dtype: float64 }] }]\n",
-        );
+        let repo = Repo::new(ONE_VIEW);
         repo.parquet(
             "data/s.parquet",
             vec![
@@ -143,7 +118,11 @@ fn killed_first_ingest_is_reported_and_the_reingest_materialized_in_full() {
         );
         let store = repo.store();
         store.apply().block().unwrap();
-        crash_first_ingest(&repo, point);
+        ingest_stopped_at(repo.path(), point);
+        assert!(
+            repo.path().join("data/offline").exists(),
+            "{point}: the run got as far as creating the offline table"
+        );
 
         // The empty table is reported, and no high-water mark moves over it.
         let (ok, out, err) = cli(repo.path(), &["materialize-incremental"]);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, StringArray};
 
-use crate::common::{cli, ts, ts_opt, Repo};
+use crate::common::{cli, ingest_stopped_at, ts, ts_opt, Repo, ONE_VIEW};
 
 const DEFS: &str = "\
 entities:
@@ -249,11 +249,7 @@ const X_PAGE: (usize, usize) = (16_162, 8_079);
 
 #[test]
 fn flipped_bytes_in_a_checksummed_source_fail_the_ingest_and_keep_stored_rows() {
-    let r = Repo::new(
-        "entities: [{ name: e, join_keys: [k] }]\n\
-         sources: [{ name: s, type: file, path: data/s.parquet, timestamp_field: t }]\n\
-         feature_views: [{ name: v, entities: [e], source: s, features: [{ name: x, dtype: float64 }] }]\n",
-    );
+    let r = Repo::new(ONE_VIEW);
     std::fs::create_dir_all(r.file("data")).unwrap();
     std::fs::write(r.file("data/s.parquet"), CHECKSUMMED).unwrap();
     let store = r.store();
@@ -343,14 +339,7 @@ fn vacuum_deletes_replaced_and_uncommitted_files_and_keeps_what_is_read() {
         store.ingest().block().unwrap();
     }
     // A re-ingest killed after writing its files, before its commit.
-    let out = std::process::Command::new(crate::common::quiver_bin())
-        .arg("--repo")
-        .arg(r.path())
-        .arg("ingest")
-        .env(quiver_core::fault::CRASH_AT_VAR, "ingest.before_commit")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    ingest_stopped_at(r.path(), "ingest.before_commit");
     let view = store.state().unwrap().resolved_view("stats").unwrap();
     let live = store.offline().data_files(&view).block().unwrap().len();
     assert_eq!(live, 3, "one file per day partition");

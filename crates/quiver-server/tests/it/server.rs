@@ -149,6 +149,19 @@ impl Fixture {
         self.server.as_ref().unwrap().http_addr
     }
 
+    /// Asserts that a plain read of driver 1's trips is answered (with 4).
+    fn assert_serves(&self) {
+        let (code, v) = self.post(
+            "/get-online-features",
+            &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1]}})
+                .to_string(),
+        );
+        assert_eq!(
+            (code, &v["results"][0]["features"]["trips"]),
+            (200, &json!(4))
+        );
+    }
+
     fn post(&self, path: &str, body: &str) -> (u16, Json) {
         http(self.http(), "POST", path, body)
     }
@@ -471,14 +484,7 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Backend) {
     let (code, v) = f.post("/no-such-endpoint", "{}");
     assert_eq!((code, v["code"].as_str()), (404, Some("NOT_FOUND")));
     // Still serving.
-    let (code, v) = f.post(
-        "/get-online-features",
-        &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1]}}).to_string(),
-    );
-    assert_eq!(
-        (code, &v["results"][0]["features"]["trips"]),
-        (200, &json!(4))
-    );
+    f.assert_serves();
 }
 
 fn push_writes_newer_rows_online_and_offline(backend: Backend) {
@@ -792,14 +798,7 @@ fn stalled_and_idle_connections_are_closed_and_do_not_deny_service() {
         .collect();
     // A well-behaved client is still served: stalled connections time out and free
     // their slots, and the waiting ones are taken in turn.
-    let (code, v) = f.post(
-        "/get-online-features",
-        &json!({"features": ["driver_stats:trips"], "entities": {"driver_id": [1]}}).to_string(),
-    );
-    assert_eq!(
-        (code, &v["results"][0]["features"]["trips"]),
-        (200, &json!(4))
-    );
+    f.assert_serves();
     for (i, s) in stalled.iter_mut().enumerate() {
         let (_, closed) = read_until_closed(s, ms(20_000));
         assert!(closed, "stalled connection {i} was closed by the server");
