@@ -266,11 +266,7 @@ async fn serve(
         http: addr(port)?,
         grpc: grpc_port.map(addr).transpose()?,
         max_entity_rows,
-        limits: quiver_server::ConnectionLimits {
-            header_timeout: serving.header_timeout.to_std(),
-            body_timeout: serving.body_timeout.to_std(),
-            max_connections: serving.max_connections,
-        },
+        limits: serving.into(),
         ..Default::default()
     };
     {

@@ -230,13 +230,20 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+impl From<&quiver_registry::config::ServingConfig> for ConnectionLimits {
+    fn from(serving: &quiver_registry::config::ServingConfig) -> Self {
+        ConnectionLimits {
+            header_timeout: serving.header_timeout.to_std(),
+            body_timeout: serving.body_timeout.to_std(),
+            max_connections: serving.max_connections,
+        }
+    }
+}
+
+/// The defaults of `serving:` in `quiver.yaml`.
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        ConnectionLimits {
-            header_timeout: std::time::Duration::from_secs(10),
-            body_timeout: std::time::Duration::from_secs(30),
-            max_connections: 1024,
-        }
+        (&quiver_registry::config::ServingConfig::default()).into()
     }
 }
 
