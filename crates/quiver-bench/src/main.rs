@@ -125,6 +125,7 @@ fn bench_view() -> ResolvedView {
                 name: format!("f{i}"),
                 dtype: DType::Float64,
                 description: String::new(),
+                allow_non_finite: false,
             })
             .collect(),
         ttl: Duration::from_secs(30 * 86_400),

@@ -25,6 +25,7 @@ fn view(name: &str, features: usize) -> ResolvedView {
                 name: format!("f{i}"),
                 dtype: DType::Float64,
                 description: String::new(),
+                allow_non_finite: false,
             })
             .collect(),
         ttl: Duration::from_secs(86_400),

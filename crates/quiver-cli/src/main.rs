@@ -413,12 +413,24 @@ async fn run(cli: Cli) -> Result<()> {
             let result = b.await?;
             let (out, res) = (output.clone(), result.clone());
             quiver::blocking(move || quiver::io::write_table_with(&out, &res, &options)).await?;
+            let invalid = quiver::historical::invalid_rows(&result);
             if json {
+                let invalid: serde_json::Map<String, serde_json::Value> = invalid
+                    .iter()
+                    .map(|(c, n, why)| (c.clone(), serde_json::json!({"rows": n, "first": why})))
+                    .collect();
                 print_json(
                     &serde_json::json!({"rows": result.num_rows(), "columns": result.num_columns(),
-                    "output": output, "seconds": started.elapsed().as_secs_f64()}),
+                    "output": output, "seconds": started.elapsed().as_secs_f64(),
+                    "invalid": invalid}),
                 );
             } else {
+                for (column, n, why) in &invalid {
+                    eprintln!(
+                        "note: {n} value(s) of {column} could not be computed and are null \
+                         (INVALID online); first: {why}"
+                    );
+                }
                 let n = preview.min(result.num_rows());
                 println!("{}", pretty_format_batches(&[result.slice(0, n)])?);
                 println!(

@@ -21,6 +21,9 @@ pub enum FeatureStatus {
     Missing,
     /// The newest row is older than `T − ttl`.
     OutsideTtl,
+    /// An on-demand feature that could not be computed for this row (an integer
+    /// overflow, a division by zero, a non-finite result; [`crate::finite`]).
+    Invalid,
 }
 
 impl FeatureStatus {
@@ -30,6 +33,7 @@ impl FeatureStatus {
             FeatureStatus::Present => "PRESENT",
             FeatureStatus::Missing => "MISSING",
             FeatureStatus::OutsideTtl => "OUTSIDE_TTL",
+            FeatureStatus::Invalid => "INVALID",
         }
     }
 }

@@ -119,6 +119,15 @@ impl DType {
         })
     }
 
+    /// Whether values of this type can be NaN or ±infinity: floats and lists of floats.
+    pub fn is_float(&self) -> bool {
+        match self {
+            DType::Float32 | DType::Float64 => true,
+            DType::List(inner) => inner.is_float(),
+            _ => false,
+        }
+    }
+
     /// Whether a source column of type `source` can be read as `self` without loss:
     /// the same type, or a widening (int32 → int64, float32 → float64, int → float64).
     pub fn accepts(&self, source: &DType) -> bool {

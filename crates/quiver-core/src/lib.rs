@@ -20,6 +20,7 @@ pub mod dtype;
 pub mod encoding;
 pub mod error;
 pub mod fault;
+pub mod finite;
 pub mod model;
 pub mod names;
 pub mod pit;

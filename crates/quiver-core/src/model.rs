@@ -158,6 +158,10 @@ pub struct Feature {
     pub dtype: DType,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// Whether a float feature may hold NaN and ±infinity; by default they are rejected
+    /// where rows enter ([`crate::finite`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_non_finite: bool,
 }
 
 fn yes() -> bool {
@@ -165,6 +169,9 @@ fn yes() -> bool {
 }
 fn is_true(b: &bool) -> bool {
     *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A named group of features of one entity set, read from one source.
@@ -347,6 +354,10 @@ pub struct OnDemandFeature {
     pub expr: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// Whether a float result may be NaN or ±infinity; by default such a row is null
+    /// with status `INVALID` ([`crate::finite`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_non_finite: bool,
 }
 
 /// Features computed when they are asked for, from request fields and other views'

@@ -4,6 +4,7 @@
 use serde::{Serialize, Serializer};
 
 use crate::dtype::DType;
+use crate::finite::{narrow_to_f32, non_finite_from_name, non_finite_name};
 use crate::time::{format_timestamp, parse_timestamp, Timestamp};
 use crate::{Error, Result};
 
@@ -92,7 +93,8 @@ impl std::fmt::Display for Value {
 }
 
 /// JSON form: numbers, strings, lists and null; bytes as a hex string, timestamps as
-/// RFC 3339 strings; non-finite floats as null.
+/// RFC 3339 strings; non-finite floats as the strings `"NaN"`, `"Infinity"`,
+/// `"-Infinity"` ([`crate::finite`]), never as null, which means missing.
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match self {
@@ -100,9 +102,14 @@ impl Serialize for Value {
             Value::Bool(v) => s.serialize_bool(*v),
             Value::Int32(v) => s.serialize_i32(*v),
             Value::Int64(v) => s.serialize_i64(*v),
-            Value::Float32(v) if v.is_finite() => s.serialize_f32(*v),
-            Value::Float64(v) if v.is_finite() => s.serialize_f64(*v),
-            Value::Float32(_) | Value::Float64(_) => s.serialize_none(),
+            Value::Float32(v) => match non_finite_name(*v as f64) {
+                Some(name) => s.serialize_str(name),
+                None => s.serialize_f32(*v),
+            },
+            Value::Float64(v) => match non_finite_name(*v) {
+                Some(name) => s.serialize_str(name),
+                None => s.serialize_f64(*v),
+            },
             Value::String(v) => s.serialize_str(v),
             Value::Bytes(_) | Value::Timestamp(_) => s.serialize_str(&self.to_string()),
             Value::List(items) => items.serialize(s),
@@ -112,7 +119,9 @@ impl Serialize for Value {
 
 /// Builds an Arrow array of `dtype` (in its storage form, [`DType::to_arrow`]) from
 /// values, as they arrive in a request: nulls stay null, integers widen to floats,
-/// integers narrow to int32 only when they fit, float64 narrows to float32, and
+/// integers narrow to int32 only when they fit, float64 narrows to float32 when it is
+/// within float32's range ([`crate::finite`]), the strings `"NaN"`, `"Infinity"` and
+/// `"-Infinity"` are those floats (whether they may be stored is the writer's check), and
 /// timestamps may be given as RFC 3339 strings. Anything else is an error naming the
 /// (0-based) row and what was found.
 pub fn values_to_array(values: &[Value], dtype: &DType) -> Result<arrow::array::ArrayRef> {
@@ -145,6 +154,17 @@ pub fn values_to_array(values: &[Value], dtype: &DType) -> Result<arrow::array::
         }};
     }
     let n = values.len();
+    if *dtype == DType::Float32 {
+        for (row, v) in values.iter().enumerate() {
+            if let Value::Float64(x) = v {
+                if narrow_to_f32(*x).is_none() {
+                    return Err(Error::Type(format!(
+                        "row {row}: {x:e} is beyond the range of float32 (±3.4e38)"
+                    )));
+                }
+            }
+        }
+    }
     Ok(match dtype {
         DType::Bool => build!(BooleanBuilder::with_capacity(n), |v| match v {
             Value::Bool(b) => Some(*b),
@@ -165,6 +185,7 @@ pub fn values_to_array(values: &[Value], dtype: &DType) -> Result<arrow::array::
             Value::Float64(x) => Some(*x as f32),
             Value::Int32(i) => Some(*i as f32),
             Value::Int64(i) => Some(*i as f32),
+            Value::String(s) => non_finite_from_name(s).map(|x| x as f32),
             _ => None,
         }),
         DType::Float64 => build!(Float64Builder::with_capacity(n), |v| match v {
@@ -172,6 +193,7 @@ pub fn values_to_array(values: &[Value], dtype: &DType) -> Result<arrow::array::
             Value::Float64(x) => Some(*x),
             Value::Int32(i) => Some(*i as f64),
             Value::Int64(i) => Some(*i as f64),
+            Value::String(s) => non_finite_from_name(s),
             _ => None,
         }),
         DType::String => build!(StringBuilder::with_capacity(n, n * 8), |v| match v {
@@ -389,5 +411,37 @@ mod tests {
         assert!(e.to_string().contains("int32"), "{e}");
         assert!(values_to_array(&[Value::Float64(1.5)], &DType::Int64).is_err());
         assert!(values_to_array(&[Value::String("soon".into())], &DType::Timestamp).is_err());
+    }
+
+    #[test]
+    fn float64_beyond_float32_is_an_error_not_infinity() {
+        let e = values_to_array(
+            &[Value::Float64(1.0), Value::Float64(1e300)],
+            &DType::Float32,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("row 1") && e.to_string().contains("float32"),
+            "{e}"
+        );
+        let list = DType::List(Box::new(DType::Float32));
+        let e = values_to_array(&[Value::List(vec![Value::Float64(-1e39)])], &list).unwrap_err();
+        assert!(e.to_string().contains("float32"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_floats_are_json_strings_not_null() {
+        let j = serde_json::to_value([
+            Value::Float64(f64::NAN),
+            Value::Float64(f64::INFINITY),
+            Value::Float32(f32::NEG_INFINITY),
+            Value::Float64(0.5),
+            Value::Null,
+        ])
+        .unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!(["NaN", "Infinity", "-Infinity", 0.5, null])
+        );
     }
 }

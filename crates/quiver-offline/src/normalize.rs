@@ -17,6 +17,7 @@ use arrow::array::{
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType};
 use quiver_core::dtype::{timestamp_type, DType};
+use quiver_core::finite::first_non_finite;
 use quiver_core::model::{JoinKey, ResolvedView};
 pub use quiver_core::time::Rounding;
 use quiver_core::time::{
@@ -377,6 +378,18 @@ pub fn normalize(
     for f in &view.features {
         let c = column(batch, &f.name, origin)?;
         let target = f.dtype.to_arrow();
+        if !f.allow_non_finite {
+            if let Some((row, x)) = first_non_finite(c.as_ref()) {
+                return Err(origin.err(
+                    row,
+                    &f.name,
+                    format!(
+                        "{x} is not a finite number (write a missing value as null, or \
+                         declare the feature with allow_non_finite: true)"
+                    ),
+                ));
+            }
+        }
         if c.data_type() == &target {
             cols.push(c.clone());
             continue;

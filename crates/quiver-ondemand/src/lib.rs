@@ -56,10 +56,20 @@
 //! of radius 6371.0088 km). Types are coerced as in DataFusion (e.g. `int64 * float64`
 //! is float64). Nulls propagate by SQL rules: a null input gives a null result unless
 //! the expression handles it (`coalesce`, `CASE .. IS NULL`); a null is never turned
-//! into zero. Integer division by zero is an error; write `a / nullif(b, 0)`.
+//! into zero.
 //!
 //! The result is cast to the feature's declared dtype; a result type that cannot be
 //! cast to it (a string to float64, a number to bool…) is an error at compile time.
+//!
+//! # Rows that cannot be computed
+//!
+//! An error on one row — integer overflow (integer arithmetic is checked, never
+//! wrapped), integer division by zero, a value that does not fit the declared type —
+//! or a NaN/±infinity float result (`sqrt(-1)`, `ln(0)`, `x / 0.0`) in a feature that
+//! does not declare `allow_non_finite: true` makes that row's value null, and only that
+//! row's; [`CompiledOdfv::evaluate_reporting`] says which rows and why (online their
+//! status is `INVALID`). Write `a / nullif(b, 0)` to make a zero divisor a plain
+//! missing value instead.
 
 mod functions;
 
@@ -182,7 +192,35 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 struct CompiledFeature {
     name: String,
     dtype: DataType,
+    allow_non_finite: bool,
     expr: Arc<dyn PhysicalExpr>,
+}
+
+/// The rows of one feature that could not be computed: null in the result, status
+/// `INVALID` online ([`quiver_core::finite`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvalidRows {
+    /// Their 0-based numbers in the evaluated batch, ascending.
+    pub rows: Vec<usize>,
+    /// Why the first of them failed, e.g. `row 3: Arithmetic overflow: …`.
+    pub first_reason: Option<String>,
+}
+
+impl InvalidRows {
+    fn add(&mut self, row: usize, reason: impl FnOnce() -> String) {
+        self.rows.push(row);
+        if self.first_reason.is_none() {
+            self.first_reason = Some(format!("row {row}: {}", reason()));
+        }
+    }
+}
+
+/// What [`CompiledOdfv::evaluate_reporting`] computed: one array per feature (invalid
+/// rows null) and, per feature, the rows that could not be computed.
+#[derive(Clone, Debug)]
+pub struct Evaluated {
+    pub columns: Vec<ArrayRef>,
+    pub invalid: Vec<InvalidRows>,
 }
 
 /// An on-demand feature view compiled against the schema of its inputs: parse, plan,
@@ -386,6 +424,7 @@ pub fn castable(from: &DataType, to: &DataType) -> bool {
 struct Planned {
     name: String,
     dtype: DataType,
+    allow_non_finite: bool,
     expr: Expr,
 }
 
@@ -600,6 +639,7 @@ fn plan_feature(
     Ok(Planned {
         name: f.name.clone(),
         dtype: declared,
+        allow_non_finite: f.allow_non_finite,
         expr,
     })
 }
@@ -700,7 +740,9 @@ impl CompiledOdfv {
                 kind: ExprErrorKind::Type,
                 message: m,
             };
-            let expr = match create_physical_expr(&p.expr, &exec_schema, &props, &ctx) {
+            let expr = match create_physical_expr(&p.expr, &exec_schema, &props, &ctx)
+                .and_then(|e| checked_arithmetic(e, exec_schema.as_arrow()))
+            {
                 Ok(e) => e,
                 Err(e) => {
                     errors.push(type_err(df_message(&e)));
@@ -710,9 +752,10 @@ impl CompiledOdfv {
             let feature = CompiledFeature {
                 name: p.name,
                 dtype: p.dtype,
+                allow_non_finite: p.allow_non_finite,
                 expr,
             };
-            match eval_feature(&feature, &probe) {
+            match eval_whole(&feature, &probe) {
                 Ok(_) => features.push(feature),
                 Err(m) => errors.push(type_err(m)),
             }
@@ -763,8 +806,18 @@ impl CompiledOdfv {
     /// [`input_columns`](Self::input_columns) (found by name; other columns are ignored)
     /// with their compiled types or a type that widens to them without loss. Returns
     /// one array per feature, in definition order, of the declared dtype and
-    /// `batch.num_rows()` long.
+    /// `batch.num_rows()` long. A row the expression fails on is null
+    /// ([`evaluate_reporting`](Self::evaluate_reporting) tells which).
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.evaluate_reporting(batch).map(|e| e.columns)
+    }
+
+    /// Like [`evaluate`](Self::evaluate), telling per feature which rows could not be
+    /// computed: a runtime error on the row (integer overflow, integer division by
+    /// zero, a result that does not fit the declared type) or a non-finite float result
+    /// where the feature does not allow one. Those rows are null; the others are what
+    /// the expression gives, so one bad row never fails the others.
+    pub fn evaluate_reporting(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let n = batch.num_rows();
         let mut columns = Vec::with_capacity(self.input_columns.len());
         for field in self.input_schema.fields() {
@@ -789,16 +842,20 @@ impl CompiledOdfv {
             view: self.name.clone(),
             message: e.to_string(),
         })?;
-        self.features
-            .iter()
-            .map(|f| {
-                eval_feature(f, &input).map_err(|message| Error::Eval {
-                    view: self.name.clone(),
-                    feature: f.name.clone(),
-                    message,
-                })
-            })
-            .collect()
+        let mut out = Evaluated {
+            columns: Vec::with_capacity(self.features.len()),
+            invalid: Vec::with_capacity(self.features.len()),
+        };
+        for f in self.features.iter() {
+            let (column, invalid) = eval_feature(f, &input).map_err(|message| Error::Eval {
+                view: self.name.clone(),
+                feature: f.name.clone(),
+                message,
+            })?;
+            out.columns.push(column);
+            out.invalid.push(invalid);
+        }
+        Ok(out)
     }
 
     /// Like [`evaluate`](Self::evaluate), as a batch of [`output_schema`](Self::output_schema).
@@ -850,9 +907,116 @@ fn batch_of(
     )
 }
 
-/// Evaluates one feature and casts the result to its declared type. Casts are checked:
-/// a value that does not fit (an out-of-range number) is an error, never a silent null.
-fn eval_feature(f: &CompiledFeature, input: &RecordBatch) -> std::result::Result<ArrayRef, String> {
+/// Integer `+ - *` checked for overflow (DataFusion wraps them by default), so that an
+/// overflowing row fails and is reported, never served as a wrapped number.
+fn checked_arithmetic(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> datafusion_common::Result<Arc<dyn PhysicalExpr>> {
+    use datafusion_expr::Operator;
+    use datafusion_physical_expr::expressions::{BinaryExpr, Literal, NegativeExpr};
+    expr.transform_up(|e| {
+        if let Some(b) = e.downcast_ref::<BinaryExpr>() {
+            let checked = BinaryExpr::new(Arc::clone(b.left()), *b.op(), Arc::clone(b.right()))
+                .with_fail_on_overflow(true);
+            return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
+        }
+        if let Some(n) = e.downcast_ref::<NegativeExpr>() {
+            // `-x` wraps at the integer minimum: written `0 - x`, checked.
+            let arg = Arc::clone(n.arg());
+            let t = arg.data_type(schema);
+            if let Ok(t) = t.as_ref() {
+                if t.is_signed_integer() {
+                    let zero = Arc::new(Literal::new(datafusion_common::ScalarValue::new_zero(t)?));
+                    let checked =
+                        BinaryExpr::new(zero, Operator::Minus, arg).with_fail_on_overflow(true);
+                    return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
+                }
+            }
+        }
+        Ok(Transformed::no(e))
+    })
+    .map(|t| t.data)
+}
+
+/// Evaluates one feature over `input`, row by row where it must: when the whole batch
+/// fails, halves are evaluated until each failing row is alone, so the cost is the
+/// batch plus a logarithmic number of evaluations per failing row. Failing rows and,
+/// unless the feature allows them, rows with a non-finite float are null and reported.
+fn eval_feature(
+    f: &CompiledFeature,
+    input: &RecordBatch,
+) -> std::result::Result<(ArrayRef, InvalidRows), String> {
+    let mut invalid = InvalidRows::default();
+    let column = match eval_whole(f, input) {
+        Ok(c) => c,
+        Err(_) => {
+            let mut parts = Vec::new();
+            eval_split(f, input, 0, input.num_rows(), &mut parts, &mut invalid);
+            let parts: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
+            arrow::compute::concat(&parts).map_err(|e| e.to_string())?
+        }
+    };
+    if f.allow_non_finite || !quiver_core::finite::holds_floats(&f.dtype) {
+        return Ok((column, invalid));
+    }
+    let mut bad = Vec::new();
+    quiver_core::finite::for_each_non_finite(column.as_ref(), |row, _| {
+        bad.push(row);
+        true
+    });
+    if bad.is_empty() {
+        return Ok((column, invalid));
+    }
+    let mut mask = vec![false; column.len()];
+    for &row in &bad {
+        mask[row] = true;
+        invalid.add(row, || {
+            let v = quiver_core::value::value_at(column.as_ref(), row)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            format!(
+                "the result {v} is not a finite number (declare allow_non_finite: true to keep it)"
+            )
+        });
+    }
+    invalid.rows.sort_unstable();
+    let column =
+        arrow::compute::nullif(column.as_ref(), &mask.into()).map_err(|e| e.to_string())?;
+    Ok((column, invalid))
+}
+
+/// Evaluates `f` over rows `offset..offset + len` of `input` into `parts`, a failing
+/// single row as a null recorded in `invalid`.
+fn eval_split(
+    f: &CompiledFeature,
+    input: &RecordBatch,
+    offset: usize,
+    len: usize,
+    parts: &mut Vec<ArrayRef>,
+    invalid: &mut InvalidRows,
+) {
+    if len == 0 {
+        return;
+    }
+    match eval_whole(f, &input.slice(offset, len)) {
+        Ok(c) => parts.push(c),
+        Err(reason) if len == 1 => {
+            parts.push(new_null_array(&f.dtype, 1));
+            invalid.add(offset, || reason);
+        }
+        Err(_) => {
+            let half = len / 2;
+            eval_split(f, input, offset, half, parts, invalid);
+            eval_split(f, input, offset + half, len - half, parts, invalid);
+        }
+    }
+}
+
+/// Evaluates one feature over all of `input` and casts the result to its declared type.
+/// Casts are checked: a value that does not fit (an out-of-range number) is an error,
+/// never a silent null.
+fn eval_whole(f: &CompiledFeature, input: &RecordBatch) -> std::result::Result<ArrayRef, String> {
     let value = f
         .expr
         .evaluate(input)

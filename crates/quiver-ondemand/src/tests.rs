@@ -28,6 +28,7 @@ fn view(features: &[(&str, &str, &str)]) -> OnDemandFeatureView {
                 dtype: DType::parse(t).unwrap(),
                 expr: e.to_string(),
                 description: String::new(),
+                allow_non_finite: false,
             })
             .collect(),
         owner: String::new(),
@@ -330,27 +331,114 @@ fn results_are_cast_to_the_declared_dtype() {
 }
 
 #[test]
-fn a_value_that_does_not_fit_the_dtype_is_an_error_not_a_null() {
+fn a_value_that_does_not_fit_the_dtype_is_an_invalid_row_not_a_wrong_value() {
+    // DIST = [2.5, null, 12.0, 0.0]: rows 0 and 2 do not fit int32; row 1 is null (a
+    // null input), row 3 fits.
     let odfv = compile(&[("big", "int32", "distance_km * 1e12")]);
-    match odfv.evaluate(&batch()) {
-        Err(Error::Eval {
-            feature, message, ..
-        }) => {
-            assert_eq!(feature, "big");
-            assert!(
-                message.contains("int32") || message.contains("Int32"),
-                "{message}"
-            );
-        }
-        other => panic!("expected an evaluation error, got {other:?}"),
-    }
-    // Integer division by zero is an error too (row 1 has n = 0).
-    let odfv = compile(&[("q", "int64", "trips / n")]);
-    let e = odfv.evaluate(&batch()).unwrap_err().to_string();
-    assert!(
-        e.contains("feature 'q'") && e.to_lowercase().contains("divide by zero"),
-        "{e}"
+    let out = odfv.evaluate_reporting(&batch()).unwrap();
+    let big = out.columns[0].as_primitive::<Int32Type>();
+    assert_eq!(
+        big.iter().collect::<Vec<_>>(),
+        vec![None, None, None, Some(0)]
     );
+    assert_eq!(out.invalid[0].rows, vec![0, 2]);
+    let why = out.invalid[0].first_reason.as_deref().unwrap();
+    assert!(why.starts_with("row 0: ") && why.contains("Int32"), "{why}");
+
+    // Integer division by zero fails its row alone: trips / n with n = [2, 0, null, 5].
+    let odfv = compile(&[("q", "int64", "trips / n")]);
+    let out = odfv.evaluate_reporting(&batch()).unwrap();
+    let q = out.columns[0].as_primitive::<Int64Type>();
+    assert_eq!(
+        q.iter().collect::<Vec<_>>(),
+        vec![Some(3), None, None, None]
+    );
+    assert_eq!(out.invalid[0].rows, vec![1]);
+    let why = out.invalid[0].first_reason.as_deref().unwrap();
+    assert!(why.to_lowercase().contains("divide by zero"), "{why}");
+}
+
+#[test]
+fn integer_overflow_is_an_invalid_row_never_a_wrapped_value() {
+    // n = [2, 0, null, 5]; 2^62 * n overflows int64 for 2 and 5 (DataFusion wraps by
+    // default: 2^62 * 2 would be served as i64::MIN).
+    let odfv = compile(&[
+        ("m", "int64", "n * 4611686018427387904"),
+        ("s", "int64", "n + 9223372036854775806"),
+        ("neg", "int64", "-(n - 9223372036854775807 - 1)"),
+        ("ok", "int64", "n * 2"),
+    ]);
+    let out = odfv.evaluate_reporting(&batch()).unwrap();
+    let col = |i: usize| {
+        out.columns[i]
+            .as_primitive::<Int64Type>()
+            .iter()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(col(0), vec![None, Some(0), None, None]);
+    assert_eq!(out.invalid[0].rows, vec![0, 3]);
+    assert_eq!(col(1), vec![None, Some(i64::MAX - 1), None, None]);
+    assert_eq!(out.invalid[1].rows, vec![0, 3]);
+    // n - 2^63 is i64::MIN for n = 0; its negation overflows.
+    assert_eq!(out.invalid[2].rows, vec![1], "{:?}", col(2));
+    assert_eq!(col(3), vec![Some(4), Some(0), None, Some(10)]);
+    assert!(out.invalid[3].rows.is_empty());
+}
+
+#[test]
+fn non_finite_results_are_invalid_unless_the_feature_allows_them() {
+    // distance_km = [2.5, null, 12.0, 0.0]; ln(0) = -inf, x / 0.0 = inf, sqrt(-x) = NaN.
+    let mut def = view(&[
+        ("l", "float64", "ln(distance_km)"),
+        ("r", "float64", "1.0 / distance_km"),
+        ("q", "float32", "sqrt(0.0 - distance_km)"),
+        ("kept", "float64", "ln(distance_km)"),
+    ]);
+    def.features[3].allow_non_finite = true;
+    let out = CompiledOdfv::compile(&def, &inputs())
+        .unwrap()
+        .evaluate_reporting(&batch())
+        .unwrap();
+    let l = out.columns[0].as_primitive::<Float64Type>();
+    assert_eq!(l.value(0), 2.5f64.ln());
+    assert!(l.is_null(3));
+    assert_eq!(out.invalid[0].rows, vec![3]);
+    assert!(
+        out.invalid[0]
+            .first_reason
+            .as_deref()
+            .unwrap()
+            .contains("-inf"),
+        "{:?}",
+        out.invalid[0]
+    );
+    assert_eq!(out.invalid[1].rows, vec![3]);
+    // sqrt of a negative number: rows 0 and 2; sqrt(-0.0) is -0.0, a number.
+    assert_eq!(out.invalid[2].rows, vec![0, 2]);
+    assert_eq!(out.columns[2].as_primitive::<Float32Type>().value(3), 0.0);
+    let kept = out.columns[3].as_primitive::<Float64Type>();
+    assert_eq!(kept.value(3), f64::NEG_INFINITY);
+    assert!(out.invalid[3].rows.is_empty());
+}
+
+#[test]
+fn many_failing_rows_among_many_good_ones_are_each_found() {
+    // 10,000 rows, every 997th with n = 0.
+    let n: Vec<Option<i64>> = (0..10_000)
+        .map(|i| Some(if i % 997 == 0 { 0 } else { i }))
+        .collect();
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    let b = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(n))]).unwrap();
+    let out = compile(&[("q", "int64", "100000 / n")])
+        .evaluate_reporting(&b)
+        .unwrap();
+    let want: Vec<usize> = (0..10_000).filter(|i| i % 997 == 0).collect();
+    assert_eq!(out.invalid[0].rows, want);
+    let q = out.columns[0].as_primitive::<Int64Type>();
+    assert_eq!(q.len(), 10_000);
+    assert_eq!(q.value(1), 100_000);
+    assert_eq!(q.value(9_999), 100_000 / 9_999);
+    assert_eq!(q.null_count(), want.len());
 }
 
 #[test]

@@ -482,6 +482,8 @@ impl ReadPlan {
     /// read (one column per request field, a value per entity row; other columns are
     /// ignored). On-demand features are computed by the same evaluator as in
     /// historical retrieval, over the rows of this request; the status of one is
+    /// `INVALID` when its expression could not be computed for the row (an integer
+    /// overflow, a division by zero, a non-finite result; the value is null),
     /// `PRESENT` when it has a value, else the worst status of its stored inputs
     /// (`OUTSIDE_TTL` over `MISSING`).
     pub async fn execute_with(
@@ -501,6 +503,8 @@ impl ReadPlan {
         // Every on-demand view over the rows of the request.
         let mut computed: Vec<Vec<arrow::array::ArrayRef>> = Vec::with_capacity(self.odfvs.len());
         let mut dep_status: Vec<Vec<FeatureStatus>> = Vec::with_capacity(self.odfvs.len());
+        let mut invalid: Vec<Vec<quiver_ondemand::InvalidRows>> =
+            Vec::with_capacity(self.odfvs.len());
         for o in &self.odfvs {
             let mut fields = Vec::new();
             let mut cols = Vec::new();
@@ -553,7 +557,9 @@ impl ReadPlan {
                 cols,
                 &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
             )?;
-            computed.push(o.compiled.evaluate(&batch)?);
+            let evaluated = o.compiled.evaluate_reporting(&batch)?;
+            invalid.push(evaluated.invalid);
+            computed.push(evaluated.columns);
             dep_status.push(worst);
         }
         let mut out = Vectors {
@@ -576,14 +582,17 @@ impl ReadPlan {
                     }
                     OutputSource::OnDemand(k, j) => {
                         let v = quiver_core::value::value_at(computed[k][j].as_ref(), r)?;
-                        out.statuses.push(if v.is_null() {
-                            match dep_status[k][r] {
-                                FeatureStatus::Present => FeatureStatus::Missing,
-                                s => s,
-                            }
-                        } else {
-                            FeatureStatus::Present
-                        });
+                        out.statuses
+                            .push(if invalid[k][j].rows.binary_search(&r).is_ok() {
+                                FeatureStatus::Invalid
+                            } else if v.is_null() {
+                                match dep_status[k][r] {
+                                    FeatureStatus::Present => FeatureStatus::Missing,
+                                    s => s,
+                                }
+                            } else {
+                                FeatureStatus::Present
+                            });
                         out.values.push(v);
                         out.event_timestamps.push(None);
                     }

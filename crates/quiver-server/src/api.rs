@@ -8,6 +8,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
+use quiver_core::finite::non_finite_name;
 use quiver_core::time::format_timestamp;
 use quiver_core::{FeatureStatus, Value};
 
@@ -26,9 +27,16 @@ impl Serialize for pb::Value {
             Some(Kind::BoolValue(v)) => s.serialize_bool(*v),
             Some(Kind::Int32Value(v)) => s.serialize_i32(*v),
             Some(Kind::Int64Value(v)) => s.serialize_i64(*v),
-            Some(Kind::FloatValue(v)) if v.is_finite() => s.serialize_f32(*v),
-            Some(Kind::DoubleValue(v)) if v.is_finite() => s.serialize_f64(*v),
-            Some(Kind::FloatValue(_)) | Some(Kind::DoubleValue(_)) => s.serialize_none(),
+            // Non-finite numbers as the protobuf JSON mapping writes them, never as
+            // null, which means missing (quiver_core::finite).
+            Some(Kind::FloatValue(v)) => match non_finite_name(*v as f64) {
+                Some(name) => s.serialize_str(name),
+                None => s.serialize_f32(*v),
+            },
+            Some(Kind::DoubleValue(v)) => match non_finite_name(*v) {
+                Some(name) => s.serialize_str(name),
+                None => s.serialize_f64(*v),
+            },
             Some(Kind::StringValue(v)) => s.serialize_str(v),
             Some(Kind::BytesValue(v)) => {
                 s.serialize_str(&v.iter().map(|b| format!("{b:02x}")).collect::<String>())
@@ -200,6 +208,7 @@ pub fn from_status(s: FeatureStatus) -> pb::FeatureStatus {
         FeatureStatus::Present => pb::FeatureStatus::Present,
         FeatureStatus::Missing => pb::FeatureStatus::Missing,
         FeatureStatus::OutsideTtl => pb::FeatureStatus::OutsideTtl,
+        FeatureStatus::Invalid => pb::FeatureStatus::Invalid,
     }
 }
 

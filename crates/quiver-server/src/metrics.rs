@@ -92,16 +92,17 @@ impl Metrics {
             return;
         }
         let views: Vec<&str> = plan.view_names().collect();
-        let mut counts = vec![[0u64; 3]; views.len()];
+        let mut counts = vec![[0u64; ALL.len()]; views.len()];
         for row in statuses.chunks(nout) {
             for (i, s) in row.iter().enumerate() {
                 counts[plan.output_view_index(i)][*s as usize] += 1;
             }
         }
-        const ALL: [FeatureStatus; 3] = [
+        const ALL: [FeatureStatus; 4] = [
             FeatureStatus::Present,
             FeatureStatus::Missing,
             FeatureStatus::OutsideTtl,
+            FeatureStatus::Invalid,
         ];
         for (v, c) in counts.iter().enumerate() {
             for (s, n) in c.iter().enumerate() {

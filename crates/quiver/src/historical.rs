@@ -16,6 +16,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use quiver_core::dtype::DType;
 use quiver_core::model::FeatureRef;
 use quiver_offline::{HistoricalRequest, ViewRequest};
+use quiver_ondemand::InvalidRows;
 use quiver_registry::state::OnDemandInputs;
 
 use crate::{Error, FeatureStore, Result};
@@ -190,6 +191,31 @@ impl IntoFuture for HistoricalBuilder {
     }
 }
 
+/// Field metadata of an on-demand feature some rows of which could not be computed
+/// (null in the training set, `INVALID` online; [`quiver_core::finite`]): how many.
+pub const INVALID_ROWS: &str = "quiver.invalid_rows";
+/// Field metadata next to [`INVALID_ROWS`]: why the first of them failed.
+pub const INVALID_REASON: &str = "quiver.invalid_reason";
+
+/// The on-demand features of a training set with rows that could not be computed:
+/// (column, how many rows, why the first failed).
+pub fn invalid_rows(batch: &RecordBatch) -> Vec<(String, u64, String)> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .filter_map(|f| {
+            let n = f.metadata().get(INVALID_ROWS)?.parse().ok()?;
+            let why = f
+                .metadata()
+                .get(INVALID_REASON)
+                .cloned()
+                .unwrap_or_default();
+            Some((f.name().clone(), n, why))
+        })
+        .collect()
+}
+
 /// The training set from the join's output: the entity rows' columns, then every
 /// requested feature in request order (on-demand ones computed here); dependencies
 /// fetched only for on-demand views are left out.
@@ -209,7 +235,8 @@ fn assemble(
     };
 
     // On-demand features, over the whole training set.
-    let mut computed: HashMap<FeatureRef, ArrayRef> = HashMap::new();
+    let mut computed: HashMap<FeatureRef, (ArrayRef, quiver_ondemand::InvalidRows)> =
+        HashMap::new();
     for (inputs, compiled) in odfvs {
         let mut fields = Vec::new();
         let mut columns = Vec::new();
@@ -232,14 +259,20 @@ fn assemble(
             columns,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(joined.num_rows())),
         )?;
-        let values = compiled.evaluate(&batch)?;
-        for (f, v) in inputs.def.features.iter().zip(values) {
+        let values = compiled.evaluate_reporting(&batch)?;
+        for ((f, v), bad) in inputs
+            .def
+            .features
+            .iter()
+            .zip(values.columns)
+            .zip(values.invalid)
+        {
             computed.insert(
                 FeatureRef {
                     view: inputs.def.name.clone(),
                     feature: f.name.clone(),
                 },
-                v,
+                (v, bad),
             );
         }
     }
@@ -253,11 +286,22 @@ fn assemble(
         .collect();
     let mut columns: Vec<ArrayRef> = joined.columns()[..n_inputs].to_vec();
     for (r, name) in refs.iter().zip(out_names) {
-        let col = match computed.get(r) {
-            Some(c) => Arc::clone(c),
-            None => column(name),
+        let (col, bad) = match computed.get(r) {
+            Some((c, bad)) => (Arc::clone(c), Some(bad)),
+            None => (column(name), None),
         };
-        fields.push(Field::new(name, col.data_type().clone(), true));
+        let mut field = Field::new(name, col.data_type().clone(), true);
+        if let Some(InvalidRows {
+            rows,
+            first_reason: Some(why),
+        }) = bad
+        {
+            field = field.with_metadata(HashMap::from([
+                (INVALID_ROWS.to_string(), rows.len().to_string()),
+                (INVALID_REASON.to_string(), why.clone()),
+            ]));
+        }
+        fields.push(field);
         columns.push(col);
     }
     Ok(RecordBatch::try_new(
@@ -314,10 +358,18 @@ fn request_column(
         safe: false,
         ..Default::default()
     };
-    arrow::compute::cast_with_options(col, &want, &options).map_err(|e| {
+    let cast = arrow::compute::cast_with_options(col, &want, &options).map_err(|e| {
         Error::Invalid(format!(
             "on-demand feature view '{view}': column '{field}' of the entity rows does not \
              fit request field '{field}' ({dtype}): {e}"
         ))
-    })
+    })?;
+    // As online: a float64 beyond float32's range is an error, never an infinity.
+    if let Some((row, x)) = quiver_core::finite::first_overflow_to_f32(col, cast.as_ref()) {
+        return Err(Error::Invalid(format!(
+            "on-demand feature view '{view}': row {row} of column '{field}' of the entity \
+             rows, {x:e}, is beyond the range of float32 (request field '{field}' is {dtype})"
+        )));
+    }
+    Ok(cast)
 }

@@ -30,6 +30,7 @@ fn view() -> ResolvedView {
             name: "v".into(),
             dtype: DType::Int64,
             description: String::new(),
+            allow_non_finite: false,
         }],
         ttl: Duration::ZERO,
     }

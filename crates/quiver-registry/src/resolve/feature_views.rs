@@ -163,6 +163,17 @@ pub(super) fn check(
                 );
             }
             names.push(&f.name);
+            if f.allow_non_finite && !f.dtype.is_float() {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    &format!("{field}.allow_non_finite"),
+                    format!(
+                        "only a float feature can hold NaN or infinity; '{}' is {}",
+                        f.name, f.dtype
+                    ),
+                );
+            }
             if keys.iter().any(|k| k.name == f.name)
                 || reserved.contains(&f.name.as_str())
                 || ["event_timestamp", "created_timestamp"].contains(&f.name.as_str())

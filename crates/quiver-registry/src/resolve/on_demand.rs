@@ -150,6 +150,17 @@ pub(super) fn check(defs: &Definitions, names: &Names, errs: &mut Errors) -> Inp
                     format!("'{}' must be an identifier", f.name),
                 );
             }
+            if f.allow_non_finite && !f.dtype.is_float() {
+                errs.at(
+                    o,
+                    obj.clone(),
+                    &format!("features[{i}].allow_non_finite"),
+                    format!(
+                        "only a float feature can hold NaN or infinity; '{}' is {}",
+                        f.name, f.dtype
+                    ),
+                );
+            }
             if def.features[..i].iter().any(|g| g.name == f.name) {
                 errs.at(
                     o,

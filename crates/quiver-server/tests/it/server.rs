@@ -234,7 +234,7 @@ fn sample_data(repo: &Repo) {
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the body.
-fn raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+pub(crate) fn raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
