@@ -7,7 +7,8 @@
 //! that the next run recovers. Without the variable a crash point is one load and one
 //! comparison.
 //!
-//! Points: `ingest.after_create`, `ingest.before_commit`, `materialize.before_state`.
+//! Points: `ingest.after_create`, `ingest.before_commit`, `write.after_online_batch`
+//! (after each committed online write batch), `materialize.before_state`.
 
 use std::sync::OnceLock;
 

@@ -332,6 +332,7 @@ pub async fn write_online_latest_retrying(
             .await?
             .written;
         progress.advance(chunk.len() as u64);
+        quiver_core::fault::crash_point("write.after_online_batch");
     }
     progress.finish();
     Ok((best.len() as u64, written))

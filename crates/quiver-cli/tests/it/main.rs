@@ -5,6 +5,7 @@ mod crash;
 mod definitions;
 mod end_to_end;
 mod facade;
+mod fault;
 mod ingest;
 mod materialize;
 mod on_demand;
