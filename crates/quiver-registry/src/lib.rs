@@ -8,6 +8,8 @@
 //! * [`plan`] — the difference between two registry states.
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod plan;
 pub mod repo;
 pub mod resolve;

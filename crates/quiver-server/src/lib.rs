@@ -21,6 +21,8 @@
 
 pub mod api;
 mod core;
+#[doc(hidden)]
+pub mod fuzz;
 mod grpc;
 mod http;
 mod metrics;

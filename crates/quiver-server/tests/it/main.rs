@@ -1,4 +1,5 @@
 //! Integration tests of the feature server over HTTP and gRPC.
 
+mod fuzz;
 mod non_finite;
 mod server;
