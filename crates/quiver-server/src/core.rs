@@ -473,18 +473,12 @@ impl Server {
                         source,
                     })?;
                 let bound = listener.local_addr().expect("bound");
-                let svc = crate::grpc::service(state.clone());
-                let mut rx_grpc = rx.clone();
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                tasks.push(tokio::spawn(async move {
-                    let _ = tonic::transport::Server::builder()
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(incoming, async move {
-                            let _ = rx_grpc.wait_for(|s| *s).await;
-                        })
-                        .await;
-                }));
+                tasks.push(tokio::spawn(crate::grpc::serve(
+                    listener,
+                    state.clone(),
+                    options.limits,
+                    rx.clone(),
+                )));
                 Some(bound)
             }
             None => None,

@@ -72,3 +72,154 @@ pub fn service(state: Arc<ServerState>) -> FeatureServingServer<impl FeatureServ
         .max_decoding_message_size(max)
         .max_encoding_message_size(usize::MAX)
 }
+
+/// Serves the gRPC service on `listener` until `shutdown` turns true, within `limits`:
+/// at most `max_connections` open connections (further clients wait in the listen
+/// backlog); a connection from which nothing arrives for `header_timeout` is closed — a
+/// client stalled before or inside the HTTP/2 handshake, a frozen or vanished peer —
+/// while live idle clients stay connected by answering the keep-alive pings the
+/// server sends every half of it; a request must complete within `body_timeout`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServerState>,
+    limits: crate::http::ConnectionLimits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(1);
+    let mut accept_shutdown = shutdown.clone();
+    let idle = (!limits.header_timeout.is_zero()).then_some(limits.header_timeout);
+    tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = crate::http::stopped(&mut accept_shutdown) => return,
+            };
+            let stream = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = crate::http::stopped(&mut accept_shutdown) => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                io: stream,
+                _permit: permit,
+                idle,
+                deadline: idle.map(|d| Box::pin(tokio::time::sleep(d))),
+            };
+            if tx.send(Ok(conn)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(idle.map(|d| d / 2))
+        .http2_keepalive_timeout(idle.map(|d| d / 2));
+    if !limits.body_timeout.is_zero() {
+        server = server.timeout(limits.body_timeout);
+    }
+    let _ = server
+        .add_service(service(state))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            async move { crate::http::stopped(&mut shutdown).await },
+        )
+        .await;
+}
+
+/// An accepted gRPC connection: holds its slot of the connection limit until dropped,
+/// and fails its reads once nothing has arrived for `idle`.
+struct Conn {
+    io: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    idle: Option<std::time::Duration>,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if let (Some(d), Some(idle)) = (this.deadline.as_mut(), this.idle) {
+                    if buf.filled().len() > before {
+                        d.as_mut().reset(tokio::time::Instant::now() + idle);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = match this.deadline.as_mut() {
+                    Some(d) => d.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "nothing arrived within serving.header_timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}

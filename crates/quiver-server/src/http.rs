@@ -298,7 +298,7 @@ async fn read_body(
 }
 
 /// Resolves when `shutdown` turns true (or its sender is gone).
-async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 

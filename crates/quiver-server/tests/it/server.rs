@@ -828,6 +828,59 @@ fn stalled_and_idle_connections_are_closed_and_do_not_deny_service() {
 }
 
 #[test]
+fn stalled_grpc_connections_are_closed_and_do_not_deny_service() {
+    let ms = std::time::Duration::from_millis;
+    let f = Fixture::with_limits(
+        Backend::Embedded,
+        ConnectionLimits {
+            header_timeout: ms(300),
+            body_timeout: ms(300),
+            max_connections: 4,
+        },
+    );
+    let addr = f.server.as_ref().unwrap().grpc_addr.unwrap();
+    // More stalled connections than the listener takes: silent ones, and ones that stop
+    // in the middle of the HTTP/2 preface.
+    let mut stalled: Vec<TcpStream> = (0..12)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+            }
+            s
+        })
+        .collect();
+    // A real client is still served, and keeps its channel across an idle spell longer
+    // than the timeout (it answers the server's keep-alive pings).
+    let mut client = f.grpc();
+    let read = || pb::GetOnlineFeaturesRequest {
+        features: vec!["driver_stats:trips".into()],
+        entities: [(
+            "driver_id".to_string(),
+            pb::ValueList {
+                values: vec![pb::Value {
+                    kind: Some(pb::value::Kind::Int64Value(1)),
+                }],
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let r = f.rt.block_on(client.get_online_features(read())).unwrap();
+    assert_eq!(r.get_ref().results.len(), 1);
+    for (i, s) in stalled.iter_mut().enumerate() {
+        let (_, closed) = read_until_closed(s, ms(20_000));
+        assert!(
+            closed,
+            "stalled gRPC connection {i} was closed by the server"
+        );
+    }
+    std::thread::sleep(ms(1_000));
+    let r = f.rt.block_on(client.get_online_features(read())).unwrap();
+    assert_eq!(r.get_ref().results.len(), 1);
+}
+
+#[test]
 fn a_frozen_redis_fails_reads_fast_is_reported_by_health_and_materialization_waits_for_it() {
     use std::collections::BTreeMap;
     let redis = quiver_redis::testing::Server::start(&[]);
