@@ -46,11 +46,38 @@ fn inline_command(port: u16, command: &str) -> Option<String> {
     Some(text.lines().next().unwrap_or_default().to_string())
 }
 
+/// Starts `redis-server` on `port` with its files (and log, appended) in `dir`.
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("redis.log"))
+        .expect("log file");
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--daemonize", "no"]);
+    let dir_str = dir.to_str().expect("UTF-8 temp path");
+    for a in extra {
+        cmd.arg(a.replace("{dir}", dir_str));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().expect("log handle")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): {INSTALL_HINT}"))
+}
+
 /// A `redis-server` process, killed on drop.
 pub struct Server {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -62,27 +89,14 @@ impl Server {
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("temporary directory");
             let port = free_port();
+            let child = spawn(port, dir.path(), extra);
             let log_path = dir.path().join("redis.log");
-            let log = std::fs::File::create(&log_path).expect("log file");
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(["--daemonize", "no"]);
-            let dir_str = dir.path().to_str().expect("UTF-8 temp path");
-            for a in extra {
-                cmd.arg(a.replace("{dir}", dir_str));
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone().expect("log handle")))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): {INSTALL_HINT}"));
-            let mut server = Server { child, port, dir };
+            let mut server = Server {
+                child,
+                port,
+                dir,
+                extra: extra.to_vec(),
+            };
             match server.wait_ready(&log_path) {
                 Ok(()) => return server,
                 Err(log) => {
@@ -93,6 +107,23 @@ impl Server {
             }
         }
         panic!("redis-server did not start; its last log:\n{last_log}");
+    }
+
+    /// Kills the server (SIGKILL): connections drop, unsaved data is lost.
+    pub fn kill(&mut self) {
+        self.thaw_quietly();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a killed server again on the same port and directory (with
+    /// `--appendonly yes` among its arguments, it reloads what it had written).
+    pub fn restart(&mut self) {
+        self.child = spawn(self.port, self.dir.path(), &self.extra);
+        let log_path = self.dir.path().join("redis.log");
+        if let Err(log) = self.wait_ready(&log_path) {
+            panic!("redis-server did not restart; its log:\n{log}");
+        }
     }
 
     fn wait_ready(&mut self, log_path: &Path) -> Result<(), String> {

@@ -312,3 +312,72 @@ fn truncated_and_corrupted_sources_fail_cleanly_and_keep_stored_rows() {
     assert!(ok, "{err}");
     assert_eq!(stored_rows(&repo), n as u64);
 }
+
+/// Redis killed in the middle of a materialization and started again a second later
+/// (with its append-only file, as a production server restarts): reads during the
+/// outage fail fast with a clear error, the materialization re-sends its batches until
+/// Redis is back and completes, and every key then reads what the training set holds.
+#[test]
+fn redis_killed_during_a_materialization_and_restarted_loses_nothing() {
+    let mut redis = quiver_redis::testing::Server::start(&[
+        "--appendonly".into(),
+        "yes".into(),
+        "--appendfsync".into(),
+        "always".into(),
+    ]);
+    let repo = Repo::new(ONE_VIEW);
+    repo.write(
+        "quiver.yaml",
+        &format!(
+            "project: killed\nregistry: data/registry\n\
+             offline_store: {{ type: delta, path: data/offline }}\n\
+             online_store: {{ type: redis, url: \"{}\", read_timeout: 200ms, write_timeout: 500ms }}\n",
+            redis.url()
+        ),
+    );
+    write_source(&repo, 2);
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    let t = 2 * HOUR + 1;
+    let probe = |k: i64| {
+        repo.store()
+            .online_features()
+            .features(["v:x"])
+            .at(t)
+            .entity_row(BTreeMap::from([("k".to_string(), Value::Int64(k))]))
+            .block()
+    };
+
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| store.materialize(0, 3 * HOUR).block());
+        // Kill Redis once the first batch is in.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(probe(0), Ok(r) if r.rows[0].statuses[0] == FeatureStatus::Present) {
+            assert!(Instant::now() < deadline, "the first batch was written");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        redis.kill();
+        let started = Instant::now();
+        let e = probe(1).unwrap_err().to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a read with Redis down fails fast: {e}"
+        );
+        assert!(e.to_lowercase().contains("redis"), "{e}");
+        std::thread::sleep(Duration::from_millis(1_000));
+        redis.restart();
+        let stats = run
+            .join()
+            .unwrap()
+            .expect("the materialization outlasts the restart");
+        assert!(!stats.is_empty());
+    });
+
+    let training = training_at(&repo, t);
+    let online = online_at(&repo, t);
+    for k in 0..KEYS as usize {
+        assert_eq!(online[k], (training[k], FeatureStatus::Present), "key {k}");
+        assert_eq!(training[k], Some((2 * KEYS + k as i64) as f64));
+    }
+}
