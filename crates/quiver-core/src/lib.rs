@@ -15,6 +15,7 @@
 //! * [`names`] — did-you-mean suggestions for misspelt names.
 //! * [`fault`] — crash points for fault-injection tests.
 
+pub mod agg;
 pub mod contract;
 pub mod dtype;
 pub mod encoding;
