@@ -46,7 +46,9 @@ fn representative(i: i32) -> f64 {
 
 impl QuantileSketch {
     /// The largest relative distance between a percentile and the true nearest-rank
-    /// value: half a bucket's width over its lower bound, 2^-(SUB_BITS + 1).
+    /// value: half a bucket's width over its lower bound, 2^-(SUB_BITS + 1). It holds
+    /// for normal numbers; below `f64::MIN_POSITIVE` (subnormals) buckets have a fixed
+    /// width of 2^-1029, so the error is at most 2^-1030.
     pub const RELATIVE_ERROR: f64 = 1.0 / (1u64 << (SUB_BITS + 1)) as f64;
 
     pub fn add(&mut self, x: f64) {
