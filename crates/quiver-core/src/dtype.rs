@@ -46,13 +46,13 @@ impl DType {
                     .ok_or_else(|| {
                         Error::Invalid(format!(
                             "unknown dtype {s:?}: expected one of bool, int32, int64, float32, \
-                             float64, string, bytes, timestamp, list<int32|int64|float32|float64>"
+                             float64, string, bytes, timestamp, list<…> of one of these"
                         ))
                     })?;
                 let inner = DType::parse(inner)?;
-                if !inner.is_numeric() {
+                if matches!(inner, DType::List(_)) {
                     return Err(Error::Invalid(format!(
-                        "unsupported dtype {s:?}: lists hold int32, int64, float32 or float64"
+                        "unsupported dtype {s:?}: lists of lists are not supported"
                     )));
                 }
                 DType::List(Box::new(inner))
@@ -110,7 +110,7 @@ impl DType {
             DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => DType::Timestamp,
             DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
                 let inner = DType::from_arrow(f.data_type())?;
-                if !inner.is_numeric() {
+                if matches!(inner, DType::List(_)) {
                     return None;
                 }
                 DType::List(Box::new(inner))
@@ -210,12 +210,14 @@ mod tests {
             "timestamp",
             "list<float32>",
             "list<int64>",
+            "list<string>",
+            "list<timestamp>",
         ] {
             let t = DType::parse(s).unwrap();
             assert_eq!(t.to_string(), s);
             assert_eq!(DType::from_arrow(&t.to_arrow()), Some(t));
         }
-        assert!(DType::parse("list<string>").is_err());
+        assert!(DType::parse("list<list<int64>>").is_err());
         assert!(DType::parse("float").is_err());
         assert!(DType::Float64.accepts(&DType::Float32));
         assert!(!DType::Float32.accepts(&DType::Float64));

@@ -99,6 +99,12 @@ pub fn encode_row(
     Ok(())
 }
 
+/// Appends the encoding of one value (as stored in online rows) to `buf`: what tells
+/// apart two events' values.
+pub fn encode_value_cell(col: &dyn Array, row: usize, buf: &mut Vec<u8>) -> Result<()> {
+    encode_cell(col, row, buf)
+}
+
 fn encode_cell(col: &dyn Array, row: usize, buf: &mut Vec<u8>) -> Result<()> {
     if col.is_null(row) {
         buf.push(0);
@@ -317,6 +323,33 @@ pub fn sample_columns() -> Vec<(DType, ArrayRef)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_of_strings_round_trip() {
+        let list = crate::value::values_to_array(
+            &[
+                Value::List(vec![
+                    Value::String("a".into()),
+                    Value::Null,
+                    Value::String("é".into()),
+                ]),
+                Value::List(vec![]),
+                Value::Null,
+            ],
+            &DType::List(Box::new(DType::String)),
+        )
+        .unwrap();
+        let t = DType::List(Box::new(DType::String));
+        for row in 0..3 {
+            let mut buf = Vec::new();
+            encode_row(1, 2, std::slice::from_ref(&list), row, &mut buf).unwrap();
+            let got = decode_row(&buf, &[&t]).unwrap();
+            assert_eq!(
+                got.values[0],
+                crate::value::value_at(list.as_ref(), row).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn rows_round_trip_every_type() {
