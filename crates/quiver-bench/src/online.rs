@@ -29,6 +29,7 @@ fn view(name: &str, features: usize) -> ResolvedView {
             })
             .collect(),
         ttl: Duration::from_secs(86_400),
+        aggregations: Vec::new(),
     }
 }
 

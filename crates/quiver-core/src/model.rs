@@ -199,8 +199,64 @@ pub struct FeatureView {
     /// Whether history is kept in the offline store.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub offline: bool,
+    /// The features: columns of the source (a snapshot view) or, when `aggregations`
+    /// is given, the aggregations' outputs, filled in by the registry at apply.
+    #[serde(default)]
     pub features: Vec<Feature>,
+    /// Windowed aggregations over the source's events (an aggregated view). A view
+    /// declares either `features` or `aggregations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregations: Vec<AggregationDef>,
 }
+
+/// One aggregation of an aggregated feature view: a function of a column over one or
+/// more windows, one output feature per window (named by
+/// [`crate::agg::output_name`], e.g. `amount_sum_1h`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationDef {
+    /// The aggregated column of the source; none for `count_star`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    pub function: crate::agg::Function,
+    pub windows: Vec<Duration>,
+    /// The tile length; by default chosen per window
+    /// ([`crate::agg::window::default_hop`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<Duration>,
+    /// `first_n`, `last_n`: how many values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// `approx_percentile`: which, between 0 and 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<Percentile>,
+    /// `count_distinct`: the most distinct values a window may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_distinct: Option<usize>,
+}
+
+impl AggregationDef {
+    /// The function's parameters as the engine takes them.
+    pub fn params(&self) -> crate::agg::Params {
+        crate::agg::Params {
+            n: self.n,
+            percentile: self.percentile.map(|p| p.0),
+            max_distinct: self.max_distinct,
+        }
+    }
+}
+
+/// A percentile between 0 and 1 (compared by its bits, so definitions are `Eq`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Percentile(pub f64);
+
+impl PartialEq for Percentile {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for Percentile {}
 
 impl FeatureView {
     /// The feature with this name.
@@ -457,8 +513,52 @@ pub struct ResolvedView {
     pub entities: Vec<String>,
     /// The join keys of all entities, in entity order then key order.
     pub join_keys: Vec<JoinKey>,
+    /// The stored columns: a snapshot view's features, or the columns an aggregated
+    /// view's aggregations read (its raw events' values).
     pub features: Vec<Feature>,
     pub ttl: Duration,
+    /// An aggregated view's output features, in definition order (empty for a snapshot
+    /// view).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregations: Vec<ResolvedAggregation>,
+}
+
+/// One output feature of an aggregated view: a function of a stored column over one
+/// window, evaluated from tiles of `hop`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedAggregation {
+    /// The output feature's name, e.g. `amount_sum_1h`.
+    pub name: String,
+    /// The stored column it reads; none for `count_star`.
+    pub column: Option<String>,
+    pub function: crate::agg::Function,
+    pub window: Duration,
+    pub hop: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<Percentile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_distinct: Option<usize>,
+}
+
+impl ResolvedAggregation {
+    /// The compiled aggregation over a column of type `column` (as the registry checked
+    /// it, so this does not fail for a resolved view).
+    pub fn aggregation(
+        &self,
+        column: Option<&DType>,
+    ) -> std::result::Result<crate::agg::Aggregation, crate::agg::DefinitionProblem> {
+        crate::agg::Aggregation::new(
+            self.function,
+            column,
+            crate::agg::Params {
+                n: self.n,
+                percentile: self.percentile.map(|p| p.0),
+                max_distinct: self.max_distinct,
+            },
+        )
+    }
 }
 
 impl ResolvedView {

@@ -619,6 +619,8 @@ struct Entry {
     key: u64,
     ts: i64,
     created: i64,
+    /// For an aggregated view's events: a hash of the row's values (0 otherwise).
+    content: u64,
     batch: u32,
     row: u32,
 }
@@ -698,6 +700,10 @@ fn merge_order(
 ) -> Result<Vec<DayRows>> {
     let n_old = batches.len() - new.len();
     let nkeys = view.join_keys.len();
+    // An aggregated view stores events: rows equal in key and times are distinct events
+    // unless their values are equal too, and a source's duplicates are all kept.
+    let events = !view.aggregations.is_empty();
+    let mut cell = Vec::new();
     let int_key = nkeys == 1
         && batches
             .first()
@@ -728,7 +734,17 @@ fn merge_order(
                 xxhash_rust::xxh3::xxh3_64(&buf[start..])
             };
             let t = ts.value(r);
+            let content = if events {
+                cell.clear();
+                for c in nkeys + 2..nkeys + 2 + view.features.len() {
+                    quiver_core::encoding::encode_value_cell(b.column(c).as_ref(), r, &mut cell)?;
+                }
+                xxhash_rust::xxh3::xxh3_64(&cell)
+            } else {
+                0
+            };
             entries.push(Entry {
+                content,
                 day: day_of(t),
                 sub: sub.map_or(0, |s| (s[r][0] as u32) << 16 | s[r][1] as u32),
                 key,
@@ -745,7 +761,8 @@ fn merge_order(
         key_bytes.push(buf);
         key_offsets.push(offs);
     }
-    entries.par_sort_unstable_by_key(|e| (e.day, e.key, e.ts, e.created, e.batch, e.row));
+    entries
+        .par_sort_unstable_by_key(|e| (e.day, e.key, e.ts, e.created, e.content, e.batch, e.row));
     let bytes_of = |e: &Entry| -> &[u8] {
         let o = &key_offsets[e.batch as usize];
         &key_bytes[e.batch as usize][o[e.row as usize] as usize..o[e.row as usize + 1] as usize]
@@ -753,6 +770,8 @@ fn merge_order(
     let mut out: Vec<DayRows> = Vec::new();
     // The first new row of the current run of equal rows.
     let mut first_new: Option<&Entry> = None;
+    // Events: the start of the current run of equal rows (old rows sort first).
+    let mut run_start = 0usize;
     for (i, e) in entries.iter().enumerate() {
         if e.batch as usize >= n_old {
             match first_new {
@@ -768,15 +787,27 @@ fn merge_order(
                 && next.key == e.key
                 && next.ts == e.ts
                 && next.created == e.created
+                && next.content == e.content
                 && (int_key || bytes_of(next) == bytes_of(e));
             if same {
                 continue;
             }
         }
         first_new = None;
-        match out.last_mut() {
-            Some((d, v)) if *d == e.day => v.push((e.batch as usize, e.row as usize)),
-            _ => out.push((e.day, vec![(e.batch as usize, e.row as usize)])),
+        // A snapshot view keeps the run's last row (the newest ingest's); an event
+        // table keeps the newest ingest's copies of the run (all of them: a source may
+        // hold the same event twice), else the stored ones.
+        let run = &entries[if events { run_start } else { i }..=i];
+        run_start = i + 1;
+        let newest = run.last().map_or(0, |l| (l.batch as usize >= n_old) as u8);
+        for r in run
+            .iter()
+            .filter(|r| (r.batch as usize >= n_old) as u8 == newest)
+        {
+            match out.last_mut() {
+                Some((d, v)) if *d == r.day => v.push((r.batch as usize, r.row as usize)),
+                _ => out.push((r.day, vec![(r.batch as usize, r.row as usize)])),
+            }
         }
     }
     Ok(out)

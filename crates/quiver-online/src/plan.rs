@@ -189,9 +189,7 @@ impl ReadPlan {
             None => None,
         };
         if !refs.iter().any(|r| state.is_on_demand(&r.view)) {
-            return Self::build(refs, service, full_names, |name| {
-                Ok(state.serving_view(name)?)
-            });
+            return Self::build(refs, service, full_names, |name| online_view(state, name));
         }
         // Stored features: the requested ones, then the on-demand views' inputs.
         let names = output_names(&refs, full_names)?;
@@ -251,7 +249,7 @@ impl ReadPlan {
             sources.push(OutputSource::OnDemand(k, j));
         }
         // Stored outputs get internal names; only `names` is shown.
-        let mut plan = Self::build(stored, service, true, |name| Ok(state.serving_view(name)?))?;
+        let mut plan = Self::build(stored, service, true, |name| online_view(state, name))?;
         let mut view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
         let final_view = sources
             .iter()
@@ -715,4 +713,18 @@ pub fn coerce_key(v: &Value, t: &DType) -> Option<Value> {
         (Value::String(s), DType::Bytes) => Some(Value::Bytes(s.as_bytes().to_vec())),
         _ => None,
     }
+}
+
+/// The version of view `name` that serves. Aggregated views are not served online yet
+/// (their tiles are not written); asking for one is an error that says so.
+fn online_view(state: &RegistryState, name: &str) -> Result<ResolvedView> {
+    let v = state.serving_view(name)?;
+    if !v.aggregations.is_empty() {
+        return Err(quiver_registry::Error::Invalid(format!(
+            "feature view '{name}' is an aggregated view: its training sets are available \
+             (quiver historical), online serving of aggregations is not implemented yet"
+        ))
+        .into());
+    }
+    Ok(v)
 }

@@ -10,7 +10,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use quiver_core::dtype::DType;
 use quiver_core::model::{
     Entity, Feature, FeatureRef, FeatureService, FeatureView, JoinKey, OnDemandFeatureView,
-    RequestSource, ResolvedView, Source,
+    RequestSource, ResolvedAggregation, ResolvedView, Source,
 };
 use quiver_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,14 @@ pub struct ViewRecord {
     /// [`RegistryState::serving_view`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<EarlierVersion>,
+    /// An aggregated view's stored columns (the source columns its aggregations read,
+    /// typed from the source); empty for a snapshot view, whose features are stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<Feature>,
+    /// An aggregated view's outputs, resolved (window, hop); `def.features` lists the
+    /// same outputs with their types.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregations: Vec<ResolvedAggregation>,
 }
 
 /// An earlier data version of a feature view, kept while the declared version has no
@@ -196,6 +204,9 @@ pub struct EarlierVersion {
     pub ingested_until: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pushed_online: bool,
+    /// An aggregated version's outputs (`features` are then its stored columns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregations: Vec<ResolvedAggregation>,
 }
 
 impl EarlierVersion {
@@ -211,6 +222,21 @@ impl EarlierVersion {
 }
 
 impl ViewRecord {
+    /// The columns the offline table stores besides keys and times: an aggregated
+    /// view's aggregated columns, else its features.
+    pub fn stored_columns(&self) -> &[Feature] {
+        if self.aggregations.is_empty() {
+            &self.def.features
+        } else {
+            &self.columns
+        }
+    }
+
+    /// Whether this is an aggregated view.
+    pub fn is_aggregated(&self) -> bool {
+        !self.aggregations.is_empty()
+    }
+
     /// Whether the declared version has offline data.
     pub fn has_offline_data(&self) -> bool {
         self.ingested_until.is_some()
@@ -227,7 +253,8 @@ impl ViewRecord {
             version: self.version,
             entities: self.def.entities.clone(),
             join_keys: self.join_keys.clone(),
-            features: self.def.features.clone(),
+            features: self.stored_columns().to_vec(),
+            aggregations: self.aggregations.clone(),
             materialized: self.materialized.clone(),
             ingested_until: self.ingested_until,
             pushed_online: self.pushed_online,
@@ -442,6 +469,7 @@ impl RegistryState {
             join_keys: e.join_keys.clone(),
             features: e.features.clone(),
             ttl: v.def.ttl,
+            aggregations: e.aggregations.clone(),
         }
     }
 
@@ -462,8 +490,9 @@ impl RegistryState {
             project: self.project.clone(),
             entities: v.def.entities.clone(),
             join_keys: v.join_keys.clone(),
-            features: v.def.features.clone(),
+            features: v.stored_columns().to_vec(),
             ttl: v.def.ttl,
+            aggregations: v.aggregations.clone(),
         })
     }
 

@@ -148,8 +148,21 @@ impl HistoricalBuilder {
         // Each view is read at the version that trains: the declared one once ingested,
         // else the earlier one still holding data.
         let mut views: Vec<ViewRequest> = Vec::new();
+        // Aggregated views are computed from their events after the join.
+        let mut aggregated: Vec<ViewRequest> = Vec::new();
         for (r, out) in &fetched {
             let pair = (r.feature.clone(), out.clone());
+            let training = state.training_view(&r.view)?;
+            if !training.aggregations.is_empty() {
+                match aggregated.iter_mut().find(|v| v.view.name == r.view) {
+                    Some(v) => v.features.push(pair),
+                    None => aggregated.push(ViewRequest {
+                        view: training,
+                        features: vec![pair],
+                    }),
+                }
+                continue;
+            }
             let i = match views.iter().position(|v| v.view.name == r.view) {
                 Some(i) => i,
                 None => {
@@ -173,10 +186,31 @@ impl HistoricalBuilder {
         }
         let req = HistoricalRequest {
             entities: self.entities,
-            timestamp_column: self.timestamp_column,
+            timestamp_column: self.timestamp_column.clone(),
             views,
         };
-        let joined = self.store.offline().historical(req).await?;
+        let mut joined = self.store.offline().historical(req).await?;
+        if !aggregated.is_empty() {
+            let mut fields: Vec<Field> = joined
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            let mut columns = joined.columns().to_vec();
+            for v in &aggregated {
+                let computed = self
+                    .store
+                    .offline()
+                    .aggregate(&joined, &self.timestamp_column, &v.view, &v.features)
+                    .await?;
+                for (name, col) in computed {
+                    fields.push(Field::new(name, col.data_type().clone(), true));
+                    columns.push(col);
+                }
+            }
+            joined = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        }
         // On-demand features over the whole training set: CPU work, off the runtime.
         crate::store::blocking(move || assemble(joined, &refs, &out_names, &odfvs, &fetched)).await
     }

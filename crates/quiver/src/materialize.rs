@@ -80,14 +80,27 @@ impl MaterializeBuilder {
                 )));
             }
         }
+        // Aggregated views are not materialized yet (their online tiles are not
+        // written): skipped when all views are meant, an error when named.
         let names: Vec<String> = if self.views.is_empty() {
             state
                 .feature_views
                 .values()
-                .filter(|v| v.def.online)
+                .filter(|v| v.def.online && !v.is_aggregated())
                 .map(|v| v.def.name.clone())
                 .collect()
         } else {
+            if let Some(v) = self
+                .views
+                .iter()
+                .find(|v| state.feature_views[*v].is_aggregated())
+            {
+                return Err(Error::Invalid(format!(
+                    "feature view '{v}' is an aggregated view: its training sets are \
+                     available (quiver historical), materializing aggregations online is \
+                     not implemented yet"
+                )));
+            }
             self.views.clone()
         };
         let mut out = Vec::new();

@@ -16,7 +16,7 @@
 //! | `sum` | float | [`ExactSum`] | float64, correctly rounded | null |
 //! | `mean` | number | exact sum and count | float64: the correctly rounded sum / count | null |
 //! | `min`, `max` | number, timestamp | the extreme value (floats by total order) | input type | null |
-//! | `variance`, `stddev` | number | exact Σx, Σx² and count | float64 (sample, n − 1) | null (n < 2) |
+//! | `variance`, `stddev` | number | exact Σx, Σx² and count | float64 (sample, n − 1; combined in double-double arithmetic, accurate to about 1e-28 of the mean square) | null (n < 2) |
 //! | `first`, `last` | any | the first/last event and its order key | input type | null |
 //! | `first_n`, `last_n` | any | the n first/last events | list of input type | `[]` |
 //! | `count_distinct` | any | the distinct values, at most `max_distinct` | int64 | 0 |

@@ -42,6 +42,24 @@ pub fn window_range(t: Timestamp, window: Duration, hop: Duration) -> (Timestamp
     (align(t.saturating_sub(window.micros()), hop), t)
 }
 
+/// A window's label in output feature names: its length in the largest unit that
+/// divides it (`7d`, `36h`, `90m`, `30s`), so a name reads as the window was written.
+pub fn window_label(window: Duration) -> String {
+    let w = window.micros();
+    for (unit, len) in [
+        ("d", DAY),
+        ("h", HOUR),
+        ("m", MINUTE),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+    ] {
+        if w != 0 && w % len == 0 {
+            return format!("{}{unit}", w / len);
+        }
+    }
+    format!("{w}us")
+}
+
 /// Why a window and hop cannot be used, for the definition's error message.
 pub fn check_window(window: Duration, hop: Duration) -> Result<(), String> {
     if window.micros() <= 0 {
@@ -219,6 +237,10 @@ mod tests {
             .unwrap_err()
             .contains("not a multiple"));
         assert!(check_window(d("1h"), d("5m")).is_ok());
+        assert_eq!(window_label(d("7d")), "7d");
+        assert_eq!(window_label(d("1h30m")), "90m");
+        assert_eq!(window_label(d("36h")), "36h");
+        assert_eq!(window_label(d("90s")), "90s");
     }
 
     fn aggs() -> Vec<Aggregation> {

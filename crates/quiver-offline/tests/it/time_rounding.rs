@@ -33,6 +33,7 @@ fn view() -> ResolvedView {
             allow_non_finite: false,
         }],
         ttl: Duration::ZERO,
+        aggregations: Vec::new(),
     }
 }
 

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use quiver_core::agg::window::{check_window, default_hop, window_label};
+use quiver_core::agg::{output_name, Aggregation};
 use quiver_core::dtype::DType;
-use quiver_core::model::JoinKey;
+use quiver_core::model::{Feature, JoinKey, ResolvedAggregation};
 
 use super::sources::CheckedSources;
 use super::{column_list, is_identifier, normalize_key, Errors, KeyTypes, Names};
@@ -41,12 +43,12 @@ pub(super) fn check(
                 "needs at least one entity".into(),
             );
         }
-        if def.features.is_empty() {
+        if def.features.is_empty() && def.aggregations.is_empty() {
             errs.at(
                 v,
                 obj.clone(),
                 "features",
-                "needs at least one feature".into(),
+                "needs at least one feature (or aggregations)".into(),
             );
         }
         let source = defs.sources.iter().find(|s| s.value.name() == def.source);
@@ -144,7 +146,13 @@ pub(super) fn check(
                 ]
             })
             .unwrap_or_default();
-        for (i, f) in def.features.iter().enumerate() {
+        // An aggregated view's features are its outputs, checked by `expand`.
+        let features: &[Feature] = if def.aggregations.is_empty() {
+            &def.features
+        } else {
+            &[]
+        };
+        for (i, f) in features.iter().enumerate() {
             let field = format!("features[{i}]");
             if !is_identifier(&f.name) {
                 errs.at(
@@ -226,6 +234,174 @@ pub(super) fn check(
     view_keys
 }
 
+/// What an aggregated view stores and outputs.
+#[derive(Debug, Default)]
+pub(super) struct Aggregated {
+    /// The source columns its aggregations read, typed from the source.
+    pub columns: Vec<Feature>,
+    /// One per output feature, in definition order.
+    pub aggregations: Vec<ResolvedAggregation>,
+}
+
+/// Checks every aggregated view's aggregations against its source's columns and
+/// resolves them: each (aggregation, window) is one output feature, named by
+/// [`output_name`], with the function's output type. Returns the definitions with each
+/// aggregated view's `features` set to its outputs (so that services, on-demand views
+/// and references see them like any features) and what each aggregated view stores.
+pub(super) fn expand(
+    defs: &Definitions,
+    sources: &CheckedSources<'_>,
+    errs: &mut Errors,
+) -> (Definitions, BTreeMap<String, Aggregated>) {
+    let mut out = defs.clone();
+    let mut aggregated = BTreeMap::new();
+    for (vi, v) in defs.feature_views.iter().enumerate() {
+        let def = &v.value;
+        if def.aggregations.is_empty() {
+            continue;
+        }
+        let obj = format!("feature view '{}'", def.name);
+        if !def.features.is_empty() {
+            errs.at(
+                v,
+                obj,
+                "features",
+                "a feature view declares either features (a snapshot view) or aggregations \
+                 (an aggregated view), not both"
+                    .into(),
+            );
+            continue;
+        }
+        let schema = sources.schemas.get(def.source.as_str());
+        let source = defs.sources.iter().find(|s| s.value.name() == def.source);
+        let reserved: Vec<&str> = source
+            .map(|s| {
+                vec![
+                    s.value.timestamp_field(),
+                    s.value.created_timestamp_field().unwrap_or(""),
+                ]
+            })
+            .unwrap_or_default();
+        let mut result = Aggregated::default();
+        let mut outputs: Vec<Feature> = Vec::new();
+        for (i, a) in def.aggregations.iter().enumerate() {
+            let field = format!("aggregations[{i}]");
+            let dtype = match (&a.column, schema) {
+                (None, _) => None,
+                (Some(c), _) if reserved.contains(&c.as_str()) => {
+                    errs.at(
+                        v,
+                        obj.clone(),
+                        &format!("{field}.column"),
+                        format!("'{c}' is the source's time column and cannot be aggregated"),
+                    );
+                    continue;
+                }
+                (Some(_), None) => continue, // the source's own error is reported
+                (Some(c), Some(schema)) => match schema.field_with_name(c) {
+                    Err(_) => {
+                        errs.at(
+                            v,
+                            obj.clone(),
+                            &format!("{field}.column"),
+                            format!(
+                                "column '{c}' is not in source '{}' (columns: {}){}",
+                                def.source,
+                                column_list(schema),
+                                suggest(c, schema.fields().iter().map(|f| f.name()))
+                            ),
+                        );
+                        continue;
+                    }
+                    Ok(col) => match DType::from_arrow(col.data_type()) {
+                        Some(t) => Some(t),
+                        None => {
+                            errs.at(
+                                v,
+                                obj.clone(),
+                                &format!("{field}.column"),
+                                format!(
+                                    "column '{c}' of source '{}' has type {}, which cannot be \
+                                     aggregated",
+                                    def.source,
+                                    col.data_type()
+                                ),
+                            );
+                            continue;
+                        }
+                    },
+                },
+            };
+            let agg = match Aggregation::new(a.function, dtype.as_ref(), a.params()) {
+                Ok(agg) => agg,
+                Err(p) => {
+                    errs.at(v, obj.clone(), &format!("{field}.{}", p.field), p.message);
+                    continue;
+                }
+            };
+            if let (Some(c), Some(t)) = (&a.column, &dtype) {
+                if !result.columns.iter().any(|f| &f.name == c) {
+                    result.columns.push(Feature {
+                        name: c.clone(),
+                        dtype: t.clone(),
+                        description: String::new(),
+                        allow_non_finite: false,
+                    });
+                }
+            }
+            if a.windows.is_empty() {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    &format!("{field}.windows"),
+                    "needs at least one window, e.g. windows: [1h, 1d]".into(),
+                );
+            }
+            for (j, &w) in a.windows.iter().enumerate() {
+                let hop = a.hop.unwrap_or_else(|| default_hop(w));
+                if let Err(m) = check_window(w, hop) {
+                    let at = if a.hop.is_some() {
+                        format!("{field}.hop")
+                    } else {
+                        format!("{field}.windows[{j}]")
+                    };
+                    errs.at(v, obj.clone(), &at, m);
+                    continue;
+                }
+                let name = output_name(a.column.as_deref(), &agg, &window_label(w));
+                if outputs.iter().any(|f| f.name == name) {
+                    errs.at(
+                        v,
+                        obj.clone(),
+                        &format!("{field}.windows[{j}]"),
+                        format!("the output feature '{name}' is produced twice"),
+                    );
+                    continue;
+                }
+                outputs.push(Feature {
+                    name: name.clone(),
+                    dtype: agg.output_dtype(),
+                    description: String::new(),
+                    allow_non_finite: false,
+                });
+                result.aggregations.push(ResolvedAggregation {
+                    name,
+                    column: a.column.clone(),
+                    function: a.function,
+                    window: w,
+                    hop,
+                    n: a.n,
+                    percentile: a.percentile,
+                    max_distinct: a.max_distinct,
+                });
+            }
+        }
+        out.feature_views[vi].value.features = outputs;
+        aggregated.insert(def.name.clone(), result);
+    }
+    (out, aggregated)
+}
+
 /// Adds the feature views to `state` (whose sources are set), each with its version.
 ///
 /// The version stays while stored rows keep their meaning: same join keys, entities,
@@ -237,11 +413,22 @@ pub(super) fn check(
 pub(super) fn records(
     defs: &Definitions,
     mut view_keys: BTreeMap<String, Vec<JoinKey>>,
+    mut aggregated: BTreeMap<String, Aggregated>,
     previous: Option<&RegistryState>,
     state: &mut RegistryState,
 ) {
     for v in &defs.feature_views {
         let def = v.value.clone();
+        let Aggregated {
+            columns,
+            aggregations,
+        } = aggregated.remove(&def.name).unwrap_or_default();
+        // What the offline table stores besides keys and times.
+        let stored: &[Feature] = if aggregations.is_empty() {
+            &def.features
+        } else {
+            &columns
+        };
         let join_keys = view_keys.remove(&def.name).unwrap_or_default();
         let source = state.sources.get(&def.source).map(|s| &s.def);
         let prev = previous.and_then(|p| p.feature_views.get(&def.name));
@@ -251,11 +438,11 @@ pub(super) fn records(
         let same_data = prev.is_some_and(|p| {
             p.join_keys == join_keys
                 && p.def.entities == def.entities
-                && p.def.features.len() <= def.features.len()
-                && p.def
-                    .features
+                && p.is_aggregated() != aggregations.is_empty()
+                && p.stored_columns().len() <= stored.len()
+                && p.stored_columns()
                     .iter()
-                    .zip(&def.features)
+                    .zip(stored)
                     .all(|(a, b)| a.name == b.name && a.dtype == b.dtype)
                 && p.def.source == def.source
                 && prev_source.map(|s| (s.timestamp_field(), s.created_timestamp_field()))
@@ -270,6 +457,8 @@ pub(super) fn records(
             ingested_until: None,
             pushed_online: false,
             earlier: Vec::new(),
+            columns,
+            aggregations,
         };
         match prev {
             Some(p) if same_data => {

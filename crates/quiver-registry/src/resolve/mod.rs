@@ -152,6 +152,9 @@ pub fn resolve(
     let names = Names::check(&mut errs, defs);
     entities::check(defs, &mut errs);
     let checked_sources = sources::check(defs, schemas, &mut errs);
+    // Aggregated views' outputs become their features for every check that follows.
+    let (expanded, aggregated) = feature_views::expand(defs, &checked_sources, &mut errs);
+    let defs = &expanded;
     let mut key_types = entities::declared_key_types(defs);
     let view_keys = feature_views::check(defs, &names, &checked_sources, &mut key_types, &mut errs);
     request_sources::check(defs, &names, &mut errs);
@@ -173,7 +176,7 @@ pub fn resolve(
         request_sources: request_sources::records(defs),
         on_demand_feature_views: BTreeMap::new(),
     };
-    feature_views::records(defs, view_keys, previous, &mut state);
+    feature_views::records(defs, view_keys, aggregated, previous, &mut state);
     on_demand::records(defs, odfv_inputs, previous, &mut state);
     feature_services::records(defs, service_refs, previous, &mut state);
     state.serial = match previous {

@@ -1,0 +1,255 @@
+//! Aggregated feature views in training sets: every label row at its time T gets each
+//! aggregation over `[align(T − w, hop), T)` of its key's events, in input order, next
+//! to snapshot features of the same request — checked against the window folded here by
+//! plain arithmetic.
+
+use quiver::testing::Block;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{Float64Type, Int64Type};
+
+use crate::common::{batch, cli, ts, Repo};
+
+const MIN: i64 = 60_000_000;
+
+const DEFS: &str = "\
+entities:
+  - name: card
+    join_keys: [card_id]
+sources:
+  - name: txns
+    type: file
+    path: data/txns.parquet
+    timestamp_field: ts
+  - name: cards
+    type: file
+    path: data/cards.parquet
+    timestamp_field: ts
+feature_views:
+  - name: card_txn
+    entities: [card]
+    source: txns
+    aggregations:
+      - { column: amount, function: sum, windows: [1h] }
+      - { function: count_star, windows: [1h] }
+      - { column: amount, function: max, windows: [1d] }
+      - { column: amount, function: last, windows: [1h] }
+      - { column: merchant, function: last_n, n: 2, windows: [1d] }
+  - name: card_profile
+    entities: [card]
+    source: cards
+    features:
+      - { name: tier, dtype: string }
+";
+
+/// (card, minute, amount, merchant): events out of order, ties on time, nulls.
+const EVENTS: &[(i64, i64, Option<f64>, &str)] = &[
+    (1, 10, Some(5.0), "a"),
+    (1, 3, Some(1.25), "b"),
+    (1, 10, Some(2.5), "c"),
+    (1, 55, None, "d"),
+    (1, 65, Some(-4.0), "e"),
+    (1, 120, Some(7.75), "f"),
+    (2, 0, Some(100.0), "g"),
+    (2, 59, Some(0.5), "h"),
+];
+
+/// (card, minute) labels, unsorted, on and off hop edges, at an event's exact time,
+/// for a card with no events, repeated.
+const LABELS: &[(i64, i64)] = &[
+    (1, 65),
+    (1, 10),
+    (2, 60),
+    (9, 30),
+    (1, 11),
+    (1, 125),
+    (2, 60),
+    (1, 0),
+    (1, 61),
+];
+
+fn align(t: i64, hop: i64) -> i64 {
+    t - t.rem_euclid(hop)
+}
+
+#[test]
+fn training_sets_of_aggregated_views_fold_each_labels_window() {
+    let repo = Repo::new(DEFS);
+    repo.parquet(
+        "data/txns.parquet",
+        vec![
+            (
+                "card_id",
+                Arc::new(Int64Array::from_iter_values(EVENTS.iter().map(|e| e.0))),
+            ),
+            ("ts", ts(EVENTS.iter().map(|e| e.1 * MIN).collect())),
+            (
+                "amount",
+                Arc::new(Float64Array::from(
+                    EVENTS.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "merchant",
+                Arc::new(StringArray::from(
+                    EVENTS.iter().map(|e| e.3).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+    );
+    repo.parquet(
+        "data/cards.parquet",
+        vec![
+            ("card_id", Arc::new(Int64Array::from(vec![1, 2]))),
+            ("ts", ts(vec![0, 0])),
+            ("tier", Arc::new(StringArray::from(vec!["gold", "blue"]))),
+        ],
+    );
+    let (ok, out, err) = cli(repo.path(), &["apply"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(repo.path(), &["ingest"]);
+    assert!(ok, "{err}");
+
+    let labels = batch(vec![
+        (
+            "card_id",
+            Arc::new(Int64Array::from_iter_values(LABELS.iter().map(|l| l.0))),
+        ),
+        (
+            "event_timestamp",
+            ts(LABELS.iter().map(|l| l.1 * MIN).collect()),
+        ),
+    ]);
+    let store = repo.store();
+    let out = store
+        .historical()
+        .entities(labels)
+        .features([
+            "card_txn:amount_sum_1h",
+            "card_profile:tier",
+            "card_txn:count_star_1h",
+            "card_txn:amount_max_1d",
+            "card_txn:amount_last_1h",
+            "card_txn:merchant_last_2_1d",
+        ])
+        .block()
+        .unwrap();
+    let schema = out.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "card_id",
+            "event_timestamp",
+            "amount_sum_1h",
+            "tier",
+            "count_star_1h",
+            "amount_max_1d",
+            "amount_last_1h",
+            "merchant_last_2_1d"
+        ]
+    );
+    let sum = out.column(2).as_primitive::<Float64Type>();
+    let tier = out.column(3).as_string::<i32>();
+    let count = out.column(4).as_primitive::<Int64Type>();
+    let max = out.column(5).as_primitive::<Float64Type>();
+    let last = out.column(6).as_primitive::<Float64Type>();
+    let last2 = out.column(7).as_list::<i32>();
+    for (i, &(card, minute)) in LABELS.iter().enumerate() {
+        let t = minute * MIN;
+        let window = |w: i64, hop: i64| {
+            let lo = align(t - w, hop);
+            EVENTS
+                .iter()
+                .filter(move |e| e.0 == card && e.1 * MIN >= lo && e.1 * MIN < t)
+        };
+        // 1h windows: 5m hops; 1d: 1h hops (the defaults).
+        let in_1h: Vec<_> = window(60 * MIN, 5 * MIN).collect();
+        let amounts: Vec<f64> = in_1h.iter().filter_map(|e| e.2).collect();
+        let ctx = format!("label {i} (card {card}, minute {minute})");
+        if amounts.is_empty() {
+            assert!(sum.is_null(i), "{ctx}");
+            assert!(last.is_null(i), "{ctx}");
+        } else {
+            assert_eq!(sum.value(i), amounts.iter().sum::<f64>(), "{ctx}");
+            // The latest event with a value; ties on time by the value.
+            let latest = in_1h
+                .iter()
+                .filter(|e| e.2.is_some())
+                .max_by(|a, b| a.1.cmp(&b.1).then(a.2.unwrap().total_cmp(&b.2.unwrap())))
+                .unwrap();
+            assert_eq!(last.value(i), latest.2.unwrap(), "{ctx}");
+        }
+        assert_eq!(count.value(i), in_1h.len() as i64, "{ctx}");
+        let in_1d: Vec<_> = window(24 * 60 * MIN, 60 * MIN).collect();
+        match in_1d
+            .iter()
+            .filter_map(|e| e.2)
+            .max_by(|a, b| a.total_cmp(b))
+        {
+            Some(m) => assert_eq!(max.value(i), m, "{ctx}"),
+            None => assert!(max.is_null(i), "{ctx}"),
+        }
+        let mut by_time: Vec<_> = in_1d.clone();
+        by_time.sort_by(|a, b| b.1.cmp(&a.1).then(b.3.cmp(a.3)));
+        let want: Vec<&str> = by_time.iter().take(2).map(|e| e.3).collect();
+        let got = last2.value(i);
+        let got: Vec<&str> = got.as_string::<i32>().iter().map(|s| s.unwrap()).collect();
+        assert_eq!(got, want, "{ctx}");
+        // The snapshot view of the same request.
+        match card {
+            1 => assert_eq!(tier.value(i), "gold"),
+            2 => assert_eq!(tier.value(i), "blue"),
+            _ => assert!(tier.is_null(i)),
+        }
+    }
+    // Spot checks that the windows are what they say: at 1:05 the 1h window (5m hops)
+    // starts at 0:05, so the events at 0:10 (5.0 and 2.5) count and the one at 0:03 not.
+    assert_eq!(sum.value(0), 7.5);
+    assert_eq!(count.value(0), 3);
+    // An event at exactly T is not counted: at 0:10 only the 0:03 event.
+    assert_eq!(sum.value(1), 1.25);
+    // An unknown card: count 0, sum null.
+    assert_eq!((count.value(3), sum.is_null(3)), (0, true));
+
+    // Events equal in key and time are distinct events, all stored, and a re-ingest of
+    // the same source keeps one copy of each.
+    let view = store.state().unwrap().resolved_view("card_txn").unwrap();
+    assert_eq!(
+        store.offline().row_count(&view).block().unwrap(),
+        EVENTS.len() as u64
+    );
+    let (ok, _, err) = cli(repo.path(), &["ingest"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        store.offline().row_count(&view).block().unwrap(),
+        EVENTS.len() as u64
+    );
+
+    // Not served online yet: materializing it is refused, naming it; other views still
+    // materialize.
+    let (ok, _, err) = cli(
+        repo.path(),
+        &[
+            "materialize",
+            "1970-01-01T00:00:00Z",
+            "1970-01-02T00:00:00Z",
+            "--views",
+            "card_txn",
+        ],
+    );
+    assert!(
+        !ok && err.contains("card_txn") && err.contains("aggregated"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        repo.path(),
+        &[
+            "materialize",
+            "1970-01-01T00:00:00Z",
+            "1970-01-02T00:00:00Z",
+        ],
+    );
+    assert!(ok, "{err}");
+}
