@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p quiver-bench -- pit --scale M
+//! cargo run --release -p quiver-bench -- agg --scale S
 //! cargo run --release -p quiver-bench -- online
 //! cargo run --release -p quiver-bench -- materialize
 //! cargo run --release -p quiver-bench -- engines
@@ -32,6 +33,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+mod agg;
 mod engines;
 mod online;
 mod serve;
@@ -63,6 +65,21 @@ enum Cmd {
         /// Rows per row group of the file-to-file output.
         #[arg(long, default_value_t = 1 << 20)]
         row_group_size: usize,
+    },
+    /// Training sets of an aggregated view (19 windowed features): generate, ingest,
+    /// retrieve file to file.
+    Agg {
+        /// XS (100k events), S (1M events / 100k entities / 1M labels), M (10M / 1M / 5M),
+        /// L (50M / 5M / 10M).
+        #[arg(long, default_value = "S")]
+        scale: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Reuse generated data and the ingested store when present.
+        #[arg(long)]
+        reuse: bool,
+        #[arg(long, hide = true)]
+        phase: Option<String>,
     },
     /// In-process online reads: 1 entity × 50 features and 50 entities × 23 features.
     Online {
@@ -133,7 +150,7 @@ fn bench_view() -> ResolvedView {
     }
 }
 
-fn ts_field(name: &str) -> Field {
+pub(crate) fn ts_field(name: &str) -> Field {
     Field::new(
         name,
         DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -141,7 +158,7 @@ fn ts_field(name: &str) -> Field {
     )
 }
 
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -318,9 +335,21 @@ fn run_phase(
     phase: &str,
     extra: &[String],
 ) -> Result<(f64, f64, String)> {
+    run_phase_of("pit", dir, scale_name, phase, extra)
+}
+
+/// Runs `phase` of benchmark `cmd` in a fresh process of this binary: (seconds, peak
+/// RSS in MiB, what the phase reported).
+pub(crate) fn run_phase_of(
+    cmd: &str,
+    dir: &Path,
+    scale_name: &str,
+    phase: &str,
+    extra: &[String],
+) -> Result<(f64, f64, String)> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
-        .args(["pit", "--scale", scale_name, "--dir"])
+        .args([cmd, "--scale", scale_name, "--dir"])
         .arg(dir)
         .args(["--phase", phase])
         .args(extra)
@@ -437,6 +466,12 @@ fn main() -> Result<()> {
                 labels as f64 / secs
             );
         }
+        Cmd::Agg {
+            scale: s,
+            dir,
+            reuse,
+            phase,
+        } => agg::run(&s, dir, reuse, phase)?,
         Cmd::Online { requests } => {
             online::bench_online(requests)?;
             online::bench_facade(requests)?;

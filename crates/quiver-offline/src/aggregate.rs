@@ -5,6 +5,8 @@
 //! every other path uses.
 
 use std::collections::HashMap;
+
+use rayon::prelude::*;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -179,52 +181,68 @@ fn compute(
         })
         .collect::<Result<_>>()?;
 
-    let mut out: Vec<Vec<Value>> = vec![vec![Value::Null; labels.num_rows()]; specs.len()];
-    let empty: Vec<(u32, u32)> = Vec::new();
-    let mut inputs: Vec<Input<'_>> = Vec::new();
-    for (key, rows) in &by_key {
-        let mut evs = events_by_key.get(key).unwrap_or(&empty).clone();
-        let order_of = |&(bi, r): &(u32, u32)| -> Order {
-            let b = &events[bi as usize];
-            let ts = b
-                .column(nkeys)
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            let created = b
-                .column(nkeys + 1)
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            Order {
-                event_ts: ts.value(r as usize),
-                created_ts: if created.is_null(r as usize) {
-                    quiver_core::contract::NO_CREATED
-                } else {
-                    created.value(r as usize)
-                },
-                position: 0,
+    // Keys are independent: evaluated in parallel, each giving its label rows' values.
+    let keys: Vec<(&Vec<u8>, &Vec<usize>)> = by_key.iter().collect();
+    let width = read.len();
+    let per_key: Vec<(Vec<usize>, Vec<Value>)> = keys
+        .par_iter()
+        .map(|(key, rows)| {
+            let empty: Vec<(u32, u32)> = Vec::new();
+            let mut evs = events_by_key.get(*key).unwrap_or(&empty).clone();
+            let order_of = |&(bi, r): &(u32, u32)| -> Order {
+                let b = &events[bi as usize];
+                let ts = b
+                    .column(nkeys)
+                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+                let created = b
+                    .column(nkeys + 1)
+                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+                Order {
+                    event_ts: ts.value(r as usize),
+                    created_ts: if created.is_null(r as usize) {
+                        quiver_core::contract::NO_CREATED
+                    } else {
+                        created.value(r as usize)
+                    },
+                    position: 0,
+                }
+            };
+            evs.sort_by_key(order_of);
+            let mut inputs: Vec<Input<'_>> = Vec::with_capacity(evs.len() * width);
+            for &(bi, r) in &evs {
+                let b = &events[bi as usize];
+                for &ci in &read {
+                    inputs.push(input_at(b.column(ci).as_ref(), r as usize));
+                }
             }
-        };
-        evs.sort_by_key(order_of);
-        inputs.clear();
-        for &(bi, r) in &evs {
-            let b = &events[bi as usize];
-            for &ci in &read {
-                inputs.push(input_at(b.column(ci).as_ref(), r as usize));
+            let refs: Vec<EventRef<'_>> = evs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| EventRef {
+                    order: order_of(e),
+                    values: &inputs[i * width..(i + 1) * width],
+                })
+                .collect();
+            let mut label_rows = (*rows).clone();
+            label_rows.sort_by_key(|&r| (times[r], r));
+            let label_times: Vec<Timestamp> = label_rows.iter().map(|&r| times[r]).collect();
+            // Label-major: values[li * nf + fi].
+            let nf = features.len();
+            let mut values = vec![Value::Null; label_rows.len() * nf];
+            evaluate_key(&features, &refs, &label_times, |li, fi, v| {
+                values[li * nf + fi] = v.unwrap_or(Value::Null);
+            });
+            (label_rows, values)
+        })
+        .collect();
+    let mut out: Vec<Vec<Value>> = vec![vec![Value::Null; labels.num_rows()]; specs.len()];
+    let nf = features.len();
+    for (rows, values) in per_key {
+        for (li, &row) in rows.iter().enumerate() {
+            for (fi, col) in out.iter_mut().enumerate() {
+                col[row] = values[li * nf + fi].clone();
             }
         }
-        let width = read.len();
-        let refs: Vec<EventRef<'_>> = evs
-            .iter()
-            .enumerate()
-            .map(|(i, e)| EventRef {
-                order: order_of(e),
-                values: &inputs[i * width..(i + 1) * width],
-            })
-            .collect();
-        let mut label_rows = rows.clone();
-        label_rows.sort_by_key(|&r| (times[r], r));
-        let label_times: Vec<Timestamp> = label_rows.iter().map(|&r| times[r]).collect();
-        evaluate_key(&features, &refs, &label_times, |li, fi, v| {
-            out[fi][label_rows[li]] = v.unwrap_or(Value::Null);
-        });
     }
     let mut columns = Vec::with_capacity(specs.len());
     for ((values, f), name) in out.iter().zip(&features).zip(names) {
