@@ -39,6 +39,7 @@
 
 mod exact;
 mod sketch;
+pub mod tile;
 pub mod window;
 
 use std::collections::BTreeSet;
