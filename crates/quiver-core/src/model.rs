@@ -585,6 +585,76 @@ impl ResolvedView {
         let s = format!("{}\0{}\0{}", self.project, self.name, self.version);
         xxhash_rust::xxh3::xxh3_64(s.as_bytes()).to_le_bytes()
     }
+
+    /// An aggregated view's tile groups: the aggregations sharing each hop, by hop,
+    /// each with its compiled layout, windows and online field. The field depends on
+    /// the group's aggregations, so a changed definition writes fresh tiles instead of
+    /// misreading old ones.
+    pub fn tile_groups(&self) -> Result<Vec<TileGroup>> {
+        let mut hops: Vec<Duration> = self.aggregations.iter().map(|a| a.hop).collect();
+        hops.sort();
+        hops.dedup();
+        let mut out = Vec::with_capacity(hops.len());
+        for hop in hops {
+            let members: Vec<usize> = (0..self.aggregations.len())
+                .filter(|&i| self.aggregations[i].hop == hop)
+                .collect();
+            let mut aggregations = Vec::with_capacity(members.len());
+            let mut signature = format!(
+                "{}\0{}\0{}\0tiles\0{}",
+                self.project,
+                self.name,
+                self.version,
+                hop.micros()
+            );
+            for &i in &members {
+                let a = &self.aggregations[i];
+                let dtype = a
+                    .column
+                    .as_ref()
+                    .and_then(|c| self.features.iter().find(|f| &f.name == c))
+                    .map(|f| f.dtype.clone());
+                aggregations.push(a.aggregation(dtype.as_ref()).map_err(|p| {
+                    Error::Invalid(format!("aggregation '{}': {}", a.name, p.message))
+                })?);
+                signature.push_str(&format!(
+                    "\0{}:{}",
+                    a.name,
+                    a.column.as_deref().unwrap_or("")
+                ));
+            }
+            out.push(TileGroup {
+                hop,
+                field: xxhash_rust::xxh3::xxh3_64(signature.as_bytes()).to_le_bytes(),
+                windows: members
+                    .iter()
+                    .map(|&i| self.aggregations[i].window)
+                    .collect(),
+                columns: members
+                    .iter()
+                    .map(|&i| self.aggregations[i].column.clone())
+                    .collect(),
+                members,
+                layout: crate::agg::tile::TileLayout { aggregations },
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The aggregations of an aggregated view that share a hop, and so a tile.
+#[derive(Clone, Debug)]
+pub struct TileGroup {
+    pub hop: Duration,
+    /// The online field of the group's tiles.
+    pub field: [u8; 8],
+    /// Indices into the view's `aggregations`, in order.
+    pub members: Vec<usize>,
+    pub layout: crate::agg::tile::TileLayout,
+    /// Each member's window.
+    pub windows: Vec<Duration>,
+    /// Each member's column (none for count_star).
+    pub columns: Vec<Option<String>>,
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl OfflineStore {
 }
 
 /// How an event column's values become engine inputs.
-fn input_at<'a>(col: &'a dyn Array, row: usize) -> Input<'a> {
+pub fn input_at<'a>(col: &'a dyn Array, row: usize) -> Input<'a> {
     if col.is_null(row) {
         return Input::Null;
     }

@@ -7,7 +7,7 @@
 //!   re-runnable ingests.
 //! * [`historical`] — training sets by the time contract's snapshot rule.
 
-mod aggregate;
+pub mod aggregate;
 pub mod files;
 pub mod historical;
 pub mod normalize;

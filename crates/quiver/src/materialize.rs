@@ -80,27 +80,14 @@ impl MaterializeBuilder {
                 )));
             }
         }
-        // Aggregated views are not materialized yet (their online tiles are not
-        // written): skipped when all views are meant, an error when named.
         let names: Vec<String> = if self.views.is_empty() {
             state
                 .feature_views
                 .values()
-                .filter(|v| v.def.online && !v.is_aggregated())
+                .filter(|v| v.def.online)
                 .map(|v| v.def.name.clone())
                 .collect()
         } else {
-            if let Some(v) = self
-                .views
-                .iter()
-                .find(|v| state.feature_views[*v].is_aggregated())
-            {
-                return Err(Error::Invalid(format!(
-                    "feature view '{v}' is an aggregated view: its training sets are \
-                     available (quiver historical), materializing aggregations online is \
-                     not implemented yet"
-                )));
-            }
             self.views.clone()
         };
         let mut out = Vec::new();
@@ -143,6 +130,9 @@ impl MaterializeBuilder {
         // The version read is recorded, so that the next incremental run also reads
         // every file committed after it (corrections, late rows).
         let version = offline.version(&view).await?;
+        if !view.aggregations.is_empty() {
+            return self.tiles(&view, start, version).await;
+        }
         let mut batches = offline.read_range(&view, start, end).await?;
         if self.start.is_none() {
             let since = self.store.state()?.feature_views[name]
@@ -194,6 +184,103 @@ impl MaterializeBuilder {
             keys,
             written,
         };
+        self.record(name, &stats, version).await?;
+        Ok(stats)
+    }
+
+    /// Materializes an aggregated view: the tiles of every hop that overlap `[start,
+    /// end)` — back to the longest window plus its hop before `end` at most — computed
+    /// whole from the offline events and written over the stored ones. An incremental
+    /// run also recomputes the tiles of late events committed since the last run.
+    async fn tiles(
+        &self,
+        view: &quiver_core::model::ResolvedView,
+        start: Timestamp,
+        version: Option<u64>,
+    ) -> Result<MaterializeStats> {
+        use arrow::array::AsArray;
+        use quiver_core::agg::window::align;
+        let end = self.end;
+        let offline = self.store.offline();
+        let reach = view
+            .aggregations
+            .iter()
+            .map(|a| a.window.micros() + a.hop.micros())
+            .max()
+            .unwrap_or(0);
+        let oldest = end.saturating_sub(reach);
+        let mut from = start.max(oldest);
+        if self.start.is_none() {
+            let since = self.store.state()?.feature_views[&view.name]
+                .materialized
+                .as_ref()
+                .and_then(|m| m.table_version);
+            if let Some(since) = since {
+                let files = offline.files_since(view, since).await?;
+                for b in offline.read_files(view, files, oldest, end).await? {
+                    let ts = b
+                        .column(view.join_keys.len())
+                        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+                    if let Some(&t) = ts.values().iter().min() {
+                        from = from.min(t.max(oldest));
+                    }
+                }
+            }
+        }
+        // Whole tiles of every hop: from the earliest tile start among the hops.
+        let from = view
+            .aggregations
+            .iter()
+            .map(|a| align(from, a.hop))
+            .min()
+            .unwrap_or(from);
+        let batches = offline.read_range(view, from, end).await?;
+        let rows_read = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let online = self.store.online().await?;
+        let (progress, v, handle) = (
+            self.progress.clone(),
+            view.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let retry_for = self.store.config().writes.retry_for.to_std();
+        let (keys, written) = crate::store::blocking(move || {
+            handle.block_on(crate::write::write_tiles(
+                &v,
+                &batches,
+                online.as_ref(),
+                progress.as_ref(),
+                retry_for,
+            ))
+        })
+        .await?;
+        let stats = MaterializeStats {
+            view: view.name.clone(),
+            start: from,
+            end,
+            rows_read,
+            keys,
+            written,
+        };
+        self.record(&view.name, &stats, version).await?;
+        Ok(stats)
+    }
+
+    /// Records a finished run in the registry: its end as the view's high-water mark
+    /// and the table version it read.
+    async fn record(
+        &self,
+        name: &str,
+        stats: &MaterializeStats,
+        version: Option<u64>,
+    ) -> Result<()> {
+        let MaterializeStats {
+            start,
+            end,
+            rows_read,
+            keys,
+            written,
+            ..
+        } = *stats;
         quiver_core::fault::crash_point("materialize.before_state");
         let name = name.to_string();
         self.store
@@ -210,7 +297,7 @@ impl MaterializeBuilder {
             })
             .await?;
         tracing::info!(rows_read, keys, written, "materialized");
-        Ok(stats)
+        Ok(())
     }
 }
 

@@ -365,3 +365,161 @@ async fn write_with_retries(
         }
     }
 }
+
+/// Tiles written per `merge_tiles` call.
+const TILE_BATCH: usize = 5_000;
+
+/// Writes an aggregated view's tiles computed from its stored events in `batches`
+/// (which must hold every event of each tile from `from`, a multiple of every hop of
+/// the view, up to `end`): each tile is computed whole and replaces the stored one, so
+/// a rerun over the same range leaves the same bytes. Returns (keys, tiles written).
+pub async fn write_tiles(
+    view: &ResolvedView,
+    batches: &[RecordBatch],
+    online: &dyn OnlineStore,
+    progress: &dyn Progress,
+    retry_for: std::time::Duration,
+) -> Result<(u64, u64)> {
+    use quiver_core::agg::window::align;
+    use quiver_core::agg::{Input, Ir, Order};
+    use quiver_online::tiles::{KeyMerge, TileDelta};
+    use std::collections::{BTreeMap, HashMap};
+
+    let nkeys = view.join_keys.len();
+    let groups = view.tile_groups()?;
+    let entity_set = view.entity_set();
+    // Per group, per key: tile start → IRs.
+    type Tiles = BTreeMap<i64, Vec<Ir>>;
+    let mut per_group: Vec<HashMap<Vec<u8>, Tiles>> = vec![HashMap::new(); groups.len()];
+    let column_index: Vec<Vec<Option<usize>>> = groups
+        .iter()
+        .map(|g| {
+            g.columns
+                .iter()
+                .map(|c| {
+                    c.as_ref()
+                        .and_then(|c| view.features.iter().position(|f| &f.name == c))
+                        .map(|i| nkeys + 2 + i)
+                })
+                .collect()
+        })
+        .collect();
+    let mut buf = Vec::new();
+    let mut values: Vec<Input<'_>> = Vec::new();
+    for b in batches {
+        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+        let created = b
+            .column(nkeys + 1)
+            .as_primitive::<TimestampMicrosecondType>();
+        for r in 0..b.num_rows() {
+            buf.clear();
+            for k in 0..nkeys {
+                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+            }
+            let order = Order {
+                event_ts: ts.value(r),
+                created_ts: if created.is_null(r) {
+                    NO_CREATED
+                } else {
+                    created.value(r)
+                },
+                position: 0,
+            };
+            for (gi, g) in groups.iter().enumerate() {
+                values.clear();
+                for ci in &column_index[gi] {
+                    values.push(match ci {
+                        Some(ci) => quiver_offline::aggregate::input_at(b.column(*ci).as_ref(), r),
+                        None => Input::Null,
+                    });
+                }
+                let tiles = match per_group[gi].get_mut(buf.as_slice()) {
+                    Some(t) => t,
+                    None => per_group[gi].entry(buf.clone()).or_default(),
+                };
+                let irs = tiles
+                    .entry(align(order.event_ts, g.hop))
+                    .or_insert_with(|| g.layout.empty());
+                g.layout.update(irs, &values, order);
+            }
+        }
+    }
+    let keys: u64 = per_group.first().map_or(0, |m| m.len() as u64);
+    let total: u64 = per_group
+        .iter()
+        .map(|m| m.values().map(|t| t.len() as u64).sum::<u64>())
+        .sum();
+    progress.start(&view.name, total);
+    // Whole tiles replace the stored ones: the merge keeps the delta.
+    let replace = |_: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(delta);
+        Ok(())
+    };
+    let mut written = 0u64;
+    for (gi, g) in groups.iter().enumerate() {
+        // (entity key, its tiles as (start, bytes)).
+        type KeyTiles = (Vec<u8>, Vec<(i64, Vec<u8>)>);
+        let mut entries: Vec<KeyTiles> = Vec::new();
+        let mut key = Vec::new();
+        for (k, tiles) in &per_group[gi] {
+            entity_key_into(&view.project, &entity_set, k, &mut key);
+            let encoded = tiles
+                .iter()
+                .map(|(start, irs)| {
+                    let mut bytes = Vec::new();
+                    g.layout.encode(irs, &mut bytes);
+                    (*start, bytes)
+                })
+                .collect();
+            entries.push((key.clone(), encoded));
+        }
+        let mut start = 0;
+        while start < entries.len() {
+            // Whole keys per call, about TILE_BATCH tiles.
+            let mut end = start;
+            let mut n = 0;
+            while end < entries.len() && (n == 0 || n + entries[end].1.len() <= TILE_BATCH) {
+                n += entries[end].1.len();
+                end += 1;
+            }
+            let deltas: Vec<Vec<TileDelta<'_>>> = entries[start..end]
+                .iter()
+                .map(|(_, t)| {
+                    t.iter()
+                        .map(|(s, ir)| TileDelta { start: *s, ir })
+                        .collect()
+                })
+                .collect();
+            let merges: Vec<KeyMerge<'_>> = entries[start..end]
+                .iter()
+                .zip(&deltas)
+                .map(|((k, _), d)| KeyMerge {
+                    key: k,
+                    view: g.field,
+                    position: None,
+                    tiles: d,
+                })
+                .collect();
+            let deadline = std::time::Instant::now() + retry_for;
+            let mut wait = std::time::Duration::from_millis(50);
+            loop {
+                match online.merge_tiles(&merges, &replace).await {
+                    Ok(s) => {
+                        written += s.tiles;
+                        break;
+                    }
+                    Err(e) if std::time::Instant::now() + wait < deadline => {
+                        tracing::warn!(error = %e, "writing tiles failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            progress.advance(n as u64);
+            start = end;
+        }
+    }
+    progress.finish();
+    Ok((keys, written))
+}
