@@ -121,6 +121,9 @@ struct ViewRead {
     ttl: Duration,
     /// (output index, feature index in the view).
     wanted: Vec<(usize, usize)>,
+    /// An aggregated view's tile groups (its features are then its aggregations'
+    /// outputs, read from tiles); empty for a snapshot view.
+    tiles: Vec<quiver_core::model::TileGroup>,
 }
 
 /// A compiled online read: the features of a request (a feature service or a list of
@@ -334,14 +337,34 @@ impl ReadPlan {
                             groups.len() - 1
                         }
                     };
+                    let (dtypes, features, tiles) = if view.aggregations.is_empty() {
+                        (
+                            view.features.iter().map(|f| f.dtype.clone()).collect(),
+                            view.features.iter().map(|f| f.name.clone()).collect(),
+                            Vec::new(),
+                        )
+                    } else {
+                        let tiles = view
+                            .tile_groups()
+                            .map_err(|e| Error::Request(e.to_string()))?;
+                        let mut dtypes = vec![DType::Int64; view.aggregations.len()];
+                        for g in &tiles {
+                            for (k, &m) in g.members.iter().enumerate() {
+                                dtypes[m] = g.layout.aggregations[k].output_dtype();
+                            }
+                        }
+                        let names = view.aggregations.iter().map(|a| a.name.clone()).collect();
+                        (dtypes, names, tiles)
+                    };
                     views.push(ViewRead {
                         name: view.name.clone(),
                         group,
                         field: view.online_field(),
-                        dtypes: view.features.iter().map(|f| f.dtype.clone()).collect(),
-                        features: view.features.iter().map(|f| f.name.clone()).collect(),
+                        dtypes,
+                        features,
                         ttl: view.ttl,
                         wanted: Vec::new(),
+                        tiles,
                     });
                     views.len() - 1
                 }
@@ -661,6 +684,53 @@ impl ReadPlan {
                 }
             }
         }
+        // Aggregated views: each tile group's tiles of the window, merged at `at` by
+        // the engine (the same IRs and finalizers as training sets).
+        for view in self.views.iter().filter(|v| !v.tiles.is_empty()) {
+            let group_keys = &keys[view.group * n..(view.group + 1) * n];
+            for g in &view.tiles {
+                let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
+                let starts = quiver_core::agg::tile::tile_starts(at, longest, g.hop);
+                let stored = online.read_tiles(group_keys, g.field, &starts).await?;
+                for row in 0..n {
+                    let cells = &stored[row * starts.len()..(row + 1) * starts.len()];
+                    let mut tiles = Vec::new();
+                    for (start, cell) in starts.iter().zip(cells) {
+                        if let Some(bytes) = cell {
+                            let irs = g.layout.decode(bytes).map_err(|e| {
+                                Error::store(format!("feature view '{}': {}", view.name, e.0))
+                            })?;
+                            tiles.push((*start, irs));
+                        }
+                    }
+                    let values =
+                        quiver_core::agg::tile::values_at(&g.layout, &g.windows, g.hop, &tiles, at);
+                    let head = quiver_core::agg::window::align(at, g.hop);
+                    for (k, v) in values.into_iter().enumerate() {
+                        let m = g.members[k];
+                        // PRESENT when the window holds a tile of the key, else MISSING
+                        // (with the empty window's value: count 0, sum null…).
+                        let (lo, _) =
+                            quiver_core::agg::window::window_range(at, g.windows[k], g.hop);
+                        let status = if tiles.iter().any(|(s, _)| *s >= lo && *s <= head) {
+                            FeatureStatus::Present
+                        } else {
+                            FeatureStatus::Missing
+                        };
+                        for &(o, _) in view.wanted.iter().filter(|w| w.1 == m) {
+                            let c = row * nout + o;
+                            match &v {
+                                Ok(value) => {
+                                    out.values[c] = value.clone();
+                                    out.statuses[c] = status;
+                                }
+                                Err(_) => out.statuses[c] = FeatureStatus::Invalid,
+                            }
+                        }
+                    }
+                }
+            }
+        }
         Ok(out)
     }
 }
@@ -715,16 +785,7 @@ pub fn coerce_key(v: &Value, t: &DType) -> Option<Value> {
     }
 }
 
-/// The version of view `name` that serves. Aggregated views are not served online yet
-/// (their tiles are not written); asking for one is an error that says so.
+/// The version of view `name` that serves.
 fn online_view(state: &RegistryState, name: &str) -> Result<ResolvedView> {
-    let v = state.serving_view(name)?;
-    if !v.aggregations.is_empty() {
-        return Err(quiver_registry::Error::Invalid(format!(
-            "feature view '{name}' is an aggregated view: its training sets are available \
-             (quiver historical), online serving of aggregations is not implemented yet"
-        ))
-        .into());
-    }
-    Ok(v)
+    Ok(state.serving_view(name)?)
 }

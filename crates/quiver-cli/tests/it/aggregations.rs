@@ -292,16 +292,40 @@ fn training_sets_of_aggregated_views_fold_each_labels_window() {
     assert!(ok, "{err}");
     assert_eq!(read_all(), first, "a rerun leaves the same bytes");
 
-    // Not served by online reads yet: asking is an error naming the view.
-    let e = store
+    // Served: an online read at t gives the training-set values, PRESENT when the
+    // window holds an event of the card and MISSING (with the empty window's value)
+    // otherwise.
+    let mut read = store
         .online_features()
-        .features(["card_txn:amount_sum_1h"])
-        .entity_row(std::collections::BTreeMap::from([(
+        .features(names.iter().map(|n| format!("card_txn:{n}")))
+        .at(t);
+    for card in cards {
+        read = read.entity_row(std::collections::BTreeMap::from([(
             "card_id".to_string(),
-            quiver::Value::Int64(1),
-        )]))
-        .block()
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("card_txn") && e.contains("aggregated"), "{e}");
+            quiver::Value::Int64(card),
+        )]));
+    }
+    let served = read.block().unwrap();
+    for (row, card) in cards.iter().enumerate() {
+        for (i, name) in names.iter().enumerate() {
+            let col = training.column_by_name(name).unwrap();
+            let want = quiver_core::value::value_at(col.as_ref(), row).unwrap();
+            assert_eq!(served.rows[row].values[i], want, "card {card}, {name}");
+            let (w, hop) = if name.ends_with("_1h") {
+                (60 * MIN, 5 * MIN)
+            } else {
+                (24 * 60 * MIN, 60 * MIN)
+            };
+            let lo = align(t - w, hop);
+            let any = EVENTS
+                .iter()
+                .any(|e| e.0 == *card && e.1 * MIN >= lo && e.1 * MIN < t);
+            let status = if any {
+                quiver::FeatureStatus::Present
+            } else {
+                quiver::FeatureStatus::Missing
+            };
+            assert_eq!(served.rows[row].statuses[i], status, "card {card}, {name}");
+        }
+    }
 }
