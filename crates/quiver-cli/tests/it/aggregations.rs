@@ -41,6 +41,11 @@ feature_views:
     source: cards
     features:
       - { name: tier, dtype: string }
+on_demand_feature_views:
+  - name: ratio
+    sources: [card_txn]
+    features:
+      - { name: sum_per_event, dtype: float64, expr: \"amount_sum_1h / nullif(count_star_1h, 0)\" }
 ";
 
 /// (card, minute, amount, merchant): events out of order, ties on time, nulls.
@@ -328,4 +333,33 @@ fn training_sets_of_aggregated_views_fold_each_labels_window() {
             assert_eq!(served.rows[row].statuses[i], status, "card {card}, {name}");
         }
     }
+
+    // On-demand features over aggregated ones: served as trained.
+    let labels = batch(vec![
+        ("card_id", Arc::new(Int64Array::from(cards.to_vec()))),
+        ("event_timestamp", ts(vec![t - 90 * MIN; cards.len()])),
+    ]);
+    let trained = store
+        .historical()
+        .entities(labels)
+        .features(["ratio:sum_per_event"])
+        .block()
+        .unwrap();
+    let mut read = store
+        .online_features()
+        .features(["ratio:sum_per_event"])
+        .at(t - 90 * MIN);
+    for card in cards {
+        read = read.entity_row(std::collections::BTreeMap::from([(
+            "card_id".to_string(),
+            quiver::Value::Int64(card),
+        )]));
+    }
+    let served = read.block().unwrap();
+    for (row, card) in cards.iter().enumerate() {
+        let want = quiver_core::value::value_at(trained.column(2).as_ref(), row).unwrap();
+        assert_eq!(served.rows[row].values[0], want, "card {card}");
+    }
+    // Card 1 at 1:50: the 1h window [0:50, 1:50) holds a null and -4.0: -4.0 / 2.
+    assert_eq!(served.rows[0].values[0], quiver::Value::Float64(-2.0));
 }
