@@ -80,7 +80,39 @@ fn align(t: i64, hop: i64) -> i64 {
 
 #[test]
 fn training_sets_of_aggregated_views_fold_each_labels_window() {
-    let repo = Repo::new(DEFS);
+    scenario(Repo::new(DEFS));
+}
+
+/// The same on Redis and on a Redis Cluster: tiles merged and read by those backends.
+#[test]
+fn aggregated_views_materialize_and_serve_on_redis_and_redis_cluster() {
+    let redis = quiver_redis::testing::standalone();
+    let cluster = quiver_redis::testing::cluster();
+    let nodes: Vec<String> = cluster.nodes().iter().map(|n| format!("\"{n}\"")).collect();
+    for (i, store) in [
+        format!("{{ type: redis, url: \"{}\" }}", redis.url()),
+        format!("{{ type: redis, cluster: [{}] }}", nodes.join(", ")),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let repo = Repo::new(DEFS);
+        repo.write(
+            "quiver.yaml",
+            &format!(
+                "project: agg{i}_{}_{}\nregistry: data/registry\n\
+                 offline_store: {{ type: delta, path: data/offline }}\n\
+                 online_store: {store}\n",
+                std::process::id(),
+                quiver_core::time::now()
+            ),
+        );
+        scenario(repo);
+    }
+}
+
+/// Ingest, training set, materialization and online reads of the test's views in `repo`.
+fn scenario(repo: Repo) {
     repo.parquet(
         "data/txns.parquet",
         vec![
