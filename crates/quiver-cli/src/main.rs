@@ -102,6 +102,18 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         views: Vec<String>,
     },
+    /// Recompute aggregated views' tiles from their offline events for [START, END)
+    /// (back to the longest window plus its hop before END) and write them online;
+    /// re-runnable: a rerun leaves the same bytes.
+    Backfill {
+        /// First event time included, in the forms `materialize` takes.
+        start: String,
+        /// First event time excluded.
+        end: String,
+        /// Aggregated views (default: all).
+        #[arg(long, value_delimiter = ',')]
+        views: Vec<String>,
+    },
     /// Materialize from where the last run ended up to END (default: now).
     MaterializeIncremental {
         /// First event time excluded (default: now), in the forms `materialize` takes.
@@ -445,6 +457,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Materialize { start, end, views } => {
             let stats = store
                 .materialize(time_arg(&start)?, time_arg(&end)?)
+                .views(views)
+                .with_progress(progress::bar(!json))
+                .await?;
+            views::print_materialize(&stats, json);
+        }
+        Command::Backfill { start, end, views } => {
+            let stats = store
+                .backfill(time_arg(&start)?, time_arg(&end)?)
                 .views(views)
                 .with_progress(progress::bar(!json))
                 .await?;

@@ -43,6 +43,8 @@ pub struct MaterializeBuilder {
     end: Timestamp,
     views: Vec<String>,
     progress: Arc<dyn Progress>,
+    /// A backfill: aggregated views only (all of them by default).
+    backfill: bool,
 }
 
 impl MaterializeBuilder {
@@ -53,7 +55,16 @@ impl MaterializeBuilder {
             end,
             views: Vec::new(),
             progress: Arc::new(NoProgress),
+            backfill: false,
         }
+    }
+
+    /// Makes this a backfill: the aggregated views' tiles of the range, recomputed from
+    /// the offline events (every aggregated view by default; a snapshot view is an
+    /// error).
+    pub(crate) fn backfill(mut self) -> Self {
+        self.backfill = true;
+        self
     }
 
     /// The views to materialize (default: every online view).
@@ -84,10 +95,22 @@ impl MaterializeBuilder {
             state
                 .feature_views
                 .values()
-                .filter(|v| v.def.online)
+                .filter(|v| v.def.online && (!self.backfill || v.is_aggregated()))
                 .map(|v| v.def.name.clone())
                 .collect()
         } else {
+            if self.backfill {
+                if let Some(v) = self
+                    .views
+                    .iter()
+                    .find(|v| !state.feature_views[*v].is_aggregated())
+                {
+                    return Err(Error::Invalid(format!(
+                        "feature view '{v}' is a snapshot view: backfill computes aggregated \
+                         views' tiles; use `quiver materialize` for it"
+                    )));
+                }
+            }
             self.views.clone()
         };
         let mut out = Vec::new();
@@ -234,7 +257,15 @@ impl MaterializeBuilder {
             .map(|a| align(from, a.hop))
             .min()
             .unwrap_or(from);
-        let batches = offline.read_range(view, from, end).await?;
+        // Whole tiles at the end too: a tile is never overwritten by part of itself
+        // (the events of the last tile after `end` are read as well).
+        let to = view
+            .aggregations
+            .iter()
+            .map(|a| align(end.saturating_sub(1), a.hop).saturating_add(a.hop.micros()))
+            .max()
+            .unwrap_or(end);
+        let batches = offline.read_range(view, from, to).await?;
         let rows_read = batches.iter().map(|b| b.num_rows() as u64).sum();
         let online = self.store.online().await?;
         let (progress, v, handle) = (
@@ -286,6 +317,11 @@ impl MaterializeBuilder {
         self.store
             .update_state(move |s| {
                 if let Some(v) = s.feature_views.get_mut(&name) {
+                    // Tiles are recomputed whole, so an aggregated view's high-water mark
+                    // never moves back (a backfill of an older range leaves it).
+                    if v.is_aggregated() && v.materialized.as_ref().is_some_and(|m| m.end > end) {
+                        return;
+                    }
                     v.materialized = Some(MaterializationState {
                         start,
                         end,

@@ -357,6 +357,18 @@ impl FeatureStore {
         crate::MaterializeBuilder::new(self.clone(), Some(start), end)
     }
 
+    /// Starts a backfill of aggregated views: their tiles overlapping `[start, end)`
+    /// (back to the longest window plus its hop before `end`), recomputed whole from the
+    /// offline events and written over the stored ones; rerunning it leaves the same
+    /// bytes. Every aggregated view by default.
+    pub fn backfill(
+        &self,
+        start: quiver_core::Timestamp,
+        end: quiver_core::Timestamp,
+    ) -> crate::MaterializeBuilder {
+        crate::MaterializeBuilder::new(self.clone(), Some(start), end).backfill()
+    }
+
     /// Starts a materialization up to `end`, each view from where its last run ended.
     pub fn materialize_incremental(
         &self,

@@ -328,6 +328,39 @@ fn scenario(repo: Repo) {
     let (ok, _, err) = cli(repo.path(), &range);
     assert!(ok, "{err}");
     assert_eq!(read_all(), first, "a rerun leaves the same bytes");
+    // A backfill of the same range too; one of an older range leaves the high-water
+    // mark; a snapshot view is not backfilled.
+    let (ok, _, err) = cli(repo.path(), &["backfill", range[1], range[2]]);
+    assert!(ok, "{err}");
+    assert_eq!(read_all(), first, "a backfill leaves the same bytes");
+    // An end inside a tile (0:32) recomputes that tile whole, never from part of it.
+    let (ok, _, err) = cli(
+        repo.path(),
+        &[
+            "backfill",
+            "1970-01-01T00:00:00Z",
+            "1970-01-01T00:32:00Z",
+            "--views",
+            "card_txn",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        read_all(),
+        first,
+        "a backfill ending inside a tile keeps it whole"
+    );
+    let mark = store.state().unwrap().feature_views["card_txn"]
+        .materialized
+        .as_ref()
+        .unwrap()
+        .end;
+    assert_eq!(mark, t);
+    let (ok, _, err) = cli(
+        repo.path(),
+        &["backfill", range[1], range[2], "--views", "card_profile"],
+    );
+    assert!(!ok && err.contains("snapshot view"), "{err}");
 
     // Served: an online read at t gives the training-set values, PRESENT when the
     // window holds an event of the card and MISSING (with the empty window's value)
