@@ -359,8 +359,9 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 for s in &stats {
                     println!(
-                        "{}: {} expired rows compacted, {} rows of retired versions deleted",
-                        s.view, s.compacted, s.deleted
+                        "{}: {} expired rows compacted, {} rows of retired versions deleted, \
+                         {} old tiles deleted",
+                        s.view, s.compacted, s.deleted, s.tiles_deleted
                     );
                 }
             }

@@ -5,7 +5,8 @@
 //! writes compare as before), and rows of data versions that neither serve nor wait to
 //! serve are deleted. Reads at the current time return exactly what they returned
 //! before; a read with an explicit time in the past (`--at`) may find a compacted row's
-//! value gone (MISSING).
+//! value gone (MISSING). An aggregated view's tiles that start before the longest window
+//! of their hop at the current time are deleted (no read at or after now uses them).
 
 use serde::Serialize;
 
@@ -19,6 +20,8 @@ pub struct CompactStats {
     pub compacted: u64,
     /// Rows of retired data versions deleted.
     pub deleted: u64,
+    /// Tiles of an aggregated view older than any window reads, deleted.
+    pub tiles_deleted: u64,
 }
 
 impl FeatureStore {
@@ -45,6 +48,13 @@ impl FeatureStore {
                 stats.compacted = online
                     .compact_expired(serving.online_field(), cutoff)
                     .await?;
+            }
+            // Tiles no window reads any more: those starting before the longest window
+            // of their hop (aligned) at the current time.
+            for g in serving.tile_groups()? {
+                let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
+                let (oldest, _) = quiver_core::agg::window::window_range(now, longest, g.hop);
+                stats.tiles_deleted += online.delete_tiles_before(g.field, oldest).await?;
             }
             let mut retired = state.resolved_view(name)?;
             for version in 1..record.version {

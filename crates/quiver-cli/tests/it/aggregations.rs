@@ -427,4 +427,40 @@ fn scenario(repo: Repo) {
     }
     // Card 1 at 1:50: the 1h window [0:50, 1:50) holds a null and -4.0: -4.0 / 2.
     assert_eq!(served.rows[0].values[0], quiver::Value::Float64(-2.0));
+
+    // Compaction deletes the tiles no window reads at the current time (these events
+    // are from 1970: all of them).
+    let (ok, out, err) = cli(repo.path(), &["compact"]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("card_txn:"))
+        .unwrap_or_default();
+    assert!(!line.is_empty() && !line.contains(", 0 old tiles"), "{out}");
+    assert!(read_tiles_left(&store, &view, t) == 0, "every tile is gone");
+}
+
+/// How many of `view`'s tiles a read at `t` would find, over cards 1 and 2.
+fn read_tiles_left(
+    store: &quiver::FeatureStore,
+    view: &quiver_core::model::ResolvedView,
+    t: i64,
+) -> usize {
+    let online = store.online().block().unwrap();
+    let mut left = 0;
+    for card in [1i64, 2] {
+        let mut enc = Vec::new();
+        quiver_core::encoding::encode_key_part(&Int64Array::from(vec![card]), 0, &mut enc).unwrap();
+        let key = quiver_online::entity_key(&view.project, &view.entity_set(), &enc);
+        for g in view.tile_groups().unwrap() {
+            let longest = g.windows.iter().copied().max().unwrap();
+            let starts = quiver_core::agg::tile::tile_starts(t, longest, g.hop);
+            let got = online
+                .read_tiles(&[key.as_slice()], g.field, &starts)
+                .block()
+                .unwrap();
+            left += got.iter().filter(|b| b.is_some()).count();
+        }
+    }
+    left
 }
