@@ -18,7 +18,7 @@ step plan
 step apply
 step list feature-views
 step ingest
-step historical --entities data/entities.parquet --service ride_ranking_v1 \
+step historical --entities data/entities.parquet --service ride_ranking_v3 \
   --output data/training_set.parquet
 step materialize-incremental
 step online --service ride_ranking_v1 \
@@ -27,3 +27,5 @@ step online --features driver_hourly_stats:conv_rate,customer_profile:current_ba
   --entity driver_id=1003,customer_id=999999 --json
 step online --service ride_ranking_v2 \
   --entity driver_id=1001,customer_id=5001 --request distance_km=12.5
+step online --service ride_ranking_v3 \
+  --entity driver_id=1001,customer_id=5001 --entity driver_id=1002,customer_id=5002

@@ -2,8 +2,9 @@
 //!
 //! The demo is a ride-hailing company: drivers with hourly statistics, customers with
 //! daily profiles, a (driver, customer) view of trips taken together, read from a CSV
-//! file, and on-demand features computed from the trip's distance, which arrives with
-//! each request (a column of the entity rows offline). Values come from a fixed seed; timestamps end at the anchor time (by
+//! file, on-demand features computed from the trip's distance, which arrives with each
+//! request (a column of the entity rows offline), and windowed aggregations over the
+//! raw trip events (trips and fares per driver over 1h, 1d and 7d). Values come from a fixed seed; timestamps end at the anchor time (by
 //! default the current hour) so that the newest rows are fresh when the demo runs.
 
 use std::path::Path;
@@ -56,6 +57,10 @@ sources:
     type: file
     path: data/driver_customer_trips.csv
     timestamp_field: ts
+  - name: trip_events_source        # raw events: one row per trip
+    type: file
+    path: data/trip_events.parquet
+    timestamp_field: event_timestamp
 
 request_sources:
   - name: trip_request              # fields that arrive with a request
@@ -93,6 +98,15 @@ feature_views:
     owner: ml-platform@example.com
     features:
       - { name: trips_together, dtype: int64 }
+  - name: driver_trip_windows       # windowed aggregations over the trip events
+    entities: [driver]
+    source: trip_events_source
+    owner: ml-platform@example.com
+    aggregations:
+      - { function: count_star, windows: [1h, 1d, 7d] }          # count_star_1h, …
+      - { column: fare, function: sum, windows: [1d, 7d] }       # fare_sum_1d, …
+      - { column: fare, function: mean, windows: [7d] }
+      - { column: fare, function: approx_percentile, percentile: 0.9, windows: [7d] }
 
 on_demand_feature_views:
   - name: trip_context              # computed at request time by SQL expressions
@@ -118,6 +132,12 @@ feature_services:
       - customer_profile:current_balance
       - driver_customer_trips:trips_together
       - trip_context:*
+    owner: ranking-team@example.com
+  - name: ride_ranking_v3
+    features:
+      - driver_hourly_stats:conv_rate
+      - customer_profile:current_balance
+      - driver_trip_windows:*
     owner: ranking-team@example.com
 ";
 
@@ -307,5 +327,37 @@ pub fn init(dir: &Path, anchor: Timestamp) -> Result<()> {
         ],
     )?;
     quiver_offline::files::write_file(&data.join("entities.parquet"), schema, &[batch])?;
+
+    // Trip events for the windowed aggregations: the trips above, each with a fare (2%
+    // unknown), from a generator of their own.
+    let mut fare_rng = StdRng::seed_from_u64(9);
+    let mut trips = pairs.clone();
+    trips.sort_by_key(|p| p.2);
+    let fares: Vec<Option<f64>> = trips
+        .iter()
+        .map(|_| {
+            if fare_rng.gen_bool(0.02) {
+                None
+            } else {
+                Some((fare_rng.gen_range(4.0f64..60.0) * 100.0).round() / 100.0)
+            }
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("driver_id", DataType::Int64, false),
+        Field::new("customer_id", DataType::Int64, false),
+        ts_field("event_timestamp", false),
+        Field::new("fare", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(trips.iter().map(|p| p.0))),
+            Arc::new(Int64Array::from_iter_values(trips.iter().map(|p| p.1))),
+            ts_array(trips.iter().map(|p| p.2).collect()),
+            Arc::new(Float64Array::from(fares)),
+        ],
+    )?;
+    quiver_offline::files::write_file(&data.join("trip_events.parquet"), schema, &[batch])?;
     Ok(())
 }
