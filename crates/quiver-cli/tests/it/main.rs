@@ -1,5 +1,6 @@
 //! Integration tests of quiver through its public API and its command line.
 
+mod agg_parity;
 mod aggregations;
 mod common;
 mod crash;
