@@ -237,10 +237,10 @@ fn compute(
         .collect();
     let mut out: Vec<Vec<Value>> = vec![vec![Value::Null; labels.num_rows()]; specs.len()];
     let nf = features.len();
-    for (rows, values) in per_key {
+    for (rows, mut values) in per_key {
         for (li, &row) in rows.iter().enumerate() {
             for (fi, col) in out.iter_mut().enumerate() {
-                col[row] = values[li * nf + fi].clone();
+                col[row] = std::mem::replace(&mut values[li * nf + fi], Value::Null);
             }
         }
     }

@@ -106,43 +106,56 @@ pub fn evaluate_key(
         .windows(2)
         .all(|w| w[0].order.event_ts <= w[1].order.event_ts));
     debug_assert!(labels.windows(2).all(|w| w[0] <= w[1]));
-    for (fi, f) in features.iter().enumerate() {
-        let hop = f.hop;
-        // The tiles of this feature: (start, IR), ascending, built once.
-        let mut tiles: Vec<(Timestamp, Ir)> = Vec::new();
+    // Features of one hop share their tiles: one pass over the events per hop.
+    let mut hops: Vec<Duration> = features.iter().map(|f| f.hop).collect();
+    hops.sort();
+    hops.dedup();
+    for hop in hops {
+        let members: Vec<usize> = (0..features.len())
+            .filter(|&i| features[i].hop == hop)
+            .collect();
+        // The tiles of this hop: (start, one IR per member), ascending, built once.
+        let mut tiles: Vec<(Timestamp, Vec<Ir>)> = Vec::new();
         for e in events {
             let start = align(e.order.event_ts, hop);
             if tiles.last().map(|t| t.0) != Some(start) {
-                tiles.push((start, f.aggregation.empty()));
+                let empty = members.iter().map(|&i| features[i].aggregation.empty());
+                tiles.push((start, empty.collect()));
             }
-            let ir = &mut tiles.last_mut().expect("pushed").1;
-            let v = e.values.get(f.column).copied().unwrap_or(Input::Null);
-            f.aggregation.update(ir, v, e.order);
-        }
-        let mut queue = SlidingWindow::new(&f.aggregation);
-        let (mut next_tile, mut first_event) = (0usize, 0usize);
-        for (li, &t) in labels.iter().enumerate() {
-            let (lo, _) = window_range(t, f.window, hop);
-            let head = align(t, hop);
-            // Whole tiles: starts in [lo, head).
-            while next_tile < tiles.len() && tiles[next_tile].0 < head {
-                queue.push(tiles[next_tile].0, tiles[next_tile].1.clone());
-                next_tile += 1;
-            }
-            queue.pop_before(lo);
-            // The head: events in [head, t).
-            while first_event < events.len() && events[first_event].order.event_ts < head {
-                first_event += 1;
-            }
-            let mut ir = queue.merged();
-            for e in &events[first_event..] {
-                if e.order.event_ts >= t {
-                    break;
-                }
+            let irs = &mut tiles.last_mut().expect("pushed").1;
+            for (ir, &i) in irs.iter_mut().zip(&members) {
+                let f = &features[i];
                 let v = e.values.get(f.column).copied().unwrap_or(Input::Null);
-                f.aggregation.update(&mut ir, v, e.order);
+                f.aggregation.update(ir, v, e.order);
             }
-            out(li, fi, f.aggregation.finalize(&ir));
+        }
+        for (j, &fi) in members.iter().enumerate() {
+            let f = &features[fi];
+            let mut queue = SlidingWindow::new(&f.aggregation);
+            let (mut next_tile, mut first_event) = (0usize, 0usize);
+            for (li, &t) in labels.iter().enumerate() {
+                let (lo, _) = window_range(t, f.window, hop);
+                let head = align(t, hop);
+                // Whole tiles: starts in [lo, head).
+                while next_tile < tiles.len() && tiles[next_tile].0 < head {
+                    queue.push(tiles[next_tile].0, tiles[next_tile].1[j].clone());
+                    next_tile += 1;
+                }
+                queue.pop_before(lo);
+                // The head: events in [head, t).
+                while first_event < events.len() && events[first_event].order.event_ts < head {
+                    first_event += 1;
+                }
+                let mut ir = queue.merged();
+                for e in &events[first_event..] {
+                    if e.order.event_ts >= t {
+                        break;
+                    }
+                    let v = e.values.get(f.column).copied().unwrap_or(Input::Null);
+                    f.aggregation.update(&mut ir, v, e.order);
+                }
+                out(li, fi, f.aggregation.finalize(&ir));
+            }
         }
     }
 }
