@@ -345,11 +345,22 @@ async fn write_with_retries(
     writes: &[OnlineWrite<'_>],
     retry_for: std::time::Duration,
 ) -> Result<quiver_online::WriteStats> {
+    retrying(retry_for, || online.write(writes)).await
+}
+
+/// Runs a store call, calling it again after store failures (a connection lost, a
+/// timeout) with exponential backoff (50 ms doubling to 2 s) while `retry_for` allows.
+/// The calls retried are idempotent (conditional row writes, whole-tile replacements).
+async fn retrying<T, F, Fut>(retry_for: std::time::Duration, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = quiver_online::Result<T>>,
+{
     let started = std::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(50);
     loop {
-        match online.write(writes).await {
-            Ok(stats) => return Ok(stats),
+        match call().await {
+            Ok(v) => return Ok(v),
             Err(e @ quiver_online::Error::Store { .. })
                 if started.elapsed() + delay <= retry_for =>
             {
@@ -500,22 +511,9 @@ pub async fn write_tiles(
                     tiles: d,
                 })
                 .collect();
-            let deadline = std::time::Instant::now() + retry_for;
-            let mut wait = std::time::Duration::from_millis(50);
-            loop {
-                match online.merge_tiles(&merges, &replace).await {
-                    Ok(s) => {
-                        written += s.tiles;
-                        break;
-                    }
-                    Err(e) if std::time::Instant::now() + wait < deadline => {
-                        tracing::warn!(error = %e, "writing tiles failed; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(std::time::Duration::from_secs(2));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            written += retrying(retry_for, || online.merge_tiles(&merges, &replace))
+                .await?
+                .tiles;
             progress.advance(n as u64);
             start = end;
         }

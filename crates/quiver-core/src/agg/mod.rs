@@ -386,6 +386,15 @@ impl Aggregation {
         matches!(self.function, Function::Last | Function::LastN)
     }
 
+    /// Whether `v` replaces `cur` as min's or max's extreme (by the total order).
+    fn improves(&self, cur: Option<&Scalar>, v: &Scalar) -> bool {
+        match cur {
+            None => true,
+            Some(c) if self.function == Function::Min => v.cmp_total(c).is_lt(),
+            Some(c) => v.cmp_total(c).is_gt(),
+        }
+    }
+
     /// Adds one event. `value` is the aggregated column's value (ignored by count_star).
     pub fn update(&self, ir: &mut Ir, value: Input<'_>, order: Order) {
         if self.function == Function::CountStar {
@@ -423,18 +432,7 @@ impl Aggregation {
                     Input::Float(x) => Scalar::Float(x),
                     _ => return,
                 };
-                let better = match cur {
-                    None => true,
-                    Some(c) => {
-                        let o = v.cmp_total(c);
-                        if self.function == Function::Min {
-                            o.is_lt()
-                        } else {
-                            o.is_gt()
-                        }
-                    }
-                };
-                if better {
+                if self.improves(cur.as_ref(), &v) {
                     *cur = Some(v);
                 }
             }
@@ -489,18 +487,7 @@ impl Aggregation {
                 *count += c;
             }
             (Ir::Extreme(cur), Ir::Extreme(Some(v))) => {
-                let better = match cur {
-                    None => true,
-                    Some(c) => {
-                        let o = v.cmp_total(c);
-                        if self.function == Function::Min {
-                            o.is_lt()
-                        } else {
-                            o.is_gt()
-                        }
-                    }
-                };
-                if better {
+                if self.improves(cur.as_ref(), v) {
                     *cur = Some(v.clone());
                 }
             }
