@@ -205,6 +205,62 @@ fn train(dir: &Path) -> Result<String> {
     ))
 }
 
+/// The end of the events' span: materialization's end and the online reads' time.
+const END: i64 = START + SPAN;
+
+fn materialize(dir: &Path) -> Result<String> {
+    let store = quiver::FeatureStore::open(dir)?;
+    let stats = runtime()?.block_on(store.materialize(START, END).into_future())?;
+    let s = &stats[0];
+    Ok(format!(
+        "events read={} keys={} tiles written={}",
+        s.rows_read, s.keys, s.written
+    ))
+}
+
+/// In-process reads of 1 entity × the 19 features at the end of the span, from the
+/// embedded store: latency percentiles.
+fn online(dir: &Path) -> Result<String> {
+    let store = quiver::FeatureStore::open(dir)?;
+    let rt = runtime()?;
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut lat = Vec::with_capacity(20_000);
+    let mut present = 0usize;
+    for i in 0..22_000 {
+        let key = rng.gen_range(0..1_000i64);
+        let t = Instant::now();
+        let r = rt.block_on(
+            store
+                .online_features()
+                .features(features())
+                .entity_row(std::collections::BTreeMap::from([(
+                    "entity_id".to_string(),
+                    quiver::Value::Int64(key),
+                )]))
+                .at(END)
+                .into_future(),
+        )?;
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        if i >= 2_000 {
+            lat.push(us);
+            present += r.rows[0]
+                .statuses
+                .iter()
+                .filter(|s| **s == quiver::FeatureStatus::Present)
+                .count();
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| crate::online::percentile(&lat, q);
+    Ok(format!(
+        "1 entity × 19 features, in-process, embedded: p50 {:.1} µs   p99 {:.1} µs   max {:.1} µs   ({:.1} of 19 PRESENT on average)",
+        p(0.5),
+        p(0.99),
+        lat[lat.len() - 1],
+        present as f64 / lat.len() as f64
+    ))
+}
+
 /// Runs the benchmark (or, with `phase`, one phase in this process).
 pub fn run(
     s: &str,
@@ -223,6 +279,8 @@ pub fn run(
             }
             "ingest" => ingest(&dir)?,
             "train" => train(&dir)?,
+            "materialize" => materialize(&dir)?,
+            "online" => online(&dir)?,
             other => bail!("unknown phase {other}"),
         };
         println!(
@@ -255,5 +313,9 @@ pub fn run(
         "  historical {secs:8.2} s   peak RSS {rss:8.0} MiB   {:.0} label rows/s   {info}   (labels file → training set file)",
         labels as f64 / secs
     );
+    let (secs, rss, info) = run_phase_of("agg", &dir, s, "materialize", &[])?;
+    println!("  materialize {secs:7.2} s   peak RSS {rss:8.0} MiB   {info}   (tiles of the last 7 days + 1 hop, embedded store)");
+    let (_, _, info) = run_phase_of("agg", &dir, s, "online", &[])?;
+    println!("  online     {info}");
     Ok(())
 }
