@@ -50,13 +50,6 @@ impl ServerState {
                 )))
             }
         };
-        if record.is_aggregated() {
-            return Err(ApiError::invalid(format!(
-                "feature view '{}' is an aggregated view: pushing events to it is not \
-                 implemented yet (ingest them from its source)",
-                view.name
-            )));
-        }
         if target != Target::Offline && !record.def.online {
             return Err(ApiError::invalid(format!(
                 "feature view '{}' is not served online (online: false)",

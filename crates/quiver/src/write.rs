@@ -164,6 +164,9 @@ pub async fn write(
         rows: batches.iter().map(|b| b.batch.num_rows() as u64).sum(),
         ..Default::default()
     };
+    if !view.aggregations.is_empty() {
+        return write_events(store, view, batches, targets, stats).await;
+    }
     if targets.online {
         let online = store.online().await?;
         let rows: Vec<RecordBatch> = batches.iter().map(|b| b.batch.clone()).collect();
@@ -174,6 +177,87 @@ pub async fn write(
     }
     if targets.offline {
         stats.offline = Some(store.offline().ingest(view, batches).await?);
+    }
+    record_data(store, view, &stats).await?;
+    Ok(stats)
+}
+
+/// Writes events of an aggregated view: offline first (the event table's merge: an
+/// event sent again is stored once), then its keys' tiles that the events fall in are
+/// recomputed whole from the stored events, so a repeated write changes nothing and the
+/// tiles stay exactly what a backfill would write.
+async fn write_events(
+    store: &FeatureStore,
+    view: &ResolvedView,
+    batches: Vec<NormalizedBatch>,
+    targets: Targets,
+    mut stats: WriteStats,
+) -> Result<WriteStats> {
+    if !targets.offline {
+        return Err(Error::Invalid(format!(
+            "feature view '{}' is an aggregated view: its events are written offline and \
+             online together (to: online_and_offline), its tiles being computed from the \
+             stored events",
+            view.name
+        )));
+    }
+    let nkeys = view.join_keys.len();
+    let mut keys = std::collections::HashSet::new();
+    let (mut lo, mut hi) = (Timestamp::MAX, Timestamp::MIN);
+    for b in &batches {
+        let ts = b
+            .batch
+            .column(nkeys)
+            .as_primitive::<TimestampMicrosecondType>();
+        for r in 0..b.batch.num_rows() {
+            let mut k = Vec::new();
+            for c in 0..nkeys {
+                encode_key_part(b.batch.column(c).as_ref(), r, &mut k)?;
+            }
+            keys.insert(k);
+            lo = lo.min(ts.value(r));
+            hi = hi.max(ts.value(r));
+        }
+    }
+    stats.offline = Some(store.offline().ingest(view, batches).await?);
+    if targets.online && !keys.is_empty() {
+        use quiver_core::agg::window::align;
+        let from = view
+            .aggregations
+            .iter()
+            .map(|a| align(lo, a.hop))
+            .min()
+            .unwrap_or(lo);
+        let to = view
+            .aggregations
+            .iter()
+            .map(|a| align(hi, a.hop).saturating_add(a.hop.micros()))
+            .max()
+            .unwrap_or(hi);
+        let mut events = Vec::new();
+        for b in store.offline().read_range(view, from, to).await? {
+            let mut mask = Vec::with_capacity(b.num_rows());
+            for r in 0..b.num_rows() {
+                let mut k = Vec::new();
+                for c in 0..nkeys {
+                    encode_key_part(b.column(c).as_ref(), r, &mut k)?;
+                }
+                mask.push(keys.contains(&k));
+            }
+            events.push(arrow::compute::filter_record_batch(&b, &mask.into())?);
+        }
+        let online = store.online().await?;
+        let retry_for = store.config().writes.retry_for.to_std();
+        let (k, written) = write_tiles(
+            view,
+            &events,
+            online.as_ref(),
+            &crate::NoProgress,
+            retry_for,
+        )
+        .await?;
+        stats.online_keys = k;
+        stats.online_written = written;
     }
     record_data(store, view, &stats).await?;
     Ok(stats)

@@ -428,6 +428,82 @@ fn scenario(repo: Repo) {
     // Card 1 at 1:50: the 1h window [0:50, 1:50) holds a null and -4.0: -4.0 / 2.
     assert_eq!(served.rows[0].values[0], quiver::Value::Float64(-2.0));
 
+    // Pushed events go offline and online together; the tiles they fall in are
+    // recomputed from the stored events, so pushing the same events again changes
+    // nothing, and served values equal the training set's.
+    let pushed = batch(vec![
+        ("card_id", Arc::new(Int64Array::from(vec![1, 1, 3]))),
+        ("ts", ts(vec![205 * MIN, 206 * MIN, 207 * MIN])),
+        ("amount", Arc::new(Float64Array::from(vec![1.5, 2.5, 9.0]))),
+        ("merchant", Arc::new(StringArray::from(vec!["x", "y", "z"]))),
+    ]);
+    let input = quiver::write::Input {
+        timestamp_field: "ts",
+        created_field: None,
+        origin: quiver_offline::normalize::Origin {
+            file: "push",
+            first_row: 0,
+        },
+        not_after: i64::MAX,
+    };
+    let both = quiver::write::Targets {
+        online: true,
+        offline: true,
+    };
+    for _ in 0..2 {
+        let b = quiver::write::validate(&view, &pushed, &input).unwrap();
+        quiver::write::write(&store, &view, vec![b], both)
+            .block()
+            .unwrap();
+    }
+    let only_online = quiver::write::Targets {
+        online: true,
+        offline: false,
+    };
+    let b = quiver::write::validate(&view, &pushed, &input).unwrap();
+    let e = quiver::write::write(&store, &view, vec![b], only_online)
+        .block()
+        .unwrap_err();
+    assert!(e.to_string().contains("online_and_offline"), "{e}");
+    let t2 = 210 * MIN;
+    let cards2 = [1i64, 3];
+    let labels = batch(vec![
+        ("card_id", Arc::new(Int64Array::from(cards2.to_vec()))),
+        ("event_timestamp", ts(vec![t2; 2])),
+    ]);
+    let trained = store
+        .historical()
+        .entities(labels)
+        .features(names.iter().map(|n| format!("card_txn:{n}")))
+        .block()
+        .unwrap();
+    for (row, card) in cards2.iter().enumerate() {
+        let served = store
+            .online_features()
+            .features(names.iter().map(|n| format!("card_txn:{n}")))
+            .entity_row(std::collections::BTreeMap::from([(
+                "card_id".to_string(),
+                quiver::Value::Int64(*card),
+            )]))
+            .at(t2)
+            .block()
+            .unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let col = trained.column_by_name(name).unwrap();
+            let want = quiver_core::value::value_at(col.as_ref(), row).unwrap();
+            assert_eq!(
+                served.rows[0].values[i], want,
+                "pushed, card {card}, {name}"
+            );
+        }
+    }
+    let col = trained.column_by_name("count_star_1h").unwrap();
+    assert_eq!(
+        quiver_core::value::value_at(col.as_ref(), 0).unwrap(),
+        quiver::Value::Int64(2),
+        "each pushed event counted once"
+    );
+
     // Compaction deletes the tiles no window reads at the current time (these events
     // are from 1970: all of them).
     let (ok, out, err) = cli(repo.path(), &["compact"]);
