@@ -165,7 +165,7 @@ impl ServerState {
             rows,
             written_online: stats.online_written,
             skipped_online: if targets.online {
-                rows - stats.online_written
+                rows.saturating_sub(stats.online_written)
             } else {
                 0
             },

@@ -1,0 +1,166 @@
+//! Aggregated features over HTTP and gRPC: served from tiles at the server's clock,
+//! equal to the training set at that time; a push of events updates them.
+
+use quiver::testing::Block;
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array};
+use quiver_core::time::ManualClock;
+use quiver_server::api::pb;
+use quiver_server::{ServeOptions, Server};
+use serde_json::json;
+
+use quiver::testing::{batch, ts, Repo};
+
+const MIN: i64 = 60_000_000;
+
+const DEFS: &str = r#"
+entities: [{ name: card, join_keys: [card_id] }]
+sources: [{ name: tx, type: file, path: data/tx.parquet, timestamp_field: ts }]
+feature_views:
+  - name: card_txn
+    entities: [card]
+    source: tx
+    aggregations:
+      - { function: count_star, windows: [1h] }
+      - { column: amount, function: sum, windows: [1h, 1d] }
+      - { column: amount, function: last_n, n: 2, windows: [1d] }
+"#;
+
+#[test]
+fn aggregated_features_are_served_over_http_and_grpc_as_trained() {
+    let repo = Repo::new(DEFS);
+    repo.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card_id", Arc::new(Int64Array::from(vec![1, 1, 2, 1]))),
+            ("ts", ts(vec![10 * MIN, 50 * MIN, 55 * MIN, 70 * MIN])),
+            (
+                "amount",
+                Arc::new(Float64Array::from(vec![
+                    Some(5.0),
+                    None,
+                    Some(1.25),
+                    Some(2.5),
+                ])),
+            ),
+        ],
+    );
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    let t = 100 * MIN;
+    store.materialize(0, t).block().unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock: Arc<dyn quiver_core::time::Clock> = Arc::new(ManualClock::new(t));
+    let options = ServeOptions {
+        http: "127.0.0.1:0".parse().unwrap(),
+        grpc: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    };
+    let server = rt
+        .block_on(Server::start(repo.store(), options, Some(clock)))
+        .unwrap();
+    let features = [
+        "card_txn:count_star_1h",
+        "card_txn:amount_sum_1h",
+        "card_txn:amount_sum_1d",
+        "card_txn:amount_last_2_1d",
+    ];
+    let body = json!({"features": features, "entities": {"card_id": [1, 2, 3]}}).to_string();
+    let (code, text) = crate::server::raw(server.http_addr, "POST", "/get-online-features", &body);
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Card 1 at 1:40: the 1h window [0:40, 1:40) holds the null at 0:50 and 2.5 at 1:10.
+    assert_eq!(v["results"][0]["features"]["count_star_1h"], 2);
+    assert_eq!(v["results"][0]["features"]["amount_sum_1h"], 2.5);
+    assert_eq!(v["results"][0]["features"]["amount_sum_1d"], 7.5);
+    assert_eq!(
+        v["results"][0]["features"]["amount_last_2_1d"],
+        json!([2.5, 5.0])
+    );
+    assert_eq!(v["results"][0]["statuses"]["amount_sum_1h"], "PRESENT");
+    // A card without events: count 0 and sum null, MISSING.
+    assert_eq!(v["results"][2]["features"]["count_star_1h"], 0);
+    assert_eq!(v["results"][2]["features"]["amount_sum_1h"], json!(null));
+    assert_eq!(v["results"][2]["statuses"]["count_star_1h"], "MISSING");
+
+    // The training set at the same time holds the same values.
+    let labels = batch(vec![
+        ("card_id", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+        ("event_timestamp", ts(vec![t; 3])),
+    ]);
+    let trained = store
+        .historical()
+        .entities(labels)
+        .features(features)
+        .block()
+        .unwrap();
+    for (row, r) in v["results"].as_array().unwrap().iter().enumerate() {
+        for f in features {
+            let name = f.split(':').nth(1).unwrap();
+            let want =
+                quiver_core::value::value_at(trained.column_by_name(name).unwrap().as_ref(), row)
+                    .unwrap();
+            assert_eq!(
+                r["features"][name],
+                serde_json::to_value(&want).unwrap(),
+                "row {row}, {name}"
+            );
+        }
+    }
+
+    // gRPC answers alike.
+    let addr = server.grpc_addr.unwrap();
+    let mut client = rt
+        .block_on(pb::feature_serving_client::FeatureServingClient::connect(
+            format!("http://{addr}"),
+        ))
+        .unwrap();
+    let req = pb::GetOnlineFeaturesRequest {
+        features: features.iter().map(|f| f.to_string()).collect(),
+        entities: [(
+            "card_id".to_string(),
+            pb::ValueList {
+                values: vec![pb::Value {
+                    kind: Some(pb::value::Kind::Int64Value(1)),
+                }],
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let r = rt
+        .block_on(client.get_online_features(req))
+        .unwrap()
+        .into_inner();
+    let sum = &r.results[0].features["amount_sum_1d"];
+    assert_eq!(
+        quiver_server::api::to_value(sum),
+        quiver::Value::Float64(7.5)
+    );
+
+    // A push of events (online and offline) updates the served values.
+    let body = json!({"feature_view": "card_txn", "to": "online_and_offline",
+                      "data": {"card_id": [1], "ts": ["1970-01-01T01:30:00Z"], "amount": [4.0]}})
+    .to_string();
+    let (code, text) = crate::server::raw(server.http_addr, "POST", "/push", &body);
+    assert_eq!(code, 200, "{text}");
+    let body =
+        json!({"features": ["card_txn:amount_sum_1h"], "entities": {"card_id": [1]}}).to_string();
+    let (_, text) = crate::server::raw(server.http_addr, "POST", "/get-online-features", &body);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["results"][0]["features"]["amount_sum_1h"], 6.5, "{v}");
+    // Online only is refused for them.
+    let body = json!({"feature_view": "card_txn", "to": "online",
+                      "data": {"card_id": [1], "ts": ["1970-01-01T01:31:00Z"], "amount": [1.0]}})
+    .to_string();
+    let (code, text) = crate::server::raw(server.http_addr, "POST", "/push", &body);
+    assert_eq!(code, 400, "{text}");
+    rt.block_on(server.stop());
+}
