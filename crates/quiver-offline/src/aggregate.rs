@@ -18,7 +18,7 @@ use quiver_core::model::ResolvedView;
 use quiver_core::time::Timestamp;
 use quiver_core::value::{values_to_array, Value};
 
-use crate::normalize::{cast_key, to_timestamps, Origin, Rounding};
+use crate::normalize::{cast_key, stored_version, to_timestamps, Origin, Rounding};
 use crate::{Error, OfflineStore, Result};
 
 impl OfflineStore {
@@ -190,22 +190,7 @@ fn compute(
             let empty: Vec<(u32, u32)> = Vec::new();
             let mut evs = events_by_key.get(*key).unwrap_or(&empty).clone();
             let order_of = |&(bi, r): &(u32, u32)| -> Order {
-                let b = &events[bi as usize];
-                let ts = b
-                    .column(nkeys)
-                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-                let created = b
-                    .column(nkeys + 1)
-                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-                Order {
-                    event_ts: ts.value(r as usize),
-                    created_ts: if created.is_null(r as usize) {
-                        quiver_core::contract::NO_CREATED
-                    } else {
-                        created.value(r as usize)
-                    },
-                    position: 0,
-                }
+                stored_version(&events[bi as usize], nkeys, r as usize).into()
             };
             evs.sort_by_key(order_of);
             let mut inputs: Vec<Input<'_>> = Vec::with_capacity(evs.len() * width);

@@ -34,6 +34,30 @@ pub const CREATED_TIMESTAMP: &str = "created_timestamp";
 /// Name of the day-partition column.
 pub const EVENT_DATE: &str = "event_date";
 
+/// The version (event and creation time) of row `row` of a batch in the stored form of
+/// a view with `nkeys` join keys.
+pub fn stored_version(
+    batch: &RecordBatch,
+    nkeys: usize,
+    row: usize,
+) -> quiver_core::contract::RowVersion {
+    use arrow::datatypes::TimestampMicrosecondType;
+    let ts = batch
+        .column(nkeys)
+        .as_primitive::<TimestampMicrosecondType>();
+    let created = batch
+        .column(nkeys + 1)
+        .as_primitive::<TimestampMicrosecondType>();
+    quiver_core::contract::RowVersion {
+        event_ts: ts.value(row),
+        created_ts: if created.is_null(row) {
+            quiver_core::contract::NO_CREATED
+        } else {
+            created.value(row)
+        },
+    }
+}
+
 /// The Arrow type a join key is stored as.
 pub fn key_arrow_type(t: &DType) -> DataType {
     match t {

@@ -192,7 +192,9 @@ impl ReadPlan {
             None => None,
         };
         if !refs.iter().any(|r| state.is_on_demand(&r.view)) {
-            return Self::build(refs, service, full_names, |name| online_view(state, name));
+            return Self::build(refs, service, full_names, |name| {
+                Ok(state.serving_view(name)?)
+            });
         }
         // Stored features: the requested ones, then the on-demand views' inputs.
         let names = output_names(&refs, full_names)?;
@@ -252,7 +254,7 @@ impl ReadPlan {
             sources.push(OutputSource::OnDemand(k, j));
         }
         // Stored outputs get internal names; only `names` is shown.
-        let mut plan = Self::build(stored, service, true, |name| online_view(state, name))?;
+        let mut plan = Self::build(stored, service, true, |name| Ok(state.serving_view(name)?))?;
         let mut view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
         let final_view = sources
             .iter()
@@ -783,9 +785,4 @@ pub fn coerce_key(v: &Value, t: &DType) -> Option<Value> {
         (Value::String(s), DType::Bytes) => Some(Value::Bytes(s.as_bytes().to_vec())),
         _ => None,
     }
-}
-
-/// The version of view `name` that serves.
-fn online_view(state: &RegistryState, name: &str) -> Result<ResolvedView> {
-    Ok(state.serving_view(name)?)
 }

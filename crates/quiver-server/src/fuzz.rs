@@ -141,9 +141,8 @@ impl Harness {
         )
         .into_bytes();
         request.extend_from_slice(body);
-        let (status, text) = self
-            .exchange(&request, false)
-            .expect("a complete request is answered");
+        let (status, text) =
+            exchange(self.addr, &request, false).expect("a complete request is answered");
         assert!(
             (200..500).contains(&status),
             "{path} with {:?}: status {status}\n{text}",
@@ -163,7 +162,7 @@ impl Harness {
     /// Sends `request` as raw bytes (then closes the sending side) and checks that any
     /// answer is not a 5xx and that the server goes on serving.
     pub fn check_raw(&self, request: &[u8]) {
-        if let Some((status, text)) = self.exchange(request, true) {
+        if let Some((status, text)) = exchange(self.addr, request, true) {
             assert!(
                 status < 500,
                 "{:?}: status {status}\n{text}",
@@ -183,36 +182,46 @@ impl Harness {
         )
         .into_bytes();
         request.extend_from_slice(body);
-        let (status, text) = self
-            .exchange(&request, false)
-            .expect("the server still answers");
+        let (status, text) =
+            exchange(self.addr, &request, false).expect("the server still answers");
         assert_eq!(status, 200, "the server still serves: {text}");
         assert!(text.contains("\"trips\":4"), "{text}");
     }
+}
 
-    /// Writes `request` (then, with `half_close`, closes the sending side, so that an
-    /// incomplete request ends instead of waiting for the header timeout), reads the
-    /// answer: (status, body), or `None` when the server closed without a status line.
-    fn exchange(&self, request: &[u8], half_close: bool) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(self.addr).expect("the server accepts");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("a timeout");
-        // The server may answer and close before reading everything: a failed write is
-        // an answer too.
-        let _ = s.write_all(request);
-        if half_close {
-            let _ = s.shutdown(Shutdown::Write);
-        }
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|r| r.get(..3))
-            .and_then(|c| c.parse().ok())?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        Some((status, dechunk(body)))
+/// Writes `request` to `addr` on a fresh connection (then, with `half_close`, closes
+/// the sending side, so that an incomplete request ends instead of waiting for the
+/// header timeout) and reads the answer: (status, body with any chunked encoding
+/// undone), or `None` when the server closed without a status line. A failed write is
+/// not the answer (the server may answer, a 413, before reading everything): what
+/// arrives is.
+pub fn exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).expect("the server accepts");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a timeout");
+    let _ = s.write_all(request);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
     }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Some((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
 }
 
 /// The body of a response as sent (chunked transfer decoded).

@@ -11,15 +11,15 @@
 
 use std::path::Path;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
-use quiver_core::contract::{RowVersion, NO_CREATED};
+use quiver_core::contract::RowVersion;
 use quiver_core::encoding::{encode_key_part, encode_row};
 use quiver_core::model::{FileFormat, ResolvedView};
 use quiver_core::pit::BytesKeyIndex;
 use quiver_core::time::{format_timestamp, Timestamp};
 use quiver_offline::files;
-use quiver_offline::normalize::{normalize, NormalizedBatch, Origin};
+use quiver_offline::normalize::{normalize, stored_version, NormalizedBatch, Origin};
 use quiver_offline::IngestStats;
 use quiver_online::{entity_key_into, OnlineStore, OnlineWrite};
 
@@ -345,23 +345,12 @@ pub async fn write_online_latest_retrying(
     let mut best: Vec<(RowVersion, u32, u32)> = Vec::new();
     let mut buf = Vec::new();
     for (bi, b) in batches.iter().enumerate() {
-        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-        let created = b
-            .column(nkeys + 1)
-            .as_primitive::<TimestampMicrosecondType>();
         for r in 0..b.num_rows() {
             buf.clear();
             for k in 0..nkeys {
                 encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
             }
-            let version = RowVersion {
-                event_ts: ts.value(r),
-                created_ts: if created.is_null(r) {
-                    NO_CREATED
-                } else {
-                    created.value(r)
-                },
-            };
+            let version = stored_version(b, nkeys, r);
             let g = index.insert(&buf) as usize;
             if g == best.len() {
                 best.push((version, bi as u32, r as u32));
@@ -465,10 +454,10 @@ where
 /// Tiles written per `merge_tiles` call.
 const TILE_BATCH: usize = 5_000;
 
-/// Writes an aggregated view's tiles computed from its stored events in `batches`
-/// (which must hold every event of each tile from `from`, a multiple of every hop of
-/// the view, up to `end`): each tile is computed whole and replaces the stored one, so
-/// a rerun over the same range leaves the same bytes. Returns (keys, tiles written).
+/// Writes an aggregated view's tiles computed from its stored events in `batches`,
+/// which must hold every event of each tile they touch (of the keys they hold): each
+/// tile is computed whole and replaces the stored one, so a rerun over the same events
+/// leaves the same bytes. Returns (keys, tiles written).
 pub async fn write_tiles(
     view: &ResolvedView,
     batches: &[RecordBatch],
@@ -503,24 +492,12 @@ pub async fn write_tiles(
     let mut buf = Vec::new();
     let mut values: Vec<Input<'_>> = Vec::new();
     for b in batches {
-        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-        let created = b
-            .column(nkeys + 1)
-            .as_primitive::<TimestampMicrosecondType>();
         for r in 0..b.num_rows() {
             buf.clear();
             for k in 0..nkeys {
                 encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
             }
-            let order = Order {
-                event_ts: ts.value(r),
-                created_ts: if created.is_null(r) {
-                    NO_CREATED
-                } else {
-                    created.value(r)
-                },
-                position: 0,
-            };
+            let order: Order = stored_version(b, nkeys, r).into();
             for (gi, g) in groups.iter().enumerate() {
                 values.clear();
                 for ci in &column_index[gi] {

@@ -182,13 +182,6 @@ impl ExactSum {
         self.pending = 0;
     }
 
-    /// Whether nothing but zeros was added.
-    pub fn is_zero(&self) -> bool {
-        let mut n = self.clone();
-        n.normalize();
-        n.limbs.is_empty() && n.pos_inf == 0 && n.neg_inf == 0 && n.nan == 0
-    }
-
     /// The sum, correctly rounded to the nearest f64 (ties to even).
     pub fn value(&self) -> f64 {
         if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {

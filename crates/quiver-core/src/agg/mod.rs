@@ -174,6 +174,17 @@ pub struct Order {
     pub position: u128,
 }
 
+impl From<crate::contract::RowVersion> for Order {
+    /// A stored row's order (no stream position).
+    fn from(v: crate::contract::RowVersion) -> Self {
+        Order {
+            event_ts: v.event_ts,
+            created_ts: v.created_ts,
+            position: 0,
+        }
+    }
+}
+
 /// A compiled aggregation: a function over a column of a given type.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aggregation {

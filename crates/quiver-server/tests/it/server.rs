@@ -235,43 +235,13 @@ fn sample_data(repo: &Repo) {
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the body.
 pub(crate) fn raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    // The server may answer (a 413) and close before reading the whole body: a failed
-    // write is not the answer, what arrives is.
-    let _ = write!(
-        s,
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let resp = String::from_utf8_lossy(&raw).into_owned();
-    assert!(resp.len() >= 12, "no answer to {method} {path}: {resp:?}");
-    let code: u16 = resp[9..12].parse().unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (code, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (len, rest) = s.split_once("\r\n").unwrap();
-        let n = usize::from_str_radix(len.trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
+    quiver_server::fuzz::exchange(addr, request.as_bytes(), false)
+        .unwrap_or_else(|| panic!("no answer to {method} {path}"))
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Json) {
@@ -779,17 +749,20 @@ fn read_until_closed(s: &mut TcpStream, within: std::time::Duration) -> (String,
     }
 }
 
+/// Limits small enough for a test to outlast: 300 ms timeouts, 4 connections.
+fn tight_limits() -> ConnectionLimits {
+    let ms = std::time::Duration::from_millis;
+    ConnectionLimits {
+        header_timeout: ms(300),
+        body_timeout: ms(300),
+        max_connections: 4,
+    }
+}
+
 #[test]
 fn stalled_and_idle_connections_are_closed_and_do_not_deny_service() {
     let ms = std::time::Duration::from_millis;
-    let f = Fixture::with_limits(
-        Backend::Embedded,
-        ConnectionLimits {
-            header_timeout: ms(300),
-            body_timeout: ms(300),
-            max_connections: 4,
-        },
-    );
+    let f = Fixture::with_limits(Backend::Embedded, tight_limits());
     // More half-sent requests than the server takes connections: headers never end.
     let mut stalled: Vec<TcpStream> = (0..12)
         .map(|_| {
@@ -833,14 +806,7 @@ fn stalled_and_idle_connections_are_closed_and_do_not_deny_service() {
 #[test]
 fn stalled_grpc_connections_are_closed_and_do_not_deny_service() {
     let ms = std::time::Duration::from_millis;
-    let f = Fixture::with_limits(
-        Backend::Embedded,
-        ConnectionLimits {
-            header_timeout: ms(300),
-            body_timeout: ms(300),
-            max_connections: 4,
-        },
-    );
+    let f = Fixture::with_limits(Backend::Embedded, tight_limits());
     let addr = f.server.as_ref().unwrap().grpc_addr.unwrap();
     // More stalled connections than the listener takes: silent ones, and ones that stop
     // in the middle of the HTTP/2 preface.
