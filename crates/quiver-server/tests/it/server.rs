@@ -819,8 +819,7 @@ fn stalled_grpc_connections_are_closed_and_do_not_deny_service() {
             s
         })
         .collect();
-    // A real client is still served, and keeps its channel across an idle spell longer
-    // than the timeout (it answers the server's keep-alive pings).
+    // A real client is still served.
     let mut client = f.grpc();
     let read = || pb::GetOnlineFeaturesRequest {
         features: vec!["driver_stats:trips".into()],
@@ -844,9 +843,6 @@ fn stalled_grpc_connections_are_closed_and_do_not_deny_service() {
             "stalled gRPC connection {i} was closed by the server"
         );
     }
-    std::thread::sleep(ms(1_000));
-    let r = f.rt.block_on(client.get_online_features(read())).unwrap();
-    assert_eq!(r.get_ref().results.len(), 1);
 }
 
 #[test]
