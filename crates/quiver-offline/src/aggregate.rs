@@ -1,24 +1,32 @@
 //! Training-set values of aggregated feature views (DESIGN §2 "Aggregation windows"):
 //! for each label row at time T, each requested aggregation over its window
-//! `[align(T − w, hop), T)` of the key's raw events, computed by the aggregation
-//! engine's [`evaluate_key`] — tiles built once per key and slid over, the same IRs
-//! every other path uses.
+//! `[align(T − w, hop), T)` of the key's raw events.
+//!
+//! Columnar throughout: label rows and events are grouped by key (one hash lookup per
+//! row, then counting sorts), each key's events sorted by time once, and every key's
+//! labels answered in one forward sweep by the aggregation engine — its range kernels
+//! ([`quiver_core::agg::range`]) for counts, sums, means, extremes and first/last over
+//! int64 and float64 columns, its tiles ([`evaluate_key`]) for every other function.
+//! Keys are evaluated in parallel into typed buffers; nothing is allocated per row.
 
-use std::collections::HashMap;
-
-use rayon::prelude::*;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
+};
+use hashbrown::HashMap;
+use quiver_core::agg::range::{self, ranged, Column, Keys, RangeFeature, Typed, Values};
 use quiver_core::agg::window::{evaluate_key, EventRef, WindowedFeature};
 use quiver_core::agg::{Input, Order};
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
 use quiver_core::time::Timestamp;
 use quiver_core::value::{values_to_array, Value};
+use rayon::prelude::*;
 
-use crate::normalize::{cast_key, stored_version, to_timestamps, Origin, Rounding};
+use crate::normalize::{cast_key, to_timestamps, Origin, Rounding};
 use crate::{Error, OfflineStore, Result};
 
 impl OfflineStore {
@@ -77,7 +85,7 @@ impl OfflineStore {
         let labels = labels.clone();
         let specs: Vec<_> = specs.into_iter().cloned().collect();
         let names: Vec<String> = features.iter().map(|(_, o)| o.clone()).collect();
-        crate::blocking(move || compute(&view, &labels, &times, &specs, &names, &events)).await
+        crate::blocking(move || compute(&view, &labels, &times, &specs, &names, events)).await
     }
 }
 
@@ -102,16 +110,140 @@ pub fn input_at<'a>(col: &'a dyn Array, row: usize) -> Input<'a> {
     }
 }
 
+/// A key id no label row has.
+const NONE: u32 = u32::MAX;
+
+/// Join-key values to dense key ids: one int64 key by value, any other keys by their
+/// encoded bytes.
+enum KeyIndex {
+    Int(HashMap<i64, u32>),
+    Bytes(HashMap<Box<[u8]>, u32>),
+}
+
+impl KeyIndex {
+    /// The index of the label rows' keys (ids in order of first appearance) and each
+    /// row's id.
+    fn of_labels(cols: &[ArrayRef]) -> Result<(KeyIndex, Vec<u32>)> {
+        let rows = cols.first().map_or(0, |c| c.len());
+        let mut ids = Vec::with_capacity(rows);
+        if let [c] = cols {
+            if c.data_type() == &DataType::Int64 && c.null_count() == 0 {
+                let mut map: HashMap<i64, u32> = HashMap::new();
+                for &k in c.as_primitive::<Int64Type>().values().iter() {
+                    let next = map.len() as u32;
+                    ids.push(*map.entry(k).or_insert(next));
+                }
+                return Ok((KeyIndex::Int(map), ids));
+            }
+        }
+        let mut map: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let mut buf = Vec::new();
+        for row in 0..rows {
+            buf.clear();
+            for c in cols {
+                encode_key_part(c.as_ref(), row, &mut buf)?;
+            }
+            let id = match map.get(buf.as_slice()) {
+                Some(&id) => id,
+                None => {
+                    let id = map.len() as u32;
+                    map.insert(buf.as_slice().into(), id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Ok((KeyIndex::Bytes(map), ids))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KeyIndex::Int(m) => m.len(),
+            KeyIndex::Bytes(m) => m.len(),
+        }
+    }
+
+    /// The key ids of a batch of stored events ([`NONE`] for keys no label row has).
+    fn of_events(&self, batch: &RecordBatch, nkeys: usize) -> Result<Vec<u32>> {
+        match self {
+            KeyIndex::Int(map) => Ok(batch
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|k| map.get(k).copied().unwrap_or(NONE))
+                .collect()),
+            KeyIndex::Bytes(map) => {
+                let mut buf = Vec::new();
+                (0..batch.num_rows())
+                    .map(|row| {
+                        buf.clear();
+                        for k in 0..nkeys {
+                            encode_key_part(batch.column(k).as_ref(), row, &mut buf)?;
+                        }
+                        Ok(map.get(buf.as_slice()).copied().unwrap_or(NONE))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Items grouped by key id (a counting sort): `offsets[k]..offsets[k + 1]` of `order`
+/// are the indices of key `k`'s items, ascending. Items with id [`NONE`] are left out.
+fn group_by_key(ids: &[u32], keys: usize) -> (Vec<usize>, Vec<u32>) {
+    let mut offsets = vec![0usize; keys + 1];
+    for &k in ids {
+        if k != NONE {
+            offsets[k as usize + 1] += 1;
+        }
+    }
+    for k in 0..keys {
+        offsets[k + 1] += offsets[k];
+    }
+    let mut cursor = offsets.clone();
+    let mut order = vec![0u32; offsets[keys]];
+    for (i, &k) in ids.iter().enumerate() {
+        if k != NONE {
+            order[cursor[k as usize]] = i as u32;
+            cursor[k as usize] += 1;
+        }
+    }
+    (offsets, order)
+}
+
+/// Sorts each key's slice of `items` (grouped by `offsets`), keys in parallel.
+fn sort_each_key<T: Ord + Send>(items: &mut [T], offsets: &[usize]) {
+    let mut slices = Vec::with_capacity(offsets.len().saturating_sub(1));
+    let mut rest = items;
+    for w in offsets.windows(2) {
+        let (head, tail) = rest.split_at_mut(w[1] - w[0]);
+        slices.push(head);
+        rest = tail;
+    }
+    slices
+        .par_iter_mut()
+        .with_min_len(1024)
+        .for_each(|s| s.sort_unstable());
+}
+
+/// The event columns the features read, in the keys' event order.
+enum Sorted {
+    /// Only validity is read.
+    None,
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+}
+
 fn compute(
     view: &ResolvedView,
     labels: &RecordBatch,
     times: &[Timestamp],
     specs: &[quiver_core::model::ResolvedAggregation],
     names: &[String],
-    events: &[RecordBatch],
+    events: Vec<RecordBatch>,
 ) -> Result<Vec<(String, ArrayRef)>> {
     let nkeys = view.join_keys.len();
-    // The label rows of each key, by the key's encoded bytes.
     let mut key_cols = Vec::with_capacity(nkeys);
     for k in &view.join_keys {
         let c = labels.column_by_name(&k.name).ok_or_else(|| {
@@ -121,30 +253,6 @@ fn compute(
             ))
         })?;
         key_cols.push(cast_key(c, k)?);
-    }
-    let mut by_key: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
-    let mut buf = Vec::new();
-    for row in 0..labels.num_rows() {
-        buf.clear();
-        for c in &key_cols {
-            encode_key_part(c.as_ref(), row, &mut buf)?;
-        }
-        by_key.entry(buf.clone()).or_default().push(row);
-    }
-    // The events of those keys: (batch, row), by key.
-    let mut events_by_key: HashMap<Vec<u8>, Vec<(u32, u32)>> = HashMap::new();
-    for (bi, b) in events.iter().enumerate() {
-        for row in 0..b.num_rows() {
-            buf.clear();
-            for k in 0..nkeys {
-                encode_key_part(b.column(k).as_ref(), row, &mut buf)?;
-            }
-            if let Some(list) = events_by_key.get_mut(buf.as_slice()) {
-                list.push((bi as u32, row as u32));
-            } else if by_key.contains_key(buf.as_slice()) {
-                events_by_key.insert(buf.clone(), vec![(bi as u32, row as u32)]);
-            }
-        }
     }
     // The stored columns the aggregations read: their index in the event batches.
     let column_index = |name: &Option<String>| -> usize {
@@ -180,59 +288,405 @@ fn compute(
             })
         })
         .collect::<Result<_>>()?;
+    // Which features the range kernels compute, and what each column must hold for them.
+    let kinds: Vec<Option<(Option<Typed>, Typed)>> =
+        features.iter().map(|f| ranged(&f.aggregation)).collect();
+    let mut column_kind: Vec<Option<Option<Typed>>> = vec![None; read.len()];
+    for (f, k) in features.iter().zip(&kinds) {
+        if let (Some((input, _)), Some(slot)) = (k, column_kind.get_mut(f.column)) {
+            *slot = Some(slot.flatten().or(*input));
+        }
+    }
+    let ranged_features: Vec<RangeFeature> = features
+        .iter()
+        .zip(&kinds)
+        .filter(|(_, k)| k.is_some())
+        .map(|(f, _)| RangeFeature {
+            aggregation: f.aggregation.clone(),
+            column: f.column,
+            window: f.window,
+            hop: f.hop,
+        })
+        .collect();
+    let tiled_features: Vec<WindowedFeature> = features
+        .iter()
+        .zip(&kinds)
+        .filter(|(_, k)| k.is_none())
+        .map(|(f, _)| f.clone())
+        .collect();
 
-    // Keys are independent: evaluated in parallel, each giving its label rows' values.
-    let keys: Vec<(&Vec<u8>, &Vec<usize>)> = by_key.iter().collect();
-    let width = read.len();
-    let per_key: Vec<(Vec<usize>, Vec<Value>)> = keys
+    // Label rows and events by key, each key's labels by (time, row) and events by
+    // (event time, creation time).
+    let (g, flat) = match key_cols.as_slice() {
+        [k] if k.data_type() == &DataType::Int64 && k.null_count() == 0 => {
+            let g = group_int(
+                k.as_primitive::<Int64Type>().values(),
+                times,
+                &events,
+                nkeys,
+            );
+            (g, concat_columns(&events, &read, view, nkeys)?)
+        }
+        _ => group_hashed(&key_cols, times, &events, &read, view, nkeys)?,
+    };
+    drop(events);
+    let Grouped {
+        label_offsets,
+        label_times,
+        label_rows,
+        event_offsets,
+        ts,
+        created,
+        perm,
+    } = g;
+    // The columns the range kernels read, gathered into that order.
+    let sorted: Vec<(Sorted, Vec<bool>)> = flat
         .par_iter()
-        .map(|(key, rows)| {
-            let empty: Vec<(u32, u32)> = Vec::new();
-            let mut evs = events_by_key.get(*key).unwrap_or(&empty).clone();
-            let order_of = |&(bi, r): &(u32, u32)| -> Order {
-                stored_version(&events[bi as usize], nkeys, r as usize).into()
-            };
-            evs.sort_by_key(order_of);
-            let mut inputs: Vec<Input<'_>> = Vec::with_capacity(evs.len() * width);
-            for &(bi, r) in &evs {
-                let b = &events[bi as usize];
-                for &ci in &read {
-                    inputs.push(input_at(b.column(ci).as_ref(), r as usize));
-                }
+        .zip(&column_kind)
+        .map(|(col, kind)| match kind {
+            None => (Sorted::None, Vec::new()),
+            Some(kind) => {
+                let valid: Vec<bool> = match col.nulls() {
+                    None => vec![true; perm.len()],
+                    Some(n) => perm.iter().map(|&e| n.is_valid(e as usize)).collect(),
+                };
+                let values = match kind {
+                    None => Sorted::None,
+                    Some(Typed::Int) => {
+                        let v = col.as_primitive::<Int64Type>().values();
+                        Sorted::Int(perm.iter().map(|&e| v[e as usize]).collect())
+                    }
+                    Some(Typed::Float) => {
+                        let v = col.as_primitive::<Float64Type>().values();
+                        Sorted::Float(perm.iter().map(|&e| v[e as usize]).collect())
+                    }
+                };
+                (values, valid)
             }
-            let refs: Vec<EventRef<'_>> = evs
-                .iter()
+        })
+        .collect();
+    let flat: Vec<ArrayRef> = if tiled_features.is_empty() {
+        Vec::new()
+    } else {
+        flat
+    };
+
+    let rows = labels.num_rows();
+    let keys_view = Keys {
+        event_ts: &ts,
+        event_created: &created,
+        event_offsets: &event_offsets,
+        label_ts: &label_times,
+        label_offsets: &label_offsets,
+        label_rows: &label_rows,
+    };
+    // The range kernels' features, each one pass over all labels, in parallel.
+    let columns: Vec<Column<'_>> = sorted
+        .iter()
+        .map(|(values, valid)| Column {
+            values: match values {
+                Sorted::None => Values::None,
+                Sorted::Int(v) => Values::Int(v),
+                Sorted::Float(v) => Values::Float(v),
+            },
+            valid,
+        })
+        .collect();
+    let mut ranged_out = range::evaluate(&keys_view, &columns, &ranged_features).into_iter();
+    // The others from tiles, keys in parallel, in label order; then in row order.
+    let mut tiled_out = tiled(&keys_view, &flat, &perm, &tiled_features).into_iter();
+    let mut out = Vec::with_capacity(features.len());
+    for ((f, k), name) in features.iter().zip(&kinds).zip(names) {
+        let array: ArrayRef = match k {
+            Some(_) => match ranged_out.next().expect("one per ranged feature") {
+                range::Output::Int { values, valid } => {
+                    Arc::new(Int64Array::new(values.into(), nulls(valid)))
+                }
+                range::Output::Float { values, valid } => {
+                    Arc::new(Float64Array::new(values.into(), nulls(valid)))
+                }
+            },
+            None => {
+                let sorted = tiled_out.next().expect("one per tiled feature");
+                let mut v = vec![Value::Null; rows];
+                for (x, &r) in sorted.into_iter().zip(&label_rows) {
+                    v[r as usize] = x;
+                }
+                values_to_array(&v, &f.aggregation.output_dtype())?
+            }
+        };
+        out.push((name.clone(), array));
+    }
+    Ok(out)
+}
+
+/// Label rows and events grouped by key: key `k`'s labels are
+/// `label_offsets[k]..label_offsets[k + 1]` of `label_times`/`label_rows` (by time,
+/// then row), its events `event_offsets[k]..event_offsets[k + 1]` of `ts`/`created`/
+/// `perm` (by event time, then creation time; `perm`: the event's index in the
+/// batches' concatenation). Events of keys no label has are left out.
+struct Grouped {
+    label_offsets: Vec<usize>,
+    label_times: Vec<Timestamp>,
+    label_rows: Vec<u32>,
+    event_offsets: Vec<usize>,
+    ts: Vec<Timestamp>,
+    created: Vec<Timestamp>,
+    perm: Vec<u32>,
+}
+
+/// The creation time of an event as it sorts: [`quiver_core::contract::NO_CREATED`]
+/// when there is none.
+fn created_at(c: &arrow::array::TimestampMicrosecondArray, row: usize) -> Timestamp {
+    if c.is_null(row) {
+        quiver_core::contract::NO_CREATED
+    } else {
+        c.value(row)
+    }
+}
+
+/// An event as it sorts: (key, event time, creation time, index in the batches).
+type KeyedEvent = (i64, Timestamp, Timestamp, u32);
+
+/// [`Grouped`] for one int64 join key: labels and events each sorted whole by (key,
+/// time, …) in parallel, then merged by key — no hashing.
+fn group_int(keys: &[i64], times: &[Timestamp], events: &[RecordBatch], nkeys: usize) -> Grouped {
+    let mut labels: Vec<(i64, Timestamp, u32)> = keys
+        .par_iter()
+        .zip(times)
+        .enumerate()
+        .map(|(r, (&k, &t))| (k, t, r as u32))
+        .collect();
+    labels.par_sort_unstable();
+    let mut starts = Vec::with_capacity(events.len());
+    let mut n = 0usize;
+    for b in events {
+        starts.push(n);
+        n += b.num_rows();
+    }
+    let mut evs: Vec<KeyedEvent> = vec![(0, 0, 0, 0); n];
+    let mut parts: Vec<(&RecordBatch, usize, &mut [KeyedEvent])> = Vec::with_capacity(events.len());
+    let mut rest = evs.as_mut_slice();
+    for (b, start) in events.iter().zip(starts) {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(b.num_rows());
+        parts.push((b, start, head));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(b, start, out)| {
+        let k = b.column(0).as_primitive::<Int64Type>().values();
+        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+        let created = b
+            .column(nkeys + 1)
+            .as_primitive::<TimestampMicrosecondType>();
+        for (r, slot) in out.iter_mut().enumerate() {
+            *slot = (
+                k[r],
+                ts.value(r),
+                created_at(created, r),
+                (start + r) as u32,
+            );
+        }
+    });
+    evs.par_sort_unstable();
+    // Merge: each distinct label key takes its run of events; events of other keys
+    // are left out.
+    let mut label_offsets = vec![0];
+    let mut event_offsets = vec![0];
+    let mut keep = vec![false; evs.len()];
+    let (mut e, mut i, mut kept) = (0usize, 0usize, 0usize);
+    while i < labels.len() {
+        let key = labels[i].0;
+        while i < labels.len() && labels[i].0 == key {
+            i += 1;
+        }
+        label_offsets.push(i);
+        while e < evs.len() && evs[e].0 < key {
+            e += 1;
+        }
+        while e < evs.len() && evs[e].0 == key {
+            keep[e] = true;
+            kept += 1;
+            e += 1;
+        }
+        event_offsets.push(kept);
+    }
+    let kept = || {
+        evs.par_iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(e, _)| e)
+    };
+    let g = Grouped {
+        label_offsets,
+        label_times: labels.par_iter().map(|l| l.1).collect(),
+        label_rows: labels.par_iter().map(|l| l.2).collect(),
+        event_offsets,
+        ts: kept().map(|e| e.1).collect(),
+        created: kept().map(|e| e.2).collect(),
+        perm: kept().map(|e| e.3).collect(),
+    };
+    g
+}
+
+/// Each read column of the events as one array (typed as stored when there are none).
+fn concat_columns(
+    events: &[RecordBatch],
+    read: &[usize],
+    view: &ResolvedView,
+    nkeys: usize,
+) -> Result<Vec<ArrayRef>> {
+    read.iter()
+        .map(|&i| {
+            let parts: Vec<&dyn Array> = events.iter().map(|b| b.column(i).as_ref()).collect();
+            Ok(match parts.as_slice() {
+                [] => arrow::array::new_empty_array(&view.features[i - nkeys - 2].dtype.to_arrow()),
+                _ => arrow::compute::concat(&parts)?,
+            })
+        })
+        .collect()
+}
+
+/// [`Grouped`] for any join keys, by a hash index of the labels' encoded keys; also
+/// the read columns, concatenated.
+fn group_hashed(
+    key_cols: &[ArrayRef],
+    times: &[Timestamp],
+    events: &[RecordBatch],
+    read: &[usize],
+    view: &ResolvedView,
+    nkeys: usize,
+) -> Result<(Grouped, Vec<ArrayRef>)> {
+    let (index, label_keys) = KeyIndex::of_labels(key_cols)?;
+    let keys = index.len();
+    let (label_offsets, label_order) = group_by_key(&label_keys, keys);
+    drop(label_keys);
+    let mut by_time: Vec<(Timestamp, u32)> = label_order
+        .iter()
+        .map(|&r| (times[r as usize], r))
+        .collect();
+    drop(label_order);
+    sort_each_key(&mut by_time, &label_offsets);
+    let event_keys: Vec<u32> = events
+        .par_iter()
+        .map(|b| index.of_events(b, nkeys))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    drop(index);
+    let mut version: Vec<(Timestamp, Timestamp)> = Vec::with_capacity(event_keys.len());
+    for b in events {
+        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+        let created = b
+            .column(nkeys + 1)
+            .as_primitive::<TimestampMicrosecondType>();
+        version.extend((0..b.num_rows()).map(|r| (ts.value(r), created_at(created, r))));
+    }
+    let (event_offsets, event_order) = group_by_key(&event_keys, keys);
+    drop(event_keys);
+    let mut by_order: Vec<(Timestamp, Timestamp, u32)> = event_order
+        .par_iter()
+        .map(|&e| (version[e as usize].0, version[e as usize].1, e))
+        .collect();
+    drop(event_order);
+    drop(version);
+    sort_each_key(&mut by_order, &event_offsets);
+    let g = Grouped {
+        label_offsets,
+        label_times: by_time.iter().map(|p| p.0).collect(),
+        label_rows: by_time.iter().map(|p| p.1).collect(),
+        event_offsets,
+        ts: by_order.iter().map(|p| p.0).collect(),
+        created: by_order.iter().map(|p| p.1).collect(),
+        perm: by_order.iter().map(|p| p.2).collect(),
+    };
+    Ok((g, concat_columns(events, read, view, nkeys)?))
+}
+
+/// A validity mask as Arrow's null buffer (none when every value is valid).
+fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
+    let nulls = NullBuffer::from(valid);
+    (nulls.null_count() > 0).then_some(nulls)
+}
+
+/// The values of features only tiles compute, per key from its events (`flat`: the
+/// read columns, `perm`: each sorted event's index in them), keys in parallel: one
+/// buffer per feature, in label order.
+fn tiled(
+    keys: &Keys<'_>,
+    flat: &[ArrayRef],
+    perm: &[u32],
+    features: &[WindowedFeature],
+) -> Vec<Vec<Value>> {
+    if features.is_empty() {
+        return Vec::new();
+    }
+    let n = keys.label_ts.len();
+    let mut outputs: Vec<Vec<Value>> = features.iter().map(|_| vec![Value::Null; n]).collect();
+    let bounds = chunk_bounds(
+        keys.label_offsets,
+        keys.event_offsets,
+        rayon::current_num_threads() * 16,
+    );
+    // Each chunk of keys gets its slice of every output.
+    let mut chunks: Vec<(std::ops::Range<usize>, Vec<&mut [Value]>)> = bounds
+        .windows(2)
+        .map(|w| (w[0]..w[1], Vec::with_capacity(features.len())))
+        .collect();
+    for out in outputs.iter_mut() {
+        let mut rest = out.as_mut_slice();
+        for (keys_of, slices) in chunks.iter_mut() {
+            let len = keys.label_offsets[keys_of.end] - keys.label_offsets[keys_of.start];
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            slices.push(head);
+            rest = tail;
+        }
+    }
+    let width = flat.len();
+    chunks.par_iter_mut().for_each(|(keys_of, slices)| {
+        let base = keys.label_offsets[keys_of.start];
+        let mut inputs: Vec<Input<'_>> = Vec::new();
+        for k in keys_of.clone() {
+            let (l0, l1) = (keys.label_offsets[k], keys.label_offsets[k + 1]);
+            let (e0, e1) = (keys.event_offsets[k], keys.event_offsets[k + 1]);
+            inputs.clear();
+            for &e in &perm[e0..e1] {
+                inputs.extend(flat.iter().map(|c| input_at(c.as_ref(), e as usize)));
+            }
+            let refs: Vec<EventRef<'_>> = (e0..e1)
                 .enumerate()
-                .map(|(i, e)| EventRef {
-                    order: order_of(e),
+                .map(|(i, j)| EventRef {
+                    order: Order {
+                        event_ts: keys.event_ts[j],
+                        created_ts: keys.event_created[j],
+                        position: 0,
+                    },
                     values: &inputs[i * width..(i + 1) * width],
                 })
                 .collect();
-            let mut label_rows = (*rows).clone();
-            label_rows.sort_by_key(|&r| (times[r], r));
-            let label_times: Vec<Timestamp> = label_rows.iter().map(|&r| times[r]).collect();
-            // Label-major: values[li * nf + fi].
-            let nf = features.len();
-            let mut values = vec![Value::Null; label_rows.len() * nf];
-            evaluate_key(&features, &refs, &label_times, |li, fi, v| {
-                values[li * nf + fi] = v.unwrap_or(Value::Null);
+            let at = l0 - base;
+            evaluate_key(features, &refs, &keys.label_ts[l0..l1], |li, fi, v| {
+                slices[fi][at + li] = v.unwrap_or(Value::Null);
             });
-            (label_rows, values)
-        })
-        .collect();
-    let mut out: Vec<Vec<Value>> = vec![vec![Value::Null; labels.num_rows()]; specs.len()];
-    let nf = features.len();
-    for (rows, mut values) in per_key {
-        for (li, &row) in rows.iter().enumerate() {
-            for (fi, col) in out.iter_mut().enumerate() {
-                col[row] = std::mem::replace(&mut values[li * nf + fi], Value::Null);
-            }
+        }
+    });
+    outputs
+}
+
+/// Key boundaries cutting the keys into about `parts` chunks of similar work (label
+/// rows plus events).
+fn chunk_bounds(label_offsets: &[usize], event_offsets: &[usize], parts: usize) -> Vec<usize> {
+    let keys = label_offsets.len() - 1;
+    let total = label_offsets[keys] + event_offsets[keys];
+    let per = total / parts.max(1) + 1;
+    let mut bounds = vec![0];
+    let mut next = per;
+    for k in 0..keys {
+        if label_offsets[k + 1] + event_offsets[k + 1] >= next {
+            bounds.push(k + 1);
+            next = label_offsets[k + 1] + event_offsets[k + 1] + per;
         }
     }
-    let mut columns = Vec::with_capacity(specs.len());
-    for ((values, f), name) in out.iter().zip(&features).zip(names) {
-        let array = values_to_array(values, &f.aggregation.output_dtype())?;
-        columns.push((name.clone(), Arc::clone(&array)));
+    if *bounds.last().expect("0") != keys {
+        bounds.push(keys);
     }
-    Ok(columns)
+    bounds
 }

@@ -182,8 +182,24 @@ impl ExactSum {
         self.pending = 0;
     }
 
+    /// Empties the sum, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.lo = 0;
+        self.limbs.clear();
+        self.pending = 0;
+        self.pos_inf = 0;
+        self.neg_inf = 0;
+        self.nan = 0;
+    }
+
     /// The sum, correctly rounded to the nearest f64 (ties to even).
     pub fn value(&self) -> f64 {
+        self.value_using(&mut ExactSum::new())
+    }
+
+    /// [`value`](Self::value), working in `scratch` (overwritten) so that a caller
+    /// rounding many sums allocates once.
+    pub fn value_using(&self, scratch: &mut ExactSum) -> f64 {
         if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {
             return f64::NAN;
         }
@@ -193,7 +209,11 @@ impl ExactSum {
         if self.neg_inf > 0 {
             return f64::NEG_INFINITY;
         }
-        let mut n = self.clone();
+        let n = scratch;
+        n.clear();
+        n.lo = self.lo;
+        n.limbs.extend_from_slice(&self.limbs);
+        n.pending = self.pending;
         n.normalize();
         if n.limbs.is_empty() {
             return 0.0;

@@ -38,6 +38,7 @@
 //! decode completely.
 
 mod exact;
+pub mod range;
 mod sketch;
 pub mod tile;
 pub mod window;

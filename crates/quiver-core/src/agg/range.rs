@@ -1,0 +1,883 @@
+//! Window values at many label times of many keys at once, straight from the keys'
+//! events in order: the training-set path's kernels for the functions whose windows
+//! can be read off ranges of events — `count_star`, `count`, `sum`, `mean`, `min`,
+//! `max`, `first` and `last` over int64 and float64 columns.
+//!
+//! A window `[align(T − w, h), T)` covers a contiguous range `[a, b)` of a key's events
+//! sorted by time, and both ends only move forward as T grows. Each kernel computes
+//! exactly the value that folding the range's events into the function's IR and
+//! finalizing it gives — the IR's value depends only on the multiset of events (DESIGN
+//! §2 "Parity by construction"), and these kernels compute that same value by exact
+//! arithmetic over ranges:
+//! - counts: prefix counts;
+//! - integer sums: prefix sums in i128 (exact; int64 overflow at finalize: no value);
+//! - float sums: every finite f64 is an integer multiple of 2^-1074, so when a key's
+//!   values span few enough bits they are integers of one common power of two, and
+//!   prefix sums in i128 hold every window's sum exactly; it is rounded once, as the
+//!   exact accumulator rounds. Otherwise an exact accumulator slides over the key's
+//!   events (each added once and subtracted once, both exact). Non-finite values are
+//!   counted apart, as the accumulator counts them;
+//! - min and max: a monotonic deque (ties: equal bits, by the total order);
+//! - first and last: for every prefix (suffix) of a key's events the event first/last
+//!   picks, by the engine's order: event time, creation time, then the value.
+//!
+//! Everything is laid out flat — all keys' events in one sorted run, all labels in
+//! another — and each feature is one pass over the labels, features in parallel, so
+//! that nothing is allocated or set up per key. Every other function goes through
+//! tiles ([`super::window::evaluate_key`]).
+
+use std::cmp::Ordering;
+
+use rayon::prelude::*;
+
+use super::exact::ExactSum;
+use super::window::window_range;
+use super::{Aggregation, Function, Kind};
+use crate::dtype::DType;
+use crate::time::{Duration, Timestamp};
+
+/// The values of one event column, in the events' order.
+#[derive(Clone, Copy, Debug)]
+pub enum Values<'a> {
+    /// Only validity is read (`count`, `count_star`).
+    None,
+    Int(&'a [i64]),
+    Float(&'a [f64]),
+}
+
+/// One event column: its values and which are not null.
+#[derive(Clone, Copy, Debug)]
+pub struct Column<'a> {
+    pub values: Values<'a>,
+    pub valid: &'a [bool],
+}
+
+/// Which typed values a ranged aggregation reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Typed {
+    Int,
+    Float,
+}
+
+/// How the range kernels compute `agg`: the column values it reads (`None`: validity
+/// only) and the values it writes; `None` when only tiles compute it.
+pub fn ranged(agg: &Aggregation) -> Option<(Option<Typed>, Typed)> {
+    let input = match agg.input {
+        DType::Int64 if agg.kind == Kind::Int => Some(Typed::Int),
+        DType::Float64 => Some(Typed::Float),
+        _ => None,
+    };
+    match agg.function {
+        Function::CountStar | Function::Count => Some((None, Typed::Int)),
+        Function::Sum => input.map(|t| (Some(t), t)),
+        Function::Mean => input.map(|t| (Some(t), Typed::Float)),
+        Function::Min | Function::Max | Function::First | Function::Last => {
+            input.map(|t| (Some(t), t))
+        }
+        _ => None,
+    }
+}
+
+/// One output feature of the range kernels ([`ranged`] must accept its aggregation).
+#[derive(Clone, Debug)]
+pub struct RangeFeature {
+    pub aggregation: Aggregation,
+    /// Which of the columns it reads (ignored by count_star).
+    pub column: usize,
+    pub window: Duration,
+    pub hop: Duration,
+}
+
+/// Keys' events and labels, flat: key `k`'s events are
+/// `events[event_offsets[k]..event_offsets[k + 1]]`, sorted by (event time, creation
+/// time), and its labels `label_ts[label_offsets[k]..label_offsets[k + 1]]`, ascending.
+#[derive(Clone, Copy, Debug)]
+pub struct Keys<'a> {
+    pub event_ts: &'a [Timestamp],
+    pub event_created: &'a [Timestamp],
+    pub event_offsets: &'a [usize],
+    pub label_ts: &'a [Timestamp],
+    pub label_offsets: &'a [usize],
+    /// The output row of each label (a permutation of the rows).
+    pub label_rows: &'a [u32],
+}
+
+impl Keys<'_> {
+    fn keys(&self) -> usize {
+        self.label_offsets.len() - 1
+    }
+
+    /// Key `k`'s labels and events.
+    fn of(&self, k: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        (
+            self.label_offsets[k]..self.label_offsets[k + 1],
+            self.event_offsets[k]..self.event_offsets[k + 1],
+        )
+    }
+
+    /// Whether events `i` and `j` sort equal (their values decide between them).
+    fn same_order(&self, i: usize, j: usize) -> bool {
+        self.event_ts[i] == self.event_ts[j] && self.event_created[i] == self.event_created[j]
+    }
+}
+
+/// A feature's values in output-row order; `valid` false where null.
+#[derive(Debug)]
+pub enum Output {
+    Int { values: Vec<i64>, valid: Vec<bool> },
+    Float { values: Vec<f64>, valid: Vec<bool> },
+}
+
+impl Output {
+    fn new(t: Typed, rows: usize) -> Output {
+        match t {
+            Typed::Int => Output::Int {
+                values: vec![0; rows],
+                valid: vec![false; rows],
+            },
+            Typed::Float => Output::Float {
+                values: vec![0.0; rows],
+                valid: vec![false; rows],
+            },
+        }
+    }
+
+    #[inline]
+    fn set_int(&mut self, row: u32, v: Option<i64>) {
+        if let Output::Int { values, valid } = self {
+            values[row as usize] = v.unwrap_or(0);
+            valid[row as usize] = v.is_some();
+        }
+    }
+
+    #[inline]
+    fn set_float(&mut self, row: u32, v: Option<f64>) {
+        if let Output::Float { values, valid } = self {
+            values[row as usize] = v.unwrap_or(0.0);
+            valid[row as usize] = v.is_some();
+        }
+    }
+
+    #[inline]
+    fn set_int_at(&mut self, (row, v): (u32, Option<i64>)) {
+        self.set_int(row, v)
+    }
+
+    #[inline]
+    fn set_float_at(&mut self, (row, v): (u32, Option<f64>)) {
+        self.set_float(row, v)
+    }
+
+    #[inline]
+    fn set_value(&mut self, row: u32, values: Values<'_>, at: Option<usize>) {
+        match values {
+            Values::Int(v) => self.set_int(row, at.map(|j| v[j])),
+            Values::Float(v) => self.set_float(row, at.map(|j| v[j])),
+            Values::None => {}
+        }
+    }
+}
+
+/// A sentinel event index: none.
+const NONE: u32 = u32::MAX;
+
+/// Computes `features` over `columns` for every label of `keys`: one output per
+/// feature, in row order. Parallel over windows, columns and features.
+pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeature]) -> Vec<Output> {
+    // Every label's window ends, then starts per distinct (window, hop).
+    let mut windows: Vec<(Duration, Duration)> =
+        features.iter().map(|f| (f.window, f.hop)).collect();
+    windows.sort();
+    windows.dedup();
+    let (ends, starts) = rayon::join(
+        || bounds(keys, None),
+        || {
+            windows
+                .par_iter()
+                .map(|&w| bounds(keys, Some(w)))
+                .collect::<Vec<_>>()
+        },
+    );
+    // What each column's kernels share.
+    let preps: Vec<Prep> = columns
+        .par_iter()
+        .enumerate()
+        .map(|(c, column)| {
+            let on = |fs: &[Function]| {
+                features
+                    .iter()
+                    .any(|f| f.column == c && fs.contains(&f.aggregation.function))
+            };
+            let ((valid, sums), (last, first)) = rayon::join(
+                || {
+                    rayon::join(
+                        || {
+                            on(&[Function::Count, Function::Sum, Function::Mean])
+                                .then(|| valid_prefix(column))
+                        },
+                        || on(&[Function::Sum, Function::Mean]).then(|| sums(keys, column)),
+                    )
+                },
+                || {
+                    rayon::join(
+                        || on(&[Function::Last]).then(|| picks(keys, column, true)),
+                        || on(&[Function::First]).then(|| picks(keys, column, false)),
+                    )
+                },
+            );
+            Prep {
+                valid,
+                sums,
+                last,
+                first,
+            }
+        })
+        .collect();
+    features
+        .par_iter()
+        .map(|f| {
+            let at = windows
+                .iter()
+                .position(|&w| w == (f.window, f.hop))
+                .expect("every window");
+            let column = columns.get(f.column);
+            let prep = preps.get(f.column);
+            kernel(keys, column, prep, f, &starts[at], &ends)
+        })
+        .collect()
+}
+
+/// For every label, the first event of its key at or after its time (`None`) or at or
+/// after its window's start (`Some((window, hop))`): two pointers per key.
+fn bounds(keys: &Keys<'_>, window: Option<(Duration, Duration)>) -> Vec<u32> {
+    let mut out = Vec::with_capacity(keys.label_ts.len());
+    for k in 0..keys.keys() {
+        let (labels, events) = keys.of(k);
+        let mut i = events.start;
+        for &t in &keys.label_ts[labels] {
+            let edge = match window {
+                None => t,
+                Some((w, h)) => window_range(t, w, h).0,
+            };
+            while i < events.end && keys.event_ts[i] < edge {
+                i += 1;
+            }
+            out.push(i as u32);
+        }
+    }
+    out
+}
+
+/// What the kernels of one column share.
+struct Prep {
+    /// Prefix counts of valid values over all events (`n + 1`).
+    valid: Option<Vec<u32>>,
+    sums: Option<Sums>,
+    /// Per key, for every prefix of its events, the event `last` picks ([`picks`]).
+    last: Option<Vec<u32>>,
+    /// Per key, for every suffix, the event `first` picks.
+    first: Option<Vec<u32>>,
+}
+
+/// Per-key prefix sums of a column. Key `k`'s event `i` (global index) has its prefix
+/// at `i + k`, and the key's total at `event_offsets[k + 1] + k`, so that keys' runs
+/// never share a slot and each key can have its own scale.
+struct Sums {
+    prefix: Vec<i128>,
+    /// Per key: 2^(common exponent) for a float column (a normal number), or `None`
+    /// where the key's values span too many bits: its sums slide. Empty for ints.
+    scale: Vec<Option<f64>>,
+    /// Prefix counts of NaN, +inf and −inf over all events (float columns with any).
+    non_finite: Option<Vec<[u32; 3]>>,
+}
+
+fn valid_prefix(column: &Column<'_>) -> Vec<u32> {
+    let mut v = Vec::with_capacity(column.valid.len() + 1);
+    let mut c = 0u32;
+    v.push(0);
+    for &ok in column.valid {
+        c += ok as u32;
+        v.push(c);
+    }
+    v
+}
+
+fn sums(keys: &Keys<'_>, column: &Column<'_>) -> Sums {
+    let n = column.valid.len();
+    let mut prefix = Vec::with_capacity(n + keys.keys() + 1);
+    let mut scale = Vec::new();
+    let mut non_finite = None;
+    match column.values {
+        Values::Int(v) => {
+            for k in 0..keys.keys() {
+                let (_, events) = keys.of(k);
+                let mut s = 0i128;
+                prefix.push(0);
+                for i in events {
+                    if column.valid[i] {
+                        s += v[i] as i128;
+                    }
+                    prefix.push(s);
+                }
+            }
+        }
+        Values::Float(v) => {
+            if v.iter()
+                .zip(column.valid)
+                .any(|(x, &ok)| ok && !x.is_finite())
+            {
+                let mut counts = Vec::with_capacity(n + 1);
+                let mut c = [0u32; 3];
+                counts.push(c);
+                for (x, &ok) in v.iter().zip(column.valid) {
+                    if ok && x.is_nan() {
+                        c[0] += 1;
+                    } else if ok && *x == f64::INFINITY {
+                        c[1] += 1;
+                    } else if ok && *x == f64::NEG_INFINITY {
+                        c[2] += 1;
+                    }
+                    counts.push(c);
+                }
+                non_finite = Some(counts);
+            }
+            scale.reserve(keys.keys());
+            for k in 0..keys.keys() {
+                let (_, events) = keys.of(k);
+                let shift = fixed_point(&v[events.clone()], &column.valid[events.clone()]);
+                // 2^(shift − 1074): a normal f64 (shift ≥ 52).
+                scale.push(shift.map(|s| f64::from_bits(((s - 1074 + 1023) as u64) << 52)));
+                let mut s = 0i128;
+                prefix.push(0);
+                for i in events {
+                    if let Some(shift) = shift {
+                        if column.valid[i] && v[i].is_finite() {
+                            s += as_multiple(v[i], shift);
+                        }
+                    }
+                    prefix.push(s);
+                }
+            }
+        }
+        Values::None => unreachable!("sums read values"),
+    }
+    Sums {
+        prefix,
+        scale,
+        non_finite,
+    }
+}
+
+/// Per key, the event `last` (`latest`) or `first` picks in every prefix (suffix) of its
+/// events, at `i + k` for the prefix ending (suffix starting) at global index `i`.
+fn picks(keys: &Keys<'_>, column: &Column<'_>, latest: bool) -> Vec<u32> {
+    let n = column.valid.len();
+    let mut out = vec![NONE; n + keys.keys()];
+    for k in 0..keys.keys() {
+        let (_, events) = keys.of(k);
+        let mut best = NONE;
+        let consider = |i: usize, best: &mut u32| {
+            if !column.valid[i] {
+                return;
+            }
+            let b = *best as usize;
+            let wanted = if latest {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            };
+            // A later (earlier) event replaces the pick; among events that sort
+            // equal, the greater (lesser) value.
+            if *best == NONE || !keys.same_order(i, b) || compare(column.values, i, b) == wanted {
+                *best = i as u32;
+            }
+        };
+        if latest {
+            out[events.start + k] = NONE;
+            for i in events.clone() {
+                consider(i, &mut best);
+                out[i + 1 + k] = best;
+            }
+        } else {
+            out[events.end + k] = NONE;
+            for i in events.clone().rev() {
+                consider(i, &mut best);
+                out[i + k] = best;
+            }
+        }
+    }
+    out
+}
+
+/// One feature's values for every label.
+fn kernel(
+    keys: &Keys<'_>,
+    column: Option<&Column<'_>>,
+    prep: Option<&Prep>,
+    f: &RangeFeature,
+    starts: &[u32],
+    ends: &[u32],
+) -> Output {
+    let function = f.aggregation.function;
+    let typed = ranged(&f.aggregation).expect("a ranged aggregation").1;
+    let mut out = Output::new(typed, keys.label_rows.len());
+    let rows = keys.label_rows;
+    let spans = starts.iter().zip(ends).zip(rows);
+    if function == Function::CountStar {
+        for ((&a, &b), &row) in spans {
+            out.set_int(row, Some((b - a) as i64));
+        }
+        return out;
+    }
+    let column = column.expect("a column");
+    let prep = prep.expect("prepared");
+    match function {
+        Function::Count => {
+            let valid = prep.valid.as_deref().expect("prepared");
+            for ((&a, &b), &row) in spans {
+                out.set_int(row, Some((valid[b as usize] - valid[a as usize]) as i64));
+            }
+        }
+        Function::Sum | Function::Mean => {
+            let valid = prep.valid.as_deref().expect("prepared");
+            let sums = prep.sums.as_ref().expect("prepared");
+            sum_kernel(
+                keys,
+                column,
+                valid,
+                sums,
+                function == Function::Mean,
+                starts,
+                ends,
+                &mut out,
+            );
+        }
+        Function::Min | Function::Max => {
+            let greater = function == Function::Max;
+            match column.values {
+                Values::Int(v) => extremes(keys, v, column.valid, greater, starts, ends, |x| {
+                    out.set_int_at(x)
+                }),
+                Values::Float(v) => extremes(keys, v, column.valid, greater, starts, ends, |x| {
+                    out.set_float_at(x)
+                }),
+                Values::None => {}
+            }
+        }
+        Function::Last | Function::First => {
+            let latest = function == Function::Last;
+            let picks = if latest { &prep.last } else { &prep.first };
+            let picks = picks.as_deref().expect("prepared");
+            for k in 0..keys.keys() {
+                let (labels, _) = keys.of(k);
+                for l in labels {
+                    let (a, b) = (starts[l] as usize, ends[l] as usize);
+                    let j = if latest { picks[b + k] } else { picks[a + k] };
+                    let inside = j != NONE && (j as usize) >= a && (j as usize) < b;
+                    out.set_value(rows[l], column.values, inside.then_some(j as usize));
+                }
+            }
+        }
+        other => panic!("{other} has no range kernel"),
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sum_kernel(
+    keys: &Keys<'_>,
+    column: &Column<'_>,
+    valid: &[u32],
+    sums: &Sums,
+    mean: bool,
+    starts: &[u32],
+    ends: &[u32],
+    out: &mut Output,
+) {
+    let rows = keys.label_rows;
+    let (mut running, mut round) = (ExactSum::new(), ExactSum::new());
+    for k in 0..keys.keys() {
+        let (labels, events) = keys.of(k);
+        let scale = sums.scale.get(k).copied();
+        let (mut added, mut removed) = (events.start, events.start);
+        running.clear();
+        for l in labels {
+            let (a, b) = (starts[l] as usize, ends[l] as usize);
+            let row = rows[l];
+            let count = valid[b] - valid[a];
+            if count == 0 {
+                out.set_int(row, None);
+                out.set_float(row, None);
+                continue;
+            }
+            let sum = match scale {
+                // An int column: exact in i128.
+                None => {
+                    let sum = sums.prefix[b + k] - sums.prefix[a + k];
+                    if mean {
+                        out.set_float(row, Some(sum as f64 / count as f64));
+                    } else {
+                        out.set_int(row, i64::try_from(sum).ok());
+                    }
+                    continue;
+                }
+                Some(scale) => {
+                    non_finite_sum(sums.non_finite.as_deref(), a, b).unwrap_or_else(|| {
+                        match scale {
+                            Some(scale) => (sums.prefix[b + k] - sums.prefix[a + k]) as f64 * scale,
+                            None => {
+                                let Values::Float(x) = column.values else {
+                                    unreachable!("only float sums slide")
+                                };
+                                // Add what entered, subtract what left: both exact.
+                                while added < b {
+                                    if column.valid[added] && x[added].is_finite() {
+                                        running.add(x[added]);
+                                    }
+                                    added += 1;
+                                }
+                                while removed < a {
+                                    if column.valid[removed] && x[removed].is_finite() {
+                                        running.add(-x[removed]);
+                                    }
+                                    removed += 1;
+                                }
+                                running.value_using(&mut round)
+                            }
+                        }
+                    })
+                }
+            };
+            out.set_float(row, Some(if mean { sum / count as f64 } else { sum }));
+        }
+    }
+}
+
+/// Values min and max compare by the engine's total order.
+trait Ordered: Copy {
+    fn order(&self, other: &Self) -> Ordering;
+}
+
+impl Ordered for i64 {
+    #[inline]
+    fn order(&self, other: &Self) -> Ordering {
+        self.cmp(other)
+    }
+}
+
+impl Ordered for f64 {
+    #[inline]
+    fn order(&self, other: &Self) -> Ordering {
+        self.total_cmp(other)
+    }
+}
+
+/// min (`greater` false) or max of every label's window by a monotonic deque per key:
+/// `set((row, value))` for each label.
+fn extremes<T: Ordered>(
+    keys: &Keys<'_>,
+    values: &[T],
+    valid: &[bool],
+    greater: bool,
+    starts: &[u32],
+    ends: &[u32],
+    mut set: impl FnMut((u32, Option<T>)),
+) {
+    // The deque: `deque[head..]`, indices of events whose values strictly improve
+    // towards the front.
+    let mut deque: Vec<u32> = Vec::new();
+    for k in 0..keys.keys() {
+        let (labels, events) = keys.of(k);
+        deque.clear();
+        let mut head = 0usize;
+        let mut next = events.start;
+        for l in labels {
+            let (a, b) = (starts[l] as usize, ends[l] as usize);
+            while next < b {
+                if valid[next] {
+                    let x = values[next];
+                    // Drop what the new value beats (or equals: same bits).
+                    while deque.len() > head {
+                        let o = values[deque[deque.len() - 1] as usize].order(&x);
+                        if (greater && o.is_le()) || (!greater && o.is_ge()) {
+                            deque.pop();
+                        } else {
+                            break;
+                        }
+                    }
+                    deque.push(next as u32);
+                }
+                next += 1;
+            }
+            while head < deque.len() && (deque[head] as usize) < a {
+                head += 1;
+            }
+            let value = (head < deque.len()).then(|| values[deque[head] as usize]);
+            set((keys.label_rows[l], value));
+        }
+    }
+}
+
+/// A float window's sum when it holds non-finite values (as IEEE arithmetic gives it).
+fn non_finite_sum(counts: Option<&[[u32; 3]]>, a: usize, b: usize) -> Option<f64> {
+    let c = counts?;
+    let [nan, pos, neg] = [0, 1, 2].map(|k| c[b][k] - c[a][k]);
+    if nan > 0 || (pos > 0 && neg > 0) {
+        Some(f64::NAN)
+    } else if pos > 0 {
+        Some(f64::INFINITY)
+    } else if neg > 0 {
+        Some(f64::NEG_INFINITY)
+    } else {
+        None
+    }
+}
+
+/// The engine's order of two values of a column (floats by the total order).
+fn compare(values: Values<'_>, i: usize, j: usize) -> Ordering {
+    match values {
+        Values::Int(v) => v[i].cmp(&v[j]),
+        Values::Float(v) => v[i].total_cmp(&v[j]),
+        Values::None => Ordering::Equal,
+    }
+}
+
+/// A finite nonzero f64 as (mantissa, shift): `x = ±mantissa · 2^(shift − 1074)`.
+fn parts(x: f64) -> (u64, i32) {
+    let bits = x.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let frac = bits & ((1 << 52) - 1);
+    if exp == 0 {
+        (frac, 0)
+    } else {
+        (frac | (1 << 52), exp - 1)
+    }
+}
+
+/// The common shift when every window sum of these values is an exact i128 multiple
+/// of 2^(shift − 1074) whose f64 scales exactly: the values span few enough bits, and
+/// the scale is a normal number.
+fn fixed_point(values: &[f64], valid: &[bool]) -> Option<i32> {
+    let (mut lo, mut hi) = (i32::MAX, i32::MIN);
+    let mut n = 0u64;
+    for (&x, &ok) in values.iter().zip(valid) {
+        if ok && x.is_finite() && x != 0.0 {
+            let (_, shift) = parts(x);
+            lo = lo.min(shift);
+            hi = hi.max(shift);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Some(1074);
+    }
+    // Each value below 2^(53 + hi − lo); n of them below 2^126.
+    let count_bits = 64 - n.leading_zeros() as i32;
+    (lo >= 52 && hi <= 1900 && 53 + (hi - lo) + count_bits <= 126).then_some(lo)
+}
+
+/// `x / 2^(shift − 1074)` as an integer (exact: `x`'s own shift is at least `shift`).
+fn as_multiple(x: f64, shift: i32) -> i128 {
+    if x == 0.0 {
+        return 0;
+    }
+    let (m, s) = parts(x);
+    let v = (m as i128) << (s - shift);
+    if x < 0.0 {
+        -v
+    } else {
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agg::window::align;
+    use crate::agg::{Input, Order, Params};
+    use crate::value::Value;
+    use proptest::prelude::*;
+
+    const MINUTE: i64 = 60_000_000;
+
+    fn functions() -> Vec<Function> {
+        vec![
+            Function::CountStar,
+            Function::Count,
+            Function::Sum,
+            Function::Mean,
+            Function::Min,
+            Function::Max,
+            Function::First,
+            Function::Last,
+        ]
+    }
+
+    fn float_value() -> impl Strategy<Value = Option<f64>> {
+        prop_oneof![
+            3 => (-400i32..400).prop_map(|v| Some(v as f64 * 0.25)),
+            1 => prop::sample::select(vec![
+                1e300, -1e300, 0.1, -0.0, 0.0, 1e-310, 3.5e15, f64::MAX, f64::MIN_POSITIVE,
+            ]).prop_map(Some),
+            1 => prop::sample::select(vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY]).prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
+    /// One event: (key, minute, created, value).
+    type Event = (usize, i64, i64, Input<'static>);
+
+    /// Runs the kernels over `keys` keys and, for every label and feature, folds the
+    /// window's events of the label's key into the engine's IR and finalizes it: the
+    /// two must be the same bits.
+    fn check(
+        dtype: DType,
+        keys: usize,
+        mut events: Vec<Event>,
+        mut labels: Vec<(usize, i64)>,
+        window: i64,
+        hop: i64,
+    ) -> Result<(), TestCaseError> {
+        events.sort_by_key(|e| (e.0, e.1, e.2));
+        // Labels in shuffled rows: row r is the r-th label as generated.
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.sort_by_key(|&r| (labels[r].0, labels[r].1, r));
+        let offsets = |of: &dyn Fn(usize) -> usize, n: usize| -> Vec<usize> {
+            let mut o = vec![0; keys + 1];
+            for i in 0..n {
+                o[of(i) + 1] += 1;
+            }
+            for k in 0..keys {
+                o[k + 1] += o[k];
+            }
+            o
+        };
+        let event_offsets = offsets(&|i| events[i].0, events.len());
+        let label_offsets = offsets(&|i| labels[i].0, labels.len());
+        let ts: Vec<i64> = events.iter().map(|e| e.1 * MINUTE).collect();
+        let created: Vec<i64> = events.iter().map(|e| e.2).collect();
+        let valid: Vec<bool> = events.iter().map(|e| e.3 != Input::Null).collect();
+        let ints: Vec<i64> = events
+            .iter()
+            .map(|e| if let Input::Int(v) = e.3 { v } else { 0 })
+            .collect();
+        let floats: Vec<f64> = events
+            .iter()
+            .map(|e| if let Input::Float(v) = e.3 { v } else { 0.0 })
+            .collect();
+        let values = if dtype == DType::Int64 {
+            Values::Int(&ints)
+        } else {
+            Values::Float(&floats)
+        };
+        let label_ts: Vec<i64> = order.iter().map(|&r| labels[r].1 * MINUTE).collect();
+        let label_rows: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+        let columns = [Column {
+            values,
+            valid: &valid,
+        }];
+        let (window, hop) = (Duration::from_micros(window), Duration::from_micros(hop));
+        let features: Vec<RangeFeature> = functions()
+            .into_iter()
+            .map(|f| RangeFeature {
+                aggregation: Aggregation::new(
+                    f,
+                    (f != Function::CountStar).then_some(&dtype),
+                    Params::default(),
+                )
+                .unwrap(),
+                column: 0,
+                window,
+                hop,
+            })
+            .collect();
+        let k = Keys {
+            event_ts: &ts,
+            event_created: &created,
+            event_offsets: &event_offsets,
+            label_ts: &label_ts,
+            label_offsets: &label_offsets,
+            label_rows: &label_rows,
+        };
+        let out = evaluate(&k, &columns, &features);
+        labels.iter_mut().for_each(|l| l.1 *= MINUTE);
+        for (row, &(key, t)) in labels.iter().enumerate() {
+            let lo = align(t.saturating_sub(window.micros()), hop);
+            for (fi, f) in features.iter().enumerate() {
+                let mut ir = f.aggregation.empty();
+                for e in events
+                    .iter()
+                    .filter(|e| e.0 == key && e.1 * MINUTE >= lo && e.1 * MINUTE < t)
+                {
+                    let order = Order {
+                        event_ts: e.1 * MINUTE,
+                        created_ts: e.2,
+                        position: 0,
+                    };
+                    f.aggregation.update(&mut ir, e.3, order);
+                }
+                let want = f.aggregation.finalize(&ir).unwrap_or(Value::Null);
+                let got = match &out[fi] {
+                    Output::Int { valid, .. } | Output::Float { valid, .. } if !valid[row] => {
+                        Value::Null
+                    }
+                    Output::Int { values, .. } => Value::Int64(values[row]),
+                    Output::Float { values, .. } => Value::Float64(values[row]),
+                };
+                let same = match (&got, &want) {
+                    (Value::Float64(a), Value::Float64(b)) => a.to_bits() == b.to_bits(),
+                    (a, b) => a == b,
+                };
+                prop_assert!(
+                    same,
+                    "{} of key {} at {}: ranges gave {:?}, the IR {:?}",
+                    f.aggregation.function(),
+                    key,
+                    t,
+                    got,
+                    want
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Keys 0..3 have events, key 3 none; labels on and off hop and window edges,
+        /// events sharing times, in rows not sorted by key or time.
+        #[test]
+        fn float_ranges_equal_the_folded_ir(
+            events in prop::collection::vec((0usize..3, 0i64..40, 0i64..3, float_value()), 0..80),
+            labels in prop::collection::vec((0usize..4, 0i64..48), 1..30),
+            window_hops in 1i64..6,
+            hop_min in prop::sample::select(vec![1i64, 2, 5]),
+        ) {
+            let events = events.into_iter()
+                .map(|(k, t, c, v)| (k, t, c, v.map_or(Input::Null, Input::Float)))
+                .collect();
+            check(DType::Float64, 4, events, labels, window_hops * hop_min * MINUTE, hop_min * MINUTE)?;
+        }
+
+        #[test]
+        fn int_ranges_equal_the_folded_ir(
+            events in prop::collection::vec((0usize..3, 0i64..40, 0i64..3, prop::option::of(prop_oneof![
+                -1000i64..1000, Just(i64::MAX), Just(i64::MIN)])), 0..80),
+            labels in prop::collection::vec((0usize..4, 0i64..48), 1..30),
+            window_hops in 1i64..6,
+        ) {
+            let events = events.into_iter()
+                .map(|(k, t, c, v)| (k, t, c, v.map_or(Input::Null, Input::Int)))
+                .collect();
+            check(DType::Int64, 4, events, labels, window_hops * 5 * MINUTE, 5 * MINUTE)?;
+        }
+    }
+
+    #[test]
+    fn values_spanning_few_bits_sum_as_integers_and_far_apart_ones_slide() {
+        assert!(fixed_point(&[0.25, 1e6, -3.5], &[true; 3]).is_some());
+        assert!(fixed_point(&[1e300, 1.0], &[true; 2]).is_none());
+        assert!(fixed_point(&[1e-310, 1.0], &[true; 2]).is_none());
+    }
+}
