@@ -34,8 +34,8 @@ use quick_cache::Weighter;
 use quiver_core::Timestamp;
 
 use crate::{
-    CacheStats, Capabilities, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
-    TileMerger, WriteStats,
+    CacheStats, Capabilities, Cells, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite,
+    Result, TileMerger, TileRead, WriteStats,
 };
 
 /// The cache key: a 128-bit hash of the entity key and the field. The entry keeps the
@@ -121,26 +121,17 @@ impl CachedStore {
     }
 }
 
-#[async_trait]
-impl OnlineStore for CachedStore {
-    async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
-        let r = self.inner.write(rows).await;
-        // Invalidate even when the write failed: part of it may have landed. The
-        // generation moves first, so a miss that read the store before this write either
-        // sees it move or inserted before the removal below.
-        for w in rows {
-            let s = slot(w.key, &w.field);
-            self.generation(s.0).fetch_add(1, Ordering::AcqRel);
-            self.cache.remove(&s);
-        }
-        r
-    }
+/// A key the cache missed: (its index, its generation counter, the counter before the
+/// store is read).
+type Missed = (usize, usize, u64);
 
-    async fn read(&self, keys: &[&[u8]], fields: &[FieldId]) -> Result<Vec<Option<Vec<u8>>>> {
+impl CachedStore {
+    /// The cells the cache holds (`None` where it misses), and the keys it missed:
+    /// (key index, its generation counter, the counter before the store is read).
+    fn lookup_all(&self, keys: &[&[u8]], fields: &[FieldId]) -> (Cells, Vec<Missed>) {
         let nf = fields.len();
         let now = Instant::now();
         let mut cells: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len() * nf);
-        // (key index, its generation counter, the counter before the store is read)
         let mut missing_keys: Vec<(usize, usize, u64)> = Vec::new();
         let (mut hits, mut misses) = (0u64, 0u64);
         for (ki, key) in keys.iter().enumerate() {
@@ -166,11 +157,19 @@ impl OnlineStore for CachedStore {
         }
         self.hits.fetch_add(hits, Ordering::Relaxed);
         self.misses.fetch_add(misses, Ordering::Relaxed);
-        if missing_keys.is_empty() {
-            return Ok(cells);
-        }
-        let sub: Vec<&[u8]> = missing_keys.iter().map(|&(k, _, _)| keys[k]).collect();
-        let fetched = self.inner.read(&sub, fields).await?;
+        (cells, missing_keys)
+    }
+
+    /// Caches the cells read from the store for the missed keys and puts them in place.
+    fn fill(
+        &self,
+        keys: &[&[u8]],
+        fields: &[FieldId],
+        missing_keys: &[Missed],
+        fetched: &[Option<Vec<u8>>],
+        cells: &mut [Option<Vec<u8>>],
+    ) {
+        let nf = fields.len();
         let at = Instant::now();
         let confirmed = Arc::new(AtomicBool::new(false));
         for (si, &(ki, _, generation)) in missing_keys.iter().enumerate() {
@@ -198,7 +197,49 @@ impl OnlineStore for CachedStore {
         if unchanged {
             confirmed.store(true, Ordering::Release);
         }
+    }
+}
+
+#[async_trait]
+impl OnlineStore for CachedStore {
+    async fn write(&self, rows: &[OnlineWrite<'_>]) -> Result<WriteStats> {
+        let r = self.inner.write(rows).await;
+        // Invalidate even when the write failed: part of it may have landed. The
+        // generation moves first, so a miss that read the store before this write either
+        // sees it move or inserted before the removal below.
+        for w in rows {
+            let s = slot(w.key, &w.field);
+            self.generation(s.0).fetch_add(1, Ordering::AcqRel);
+            self.cache.remove(&s);
+        }
+        r
+    }
+
+    async fn read(&self, keys: &[&[u8]], fields: &[FieldId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let (mut cells, missing) = self.lookup_all(keys, fields);
+        if !missing.is_empty() {
+            let sub: Vec<&[u8]> = missing.iter().map(|&(k, _, _)| keys[k]).collect();
+            let fetched = self.inner.read(&sub, fields).await?;
+            self.fill(keys, fields, &missing, &fetched, &mut cells);
+        }
         Ok(cells)
+    }
+
+    /// Rows from the cache (what it misses read in the same round trip as the tiles,
+    /// which are not cached).
+    async fn read_with_tiles(
+        &self,
+        keys: &[&[u8]],
+        fields: &[FieldId],
+        tiles: &[TileRead<'_>],
+    ) -> Result<(Cells, Vec<Cells>)> {
+        let (mut cells, missing) = self.lookup_all(keys, fields);
+        let sub: Vec<&[u8]> = missing.iter().map(|&(k, _, _)| keys[k]).collect();
+        let (fetched, tiles) = self.inner.read_with_tiles(&sub, fields, tiles).await?;
+        if !missing.is_empty() {
+            self.fill(keys, fields, &missing, &fetched, &mut cells);
+        }
+        Ok((cells, tiles))
     }
 
     async fn delete_older_than(&self, field: FieldId, cutoff: i64) -> Result<u64> {

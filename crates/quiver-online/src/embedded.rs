@@ -493,14 +493,48 @@ impl EmbeddedStore {
             .env
             .read_txn()
             .map_err(|e| store_err("cannot begin a read", e))?;
-        let mut key = Vec::new();
+        let (mut lo, mut hi) = (Vec::new(), Vec::new());
+        if !starts.windows(2).all(|w| w[0] < w[1]) {
+            for k in keys {
+                for &start in starts {
+                    storage_key(k, &tile_field(&view, start), &mut lo);
+                    let v = db
+                        .get(&rtxn, &lo)
+                        .map_err(|e| store_err("cannot read", e))?;
+                    cells.push(v.map(<[u8]>::to_vec));
+                }
+            }
+            return Ok(cells);
+        }
+        // Ascending starts: a key's tiles of the view are adjacent in the tree, in start
+        // order, so one range scan finds those stored (often few) instead of a lookup
+        // per start.
+        let (first, last) = (starts[0], starts[starts.len() - 1]);
         for k in keys {
-            for &start in starts {
-                storage_key(k, &tile_field(&view, start), &mut key);
-                let v = db
-                    .get(&rtxn, &key)
-                    .map_err(|e| store_err("cannot read", e))?;
-                cells.push(v.map(<[u8]>::to_vec));
+            let at = cells.len();
+            cells.resize(at + starts.len(), None);
+            storage_key(k, &tile_field(&view, first), &mut lo);
+            storage_key(k, &tile_field(&view, last), &mut hi);
+            let prefix = lo.len() - TILE_FIELD_LEN;
+            let range = (
+                Bound::Included(lo.as_slice()),
+                Bound::Included(hi.as_slice()),
+            );
+            for item in db
+                .range(&rtxn, &range)
+                .map_err(|e| store_err("cannot read", e))?
+            {
+                let (stored, v) = item.map_err(|e| store_err("cannot read", e))?;
+                if stored.len() != lo.len() || stored[..prefix] != lo[..prefix] {
+                    continue;
+                }
+                let start = match parse_tile_field(&stored[prefix..]) {
+                    Some((v, start)) if v == view => start,
+                    _ => continue,
+                };
+                if let Ok(i) = starts.binary_search(&start) {
+                    cells[at + i] = Some(v.to_vec());
+                }
             }
         }
         Ok(cells)

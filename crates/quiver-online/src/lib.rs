@@ -231,6 +231,24 @@ pub trait OnlineStore: Send + Sync {
         starts: &[Timestamp],
     ) -> Result<Vec<Option<Vec<u8>>>>;
 
+    /// Reads rows and tiles together: what [`Self::read`] returns for `keys` and
+    /// `fields`, then for each of `tiles` what [`Self::read_tiles`] returns for it — in
+    /// one round trip to the store where the backend can (a remote store pipelines
+    /// them); the default calls the two in turn.
+    async fn read_with_tiles(
+        &self,
+        keys: &[&[u8]],
+        fields: &[FieldId],
+        tiles: &[TileRead<'_>],
+    ) -> Result<(Cells, Vec<Cells>)> {
+        let rows = self.read(keys, fields).await?;
+        let mut out = Vec::with_capacity(tiles.len());
+        for t in tiles {
+            out.push(self.read_tiles(t.keys, t.view, t.starts).await?);
+        }
+        Ok((rows, out))
+    }
+
     /// The stream offsets stored for (`key`, `view`, `partition`), one per key, `None`
     /// where no merge with a position of that partition was applied.
     async fn stream_positions(
@@ -255,6 +273,18 @@ pub trait OnlineStore: Send + Sync {
     fn cache_stats(&self) -> Option<CacheStats> {
         None
     }
+}
+
+/// Stored cells, one per (key, field) or (key, tile) read; `None` where nothing is
+/// stored.
+pub type Cells = Vec<Option<Vec<u8>>>;
+
+/// The tiles a read needs of one view: those starting at `starts`, for each of `keys`.
+#[derive(Clone, Copy, Debug)]
+pub struct TileRead<'a> {
+    pub keys: &'a [&'a [u8]],
+    pub view: FieldId,
+    pub starts: &'a [Timestamp],
 }
 
 /// Counters of a read cache.

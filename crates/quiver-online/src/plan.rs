@@ -21,7 +21,7 @@ use quiver_core::time::{Duration, Timestamp};
 use quiver_core::{DType, FeatureStatus, Value};
 use quiver_registry::RegistryState;
 
-use crate::{entity_key_into, Error, FieldId, OnlineStore, Result};
+use crate::{entity_key_into, Error, FieldId, OnlineStore, Result, TileRead};
 
 /// Columns of values, all of one length: the entity rows of a request (one column per
 /// join key) or its request context.
@@ -653,7 +653,33 @@ impl ReadPlan {
             }
         }
         let keys: Vec<&[u8]> = spans.iter().map(|&(a, b)| &buf[a..b]).collect();
-        let cells = online.read(&keys, &self.fields).await?;
+        // Aggregated views: the tiles of each tile group's longest window at `at`, read
+        // in the same round trip as the rows.
+        let tile_starts: Vec<Vec<Timestamp>> = self
+            .views
+            .iter()
+            .flat_map(|v| v.tiles.iter())
+            .map(|g| {
+                let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
+                quiver_core::agg::tile::tile_starts(at, longest, g.hop)
+            })
+            .collect();
+        let tile_reads: Vec<TileRead<'_>> = self
+            .views
+            .iter()
+            .flat_map(|v| v.tiles.iter().map(move |g| (v.group, g.field)))
+            .zip(&tile_starts)
+            .map(|((group, view), starts)| TileRead {
+                keys: &keys[group * n..(group + 1) * n],
+                view,
+                starts,
+            })
+            .collect();
+        let (cells, mut tile_cells) = online
+            .read_with_tiles(&keys, &self.fields, &tile_reads)
+            .await?;
+        let mut tile_cells = tile_cells.drain(..);
+        let mut tile_starts = tile_starts.iter();
         let nf = self.fields.len();
         let mut out = Vectors {
             n_features: nout,
@@ -689,11 +715,9 @@ impl ReadPlan {
         // Aggregated views: each tile group's tiles of the window, merged at `at` by
         // the engine (the same IRs and finalizers as training sets).
         for view in self.views.iter().filter(|v| !v.tiles.is_empty()) {
-            let group_keys = &keys[view.group * n..(view.group + 1) * n];
             for g in &view.tiles {
-                let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
-                let starts = quiver_core::agg::tile::tile_starts(at, longest, g.hop);
-                let stored = online.read_tiles(group_keys, g.field, &starts).await?;
+                let starts = tile_starts.next().expect("one per tile group");
+                let stored = tile_cells.next().expect("one per tile group");
                 for row in 0..n {
                     let cells = &stored[row * starts.len()..(row + 1) * starts.len()];
                     let mut tiles = Vec::new();

@@ -105,8 +105,8 @@ use quiver_online::tiles::{
     KeyMergePlan,
 };
 use quiver_online::{
-    Capabilities, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
-    TileMerger, WriteStats,
+    Capabilities, Cells, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
+    TileMerger, TileRead, WriteStats,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -1061,30 +1061,69 @@ impl OnlineStore for RedisStore {
     }
 
     async fn read(&self, keys: &[&[u8]], fields: &[FieldId]) -> Result<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() || fields.is_empty() {
-            return Ok(Vec::new());
-        }
+        Ok(self.read_with_tiles(keys, fields, &[]).await?.0)
+    }
+
+    /// One pipeline: an `HMGET` of the row fields per key, then one of the tile fields
+    /// per key and tile read.
+    async fn read_with_tiles(
+        &self,
+        keys: &[&[u8]],
+        fields: &[FieldId],
+        tiles: &[TileRead<'_>],
+    ) -> Result<(Cells, Vec<Cells>)> {
         let mut key_buf = Vec::new();
-        let cmds: Vec<Cmd> = keys
+        let hmget = |key: &[u8], fields: &mut dyn Iterator<Item = &[u8]>, key_buf: &mut Vec<u8>| {
+            redis_key_into(key, key_buf);
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&key_buf[..]);
+            for f in fields {
+                cmd.arg(f);
+            }
+            cmd
+        };
+        let mut cmds: Vec<Cmd> = Vec::new();
+        if !fields.is_empty() {
+            for k in keys {
+                cmds.push(hmget(k, &mut fields.iter().map(|f| &f[..]), &mut key_buf));
+            }
+        }
+        let tile_fields: Vec<Vec<[u8; 16]>> = tiles
             .iter()
-            .map(|k| {
-                redis_key_into(k, &mut key_buf);
-                let mut cmd = redis::cmd("HMGET");
-                cmd.arg(&key_buf[..]);
-                for f in fields {
-                    cmd.arg(&f[..]);
-                }
-                cmd
-            })
+            .map(|t| t.starts.iter().map(|&s| tile_field(&t.view, s)).collect())
             .collect();
+        for (t, tf) in tiles.iter().zip(&tile_fields) {
+            if !tf.is_empty() {
+                for k in t.keys {
+                    cmds.push(hmget(k, &mut tf.iter().map(|f| &f[..]), &mut key_buf));
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(keys.len() * fields.len());
+        let mut tile_cells: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(tiles.len());
+        if cmds.is_empty() {
+            tile_cells.resize_with(tiles.len(), Vec::new);
+            return Ok((rows, tile_cells));
+        }
         let answers = self
             .within_read_timeout(self.run(&cmds, "read failed"), "read failed")
             .await?;
-        let mut cells = Vec::with_capacity(keys.len() * fields.len());
-        for a in answers {
-            cells.extend(self.hmget_values(a, fields.len(), "read failed")?);
+        let mut answers = answers.into_iter();
+        if !fields.is_empty() {
+            for a in answers.by_ref().take(keys.len()) {
+                rows.extend(self.hmget_values(a, fields.len(), "read failed")?);
+            }
         }
-        Ok(cells)
+        for (t, tf) in tiles.iter().zip(&tile_fields) {
+            let mut cells = Vec::with_capacity(t.keys.len() * tf.len());
+            if !tf.is_empty() {
+                for a in answers.by_ref().take(t.keys.len()) {
+                    cells.extend(self.hmget_values(a, tf.len(), "tile read failed")?);
+                }
+            }
+            tile_cells.push(cells);
+        }
+        Ok((rows, tile_cells))
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1232,29 +1271,9 @@ impl OnlineStore for RedisStore {
         view: FieldId,
         starts: &[Timestamp],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() || starts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let fields: Vec<[u8; 16]> = starts.iter().map(|&s| tile_field(&view, s)).collect();
-        let mut key_buf = Vec::new();
-        let cmds: Vec<Cmd> = keys
-            .iter()
-            .map(|k| {
-                redis_key_into(k, &mut key_buf);
-                let mut cmd = redis::cmd("HMGET");
-                cmd.arg(&key_buf[..]);
-                for f in &fields {
-                    cmd.arg(&f[..]);
-                }
-                cmd
-            })
-            .collect();
-        let answers = self.run(&cmds, "tile read failed").await?;
-        let mut cells = Vec::with_capacity(keys.len() * starts.len());
-        for a in answers {
-            cells.extend(self.hmget_values(a, fields.len(), "tile read failed")?);
-        }
-        Ok(cells)
+        let read = TileRead { keys, view, starts };
+        let (_, mut tiles) = self.read_with_tiles(&[], &[], &[read]).await?;
+        Ok(tiles.pop().unwrap_or_default())
     }
 
     async fn stream_positions(
