@@ -147,6 +147,7 @@ fn bench_view() -> ResolvedView {
             .collect(),
         ttl: Duration::from_secs(30 * 86_400),
         aggregations: Vec::new(),
+        retention: None,
     }
 }
 

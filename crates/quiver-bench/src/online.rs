@@ -30,6 +30,7 @@ fn view(name: &str, features: usize) -> ResolvedView {
             .collect(),
         ttl: Duration::from_secs(86_400),
         aggregations: Vec::new(),
+        retention: None,
     }
 }
 

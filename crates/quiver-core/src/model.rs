@@ -207,6 +207,11 @@ pub struct FeatureView {
     /// declares either `features` or `aggregations`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aggregations: Vec<AggregationDef>,
+    /// An aggregated view's tile retention: how far back from now its tiles are kept
+    /// online (and materialized, and brought up to date by late events). At least its
+    /// longest window plus that window's hop, which is the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Duration>,
 }
 
 /// One aggregation of an aggregated feature view: a function of a column over one or
@@ -521,6 +526,9 @@ pub struct ResolvedView {
     /// view).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aggregations: Vec<ResolvedAggregation>,
+    /// An aggregated view's declared tile retention ([`Self::tile_retention`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Duration>,
 }
 
 /// One output feature of an aggregated view: a function of a stored column over one
@@ -584,6 +592,20 @@ impl ResolvedView {
     pub fn online_field(&self) -> [u8; 8] {
         let s = format!("{}\0{}\0{}", self.project, self.name, self.version);
         xxhash_rust::xxh3::xxh3_64(s.as_bytes()).to_le_bytes()
+    }
+
+    /// How far back from now an aggregated view keeps its tiles: the declared
+    /// `retention`, else its longest window plus that window's hop.
+    pub fn tile_retention(&self) -> Duration {
+        self.retention.unwrap_or_else(|| {
+            Duration::from_micros(
+                self.aggregations
+                    .iter()
+                    .map(|a| a.window.micros() + a.hop.micros())
+                    .max()
+                    .unwrap_or(0),
+            )
+        })
     }
 
     /// An aggregated view's tile groups: the aggregations sharing each hop, by hop,

@@ -470,6 +470,7 @@ impl RegistryState {
             features: e.features.clone(),
             ttl: v.def.ttl,
             aggregations: e.aggregations.clone(),
+            retention: v.def.retention,
         }
     }
 
@@ -493,6 +494,7 @@ impl RegistryState {
             features: v.stored_columns().to_vec(),
             ttl: v.def.ttl,
             aggregations: v.aggregations.clone(),
+            retention: v.def.retention,
         })
     }
 

@@ -5,8 +5,9 @@
 //! writes compare as before), and rows of data versions that neither serve nor wait to
 //! serve are deleted. Reads at the current time return exactly what they returned
 //! before; a read with an explicit time in the past (`--at`) may find a compacted row's
-//! value gone (MISSING). An aggregated view's tiles that start before the longest window
-//! of their hop at the current time are deleted (no read at or after now uses them).
+//! value gone (MISSING). An aggregated view's tiles older than its `retention` are
+//! deleted; without one, those that start before the longest window of their hop at the
+//! current time (no read at or after now uses them).
 
 use serde::Serialize;
 
@@ -49,11 +50,12 @@ impl FeatureStore {
                     .compact_expired(serving.online_field(), cutoff)
                     .await?;
             }
-            // Tiles no window reads any more: those starting before the longest window
-            // of their hop (aligned) at the current time.
+            // Tiles beyond the view's declared retention, else those no window of their
+            // hop reads any more at the current time.
             for g in serving.tile_groups()? {
                 let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
-                let (oldest, _) = quiver_core::agg::window::window_range(now, longest, g.hop);
+                let keep = serving.retention.unwrap_or(longest).max(longest);
+                let (oldest, _) = quiver_core::agg::window::window_range(now, keep, g.hop);
                 stats.tiles_deleted += online.delete_tiles_before(g.field, oldest).await?;
             }
             let mut retired = state.resolved_view(name)?;

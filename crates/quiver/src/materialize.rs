@@ -212,7 +212,7 @@ impl MaterializeBuilder {
     }
 
     /// Materializes an aggregated view: the tiles of every hop that overlap `[start,
-    /// end)` — back to the longest window plus its hop before `end` at most — computed
+    /// end)` — back to the view's tile retention before `end` at most — computed
     /// whole from the offline events and written over the stored ones. An incremental
     /// run also recomputes the tiles of late events committed since the last run.
     async fn tiles(
@@ -225,13 +225,7 @@ impl MaterializeBuilder {
         use quiver_core::agg::window::align;
         let end = self.end;
         let offline = self.store.offline();
-        let reach = view
-            .aggregations
-            .iter()
-            .map(|a| a.window.micros() + a.hop.micros())
-            .max()
-            .unwrap_or(0);
-        let oldest = end.saturating_sub(reach);
+        let oldest = end.saturating_sub(view.tile_retention().micros());
         let mut from = start.max(oldest);
         if self.start.is_none() {
             let since = self.store.state()?.feature_views[&view.name]

@@ -540,3 +540,69 @@ fn read_tiles_left(
     }
     left
 }
+
+/// `retention:` keeps an aggregated view's tiles for reads in the past: materialization
+/// writes them back to the retention and compaction deletes only older ones, so a read
+/// two days back still equals the training set there. Without it, only what the
+/// windows read at the current time is kept, and that read finds no tile (MISSING).
+#[test]
+fn retention_keeps_tiles_for_reads_in_the_past() {
+    let hour = 60 * MIN;
+    let now = quiver_core::time::now();
+    let event = align(now - 48 * hour, hour) + 10 * MIN;
+    let at = event + 30 * MIN;
+    for (retention, kept) in [("    retention: 3d\n", true), ("", false)] {
+        let repo = Repo::new(&format!(
+            "entities:\n  - name: card\n    join_keys: [card_id]\n\
+             sources:\n  - {{ name: txns, type: file, path: data/txns.parquet, timestamp_field: ts }}\n\
+             feature_views:\n  - name: recent\n    entities: [card]\n    source: txns\n{retention}\
+             \x20   aggregations:\n      - {{ function: count_star, windows: [1h] }}\n"
+        ));
+        repo.parquet(
+            "data/txns.parquet",
+            vec![
+                ("card_id", Arc::new(Int64Array::from(vec![1i64, 1]))),
+                ("ts", ts(vec![event, event + MIN])),
+            ],
+        );
+        for args in [
+            &["apply"][..],
+            &["ingest"],
+            &["materialize-incremental"],
+            &["compact"],
+        ] {
+            let (ok, _, err) = cli(repo.path(), args);
+            assert!(ok, "{args:?}: {err}");
+        }
+        let store = quiver::FeatureStore::open(repo.path()).unwrap();
+        let trained = store
+            .historical()
+            .entities(batch(vec![
+                ("card_id", Arc::new(Int64Array::from(vec![1i64]))),
+                ("event_timestamp", ts(vec![at])),
+            ]))
+            .features(["recent:count_star_1h"])
+            .block()
+            .unwrap();
+        let want = quiver_core::value::value_at(trained.column(2).as_ref(), 0).unwrap();
+        assert_eq!(want, quiver::Value::Int64(2));
+        let served = store
+            .online_features()
+            .features(["recent:count_star_1h"])
+            .entity_row(std::collections::BTreeMap::from([(
+                "card_id".to_string(),
+                quiver::Value::Int64(1),
+            )]))
+            .at(at)
+            .block()
+            .unwrap();
+        let row = &served.rows[0];
+        if kept {
+            assert_eq!(row.values[0], want, "with retention");
+            assert_eq!(row.statuses[0], quiver::FeatureStatus::Present);
+        } else {
+            assert_eq!(row.values[0], quiver::Value::Int64(0), "without retention");
+            assert_eq!(row.statuses[0], quiver::FeatureStatus::Missing);
+        }
+    }
+}

@@ -34,6 +34,7 @@ fn view() -> ResolvedView {
         }],
         ttl: Duration::ZERO,
         aggregations: Vec::new(),
+        retention: None,
     }
 }
 

@@ -258,6 +258,16 @@ pub(super) fn expand(
     for (vi, v) in defs.feature_views.iter().enumerate() {
         let def = &v.value;
         if def.aggregations.is_empty() {
+            if def.retention.is_some() {
+                errs.at(
+                    v,
+                    format!("feature view '{}'", def.name),
+                    "retention",
+                    "only an aggregated view keeps tiles to retain; a snapshot view's rows \
+                     are valid for its ttl"
+                        .into(),
+                );
+            }
             continue;
         }
         let obj = format!("feature view '{}'", def.name);
@@ -394,6 +404,26 @@ pub(super) fn expand(
                     percentile: a.percentile,
                     max_distinct: a.max_distinct,
                 });
+            }
+        }
+        if let Some(r) = def.retention {
+            // The oldest tile any window reads is its window plus a hop back.
+            if let Some(a) = result
+                .aggregations
+                .iter()
+                .max_by_key(|a| a.window.micros() + a.hop.micros())
+                .filter(|a| a.window.micros() + a.hop.micros() > r.micros())
+            {
+                errs.at(
+                    v,
+                    obj.clone(),
+                    "retention",
+                    format!(
+                        "retention {r} is shorter than what '{}' reads: its window {} plus \
+                         its hop {}",
+                        a.name, a.window, a.hop
+                    ),
+                );
             }
         }
         out.feature_views[vi].value.features = outputs;
