@@ -28,7 +28,19 @@ const HOUR: i64 = 3_600_000_000;
 const START: i64 = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
 const SPAN: i64 = 90 * DAY;
 
-const DEFS: &str = "\
+/// The benchmark's 19 aggregated features (also served by `quiver-bench serve`).
+pub(crate) const AGGREGATIONS: &str = "      - { function: count_star, windows: [1h, 1d, 7d] }
+      - { column: amount, function: count, windows: [1h, 1d, 7d] }
+      - { column: amount, function: sum, windows: [1h, 1d, 7d] }
+      - { column: amount, function: mean, windows: [1h, 1d, 7d] }
+      - { column: amount, function: min, windows: [1h, 1d, 7d] }
+      - { column: amount, function: max, windows: [1h, 1d, 7d] }
+      - { column: amount, function: last, windows: [7d] }
+";
+
+fn defs() -> String {
+    format!(
+        "\
 entities:
   - name: entity
     join_keys: [entity_id]
@@ -42,14 +54,9 @@ feature_views:
     entities: [entity]
     source: events
     aggregations:
-      - { function: count_star, windows: [1h, 1d, 7d] }
-      - { column: amount, function: count, windows: [1h, 1d, 7d] }
-      - { column: amount, function: sum, windows: [1h, 1d, 7d] }
-      - { column: amount, function: mean, windows: [1h, 1d, 7d] }
-      - { column: amount, function: min, windows: [1h, 1d, 7d] }
-      - { column: amount, function: max, windows: [1h, 1d, 7d] }
-      - { column: amount, function: last, windows: [7d] }
-";
+{AGGREGATIONS}"
+    )
+}
 
 /// (events, entities, labels) of a scale.
 pub fn scale(name: &str) -> Result<(usize, usize, usize)> {
@@ -146,7 +153,7 @@ fn generate(dir: &Path, events: usize, entities: usize, labels: usize) -> Result
         ],
     )?;
     quiver_offline::files::write_file(&dir.join("labels.parquet"), lschema, &[batch])?;
-    std::fs::write(dir.join("features.yaml"), DEFS)?;
+    std::fs::write(dir.join("features.yaml"), defs())?;
     std::fs::write(
         dir.join("quiver.yaml"),
         "project: bench\nregistry: data/registry\n\

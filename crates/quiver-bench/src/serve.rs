@@ -2,8 +2,10 @@
 //! driven over loopback HTTP from this process at fixed request rates.
 //!
 //! Repository: 10,000 entities; view `wide` with 50 float64 features, view `ranking`
-//! with 23; services `wide_v1` (1 entity × 50 features per request) and `ranking_v1`
-//! (50 entities × 23 features per request). Backends: the embedded store, and Redis
+//! with 23, aggregated view `activity` with the 19 windowed features of `agg` over the
+//! last 8 days' events; services `wide_v1` (1 entity × 50 features per request),
+//! `ranking_v1` (50 entities × 23 features) and `activity_v1` (1 entity × 19
+//! aggregations, merged from tiles at the server's clock). Backends: the embedded store, and Redis
 //! (a `redis-server` started here on a free loopback port).
 //!
 //! Load: open loop. Request `i` is due at `start + i / rate`; a pool of keep-alive
@@ -58,11 +60,19 @@ pub(crate) fn write_repo(dir: &Path, online_store: &str) -> Result<()> {
              \x20 - {{ name: ranking_src, type: file, path: data/ranking.parquet, timestamp_field: ts }}\n\
              feature_views:\n  - name: wide\n    entities: [entity]\n    source: wide_src\n    ttl: 0\n    features:\n{}\
              \x20 - name: ranking\n    entities: [entity]\n    source: ranking_src\n    ttl: 0\n    features:\n{}\
-             feature_services:\n  - {{ name: wide_v1, features: ['wide:*'] }}\n  - {{ name: ranking_v1, features: ['ranking:*'] }}\n",
+             \x20 - name: activity\n    entities: [entity]\n    source: activity_src\n    aggregations:\n{}\
+             feature_services:\n  - {{ name: wide_v1, features: ['wide:*'] }}\n  - {{ name: ranking_v1, features: ['ranking:*'] }}\n\
+             \x20 - {{ name: activity_v1, features: ['activity:*'] }}\n",
             feats(50),
-            feats(23)
+            feats(23),
+            crate::agg::AGGREGATIONS
+        )
+        .replace(
+            "sources:\n",
+            "sources:\n  - { name: activity_src, type: file, path: data/activity.parquet, timestamp_field: ts }\n",
         ),
     )?;
+    write_activity(dir)?;
     for (name, n) in [("wide", 50), ("ranking", 23)] {
         let mut fields = vec![
             Field::new("entity_id", DataType::Int64, false),
@@ -100,6 +110,47 @@ pub(crate) fn write_repo(dir: &Path, online_store: &str) -> Result<()> {
             .await?;
         Ok::<_, quiver::Error>(())
     })?;
+    Ok(())
+}
+
+/// Events of the aggregated view `activity` over the 8 days before now: 40 per entity
+/// on average, 2% with a null amount, so that the 1 h, 1 d and 7 d windows of a read at
+/// the server's clock hold a few, dozens and hundreds of tiles.
+fn write_activity(dir: &Path) -> Result<()> {
+    let now = quiver_core::time::now();
+    let n = ENTITIES * 40;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut ids, mut ts, mut amount) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        ids.push((i % ENTITIES) as i64);
+        ts.push(now - 1 - (next() % (8 * 86_400_000_000)) as i64);
+        let r = next();
+        amount.push((r % 50 != 0).then_some((r % 100_000) as f64 * 0.01 - 50.0));
+    }
+    let schema = Schema::new(vec![
+        Field::new("entity_id", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("amount", DataType::Float64, true),
+    ]);
+    let b = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+            Arc::new(Float64Array::from(amount)),
+        ],
+    )?;
+    quiver::io::write_table(dir.join("data/activity.parquet"), &b)?;
     Ok(())
 }
 
@@ -339,6 +390,7 @@ pub fn bench_serve(secs: f64, rates: &[f64], backends: &[String]) -> Result<()> 
         for (label, service, batch, scale) in [
             ("1 entity × 50 features", "wide_v1", 1usize, 1.0),
             ("50 entities × 23 features", "ranking_v1", 50, 1.0),
+            ("1 entity × 19 aggregations", "activity_v1", 1, 1.0),
         ] {
             let b = Arc::new(bodies(service, batch));
             // Warm up connections and caches.
