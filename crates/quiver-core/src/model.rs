@@ -621,9 +621,13 @@ impl ResolvedView {
             let members: Vec<usize> = (0..self.aggregations.len())
                 .filter(|&i| self.aggregations[i].hop == hop)
                 .collect();
-            let mut aggregations = Vec::with_capacity(members.len());
+            // One slot (stored IR) per distinct IR of a column: outputs that share an
+            // IR read the same slot.
+            let mut aggregations: Vec<crate::agg::Aggregation> = Vec::new();
+            let mut columns: Vec<Option<String>> = Vec::new();
+            let mut outputs = Vec::with_capacity(members.len());
             let mut signature = format!(
-                "{}\0{}\0{}\0tiles\0{}",
+                "{}\0{}\0{}\0tiles\0{}\0slots",
                 self.project,
                 self.name,
                 self.version,
@@ -636,14 +640,29 @@ impl ResolvedView {
                     .as_ref()
                     .and_then(|c| self.features.iter().find(|f| &f.name == c))
                     .map(|f| f.dtype.clone());
-                aggregations.push(a.aggregation(dtype.as_ref()).map_err(|p| {
+                let agg = a.aggregation(dtype.as_ref()).map_err(|p| {
                     Error::Invalid(format!("aggregation '{}': {}", a.name, p.message))
-                })?);
-                signature.push_str(&format!(
-                    "\0{}:{}",
-                    a.name,
-                    a.column.as_deref().unwrap_or("")
-                ));
+                })?;
+                let slot = match (0..aggregations.len())
+                    .find(|&s| columns[s] == a.column && aggregations[s].shares_ir(&agg))
+                {
+                    Some(s) => s,
+                    None => {
+                        signature.push_str(&format!(
+                            "\0{}:{}",
+                            a.name,
+                            a.column.as_deref().unwrap_or("")
+                        ));
+                        aggregations.push(agg.clone());
+                        columns.push(a.column.clone());
+                        aggregations.len() - 1
+                    }
+                };
+                outputs.push(crate::agg::tile::TileOutput {
+                    slot,
+                    aggregation: agg,
+                    window: a.window,
+                });
             }
             out.push(TileGroup {
                 hop,
@@ -652,10 +671,8 @@ impl ResolvedView {
                     .iter()
                     .map(|&i| self.aggregations[i].window)
                     .collect(),
-                columns: members
-                    .iter()
-                    .map(|&i| self.aggregations[i].column.clone())
-                    .collect(),
+                columns,
+                outputs,
                 members,
                 layout: crate::agg::tile::TileLayout { aggregations },
             });
@@ -672,16 +689,76 @@ pub struct TileGroup {
     pub field: [u8; 8],
     /// Indices into the view's `aggregations`, in order.
     pub members: Vec<usize>,
+    /// The stored slots: one IR per distinct (function's IR, column).
     pub layout: crate::agg::tile::TileLayout,
+    /// Each member's output: its slot, finalizer and window.
+    pub outputs: Vec<crate::agg::tile::TileOutput>,
     /// Each member's window.
     pub windows: Vec<Duration>,
-    /// Each member's column (none for count_star).
+    /// Each slot's column (none for count_star).
     pub columns: Vec<Option<String>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outputs with the same IR share one stored slot: sum and mean of a column, and one
+    /// function over several windows of a hop; other functions and columns get their own.
+    #[test]
+    fn tile_groups_store_each_distinct_ir_once() {
+        let agg = |name: &str, column: Option<&str>, function, window: &str| ResolvedAggregation {
+            name: name.into(),
+            column: column.map(String::from),
+            function,
+            window: Duration::parse(window).unwrap(),
+            hop: Duration::parse("5m").unwrap(),
+            n: None,
+            percentile: None,
+            max_distinct: None,
+        };
+        use crate::agg::Function::*;
+        let view = ResolvedView {
+            name: "v".into(),
+            version: 1,
+            project: "p".into(),
+            entities: vec!["e".into()],
+            join_keys: vec![JoinKey {
+                name: "k".into(),
+                dtype: DType::Int64,
+            }],
+            features: ["a", "b"]
+                .iter()
+                .map(|n| Feature {
+                    name: (*n).into(),
+                    dtype: DType::Float64,
+                    description: String::new(),
+                    allow_non_finite: false,
+                })
+                .collect(),
+            ttl: Duration::default(),
+            aggregations: vec![
+                agg("a_sum_1h", Some("a"), Sum, "1h"),
+                agg("a_mean_1h", Some("a"), Mean, "1h"),
+                agg("count_star_1h", None, CountStar, "1h"),
+                agg("a_sum_2h", Some("a"), Sum, "2h"),
+                agg("b_sum_1h", Some("b"), Sum, "1h"),
+                agg("a_max_1h", Some("a"), Max, "1h"),
+            ],
+            retention: None,
+        };
+        let groups = view.tile_groups().unwrap();
+        assert_eq!(groups.len(), 1);
+        let g = &groups[0];
+        let slots: Vec<usize> = g.outputs.iter().map(|o| o.slot).collect();
+        assert_eq!(slots, vec![0, 0, 1, 0, 2, 3]);
+        assert_eq!(g.layout.aggregations.len(), 4);
+        assert_eq!(
+            g.columns,
+            vec![Some("a".into()), None, Some("b".into()), Some("a".into())]
+        );
+        assert_eq!(g.outputs[1].aggregation.function(), Mean);
+    }
 
     #[test]
     fn feature_refs() {

@@ -351,8 +351,8 @@ impl ReadPlan {
                             .map_err(|e| Error::Request(e.to_string()))?;
                         let mut dtypes = vec![DType::Int64; view.aggregations.len()];
                         for g in &tiles {
-                            for (k, &m) in g.members.iter().enumerate() {
-                                dtypes[m] = g.layout.aggregations[k].output_dtype();
+                            for (o, &m) in g.outputs.iter().zip(&g.members) {
+                                dtypes[m] = o.aggregation.output_dtype();
                             }
                         }
                         let names = view.aggregations.iter().map(|a| a.name.clone()).collect();
@@ -730,7 +730,7 @@ impl ReadPlan {
                         }
                     }
                     let values =
-                        quiver_core::agg::tile::values_at(&g.layout, &g.windows, g.hop, &tiles, at);
+                        quiver_core::agg::tile::values_of(&g.layout, &g.outputs, g.hop, &tiles, at);
                     let head = quiver_core::agg::window::align(at, g.hop);
                     for (k, v) in values.into_iter().enumerate() {
                         let m = g.members[k];

@@ -308,7 +308,7 @@ fn scenario(repo: Repo) {
                     .filter_map(|(s, b)| b.as_ref().map(|b| (*s, g.layout.decode(b).unwrap())))
                     .collect();
                 let values =
-                    quiver_core::agg::tile::values_at(&g.layout, &g.windows, g.hop, &tiles, t);
+                    quiver_core::agg::tile::values_of(&g.layout, &g.outputs, g.hop, &tiles, t);
                 for (&m, v) in g.members.iter().zip(values) {
                     let name = &view.aggregations[m].name;
                     let col = training.column_by_name(name).unwrap();

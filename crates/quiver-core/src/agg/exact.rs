@@ -110,21 +110,34 @@ impl ExactSum {
         if other.limbs.is_empty() {
             return;
         }
-        let mut o = other.clone();
-        o.normalize();
-        if o.limbs.is_empty() {
+        // Each add since a carry put less than 2^32 into a limb, so limbs stay below
+        // 2^62 as long as both sums' pending adds together stay under the bound: then
+        // the limbs add as they are (no copy); else both are carried first.
+        let theirs = other.pending.max(1);
+        if self.pending.saturating_add(theirs) < ADDS_BEFORE_CARRY {
+            self.add_limbs(other.lo, &other.limbs, theirs);
             return;
         }
-        if self.pending > ADDS_BEFORE_CARRY / 2 {
-            self.normalize();
+        self.normalize();
+        let mut o = other.clone();
+        o.normalize();
+        if !o.limbs.is_empty() {
+            self.add_limbs(o.lo, &o.limbs, 1);
         }
-        let top = o.lo + o.limbs.len() as i32 - 1;
-        self.reserve(o.lo, top);
-        let start = (o.lo - self.lo) as usize;
-        for (k, l) in o.limbs.iter().enumerate() {
+    }
+
+    /// Adds limbs starting at index `lo`, accounting them as `adds` adds.
+    fn add_limbs(&mut self, lo: i32, limbs: &[i64], adds: u32) {
+        let top = lo + limbs.len() as i32 - 1;
+        self.reserve(lo, top);
+        let start = (lo - self.lo) as usize;
+        for (k, l) in limbs.iter().enumerate() {
             self.limbs[start + k] += l;
         }
-        self.pending += 1;
+        self.pending += adds;
+        if self.pending >= ADDS_BEFORE_CARRY {
+            self.normalize();
+        }
     }
 
     /// Grows the limb window to cover limbs `from..=to` (and one more above, for carries).

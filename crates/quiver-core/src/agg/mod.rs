@@ -338,6 +338,21 @@ impl Aggregation {
         self.function
     }
 
+    /// Whether `other`'s IR is this one's: the same kind of partial aggregate of the
+    /// same input (sum and mean share an exact sum and count, variance and stddev their
+    /// moments, percentiles of any rank one sketch), so one stored IR serves both.
+    pub fn shares_ir(&self, other: &Aggregation) -> bool {
+        let class = |f: Function| match f {
+            Function::Sum | Function::Mean => Function::Sum,
+            Function::Variance | Function::Stddev => Function::Variance,
+            f => f,
+        };
+        class(self.function) == class(other.function)
+            && self.input == other.input
+            && self.n == other.n
+            && self.max_distinct == other.max_distinct
+    }
+
     /// The type of the finalized value.
     pub fn output_dtype(&self) -> DType {
         match self.function {

@@ -104,10 +104,18 @@ pub fn tile_starts(t: Timestamp, longest: Duration, hop: Duration) -> Vec<Timest
     (0..=((head - lo) / h)).map(|i| lo + i * h).collect()
 }
 
-/// Each aggregation's value at `t` from a key's tiles of one hop: `tiles` are (start,
-/// IRs) in any order, `windows[i]` aggregation i's window. Tiles wholly inside the
-/// window and the head tile `align(t, hop)` are merged: the head tile must hold only
-/// events before `t` (online, `t` is the read time, after every stored event).
+/// One output of a tile group: the aggregation finalizing it, the tile slot (IR) it
+/// reads and its window. Outputs whose IRs are the same ([`Aggregation::shares_ir`]:
+/// `sum` and `mean` of a column, or one function over several windows) read one slot.
+#[derive(Clone, Debug)]
+pub struct TileOutput {
+    pub slot: usize,
+    pub aggregation: Aggregation,
+    pub window: Duration,
+}
+
+/// Each aggregation's value at `t` from a key's tiles of one hop, one slot per output:
+/// see [`values_of`].
 pub fn values_at(
     layout: &TileLayout,
     windows: &[Duration],
@@ -115,21 +123,44 @@ pub fn values_at(
     tiles: &[(Timestamp, Vec<Ir>)],
     t: Timestamp,
 ) -> Vec<Result<Value, FinalizeError>> {
-    let head = align(t, hop);
-    layout
+    let outputs: Vec<TileOutput> = layout
         .aggregations
         .iter()
         .zip(windows)
         .enumerate()
-        .map(|(i, (a, &w))| {
-            let (lo, _) = window_range(t, w, hop);
-            let mut ir = a.empty();
+        .map(|(slot, (a, &window))| TileOutput {
+            slot,
+            aggregation: a.clone(),
+            window,
+        })
+        .collect();
+    values_of(layout, &outputs, hop, tiles, t)
+}
+
+/// Each output's value at `t` from a key's tiles of one hop: `tiles` are (start, IRs)
+/// in any order. Tiles wholly inside the output's window and the head tile
+/// `align(t, hop)` are merged: the head tile must hold only events before `t` (online,
+/// `t` is the read time, after every stored event).
+pub fn values_of(
+    layout: &TileLayout,
+    outputs: &[TileOutput],
+    hop: Duration,
+    tiles: &[(Timestamp, Vec<Ir>)],
+    t: Timestamp,
+) -> Vec<Result<Value, FinalizeError>> {
+    let head = align(t, hop);
+    outputs
+        .iter()
+        .map(|o| {
+            let (lo, _) = window_range(t, o.window, hop);
+            let slot = &layout.aggregations[o.slot];
+            let mut ir = slot.empty();
             for (start, irs) in tiles {
                 if *start >= lo && *start <= head {
-                    a.merge(&mut ir, &irs[i]);
+                    slot.merge(&mut ir, &irs[o.slot]);
                 }
             }
-            a.finalize(&ir)
+            o.aggregation.finalize(&ir)
         })
         .collect()
 }
