@@ -103,7 +103,7 @@ enum Command {
         views: Vec<String>,
     },
     /// Recompute aggregated views' tiles from their offline events for [START, END)
-    /// (back to the longest window plus its hop before END) and write them online;
+    /// (back to each view's tile retention before END) and write them online;
     /// re-runnable: a rerun leaves the same bytes.
     Backfill {
         /// First event time included, in the forms `materialize` takes.

@@ -2,12 +2,13 @@
 //! for each label row at time T, each requested aggregation over its window
 //! `[align(T − w, hop), T)` of the key's raw events.
 //!
-//! Columnar throughout: label rows and events are grouped by key (one hash lookup per
-//! row, then counting sorts), each key's events sorted by time once, and every key's
-//! labels answered in one forward sweep by the aggregation engine — its range kernels
-//! ([`quiver_core::agg::range`]) for counts, sums, means, extremes and first/last over
-//! int64 and float64 columns, its tiles ([`evaluate_key`]) for every other function.
-//! Keys are evaluated in parallel into typed buffers; nothing is allocated per row.
+//! Columnar throughout: label rows and events are grouped by key once (one int64 key:
+//! both sorted by (key, time) in parallel and merged; other keys: a hash index of the
+//! labels' encoded keys, then counting sorts), and the labels answered by the
+//! aggregation engine — its range kernels ([`quiver_core::agg::range`], one parallel
+//! pass per feature over all keys) for counts, sums, means, extremes and first/last
+//! over int64 and float64 columns, its tiles ([`evaluate_key`], keys in parallel) for
+//! every other function. Nothing is allocated per row.
 
 use std::sync::Arc;
 
@@ -113,12 +114,9 @@ pub fn input_at<'a>(col: &'a dyn Array, row: usize) -> Input<'a> {
 /// A key id no label row has.
 const NONE: u32 = u32::MAX;
 
-/// Join-key values to dense key ids: one int64 key by value, any other keys by their
-/// encoded bytes.
-enum KeyIndex {
-    Int(HashMap<i64, u32>),
-    Bytes(HashMap<Box<[u8]>, u32>),
-}
+/// Join-key values (their encoded bytes) to dense key ids, for keys other than one
+/// int64 (which [`group_int`] groups by sorting).
+struct KeyIndex(HashMap<Box<[u8]>, u32>);
 
 impl KeyIndex {
     /// The index of the label rows' keys (ids in order of first appearance) and each
@@ -126,16 +124,6 @@ impl KeyIndex {
     fn of_labels(cols: &[ArrayRef]) -> Result<(KeyIndex, Vec<u32>)> {
         let rows = cols.first().map_or(0, |c| c.len());
         let mut ids = Vec::with_capacity(rows);
-        if let [c] = cols {
-            if c.data_type() == &DataType::Int64 && c.null_count() == 0 {
-                let mut map: HashMap<i64, u32> = HashMap::new();
-                for &k in c.as_primitive::<Int64Type>().values().iter() {
-                    let next = map.len() as u32;
-                    ids.push(*map.entry(k).or_insert(next));
-                }
-                return Ok((KeyIndex::Int(map), ids));
-            }
-        }
         let mut map: HashMap<Box<[u8]>, u32> = HashMap::new();
         let mut buf = Vec::new();
         for row in 0..rows {
@@ -153,39 +141,25 @@ impl KeyIndex {
             };
             ids.push(id);
         }
-        Ok((KeyIndex::Bytes(map), ids))
+        Ok((KeyIndex(map), ids))
     }
 
     fn len(&self) -> usize {
-        match self {
-            KeyIndex::Int(m) => m.len(),
-            KeyIndex::Bytes(m) => m.len(),
-        }
+        self.0.len()
     }
 
     /// The key ids of a batch of stored events ([`NONE`] for keys no label row has).
     fn of_events(&self, batch: &RecordBatch, nkeys: usize) -> Result<Vec<u32>> {
-        match self {
-            KeyIndex::Int(map) => Ok(batch
-                .column(0)
-                .as_primitive::<Int64Type>()
-                .values()
-                .iter()
-                .map(|k| map.get(k).copied().unwrap_or(NONE))
-                .collect()),
-            KeyIndex::Bytes(map) => {
-                let mut buf = Vec::new();
-                (0..batch.num_rows())
-                    .map(|row| {
-                        buf.clear();
-                        for k in 0..nkeys {
-                            encode_key_part(batch.column(k).as_ref(), row, &mut buf)?;
-                        }
-                        Ok(map.get(buf.as_slice()).copied().unwrap_or(NONE))
-                    })
-                    .collect()
-            }
-        }
+        let mut buf = Vec::new();
+        (0..batch.num_rows())
+            .map(|row| {
+                buf.clear();
+                for k in 0..nkeys {
+                    encode_key_part(batch.column(k).as_ref(), row, &mut buf)?;
+                }
+                Ok(self.0.get(buf.as_slice()).copied().unwrap_or(NONE))
+            })
+            .collect()
     }
 }
 
@@ -316,7 +290,17 @@ fn compute(
         .collect();
 
     // Label rows and events by key, each key's labels by (time, row) and events by
-    // (event time, creation time).
+    // (event time, creation time). Positions are held in u32.
+    let total: usize = events.iter().map(|b| b.num_rows()).sum();
+    if total >= u32::MAX as usize || labels.num_rows() >= u32::MAX as usize {
+        return Err(Error::Invalid(format!(
+            "feature view '{}': a training set over {total} events and {} label rows \
+             is beyond what one request takes (fewer than 2^32 of each); split the \
+             entity rows by time",
+            view.name,
+            labels.num_rows()
+        )));
+    }
     let (g, flat) = match key_cols.as_slice() {
         [k] if k.data_type() == &DataType::Int64 && k.null_count() == 0 => {
             let g = group_int(
@@ -392,7 +376,12 @@ fn compute(
             valid,
         })
         .collect();
-    let mut ranged_out = range::evaluate(&keys_view, &columns, &ranged_features).into_iter();
+    let mut ranged_out = if ranged_features.is_empty() {
+        Vec::new()
+    } else {
+        range::evaluate(&keys_view, &columns, &ranged_features)
+    }
+    .into_iter();
     // The others from tiles, keys in parallel, in label order; then in row order.
     let mut tiled_out = tiled(&keys_view, &flat, &perm, &tiled_features).into_iter();
     let mut out = Vec::with_capacity(features.len());

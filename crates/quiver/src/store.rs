@@ -358,7 +358,7 @@ impl FeatureStore {
     }
 
     /// Starts a backfill of aggregated views: their tiles overlapping `[start, end)`
-    /// (back to the longest window plus its hop before `end`), recomputed whole from the
+    /// (back to the view's tile retention before `end`), recomputed whole from the
     /// offline events and written over the stored ones; rerunning it leaves the same
     /// bytes. Every aggregated view by default.
     pub fn backfill(

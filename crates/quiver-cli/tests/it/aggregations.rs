@@ -606,3 +606,110 @@ fn retention_keeps_tiles_for_reads_in_the_past() {
         }
     }
 }
+
+/// Keys other than one int64 (here a string key) are grouped by their encoded bytes:
+/// the same windows, labels for unknown keys get the empty window's values, rows stay
+/// in input order.
+#[test]
+fn string_keyed_aggregations_fold_each_labels_window() {
+    let repo = Repo::new(
+        "entities:\n  - name: user\n    join_keys: [user_id]\n\
+         sources:\n  - { name: clicks, type: file, path: data/clicks.parquet, timestamp_field: ts }\n\
+         feature_views:\n  - name: user_clicks\n    entities: [user]\n    source: clicks\n\
+         \x20   aggregations:\n      - { function: count_star, windows: [1h] }\n\
+         \x20     - { column: value, function: sum, windows: [1h] }\n\
+         \x20     - { column: value, function: last, windows: [1h] }\n",
+    );
+    // (user, minute, value)
+    let events = [
+        ("a", 1, 1.5),
+        ("b", 2, 10.0),
+        ("a", 30, 2.0),
+        ("a", 70, 4.0),
+        ("ab", 3, 7.0),
+    ];
+    repo.parquet(
+        "data/clicks.parquet",
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(
+                    events.iter().map(|e| e.0).collect::<Vec<_>>(),
+                )),
+            ),
+            ("ts", ts(events.iter().map(|e| e.1 * MIN).collect())),
+            (
+                "value",
+                Arc::new(Float64Array::from(
+                    events.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+    );
+    for args in [&["apply"][..], &["ingest"]] {
+        let (ok, _, err) = cli(repo.path(), args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let labels = [
+        ("a", 31),
+        ("z", 31),
+        ("b", 3),
+        ("a", 75),
+        ("a", 31),
+        ("ab", 4),
+    ];
+    let store = repo.store();
+    let out = store
+        .historical()
+        .entities(batch(vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(
+                    labels.iter().map(|l| l.0).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "event_timestamp",
+                ts(labels.iter().map(|l| l.1 * MIN).collect()),
+            ),
+        ]))
+        .features([
+            "user_clicks:count_star_1h",
+            "user_clicks:value_sum_1h",
+            "user_clicks:value_last_1h",
+        ])
+        .block()
+        .unwrap();
+    let count = out
+        .column_by_name("count_star_1h")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let sum = out
+        .column_by_name("value_sum_1h")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let last = out
+        .column_by_name("value_last_1h")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    for (row, &(user, minute)) in labels.iter().enumerate() {
+        let t = minute * MIN;
+        let lo = align(t - 60 * MIN, 5 * MIN);
+        let inside: Vec<_> = events
+            .iter()
+            .filter(|e| e.0 == user && e.1 * MIN >= lo && e.1 * MIN < t)
+            .collect();
+        assert_eq!(count.value(row), inside.len() as i64, "row {row}");
+        if inside.is_empty() {
+            assert!(sum.is_null(row) && last.is_null(row), "row {row}");
+        } else {
+            assert_eq!(
+                sum.value(row),
+                inside.iter().map(|e| e.2).sum::<f64>(),
+                "row {row}"
+            );
+            let latest = inside.iter().max_by_key(|e| e.1).unwrap();
+            assert_eq!(last.value(row), latest.2, "row {row}");
+        }
+    }
+}

@@ -110,10 +110,11 @@ impl ExactSum {
         if other.limbs.is_empty() {
             return;
         }
-        // Each add since a carry put less than 2^32 into a limb, so limbs stay below
-        // 2^62 as long as both sums' pending adds together stay under the bound: then
-        // the limbs add as they are (no copy); else both are carried first.
-        let theirs = other.pending.max(1);
+        // A sum's limbs are below (pending + 1) · 2^32: below 2^32 after a carry, and
+        // each add since put less than 2^32 into each. So as long as both sums' counts
+        // together stay under the bound (limbs below 2^62), the limbs add as they are
+        // (no copy); else both are carried first.
+        let theirs = other.pending.saturating_add(1);
         if self.pending.saturating_add(theirs) < ADDS_BEFORE_CARRY {
             self.add_limbs(other.lo, &other.limbs, theirs);
             return;

@@ -1,7 +1,7 @@
 //! Stored tiles (DESIGN §2 "Tiles"): the aggregations of one view that share a hop
 //! share a tile, whose bytes hold each one's IR. [`TileLayout::merge_bytes`] is the merge
 //! the online store applies (backfills, materialization and streams all write through
-//! it), and [`values_at`] is what an online read computes from a key's tiles — the same
+//! it), and [`values_of`] is what an online read computes from a key's tiles — the same
 //! IRs, merges and finalizers as training sets, so a served value equals the training
 //! value at the same time bit for bit.
 
