@@ -140,7 +140,9 @@ pub fn values_at(
 /// Each output's value at `t` from a key's tiles of one hop: `tiles` are (start, IRs)
 /// in any order. Tiles wholly inside the output's window and the head tile
 /// `align(t, hop)` are merged: the head tile must hold only events before `t` (online,
-/// `t` is the read time, after every stored event).
+/// `t` is the read time, after every stored event). Each slot's tiles are merged once,
+/// newest first, each output finalized when its window's oldest tile is in — merges
+/// are exact, so the order does not change a value.
 pub fn values_of(
     layout: &TileLayout,
     outputs: &[TileOutput],
@@ -149,19 +151,35 @@ pub fn values_of(
     t: Timestamp,
 ) -> Vec<Result<Value, FinalizeError>> {
     let head = align(t, hop);
-    outputs
-        .iter()
-        .map(|o| {
-            let (lo, _) = window_range(t, o.window, hop);
-            let slot = &layout.aggregations[o.slot];
-            let mut ir = slot.empty();
-            for (start, irs) in tiles {
-                if *start >= lo && *start <= head {
-                    slot.merge(&mut ir, &irs[o.slot]);
-                }
+    let mut newest_first: Vec<&(Timestamp, Vec<Ir>)> =
+        tiles.iter().filter(|(start, _)| *start <= head).collect();
+    newest_first.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+    let mut values: Vec<Option<Result<Value, FinalizeError>>> = vec![None; outputs.len()];
+    let mut members: Vec<(Timestamp, usize)> = Vec::new();
+    for (slot, agg) in layout.aggregations.iter().enumerate() {
+        // This slot's outputs by window start, latest (shortest window) first.
+        members.clear();
+        members.extend(
+            outputs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.slot == slot)
+                .map(|(i, o)| (window_range(t, o.window, hop).0, i)),
+        );
+        members.sort_by_key(|&(lo, i)| (std::cmp::Reverse(lo), i));
+        let mut ir = agg.empty();
+        let mut next = 0;
+        for &(lo, i) in &members {
+            while next < newest_first.len() && newest_first[next].0 >= lo {
+                agg.merge(&mut ir, &newest_first[next].1[slot]);
+                next += 1;
             }
-            o.aggregation.finalize(&ir)
-        })
+            values[i] = Some(outputs[i].aggregation.finalize(&ir));
+        }
+    }
+    values
+        .into_iter()
+        .map(|v| v.expect("every output reads a slot"))
         .collect()
 }
 
