@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::{peak_rss_mib, run_phase_of, runtime, ts_field};
+use crate::{run_phase_of, runtime, ts_field};
 
 const DAY: i64 = 86_400_000_000;
 const HOUR: i64 = 3_600_000_000;
@@ -290,11 +290,7 @@ pub fn run(
             "online" => online(&dir)?,
             other => bail!("unknown phase {other}"),
         };
-        println!(
-            "RESULT {:.3} {:.1} {info}",
-            t.elapsed().as_secs_f64(),
-            peak_rss_mib()
-        );
+        crate::print_result(t, &info);
         return Ok(());
     }
     let have = dir.join("data/offline").exists();

@@ -341,6 +341,16 @@ fn run_phase(
 
 /// Runs `phase` of benchmark `cmd` in a fresh process of this binary: (seconds, peak
 /// RSS in MiB, what the phase reported).
+/// Prints a phase's result line (seconds since `started`, peak RSS in MiB, `info`),
+/// which [`run_phase_of`] reads.
+pub(crate) fn print_result(started: Instant, info: &str) {
+    println!(
+        "RESULT {:.3} {:.1} {info}",
+        started.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
+}
+
 pub(crate) fn run_phase_of(
     cmd: &str,
     dir: &Path,
@@ -430,11 +440,7 @@ fn main() -> Result<()> {
                     }
                     other => bail!("unknown phase {other}"),
                 };
-                println!(
-                    "RESULT {:.3} {:.1} {info}",
-                    t.elapsed().as_secs_f64(),
-                    peak_rss_mib()
-                );
+                print_result(t, &info);
                 return Ok(());
             }
             let have_data = dir.join("labels.parquet").exists();

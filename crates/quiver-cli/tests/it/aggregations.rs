@@ -365,17 +365,12 @@ fn scenario(repo: Repo) {
     // Served: an online read at t gives the training-set values, PRESENT when the
     // window holds an event of the card and MISSING (with the empty window's value)
     // otherwise.
-    let mut read = store
-        .online_features()
-        .features(names.iter().map(|n| format!("card_txn:{n}")))
-        .at(t);
-    for card in cards {
-        read = read.entity_row(std::collections::BTreeMap::from([(
-            "card_id".to_string(),
-            quiver::Value::Int64(card),
-        )]));
-    }
-    let served = read.block().unwrap();
+    let served = serve_cards(
+        &store,
+        names.iter().map(|n| format!("card_txn:{n}")),
+        &cards,
+        t,
+    );
     for (row, card) in cards.iter().enumerate() {
         for (i, name) in names.iter().enumerate() {
             let col = training.column_by_name(name).unwrap();
@@ -410,17 +405,7 @@ fn scenario(repo: Repo) {
         .features(["ratio:sum_per_event"])
         .block()
         .unwrap();
-    let mut read = store
-        .online_features()
-        .features(["ratio:sum_per_event"])
-        .at(t - 90 * MIN);
-    for card in cards {
-        read = read.entity_row(std::collections::BTreeMap::from([(
-            "card_id".to_string(),
-            quiver::Value::Int64(card),
-        )]));
-    }
-    let served = read.block().unwrap();
+    let served = serve_cards(&store, ["ratio:sum_per_event"], &cards, t - 90 * MIN);
     for (row, card) in cards.iter().enumerate() {
         let want = quiver_core::value::value_at(trained.column(2).as_ref(), row).unwrap();
         assert_eq!(served.rows[row].values[0], want, "card {card}");
@@ -478,16 +463,12 @@ fn scenario(repo: Repo) {
         .block()
         .unwrap();
     for (row, card) in cards2.iter().enumerate() {
-        let served = store
-            .online_features()
-            .features(names.iter().map(|n| format!("card_txn:{n}")))
-            .entity_row(std::collections::BTreeMap::from([(
-                "card_id".to_string(),
-                quiver::Value::Int64(*card),
-            )]))
-            .at(t2)
-            .block()
-            .unwrap();
+        let served = serve_cards(
+            &store,
+            names.iter().map(|n| format!("card_txn:{n}")),
+            &[*card],
+            t2,
+        );
         for (i, name) in names.iter().enumerate() {
             let col = trained.column_by_name(name).unwrap();
             let want = quiver_core::value::value_at(col.as_ref(), row).unwrap();
@@ -514,6 +495,23 @@ fn scenario(repo: Repo) {
         .unwrap_or_default();
     assert!(!line.is_empty() && !line.contains(", 0 old tiles"), "{out}");
     assert!(read_tiles_left(&store, &view, t) == 0, "every tile is gone");
+}
+
+/// An online read of `features` for `cards` (one row each, in order) at `at`.
+fn serve_cards<S: Into<String>>(
+    store: &quiver::FeatureStore,
+    features: impl IntoIterator<Item = S>,
+    cards: &[i64],
+    at: i64,
+) -> quiver::OnlineResult {
+    let mut read = store.online_features().features(features).at(at);
+    for &card in cards {
+        read = read.entity_row(std::collections::BTreeMap::from([(
+            "card_id".to_string(),
+            quiver::Value::Int64(card),
+        )]));
+    }
+    read.block().unwrap()
 }
 
 /// How many of `view`'s tiles a read at `t` would find, over cards 1 and 2.
@@ -586,16 +584,7 @@ fn retention_keeps_tiles_for_reads_in_the_past() {
             .unwrap();
         let want = quiver_core::value::value_at(trained.column(2).as_ref(), 0).unwrap();
         assert_eq!(want, quiver::Value::Int64(2));
-        let served = store
-            .online_features()
-            .features(["recent:count_star_1h"])
-            .entity_row(std::collections::BTreeMap::from([(
-                "card_id".to_string(),
-                quiver::Value::Int64(1),
-            )]))
-            .at(at)
-            .block()
-            .unwrap();
+        let served = serve_cards(&store, ["recent:count_star_1h"], &[1], at);
         let row = &served.rows[0];
         if kept {
             assert_eq!(row.values[0], want, "with retention");
