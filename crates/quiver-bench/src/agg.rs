@@ -186,7 +186,9 @@ fn ingest(dir: &Path) -> Result<String> {
 fn train(dir: &Path) -> Result<String> {
     let store = quiver::FeatureStore::open(dir)?;
     let state = store.state()?;
+    let t = Instant::now();
     let labels = quiver::io::read_entities(dir.join("labels.parquet"), &state, "event_timestamp")?;
+    eprintln!("labels read: {:.3} s", t.elapsed().as_secs_f64());
     let rt = runtime()?;
     let out = rt.block_on(
         store
@@ -196,7 +198,9 @@ fn train(dir: &Path) -> Result<String> {
             .into_future(),
     )?;
     let path = dir.join("training.parquet");
+    let t = Instant::now();
     quiver::io::write_table(&path, &out)?;
+    eprintln!("training set written: {:.3} s", t.elapsed().as_secs_f64());
     let nonzero = {
         use arrow::array::AsArray;
         let c = out

@@ -2,9 +2,9 @@
 //! for each label row at time T, each requested aggregation over its window
 //! `[align(T − w, hop), T)` of the key's raw events.
 //!
-//! Columnar throughout: label rows and events are grouped by key once (one int64 key:
-//! both sorted by (key, time) in parallel and merged; other keys: a hash index of the
-//! labels' encoded keys, then counting sorts), and the labels answered by the
+//! Columnar throughout: label rows and events are grouped by key once (dense key ids
+//! — by direct address for one int64 key over a narrow range, else by a hash map —
+//! then counting sorts, and each key's run sorted by time), and the labels answered by the
 //! aggregation engine — its range kernels ([`quiver_core::agg::range`], one parallel
 //! pass per feature over all keys) for counts, sums, means, extremes and first/last
 //! over int64 and float64 columns, its tiles ([`evaluate_key`], keys in parallel) for
@@ -81,7 +81,9 @@ impl OfflineStore {
         let (Some(&t0), Some(&t1)) = (times.iter().min(), times.iter().max()) else {
             return Ok(Vec::new());
         };
+        let mut phases = crate::historical::Phases::new();
         let events = self.read_range(view, t0.saturating_sub(reach), t1).await?;
+        phases.mark("aggregations: read events");
         let view = view.clone();
         let labels = labels.clone();
         let specs: Vec<_> = specs.into_iter().cloned().collect();
@@ -115,7 +117,7 @@ pub fn input_at<'a>(col: &'a dyn Array, row: usize) -> Input<'a> {
 const NONE: u32 = u32::MAX;
 
 /// Join-key values (their encoded bytes) to dense key ids, for keys other than one
-/// int64 (which [`group_int`] groups by sorting).
+/// int64 ([`Ids::of_int`]).
 struct KeyIndex(HashMap<Box<[u8]>, u32>);
 
 impl KeyIndex {
@@ -301,19 +303,17 @@ fn compute(
             labels.num_rows()
         )));
     }
-    let (g, flat) = match key_cols.as_slice() {
+    let mut phases = crate::historical::Phases::new();
+    let ids = match key_cols.as_slice() {
         [k] if k.data_type() == &DataType::Int64 && k.null_count() == 0 => {
-            let g = group_int(
-                k.as_primitive::<Int64Type>().values(),
-                times,
-                &events,
-                nkeys,
-            );
-            (g, concat_columns(&events, &read, view, nkeys)?)
+            Ids::of_int(k.as_primitive::<Int64Type>().values(), &events)
         }
-        _ => group_hashed(&key_cols, times, &events, &read, view, nkeys)?,
+        _ => Ids::hashed(&key_cols, &events, nkeys)?,
     };
+    let g = group(ids, times, &events, nkeys);
+    let flat = concat_columns(&events, &read, view, nkeys)?;
     drop(events);
+    phases.mark("aggregations: group by key");
     let Grouped {
         label_offsets,
         label_times,
@@ -349,6 +349,7 @@ fn compute(
             }
         })
         .collect();
+    phases.mark("aggregations: gather columns");
     let flat: Vec<ArrayRef> = if tiled_features.is_empty() {
         Vec::new()
     } else {
@@ -382,6 +383,7 @@ fn compute(
         range::evaluate(&keys_view, &columns, &ranged_features)
     }
     .into_iter();
+    phases.mark("aggregations: range kernels");
     // The others from tiles, keys in parallel, in label order; then in row order.
     let mut tiled_out = tiled(&keys_view, &flat, &perm, &tiled_features).into_iter();
     let mut out = Vec::with_capacity(features.len());
@@ -406,6 +408,7 @@ fn compute(
         };
         out.push((name.clone(), array));
     }
+    phases.mark("aggregations: tiled features, arrays");
     Ok(out)
 }
 
@@ -434,87 +437,155 @@ fn created_at(c: &arrow::array::TimestampMicrosecondArray, row: usize) -> Timest
     }
 }
 
-/// An event as it sorts: (key, event time, creation time, index in the batches).
-type KeyedEvent = (i64, Timestamp, Timestamp, u32);
-
-/// [`Grouped`] for one int64 join key: labels and events each sorted whole by (key,
-/// time, …) in parallel, then merged by key — no hashing.
-fn group_int(keys: &[i64], times: &[Timestamp], events: &[RecordBatch], nkeys: usize) -> Grouped {
-    let mut labels: Vec<(i64, Timestamp, u32)> = keys
-        .par_iter()
-        .zip(times)
-        .enumerate()
-        .map(|(r, (&k, &t))| (k, t, r as u32))
-        .collect();
-    labels.par_sort_unstable();
-    let mut starts = Vec::with_capacity(events.len());
-    let mut n = 0usize;
+/// One value per event of `events` (the batches' concatenation), each batch's part
+/// filled by `fill(batch, its part)`, batches in parallel.
+fn per_event<T: Clone + Send>(
+    events: &[RecordBatch],
+    zero: T,
+    fill: impl Fn(&RecordBatch, &mut [T]) + Sync,
+) -> Vec<T> {
+    let n = events.iter().map(|b| b.num_rows()).sum();
+    let mut out = vec![zero; n];
+    let mut parts: Vec<(&RecordBatch, &mut [T])> = Vec::with_capacity(events.len());
+    let mut rest = out.as_mut_slice();
     for b in events {
-        starts.push(n);
-        n += b.num_rows();
-    }
-    let mut evs: Vec<KeyedEvent> = vec![(0, 0, 0, 0); n];
-    let mut parts: Vec<(&RecordBatch, usize, &mut [KeyedEvent])> = Vec::with_capacity(events.len());
-    let mut rest = evs.as_mut_slice();
-    for (b, start) in events.iter().zip(starts) {
         let (head, tail) = std::mem::take(&mut rest).split_at_mut(b.num_rows());
-        parts.push((b, start, head));
+        parts.push((b, head));
         rest = tail;
     }
-    parts.into_par_iter().for_each(|(b, start, out)| {
-        let k = b.column(0).as_primitive::<Int64Type>().values();
+    parts.into_par_iter().for_each(|(b, part)| fill(b, part));
+    out
+}
+
+/// Dense key ids of the label rows' keys (`0..keys`) and each label row's and event's
+/// id (an event's is [`NONE`] when no label row has its key).
+struct Ids {
+    keys: usize,
+    labels: Vec<u32>,
+    events: Vec<u32>,
+}
+
+impl Ids {
+    /// For one int64 join key (column 0 of the events): ids by direct address when the
+    /// label keys span a narrow range (ids in key order), else by a hash map.
+    fn of_int(keys: &[i64], events: &[RecordBatch]) -> Ids {
+        let (Some(&lo), Some(&hi)) = (keys.iter().min(), keys.iter().max()) else {
+            return Ids {
+                keys: 0,
+                labels: Vec::new(),
+                events: per_event(events, NONE, |_, _| {}),
+            };
+        };
+        let span = (hi as i128 - lo as i128 + 1) as u128;
+        let event_keys = |b: &RecordBatch| b.column(0).as_primitive::<Int64Type>().values().clone();
+        if span <= (4 * keys.len()).max(1 << 20) as u128 {
+            let span = span as usize;
+            let mut slot = vec![NONE; span];
+            for &k in keys {
+                slot[(k - lo) as usize] = 0;
+            }
+            let mut next = 0u32;
+            for s in slot.iter_mut().filter(|s| **s == 0) {
+                *s = next;
+                next += 1;
+            }
+            let id = |k: i64| -> u32 {
+                let d = k.wrapping_sub(lo) as u64;
+                if d < span as u64 {
+                    slot[d as usize]
+                } else {
+                    NONE
+                }
+            };
+            Ids {
+                keys: next as usize,
+                labels: keys.par_iter().map(|&k| id(k)).collect(),
+                events: per_event(events, NONE, |b, part| {
+                    for (o, &k) in part.iter_mut().zip(event_keys(b).iter()) {
+                        *o = id(k);
+                    }
+                }),
+            }
+        } else {
+            let mut map: HashMap<i64, u32> = HashMap::with_capacity(keys.len() / 2);
+            let labels = keys
+                .iter()
+                .map(|&k| {
+                    let n = map.len() as u32;
+                    *map.entry(k).or_insert(n)
+                })
+                .collect();
+            Ids {
+                keys: map.len(),
+                labels,
+                events: per_event(events, NONE, |b, part| {
+                    for (o, k) in part.iter_mut().zip(event_keys(b).iter()) {
+                        *o = map.get(k).copied().unwrap_or(NONE);
+                    }
+                }),
+            }
+        }
+    }
+
+    /// For any join keys: a hash index of their encoded bytes.
+    fn hashed(key_cols: &[ArrayRef], events: &[RecordBatch], nkeys: usize) -> Result<Ids> {
+        let (index, labels) = KeyIndex::of_labels(key_cols)?;
+        let events = events
+            .par_iter()
+            .map(|b| index.of_events(b, nkeys))
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        Ok(Ids {
+            keys: index.len(),
+            labels,
+            events,
+        })
+    }
+}
+
+/// [`Grouped`] from key ids: label rows and events grouped by counting sorts, then
+/// each key's sorted, keys in parallel.
+fn group(ids: Ids, times: &[Timestamp], events: &[RecordBatch], nkeys: usize) -> Grouped {
+    let Ids {
+        keys,
+        labels,
+        events: event_ids,
+    } = ids;
+    let (label_offsets, label_order) = group_by_key(&labels, keys);
+    drop(labels);
+    let mut by_time: Vec<(Timestamp, u32)> = label_order
+        .par_iter()
+        .map(|&r| (times[r as usize], r))
+        .collect();
+    drop(label_order);
+    sort_each_key(&mut by_time, &label_offsets);
+    let (event_offsets, event_order) = group_by_key(&event_ids, keys);
+    drop(event_ids);
+    let version = per_event(events, (0, 0), |b, part| {
         let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
         let created = b
             .column(nkeys + 1)
             .as_primitive::<TimestampMicrosecondType>();
-        for (r, slot) in out.iter_mut().enumerate() {
-            *slot = (
-                k[r],
-                ts.value(r),
-                created_at(created, r),
-                (start + r) as u32,
-            );
+        for (r, o) in part.iter_mut().enumerate() {
+            *o = (ts.value(r), created_at(created, r));
         }
     });
-    evs.par_sort_unstable();
-    // Merge: each distinct label key takes its run of events; events of other keys
-    // are left out.
-    let mut label_offsets = vec![0];
-    let mut event_offsets = vec![0];
-    let mut keep = vec![false; evs.len()];
-    let (mut e, mut i, mut kept) = (0usize, 0usize, 0usize);
-    while i < labels.len() {
-        let key = labels[i].0;
-        while i < labels.len() && labels[i].0 == key {
-            i += 1;
-        }
-        label_offsets.push(i);
-        while e < evs.len() && evs[e].0 < key {
-            e += 1;
-        }
-        while e < evs.len() && evs[e].0 == key {
-            keep[e] = true;
-            kept += 1;
-            e += 1;
-        }
-        event_offsets.push(kept);
-    }
-    let kept = || {
-        evs.par_iter()
-            .zip(&keep)
-            .filter(|(_, &k)| k)
-            .map(|(e, _)| e)
-    };
-    let g = Grouped {
+    let mut by_order: Vec<(Timestamp, Timestamp, u32)> = event_order
+        .par_iter()
+        .map(|&e| (version[e as usize].0, version[e as usize].1, e))
+        .collect();
+    drop(event_order);
+    drop(version);
+    sort_each_key(&mut by_order, &event_offsets);
+    Grouped {
         label_offsets,
-        label_times: labels.par_iter().map(|l| l.1).collect(),
-        label_rows: labels.par_iter().map(|l| l.2).collect(),
+        label_times: by_time.par_iter().map(|p| p.0).collect(),
+        label_rows: by_time.par_iter().map(|p| p.1).collect(),
         event_offsets,
-        ts: kept().map(|e| e.1).collect(),
-        created: kept().map(|e| e.2).collect(),
-        perm: kept().map(|e| e.3).collect(),
-    };
-    g
+        ts: by_order.par_iter().map(|p| p.0).collect(),
+        created: by_order.par_iter().map(|p| p.1).collect(),
+        perm: by_order.par_iter().map(|p| p.2).collect(),
+    }
 }
 
 /// Each read column of the events as one array (typed as stored when there are none).
@@ -533,61 +604,6 @@ fn concat_columns(
             })
         })
         .collect()
-}
-
-/// [`Grouped`] for any join keys, by a hash index of the labels' encoded keys; also
-/// the read columns, concatenated.
-fn group_hashed(
-    key_cols: &[ArrayRef],
-    times: &[Timestamp],
-    events: &[RecordBatch],
-    read: &[usize],
-    view: &ResolvedView,
-    nkeys: usize,
-) -> Result<(Grouped, Vec<ArrayRef>)> {
-    let (index, label_keys) = KeyIndex::of_labels(key_cols)?;
-    let keys = index.len();
-    let (label_offsets, label_order) = group_by_key(&label_keys, keys);
-    drop(label_keys);
-    let mut by_time: Vec<(Timestamp, u32)> = label_order
-        .iter()
-        .map(|&r| (times[r as usize], r))
-        .collect();
-    drop(label_order);
-    sort_each_key(&mut by_time, &label_offsets);
-    let event_keys: Vec<u32> = events
-        .par_iter()
-        .map(|b| index.of_events(b, nkeys))
-        .collect::<Result<Vec<_>>>()?
-        .concat();
-    drop(index);
-    let mut version: Vec<(Timestamp, Timestamp)> = Vec::with_capacity(event_keys.len());
-    for b in events {
-        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-        let created = b
-            .column(nkeys + 1)
-            .as_primitive::<TimestampMicrosecondType>();
-        version.extend((0..b.num_rows()).map(|r| (ts.value(r), created_at(created, r))));
-    }
-    let (event_offsets, event_order) = group_by_key(&event_keys, keys);
-    drop(event_keys);
-    let mut by_order: Vec<(Timestamp, Timestamp, u32)> = event_order
-        .par_iter()
-        .map(|&e| (version[e as usize].0, version[e as usize].1, e))
-        .collect();
-    drop(event_order);
-    drop(version);
-    sort_each_key(&mut by_order, &event_offsets);
-    let g = Grouped {
-        label_offsets,
-        label_times: by_time.iter().map(|p| p.0).collect(),
-        label_rows: by_time.iter().map(|p| p.1).collect(),
-        event_offsets,
-        ts: by_order.iter().map(|p| p.0).collect(),
-        created: by_order.iter().map(|p| p.1).collect(),
-        perm: by_order.iter().map(|p| p.2).collect(),
-    };
-    Ok((g, concat_columns(events, read, view, nkeys)?))
 }
 
 /// A validity mask as Arrow's null buffer (none when every value is valid).

@@ -52,17 +52,17 @@ pub struct HistoricalRequest {
 
 /// Phase timings of a retrieval, as `debug` events of `quiver_offline`
 /// (`QUIVER_LOG=quiver_offline=debug`).
-struct Phases {
+pub(crate) struct Phases {
     last: std::time::Instant,
 }
 
 impl Phases {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Phases {
             last: std::time::Instant::now(),
         }
     }
-    fn mark(&mut self, what: &str) {
+    pub(crate) fn mark(&mut self, what: &str) {
         tracing::debug!(
             phase = what,
             seconds = self.last.elapsed().as_secs_f64(),

@@ -6,7 +6,7 @@
 use quiver::testing::Block;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 
 use crate::common::{batch, cli, ts, Repo};
@@ -601,6 +601,37 @@ fn retention_keeps_tiles_for_reads_in_the_past() {
 /// in input order.
 #[test]
 fn string_keyed_aggregations_fold_each_labels_window() {
+    keyed_aggregations_fold_each_labels_window(|names| Arc::new(StringArray::from(names.to_vec())));
+}
+
+/// One int64 key is grouped by direct address over a narrow range of the labels' keys
+/// (an event's key outside it belongs to no label) and by a hash map over a wide one.
+#[test]
+fn int_keyed_aggregations_fold_each_labels_window_narrow_and_wide() {
+    for ids in [
+        [("a", 1i64), ("b", 2), ("ab", 3), ("z", 4), ("q", 9)],
+        [
+            ("a", -5),
+            ("b", 1 << 40),
+            ("ab", 7),
+            ("z", i64::MAX),
+            ("q", i64::MIN),
+        ],
+    ] {
+        keyed_aggregations_fold_each_labels_window(move |names| {
+            Arc::new(Int64Array::from(
+                names
+                    .iter()
+                    .map(|n| ids.iter().find(|i| i.0 == *n).unwrap().1)
+                    .collect::<Vec<_>>(),
+            ))
+        });
+    }
+}
+
+/// Events of users a, b, ab and q, labels of a, b, ab and z (no events): each label's
+/// window folded, whatever the key's type (`key_array` makes a key column of names).
+fn keyed_aggregations_fold_each_labels_window(key_array: impl Fn(&[&str]) -> ArrayRef) {
     let repo = Repo::new(
         "entities:\n  - name: user\n    join_keys: [user_id]\n\
          sources:\n  - { name: clicks, type: file, path: data/clicks.parquet, timestamp_field: ts }\n\
@@ -616,15 +647,14 @@ fn string_keyed_aggregations_fold_each_labels_window() {
         ("a", 30, 2.0),
         ("a", 70, 4.0),
         ("ab", 3, 7.0),
+        ("q", 4, 5.0),
     ];
     repo.parquet(
         "data/clicks.parquet",
         vec![
             (
                 "user_id",
-                Arc::new(StringArray::from(
-                    events.iter().map(|e| e.0).collect::<Vec<_>>(),
-                )),
+                key_array(&events.iter().map(|e| e.0).collect::<Vec<_>>()),
             ),
             ("ts", ts(events.iter().map(|e| e.1 * MIN).collect())),
             (
@@ -653,9 +683,7 @@ fn string_keyed_aggregations_fold_each_labels_window() {
         .entities(batch(vec![
             (
                 "user_id",
-                Arc::new(StringArray::from(
-                    labels.iter().map(|l| l.0).collect::<Vec<_>>(),
-                )),
+                key_array(&labels.iter().map(|l| l.0).collect::<Vec<_>>()),
             ),
             (
                 "event_timestamp",

@@ -17,7 +17,8 @@
 //!   exact accumulator rounds. Otherwise an exact accumulator slides over the key's
 //!   events (each added once and subtracted once, both exact). Non-finite values are
 //!   counted apart, as the accumulator counts them;
-//! - min and max: a monotonic deque (ties: equal bits, by the total order);
+//! - min and max: a two-stack sliding window over order-preserving integer keys
+//!   (ties: equal bits, by the total order);
 //! - first and last: for every prefix (suffix) of a key's events the event first/last
 //!   picks, by the engine's order: event time, creation time, then the value.
 //!
@@ -212,8 +213,14 @@ pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeatur
                 || {
                     rayon::join(
                         || {
-                            on(&[Function::Count, Function::Sum, Function::Mean])
-                                .then(|| valid_prefix(column))
+                            on(&[
+                                Function::Count,
+                                Function::Sum,
+                                Function::Mean,
+                                Function::Min,
+                                Function::Max,
+                            ])
+                            .then(|| valid_prefix(column))
                         },
                         || on(&[Function::Sum, Function::Mean]).then(|| sums(keys, column)),
                     )
@@ -454,13 +461,18 @@ fn kernel(
         }
         Function::Min | Function::Max => {
             let greater = function == Function::Max;
+            let counts = prep.valid.as_deref().expect("prepared");
             match column.values {
-                Values::Int(v) => extremes(keys, v, column.valid, greater, starts, ends, |x| {
-                    out.set_int_at(x)
-                }),
-                Values::Float(v) => extremes(keys, v, column.valid, greater, starts, ends, |x| {
-                    out.set_float_at(x)
-                }),
+                Values::Int(v) => {
+                    extremes(keys, v, column.valid, counts, greater, starts, ends, |x| {
+                        out.set_int_at(x)
+                    })
+                }
+                Values::Float(v) => {
+                    extremes(keys, v, column.valid, counts, greater, starts, ends, |x| {
+                        out.set_float_at(x)
+                    })
+                }
                 Values::None => {}
             }
         }
@@ -553,67 +565,90 @@ fn sum_kernel(
     }
 }
 
-/// Values min and max compare by the engine's total order.
+/// Values min and max compare by the engine's total order, as an order-preserving i64
+/// (floats: the IEEE total order, so equal keys are equal bits).
 trait Ordered: Copy {
-    fn order(&self, other: &Self) -> Ordering;
+    fn key(self) -> i64;
+    fn from_key(key: i64) -> Self;
 }
 
 impl Ordered for i64 {
     #[inline]
-    fn order(&self, other: &Self) -> Ordering {
-        self.cmp(other)
+    fn key(self) -> i64 {
+        self
+    }
+    #[inline]
+    fn from_key(key: i64) -> Self {
+        key
     }
 }
 
 impl Ordered for f64 {
+    /// Negative floats' magnitude bits flipped: the sign-magnitude order becomes two's
+    /// complement order (as `f64::total_cmp` does); the map is its own inverse.
     #[inline]
-    fn order(&self, other: &Self) -> Ordering {
-        self.total_cmp(other)
+    fn key(self) -> i64 {
+        let b = self.to_bits() as i64;
+        b ^ (((b >> 63) as u64) >> 1) as i64
+    }
+    #[inline]
+    fn from_key(key: i64) -> Self {
+        f64::from_bits((key ^ (((key >> 63) as u64) >> 1) as i64) as u64)
     }
 }
 
-/// min (`greater` false) or max of every label's window by a monotonic deque per key:
-/// `set((row, value))` for each label.
+/// min (`greater` false) or max of every label's window, `set((row, value))` for each
+/// label (none when the window has no valid value: `counts`, the valid prefix counts).
+///
+/// A two-stack sliding window per key, branch-free in its inner loops: the front holds
+/// the suffix extremes of `[a, c)`, the back the running extreme of `[c, b)`; when the
+/// window's start passes `c`, the front is rebuilt over the window. Each event enters
+/// the back once and the front at most once. Nulls take the identity (which a valid
+/// value can equal only with the same result).
+#[allow(clippy::too_many_arguments)]
 fn extremes<T: Ordered>(
     keys: &Keys<'_>,
     values: &[T],
     valid: &[bool],
+    counts: &[u32],
     greater: bool,
     starts: &[u32],
     ends: &[u32],
     mut set: impl FnMut((u32, Option<T>)),
 ) {
-    // The deque: `deque[head..]`, indices of events whose values strictly improve
-    // towards the front.
-    let mut deque: Vec<u32> = Vec::new();
+    let ident = if greater { i64::MIN } else { i64::MAX };
+    let pick = |x: i64, y: i64| if greater { x.max(y) } else { x.min(y) };
+    let key_at = |i: usize| if valid[i] { values[i].key() } else { ident };
+    let mut front: Vec<i64> = Vec::new();
     for k in 0..keys.keys() {
         let (labels, events) = keys.of(k);
-        deque.clear();
-        let mut head = 0usize;
-        let mut next = events.start;
+        let e0 = events.start;
+        if front.len() < events.len() {
+            front.resize(events.len(), ident);
+        }
+        let (mut next, mut c, mut back) = (e0, e0, ident);
         for l in labels {
             let (a, b) = (starts[l] as usize, ends[l] as usize);
             while next < b {
-                if valid[next] {
-                    let x = values[next];
-                    // Drop what the new value beats (or equals: same bits).
-                    while deque.len() > head {
-                        let o = values[deque[deque.len() - 1] as usize].order(&x);
-                        if (greater && o.is_le()) || (!greater && o.is_ge()) {
-                            deque.pop();
-                        } else {
-                            break;
-                        }
-                    }
-                    deque.push(next as u32);
-                }
+                back = pick(back, key_at(next));
                 next += 1;
             }
-            while head < deque.len() && (deque[head] as usize) < a {
-                head += 1;
+            if a >= c {
+                let mut run = ident;
+                for i in (a..next).rev() {
+                    run = pick(run, key_at(i));
+                    front[i - e0] = run;
+                }
+                c = next;
+                back = ident;
             }
-            let value = (head < deque.len()).then(|| values[deque[head] as usize]);
-            set((keys.label_rows[l], value));
+            let m = if a < c {
+                pick(front[a - e0], back)
+            } else {
+                back
+            };
+            let some = counts[b] > counts[a];
+            set((keys.label_rows[l], some.then(|| T::from_key(m))));
         }
     }
 }
