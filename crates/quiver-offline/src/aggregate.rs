@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
-use arrow::buffer::NullBuffer;
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
@@ -390,11 +389,11 @@ fn compute(
     for ((f, k), name) in features.iter().zip(&kinds).zip(names) {
         let array: ArrayRef = match k {
             Some(_) => match ranged_out.next().expect("one per ranged feature") {
-                range::Output::Int { values, valid } => {
-                    Arc::new(Int64Array::new(values.into(), nulls(valid)))
+                range::Output::Int { values, nulls } => {
+                    Arc::new(Int64Array::new(values.into(), nulls))
                 }
-                range::Output::Float { values, valid } => {
-                    Arc::new(Float64Array::new(values.into(), nulls(valid)))
+                range::Output::Float { values, nulls } => {
+                    Arc::new(Float64Array::new(values.into(), nulls))
                 }
             },
             None => {
@@ -604,12 +603,6 @@ fn concat_columns(
             })
         })
         .collect()
-}
-
-/// A validity mask as Arrow's null buffer (none when every value is valid).
-fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
-    let nulls = NullBuffer::from(valid);
-    (nulls.null_count() > 0).then_some(nulls)
 }
 
 /// The values of features only tiles compute, per key from its events (`flat`: the

@@ -29,6 +29,7 @@
 
 use std::cmp::Ordering;
 
+use arrow::buffer::{BooleanBuffer, NullBuffer};
 use rayon::prelude::*;
 
 use super::exact::ExactSum;
@@ -122,59 +123,27 @@ impl Keys<'_> {
     }
 }
 
-/// A feature's values in output-row order; `valid` false where null.
+/// A feature's values in output-row order, with the rows that are null (none: every
+/// row has a value).
 #[derive(Debug)]
 pub enum Output {
-    Int { values: Vec<i64>, valid: Vec<bool> },
-    Float { values: Vec<f64>, valid: Vec<bool> },
+    Int {
+        values: Vec<i64>,
+        nulls: Option<NullBuffer>,
+    },
+    Float {
+        values: Vec<f64>,
+        nulls: Option<NullBuffer>,
+    },
 }
 
 impl Output {
-    fn new(t: Typed, rows: usize) -> Output {
-        match t {
-            Typed::Int => Output::Int {
-                values: vec![0; rows],
-                valid: vec![false; rows],
-            },
-            Typed::Float => Output::Float {
-                values: vec![0.0; rows],
-                valid: vec![false; rows],
-            },
-        }
-    }
-
-    #[inline]
-    fn set_int(&mut self, row: u32, v: Option<i64>) {
-        if let Output::Int { values, valid } = self {
-            values[row as usize] = v.unwrap_or(0);
-            valid[row as usize] = v.is_some();
-        }
-    }
-
-    #[inline]
-    fn set_float(&mut self, row: u32, v: Option<f64>) {
-        if let Output::Float { values, valid } = self {
-            values[row as usize] = v.unwrap_or(0.0);
-            valid[row as usize] = v.is_some();
-        }
-    }
-
-    #[inline]
-    fn set_int_at(&mut self, (row, v): (u32, Option<i64>)) {
-        self.set_int(row, v)
-    }
-
-    #[inline]
-    fn set_float_at(&mut self, (row, v): (u32, Option<f64>)) {
-        self.set_float(row, v)
-    }
-
-    #[inline]
-    fn set_value(&mut self, row: u32, values: Values<'_>, at: Option<usize>) {
-        match values {
-            Values::Int(v) => self.set_int(row, at.map(|j| v[j])),
-            Values::Float(v) => self.set_float(row, at.map(|j| v[j])),
-            Values::None => {}
+    /// Whether `row` has a value.
+    pub fn is_valid(&self, row: usize) -> bool {
+        match self {
+            Output::Int { nulls, .. } | Output::Float { nulls, .. } => {
+                nulls.as_ref().is_none_or(|n| n.is_valid(row))
+            }
         }
     }
 }
@@ -240,18 +209,7 @@ pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeatur
             }
         })
         .collect();
-    features
-        .par_iter()
-        .map(|f| {
-            let at = windows
-                .iter()
-                .position(|&w| w == (f.window, f.hop))
-                .expect("every window");
-            let column = columns.get(f.column);
-            let prep = preps.get(f.column);
-            kernel(keys, column, prep, f, &starts[at], &ends)
-        })
-        .collect()
+    fused(keys, columns, features, &windows, &starts, &ends, &preps)
 }
 
 /// For every label, the first event of its key at or after its time (`None`) or at or
@@ -416,153 +374,275 @@ fn picks(keys: &Keys<'_>, column: &Column<'_>, latest: bool) -> Vec<u32> {
     out
 }
 
-/// One feature's values for every label.
-fn kernel(
-    keys: &Keys<'_>,
-    column: Option<&Column<'_>>,
-    prep: Option<&Prep>,
-    f: &RangeFeature,
-    starts: &[u32],
-    ends: &[u32],
-) -> Output {
-    let function = f.aggregation.function;
-    let typed = ranged(&f.aggregation).expect("a ranged aggregation").1;
-    let mut out = Output::new(typed, keys.label_rows.len());
-    let rows = keys.label_rows;
-    let spans = starts.iter().zip(ends).zip(rows);
-    if function == Function::CountStar {
-        for ((&a, &b), &row) in spans {
-            out.set_int(row, Some((b - a) as i64));
-        }
-        return out;
-    }
-    let column = column.expect("a column");
-    let prep = prep.expect("prepared");
-    match function {
-        Function::Count => {
-            let valid = prep.valid.as_deref().expect("prepared");
-            for ((&a, &b), &row) in spans {
-                out.set_int(row, Some((valid[b as usize] - valid[a as usize]) as i64));
-            }
-        }
-        Function::Sum | Function::Mean => {
-            let valid = prep.valid.as_deref().expect("prepared");
-            let sums = prep.sums.as_ref().expect("prepared");
-            sum_kernel(
-                keys,
-                column,
-                valid,
-                sums,
-                function == Function::Mean,
-                starts,
-                ends,
-                &mut out,
-            );
-        }
-        Function::Min | Function::Max => {
-            let greater = function == Function::Max;
-            let counts = prep.valid.as_deref().expect("prepared");
-            match column.values {
-                Values::Int(v) => {
-                    extremes(keys, v, column.valid, counts, greater, starts, ends, |x| {
-                        out.set_int_at(x)
-                    })
-                }
-                Values::Float(v) => {
-                    extremes(keys, v, column.valid, counts, greater, starts, ends, |x| {
-                        out.set_float_at(x)
-                    })
-                }
-                Values::None => {}
-            }
-        }
-        Function::Last | Function::First => {
-            let latest = function == Function::Last;
-            let picks = if latest { &prep.last } else { &prep.first };
-            let picks = picks.as_deref().expect("prepared");
-            for k in 0..keys.keys() {
-                let (labels, _) = keys.of(k);
-                for l in labels {
-                    let (a, b) = (starts[l] as usize, ends[l] as usize);
-                    let j = if latest { picks[b + k] } else { picks[a + k] };
-                    let inside = j != NONE && (j as usize) >= a && (j as usize) < b;
-                    out.set_value(rows[l], column.values, inside.then_some(j as usize));
-                }
-            }
-        }
-        other => panic!("{other} has no range kernel"),
-    }
-    out
+/// The features one pass computes: those over one window and one column (count_star
+/// joins a column's pass of its window).
+struct Pass {
+    window: usize,
+    column: Option<usize>,
+    features: Vec<usize>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sum_kernel(
-    keys: &Keys<'_>,
-    column: &Column<'_>,
-    valid: &[u32],
-    sums: &Sums,
-    mean: bool,
-    starts: &[u32],
-    ends: &[u32],
-    out: &mut Output,
-) {
-    let rows = keys.label_rows;
-    let (mut running, mut round) = (ExactSum::new(), ExactSum::new());
-    for k in 0..keys.keys() {
-        let (labels, events) = keys.of(k);
-        let scale = sums.scale.get(k).copied();
-        let (mut added, mut removed) = (events.start, events.start);
-        running.clear();
-        for l in labels {
-            let (a, b) = (starts[l] as usize, ends[l] as usize);
-            let row = rows[l];
-            let count = valid[b] - valid[a];
-            if count == 0 {
-                out.set_int(row, None);
-                out.set_float(row, None);
-                continue;
-            }
-            let sum = match scale {
-                // An int column: exact in i128.
-                None => {
-                    let sum = sums.prefix[b + k] - sums.prefix[a + k];
-                    if mean {
-                        out.set_float(row, Some(sum as f64 / count as f64));
-                    } else {
-                        out.set_int(row, i64::try_from(sum).ok());
-                    }
-                    continue;
-                }
-                Some(scale) => {
-                    non_finite_sum(sums.non_finite.as_deref(), a, b).unwrap_or_else(|| {
-                        match scale {
-                            Some(scale) => (sums.prefix[b + k] - sums.prefix[a + k]) as f64 * scale,
-                            None => {
-                                let Values::Float(x) = column.values else {
-                                    unreachable!("only float sums slide")
-                                };
-                                // Add what entered, subtract what left: both exact.
-                                while added < b {
-                                    if column.valid[added] && x[added].is_finite() {
-                                        running.add(x[added]);
-                                    }
-                                    added += 1;
-                                }
-                                while removed < a {
-                                    if column.valid[removed] && x[removed].is_finite() {
-                                        running.add(-x[removed]);
-                                    }
-                                    removed += 1;
-                                }
-                                running.value_using(&mut round)
-                            }
-                        }
-                    })
-                }
-            };
-            out.set_float(row, Some(if mean { sum / count as f64 } else { sum }));
+/// The passes of `features` over `windows`.
+fn passes(features: &[RangeFeature], windows: &[(Duration, Duration)]) -> Vec<Pass> {
+    let mut out: Vec<Pass> = Vec::new();
+    for (i, f) in features.iter().enumerate() {
+        let window = windows
+            .iter()
+            .position(|&w| w == (f.window, f.hop))
+            .expect("every window");
+        let column = (f.aggregation.function != Function::CountStar).then_some(f.column);
+        match out
+            .iter_mut()
+            .find(|p| p.window == window && p.column == column)
+        {
+            Some(p) => p.features.push(i),
+            None => out.push(Pass {
+                window,
+                column,
+                features: vec![i],
+            }),
         }
     }
+    // count_star rides along with a column's pass of its window.
+    let mut merged: Vec<Pass> = Vec::with_capacity(out.len());
+    for p in out {
+        match merged
+            .iter_mut()
+            .find(|q| q.window == p.window && (q.column.is_none() || p.column.is_none()))
+        {
+            Some(q) => {
+                q.features.extend(p.features);
+                q.column = q.column.or(p.column);
+            }
+            None => merged.push(p),
+        }
+    }
+    merged
+}
+
+/// Whether a function's window value is null exactly when the window holds no valid
+/// value (every ranged function but the counts; an int sum beyond int64 aside).
+fn nullable(f: Function) -> bool {
+    !matches!(f, Function::CountStar | Function::Count)
+}
+
+/// Output columns in row order, written by many threads at once: every label writes
+/// its own row, and the rows of the labels are a permutation of `0..n`, checked when
+/// built — so no two writes ever meet, and no value is read until every writer ends.
+struct Rows<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _columns: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// Safety: writes through `put` go to distinct rows (see [`Rows`]); `T` is plain data.
+#[allow(unsafe_code)]
+unsafe impl<T: Send> Send for Rows<'_, T> {}
+#[allow(unsafe_code)]
+unsafe impl<T: Send> Sync for Rows<'_, T> {}
+
+impl<'a, T: Copy> Rows<'a, T> {
+    /// Writes into `column` (`rows`, checked to be a permutation of the column's rows,
+    /// by [`permutation`]).
+    fn new(column: &'a mut [T], rows: &Permutation<'_>) -> Self {
+        assert_eq!(column.len(), rows.0.len(), "one row per label");
+        Rows {
+            ptr: column.as_mut_ptr(),
+            len: column.len(),
+            _columns: std::marker::PhantomData,
+        }
+    }
+
+    #[inline]
+    fn put(&self, row: u32, v: T) {
+        let row = row as usize;
+        assert!(row < self.len);
+        // Safety: in bounds (checked), and no other write goes to this row (the rows
+        // are a permutation and each label is written by one task).
+        #[allow(unsafe_code)]
+        unsafe {
+            self.ptr.add(row).write(v)
+        }
+    }
+}
+
+/// The labels' rows, checked to be a permutation of `0..n`.
+struct Permutation<'a>(&'a [u32]);
+
+fn permutation(rows: &[u32]) -> Permutation<'_> {
+    let mut seen = vec![false; rows.len()];
+    for &r in rows {
+        let r = r as usize;
+        assert!(
+            r < rows.len() && !std::mem::replace(&mut seen[r], true),
+            "label rows are a permutation"
+        );
+    }
+    Permutation(rows)
+}
+
+/// A pass's output of one feature.
+enum Buf<'a> {
+    Int(Rows<'a, i64>),
+    Float(Rows<'a, f64>),
+}
+
+impl Buf<'_> {
+    #[inline]
+    fn int(&self, row: u32, v: i64) {
+        if let Buf::Int(b) = self {
+            b.put(row, v);
+        }
+    }
+
+    #[inline]
+    fn float(&self, row: u32, v: f64) {
+        if let Buf::Float(b) = self {
+            b.put(row, v);
+        }
+    }
+}
+
+/// A feature's values in row order while the passes run.
+enum Column64 {
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+}
+
+/// Runs every pass over chunks of keys in parallel, each label's values written to
+/// its row, then gives each feature its null rows: those of its pass's empty windows,
+/// and an int sum's overflows.
+#[allow(clippy::too_many_arguments)]
+fn fused(
+    keys: &Keys<'_>,
+    columns: &[Column<'_>],
+    features: &[RangeFeature],
+    windows: &[(Duration, Duration)],
+    starts: &[Vec<u32>],
+    ends: &[u32],
+    preps: &[Prep],
+) -> Vec<Output> {
+    let n = keys.label_rows.len();
+    let rows = permutation(keys.label_rows);
+    let passes = passes(features, windows);
+    // Chunks of keys of similar work.
+    let chunks = {
+        let k = keys.keys();
+        let total = keys.label_offsets[k] + keys.event_offsets[k];
+        let per = total / (rayon::current_num_threads() * 8).max(1) + 1;
+        let mut bounds = vec![0];
+        let mut next = per;
+        for i in 0..k {
+            if keys.label_offsets[i + 1] + keys.event_offsets[i + 1] >= next {
+                bounds.push(i + 1);
+                next = keys.label_offsets[i + 1] + keys.event_offsets[i + 1] + per;
+            }
+        }
+        if *bounds.last().expect("0") != k {
+            bounds.push(k);
+        }
+        bounds
+    };
+    let mut values: Vec<Column64> = features
+        .iter()
+        .map(
+            |f| match ranged(&f.aggregation).expect("a ranged aggregation").1 {
+                Typed::Int => Column64::Int(vec![0; n]),
+                Typed::Float => Column64::Float(vec![0.0; n]),
+            },
+        )
+        .collect();
+    // Per pass with nullable features: each row's count of valid values.
+    let mut counts: Vec<Option<Vec<u32>>> = passes
+        .iter()
+        .map(|p| {
+            p.features
+                .iter()
+                .any(|&f| nullable(features[f].aggregation.function))
+                .then(|| vec![0; n])
+        })
+        .collect();
+    let overflows: Vec<(usize, u32)> = {
+        let bufs: Vec<Buf<'_>> = values
+            .iter_mut()
+            .map(|v| match v {
+                Column64::Int(v) => Buf::Int(Rows::new(v, &rows)),
+                Column64::Float(v) => Buf::Float(Rows::new(v, &rows)),
+            })
+            .collect();
+        let count_rows: Vec<Option<Rows<'_, u32>>> = counts
+            .iter_mut()
+            .map(|c| c.as_mut().map(|c| Rows::new(c, &rows)))
+            .collect();
+        let tasks: Vec<(usize, usize)> = (0..passes.len())
+            .flat_map(|p| (0..chunks.len() - 1).map(move |c| (p, c)))
+            .collect();
+        tasks
+            .into_par_iter()
+            .flat_map_iter(|(pi, c)| {
+                let p = &passes[pi];
+                let mut over = Vec::new();
+                run_pass(
+                    keys,
+                    p.column.map(|c| (&columns[c], &preps[c])),
+                    features,
+                    (&starts[p.window], ends),
+                    chunks[c]..chunks[c + 1],
+                    &p.features
+                        .iter()
+                        .map(|&f| (f, &bufs[f]))
+                        .collect::<Vec<_>>(),
+                    count_rows[pi].as_ref(),
+                    &mut over,
+                );
+                over
+            })
+            .collect()
+    };
+    let valid: Vec<Option<BooleanBuffer>> = counts
+        .par_iter()
+        .map(|c| {
+            c.as_ref()
+                .map(|c| BooleanBuffer::collect_bool(n, |r| c[r] > 0))
+        })
+        .collect();
+    drop(counts);
+    let pass_of: Vec<usize> = (0..features.len())
+        .map(|f| {
+            passes
+                .iter()
+                .position(|p| p.features.contains(&f))
+                .expect("every feature in a pass")
+        })
+        .collect();
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(f, v)| {
+            let nulls = nullable(features[f].aggregation.function)
+                .then(|| {
+                    let base = valid[pass_of[f]].clone().expect("counted");
+                    let over: Vec<u32> =
+                        overflows.iter().filter(|o| o.0 == f).map(|o| o.1).collect();
+                    if over.is_empty() {
+                        base
+                    } else {
+                        let mut b = arrow::array::BooleanBufferBuilder::new(n);
+                        b.append_buffer(&base);
+                        for r in over {
+                            b.set_bit(r as usize, false);
+                        }
+                        b.finish()
+                    }
+                })
+                .map(NullBuffer::new)
+                .filter(|b| b.null_count() > 0);
+            match v {
+                Column64::Int(values) => Output::Int { values, nulls },
+                Column64::Float(values) => Output::Float { values, nulls },
+            }
+        })
+        .collect()
 }
 
 /// Values min and max compare by the engine's total order, as an order-preserving i64
@@ -597,58 +677,245 @@ impl Ordered for f64 {
     }
 }
 
-/// min (`greater` false) or max of every label's window, `set((row, value))` for each
-/// label (none when the window has no valid value: `counts`, the valid prefix counts).
-///
-/// A two-stack sliding window per key, branch-free in its inner loops: the front holds
-/// the suffix extremes of `[a, c)`, the back the running extreme of `[c, b)`; when the
-/// window's start passes `c`, the front is rebuilt over the window. Each event enters
-/// the back once and the front at most once. Nulls take the identity (which a valid
-/// value can equal only with the same result).
-#[allow(clippy::too_many_arguments)]
-fn extremes<T: Ordered>(
-    keys: &Keys<'_>,
-    values: &[T],
-    valid: &[bool],
-    counts: &[u32],
-    greater: bool,
-    starts: &[u32],
-    ends: &[u32],
-    mut set: impl FnMut((u32, Option<T>)),
-) {
-    let ident = if greater { i64::MIN } else { i64::MAX };
-    let pick = |x: i64, y: i64| if greater { x.max(y) } else { x.min(y) };
-    let key_at = |i: usize| if valid[i] { values[i].key() } else { ident };
-    let mut front: Vec<i64> = Vec::new();
-    for k in 0..keys.keys() {
-        let (labels, events) = keys.of(k);
-        let e0 = events.start;
-        if front.len() < events.len() {
-            front.resize(events.len(), ident);
+/// The order key of event `i` of a column (the identity of min, resp. max, for nulls:
+/// a valid value equal to it gives the same result).
+#[inline]
+fn key_at(column: &Column<'_>, i: usize, ident: i64) -> i64 {
+    if !column.valid[i] {
+        return ident;
+    }
+    match column.values {
+        Values::Int(v) => v[i].key(),
+        Values::Float(v) => v[i].key(),
+        Values::None => ident,
+    }
+}
+
+/// min (`MAX` false) or max of a key's windows as they slide forward: two stacks,
+/// branch-free in their inner loops. The front holds the suffix extremes of `[a, c)`,
+/// the back the running extreme of `[c, b)`; when a window's start passes `c` the front
+/// is rebuilt over the window. Each event enters the back once and the front at most
+/// once.
+struct Extreme<const MAX: bool> {
+    front: Vec<i64>,
+    e0: usize,
+    next: usize,
+    c: usize,
+    back: i64,
+}
+
+impl<const MAX: bool> Extreme<MAX> {
+    const IDENT: i64 = if MAX { i64::MIN } else { i64::MAX };
+
+    fn new() -> Self {
+        Extreme {
+            front: Vec::new(),
+            e0: 0,
+            next: 0,
+            c: 0,
+            back: Self::IDENT,
         }
-        let (mut next, mut c, mut back) = (e0, e0, ident);
+    }
+
+    #[inline]
+    fn pick(x: i64, y: i64) -> i64 {
+        if MAX {
+            x.max(y)
+        } else {
+            x.min(y)
+        }
+    }
+
+    /// A new key whose events are `events`.
+    fn start(&mut self, events: &std::ops::Range<usize>) {
+        if self.front.len() < events.len() {
+            self.front.resize(events.len(), Self::IDENT);
+        }
+        self.e0 = events.start;
+        self.next = events.start;
+        self.c = events.start;
+        self.back = Self::IDENT;
+    }
+
+    /// The extreme's key over `[a, b)` (the identity when there is no valid value).
+    #[inline]
+    fn window(&mut self, column: &Column<'_>, a: usize, b: usize) -> i64 {
+        while self.next < b {
+            self.back = Self::pick(self.back, key_at(column, self.next, Self::IDENT));
+            self.next += 1;
+        }
+        if a >= self.c {
+            let mut run = Self::IDENT;
+            for i in (a..self.next).rev() {
+                run = Self::pick(run, key_at(column, i, Self::IDENT));
+                self.front[i - self.e0] = run;
+            }
+            self.c = self.next;
+            self.back = Self::IDENT;
+        }
+        if a < self.c {
+            Self::pick(self.front[a - self.e0], self.back)
+        } else {
+            self.back
+        }
+    }
+}
+
+/// A float column's exact sum sliding over a key's events: each event added once as
+/// it enters and subtracted once as it leaves, both exact.
+struct Slide {
+    running: ExactSum,
+    round: ExactSum,
+    added: usize,
+    removed: usize,
+}
+
+impl Slide {
+    fn start(&mut self, events: &std::ops::Range<usize>) {
+        self.running.clear();
+        self.added = events.start;
+        self.removed = events.start;
+    }
+
+    fn window(&mut self, x: &[f64], valid: &[bool], a: usize, b: usize) -> f64 {
+        while self.added < b {
+            if valid[self.added] && x[self.added].is_finite() {
+                self.running.add(x[self.added]);
+            }
+            self.added += 1;
+        }
+        while self.removed < a {
+            if valid[self.removed] && x[self.removed].is_finite() {
+                self.running.add(-x[self.removed]);
+            }
+            self.removed += 1;
+        }
+        self.running.value_using(&mut self.round)
+    }
+}
+
+/// A window's sum: exact in i128 for an int column, rounded once for a float one.
+enum Total {
+    Int(i128),
+    Float(f64),
+}
+
+/// One pass over the keys `range`: every feature of `bufs` for each label, into its
+/// row; each label's count of valid values into `counts`, and int sums beyond int64
+/// into `over` as (feature, row).
+#[allow(clippy::too_many_arguments)]
+fn run_pass(
+    keys: &Keys<'_>,
+    column: Option<(&Column<'_>, &Prep)>,
+    features: &[RangeFeature],
+    (starts, ends): (&[u32], &[u32]),
+    range: std::ops::Range<usize>,
+    bufs: &[(usize, &Buf<'_>)],
+    counts: Option<&Rows<'_, u32>>,
+    over: &mut Vec<(usize, u32)>,
+) {
+    let functions: Vec<Function> = bufs
+        .iter()
+        .map(|(f, _)| features[*f].aggregation.function)
+        .collect();
+    let has = |f: Function| functions.contains(&f);
+    let (need_sum, need_min, need_max) = (
+        has(Function::Sum) || has(Function::Mean),
+        has(Function::Min),
+        has(Function::Max),
+    );
+    let (mut lo, mut hi) = (Extreme::<false>::new(), Extreme::<true>::new());
+    let mut slide = Slide {
+        running: ExactSum::new(),
+        round: ExactSum::new(),
+        added: 0,
+        removed: 0,
+    };
+    for k in range {
+        let (labels, events) = keys.of(k);
+        if need_min {
+            lo.start(&events);
+        }
+        if need_max {
+            hi.start(&events);
+        }
+        slide.start(&events);
         for l in labels {
             let (a, b) = (starts[l] as usize, ends[l] as usize);
-            while next < b {
-                back = pick(back, key_at(next));
-                next += 1;
-            }
-            if a >= c {
-                let mut run = ident;
-                for i in (a..next).rev() {
-                    run = pick(run, key_at(i));
-                    front[i - e0] = run;
+            let li = keys.label_rows[l];
+            let Some((column, prep)) = column else {
+                for (_, buf) in bufs {
+                    buf.int(li, (b - a) as i64);
                 }
-                c = next;
-                back = ident;
-            }
-            let m = if a < c {
-                pick(front[a - e0], back)
-            } else {
-                back
+                continue;
             };
-            let some = counts[b] > counts[a];
-            set((keys.label_rows[l], some.then(|| T::from_key(m))));
+            let count = prep.valid.as_deref().map_or(0, |v| v[b] - v[a]);
+            if let Some(c) = counts {
+                c.put(li, count);
+            }
+            let total = (need_sum && count > 0).then(|| {
+                let sums = prep.sums.as_ref().expect("prepared");
+                match sums.scale.get(k) {
+                    None => Total::Int(sums.prefix[b + k] - sums.prefix[a + k]),
+                    Some(scale) => Total::Float(
+                        non_finite_sum(sums.non_finite.as_deref(), a, b).unwrap_or_else(|| {
+                            match scale {
+                                Some(scale) => {
+                                    (sums.prefix[b + k] - sums.prefix[a + k]) as f64 * scale
+                                }
+                                None => {
+                                    let Values::Float(x) = column.values else {
+                                        unreachable!("only float sums slide")
+                                    };
+                                    slide.window(x, column.valid, a, b)
+                                }
+                            }
+                        }),
+                    ),
+                }
+            });
+            let min = if need_min { lo.window(column, a, b) } else { 0 };
+            let max = if need_max { hi.window(column, a, b) } else { 0 };
+            for ((f, buf), &function) in bufs.iter().zip(&functions) {
+                match function {
+                    Function::CountStar => buf.int(li, (b - a) as i64),
+                    Function::Count => buf.int(li, count as i64),
+                    _ if count == 0 => {}
+                    Function::Sum => match total {
+                        Some(Total::Int(s)) => match i64::try_from(s) {
+                            Ok(s) => buf.int(li, s),
+                            Err(_) => over.push((*f, li)),
+                        },
+                        Some(Total::Float(s)) => buf.float(li, s),
+                        None => {}
+                    },
+                    Function::Mean => match total {
+                        Some(Total::Int(s)) => buf.float(li, s as f64 / count as f64),
+                        Some(Total::Float(s)) => buf.float(li, s / count as f64),
+                        None => {}
+                    },
+                    Function::Min | Function::Max => {
+                        let m = if function == Function::Max { max } else { min };
+                        match column.values {
+                            Values::Int(_) => buf.int(li, i64::from_key(m)),
+                            Values::Float(_) => buf.float(li, f64::from_key(m)),
+                            Values::None => {}
+                        }
+                    }
+                    Function::Last | Function::First => {
+                        let latest = function == Function::Last;
+                        let picks = if latest { &prep.last } else { &prep.first };
+                        let picks = picks.as_deref().expect("prepared");
+                        let j = if latest { picks[b + k] } else { picks[a + k] } as usize;
+                        match column.values {
+                            Values::Int(v) => buf.int(li, v[j]),
+                            Values::Float(v) => buf.float(li, v[j]),
+                            Values::None => {}
+                        }
+                    }
+                    other => panic!("{other} has no range kernel"),
+                }
+            }
         }
     }
 }
@@ -853,9 +1120,7 @@ mod tests {
                 }
                 let want = f.aggregation.finalize(&ir).unwrap_or(Value::Null);
                 let got = match &out[fi] {
-                    Output::Int { valid, .. } | Output::Float { valid, .. } if !valid[row] => {
-                        Value::Null
-                    }
+                    o if !o.is_valid(row) => Value::Null,
                     Output::Int { values, .. } => Value::Int64(values[row]),
                     Output::Float { values, .. } => Value::Float64(values[row]),
                 };
