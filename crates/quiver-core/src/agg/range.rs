@@ -159,15 +159,8 @@ pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeatur
         features.iter().map(|f| (f.window, f.hop)).collect();
     windows.sort();
     windows.dedup();
-    let (ends, starts) = rayon::join(
-        || bounds(keys, None),
-        || {
-            windows
-                .par_iter()
-                .map(|&w| bounds(keys, Some(w)))
-                .collect::<Vec<_>>()
-        },
-    );
+    let chunks = key_chunks(keys);
+    let (ends, starts) = bounds(keys, &windows, &chunks);
     // What each column's kernels share.
     let preps: Vec<Prep> = columns
         .par_iter()
@@ -191,13 +184,16 @@ pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeatur
                             ])
                             .then(|| valid_prefix(column))
                         },
-                        || on(&[Function::Sum, Function::Mean]).then(|| sums(keys, column)),
+                        || {
+                            on(&[Function::Sum, Function::Mean])
+                                .then(|| sums(keys, column, &chunks))
+                        },
                     )
                 },
                 || {
                     rayon::join(
-                        || on(&[Function::Last]).then(|| picks(keys, column, true)),
-                        || on(&[Function::First]).then(|| picks(keys, column, false)),
+                        || on(&[Function::Last]).then(|| picks(keys, column, true, &chunks)),
+                        || on(&[Function::First]).then(|| picks(keys, column, false, &chunks)),
                     )
                 },
             );
@@ -209,28 +205,96 @@ pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeatur
             }
         })
         .collect();
-    fused(keys, columns, features, &windows, &starts, &ends, &preps)
+    fused(
+        keys, columns, features, &windows, &chunks, &starts, &ends, &preps,
+    )
 }
 
-/// For every label, the first event of its key at or after its time (`None`) or at or
-/// after its window's start (`Some((window, hop))`): two pointers per key.
-fn bounds(keys: &Keys<'_>, window: Option<(Duration, Duration)>) -> Vec<u32> {
-    let mut out = Vec::with_capacity(keys.label_ts.len());
-    for k in 0..keys.keys() {
-        let (labels, events) = keys.of(k);
-        let mut i = events.start;
-        for &t in &keys.label_ts[labels] {
-            let edge = match window {
-                None => t,
-                Some((w, h)) => window_range(t, w, h).0,
-            };
-            while i < events.end && keys.event_ts[i] < edge {
-                i += 1;
-            }
-            out.push(i as u32);
+/// Chunks of keys of similar work (labels plus events), as key bounds, for the passes
+/// that run keys in parallel.
+fn key_chunks(keys: &Keys<'_>) -> Vec<usize> {
+    let k = keys.keys();
+    let total = keys.label_offsets[k] + keys.event_offsets[k];
+    let per = total / (rayon::current_num_threads() * 8).max(1) + 1;
+    let mut bounds = vec![0];
+    let mut next = per;
+    for i in 0..k {
+        if keys.label_offsets[i + 1] + keys.event_offsets[i + 1] >= next {
+            bounds.push(i + 1);
+            next = keys.label_offsets[i + 1] + keys.event_offsets[i + 1] + per;
         }
     }
-    out
+    if *bounds.last().expect("0") != k {
+        bounds.push(k);
+    }
+    bounds
+}
+
+/// `out` cut into the parts of the chunks of keys, key `k`'s part starting at `at(k)`.
+fn cut<'a, T>(
+    mut out: &'a mut [T],
+    chunks: &[usize],
+    at: impl Fn(usize) -> usize,
+) -> Vec<&'a mut [T]> {
+    chunks
+        .windows(2)
+        .map(|w| {
+            let (head, tail) = std::mem::take(&mut out).split_at_mut(at(w[1]) - at(w[0]));
+            out = tail;
+            head
+        })
+        .collect()
+}
+
+/// For every label, the first event of its key at or after its time (`ends`) and at or
+/// after the start of each of `windows` (`starts`): pointers moving forward per key,
+/// chunks of keys in parallel.
+fn bounds(
+    keys: &Keys<'_>,
+    windows: &[(Duration, Duration)],
+    chunks: &[usize],
+) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let n = keys.label_ts.len();
+    let mut ends = vec![0u32; n];
+    let mut starts = vec![vec![0u32; n]; windows.len()];
+    let at = |k: usize| keys.label_offsets[k];
+    // Per chunk: its index, its part of `ends`, its part of each window's starts.
+    type Part<'a> = (usize, &'a mut [u32], Vec<&'a mut [u32]>);
+    let mut parts: Vec<Part<'_>> = cut(&mut ends, chunks, at)
+        .into_iter()
+        .enumerate()
+        .map(|(c, e)| (c, e, Vec::with_capacity(windows.len())))
+        .collect();
+    for s in starts.iter_mut() {
+        for (part, piece) in parts.iter_mut().zip(cut(s, chunks, at)) {
+            part.2.push(piece);
+        }
+    }
+    parts.into_par_iter().for_each(|(c, ends, mut starts)| {
+        let base = keys.label_offsets[chunks[c]];
+        let mut at = vec![0usize; windows.len()];
+        for k in chunks[c]..chunks[c + 1] {
+            let (labels, events) = keys.of(k);
+            let mut end = events.start;
+            at.fill(events.start);
+            for l in labels {
+                let t = keys.label_ts[l];
+                while end < events.end && keys.event_ts[end] < t {
+                    end += 1;
+                }
+                ends[l - base] = end as u32;
+                for ((&(w, h), i), out) in windows.iter().zip(at.iter_mut()).zip(starts.iter_mut())
+                {
+                    let edge = window_range(t, w, h).0;
+                    while *i < events.end && keys.event_ts[*i] < edge {
+                        *i += 1;
+                    }
+                    out[l - base] = *i as u32;
+                }
+            }
+        }
+    });
+    (ends, starts)
 }
 
 /// What the kernels of one column share.
@@ -267,24 +331,28 @@ fn valid_prefix(column: &Column<'_>) -> Vec<u32> {
     v
 }
 
-fn sums(keys: &Keys<'_>, column: &Column<'_>) -> Sums {
+fn sums(keys: &Keys<'_>, column: &Column<'_>, chunks: &[usize]) -> Sums {
     let n = column.valid.len();
-    let mut prefix = Vec::with_capacity(n + keys.keys() + 1);
-    let mut scale = Vec::new();
+    let mut prefix = vec![0i128; n + keys.keys()];
+    let slot = |k: usize| keys.event_offsets[k] + k;
+    let prefixes = cut(&mut prefix, chunks, slot);
     let mut non_finite = None;
-    match column.values {
+    let scale = match column.values {
         Values::Int(v) => {
-            for k in 0..keys.keys() {
-                let (_, events) = keys.of(k);
-                let mut s = 0i128;
-                prefix.push(0);
-                for i in events {
-                    if column.valid[i] {
-                        s += v[i] as i128;
+            prefixes.into_par_iter().enumerate().for_each(|(c, out)| {
+                let base = slot(chunks[c]);
+                for k in chunks[c]..chunks[c + 1] {
+                    let (_, events) = keys.of(k);
+                    let mut s = 0i128;
+                    for i in events {
+                        if column.valid[i] {
+                            s += v[i] as i128;
+                        }
+                        out[i + 1 + k - base] = s;
                     }
-                    prefix.push(s);
                 }
-            }
+            });
+            Vec::new()
         }
         Values::Float(v) => {
             if v.iter()
@@ -306,26 +374,34 @@ fn sums(keys: &Keys<'_>, column: &Column<'_>) -> Sums {
                 }
                 non_finite = Some(counts);
             }
-            scale.reserve(keys.keys());
-            for k in 0..keys.keys() {
-                let (_, events) = keys.of(k);
-                let shift = fixed_point(&v[events.clone()], &column.valid[events.clone()]);
-                // 2^(shift − 1074): a normal f64 (shift ≥ 52).
-                scale.push(shift.map(|s| f64::from_bits(((s - 1074 + 1023) as u64) << 52)));
-                let mut s = 0i128;
-                prefix.push(0);
-                for i in events {
-                    if let Some(shift) = shift {
-                        if column.valid[i] && v[i].is_finite() {
-                            s += as_multiple(v[i], shift);
+            let mut scale = vec![None; keys.keys()];
+            let scales = cut(&mut scale, chunks, |k| k);
+            prefixes
+                .into_par_iter()
+                .zip(scales)
+                .enumerate()
+                .for_each(|(c, (out, scale))| {
+                    let base = slot(chunks[c]);
+                    for k in chunks[c]..chunks[c + 1] {
+                        let (_, events) = keys.of(k);
+                        let shift = fixed_point(&v[events.clone()], &column.valid[events.clone()]);
+                        // 2^(shift − 1074): a normal f64 (shift ≥ 52).
+                        scale[k - chunks[c]] =
+                            shift.map(|s| f64::from_bits(((s - 1074 + 1023) as u64) << 52));
+                        let Some(shift) = shift else { continue };
+                        let mut s = 0i128;
+                        for i in events {
+                            if column.valid[i] && v[i].is_finite() {
+                                s += as_multiple(v[i], shift);
+                            }
+                            out[i + 1 + k - base] = s;
                         }
                     }
-                    prefix.push(s);
-                }
-            }
+                });
+            scale
         }
         Values::None => unreachable!("sums read values"),
-    }
+    };
     Sums {
         prefix,
         scale,
@@ -335,42 +411,47 @@ fn sums(keys: &Keys<'_>, column: &Column<'_>) -> Sums {
 
 /// Per key, the event `last` (`latest`) or `first` picks in every prefix (suffix) of its
 /// events, at `i + k` for the prefix ending (suffix starting) at global index `i`.
-fn picks(keys: &Keys<'_>, column: &Column<'_>, latest: bool) -> Vec<u32> {
+fn picks(keys: &Keys<'_>, column: &Column<'_>, latest: bool, chunks: &[usize]) -> Vec<u32> {
     let n = column.valid.len();
     let mut out = vec![NONE; n + keys.keys()];
-    for k in 0..keys.keys() {
-        let (_, events) = keys.of(k);
-        let mut best = NONE;
-        let consider = |i: usize, best: &mut u32| {
-            if !column.valid[i] {
-                return;
-            }
-            let b = *best as usize;
-            let wanted = if latest {
-                Ordering::Greater
-            } else {
-                Ordering::Less
-            };
-            // A later (earlier) event replaces the pick; among events that sort
-            // equal, the greater (lesser) value.
-            if *best == NONE || !keys.same_order(i, b) || compare(column.values, i, b) == wanted {
-                *best = i as u32;
-            }
-        };
-        if latest {
-            out[events.start + k] = NONE;
-            for i in events.clone() {
-                consider(i, &mut best);
-                out[i + 1 + k] = best;
-            }
-        } else {
-            out[events.end + k] = NONE;
-            for i in events.clone().rev() {
-                consider(i, &mut best);
-                out[i + k] = best;
-            }
+    let slot = |k: usize| keys.event_offsets[k] + k;
+    let wanted = if latest {
+        Ordering::Greater
+    } else {
+        Ordering::Less
+    };
+    // A later (earlier) event replaces the pick; among events that sort equal, the
+    // greater (lesser) value.
+    let consider = |i: usize, best: &mut u32| {
+        if !column.valid[i] {
+            return;
         }
-    }
+        let b = *best as usize;
+        if *best == NONE || !keys.same_order(i, b) || compare(column.values, i, b) == wanted {
+            *best = i as u32;
+        }
+    };
+    cut(&mut out, chunks, slot)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(c, out)| {
+            let base = slot(chunks[c]);
+            for k in chunks[c]..chunks[c + 1] {
+                let (_, events) = keys.of(k);
+                let mut best = NONE;
+                if latest {
+                    for i in events.clone() {
+                        consider(i, &mut best);
+                        out[i + 1 + k - base] = best;
+                    }
+                } else {
+                    for i in events.clone().rev() {
+                        consider(i, &mut best);
+                        out[i + k - base] = best;
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -518,6 +599,7 @@ fn fused(
     columns: &[Column<'_>],
     features: &[RangeFeature],
     windows: &[(Duration, Duration)],
+    chunks: &[usize],
     starts: &[Vec<u32>],
     ends: &[u32],
     preps: &[Prep],
@@ -525,24 +607,6 @@ fn fused(
     let n = keys.label_rows.len();
     let rows = permutation(keys.label_rows);
     let passes = passes(features, windows);
-    // Chunks of keys of similar work.
-    let chunks = {
-        let k = keys.keys();
-        let total = keys.label_offsets[k] + keys.event_offsets[k];
-        let per = total / (rayon::current_num_threads() * 8).max(1) + 1;
-        let mut bounds = vec![0];
-        let mut next = per;
-        for i in 0..k {
-            if keys.label_offsets[i + 1] + keys.event_offsets[i + 1] >= next {
-                bounds.push(i + 1);
-                next = keys.label_offsets[i + 1] + keys.event_offsets[i + 1] + per;
-            }
-        }
-        if *bounds.last().expect("0") != k {
-            bounds.push(k);
-        }
-        bounds
-    };
     let mut values: Vec<Column64> = features
         .iter()
         .map(
