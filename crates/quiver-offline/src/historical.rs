@@ -66,10 +66,26 @@ impl Phases {
         tracing::debug!(
             phase = what,
             seconds = self.last.elapsed().as_secs_f64(),
+            rss_mib = resident_mib(),
             "historical retrieval"
         );
         self.last = std::time::Instant::now();
     }
+}
+
+/// The process's resident memory in MiB, now and at its peak (Linux; zeros elsewhere):
+/// for the phase timings.
+fn resident_mib() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    format!("{} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Writes each part's values (in `wanted` order) to their labels' positions: the

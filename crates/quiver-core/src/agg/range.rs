@@ -152,62 +152,10 @@ impl Output {
 const NONE: u32 = u32::MAX;
 
 /// Computes `features` over `columns` for every label of `keys`: one output per
-/// feature, in row order. Parallel over windows, columns and features.
+/// feature, in row order. One pass per window and column, chunks of keys in parallel.
 pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeature]) -> Vec<Output> {
-    // Every label's window ends, then starts per distinct (window, hop).
-    let mut windows: Vec<(Duration, Duration)> =
-        features.iter().map(|f| (f.window, f.hop)).collect();
-    windows.sort();
-    windows.dedup();
     let chunks = key_chunks(keys);
-    let (ends, starts) = bounds(keys, &windows, &chunks);
-    // What each column's kernels share.
-    let preps: Vec<Prep> = columns
-        .par_iter()
-        .enumerate()
-        .map(|(c, column)| {
-            let on = |fs: &[Function]| {
-                features
-                    .iter()
-                    .any(|f| f.column == c && fs.contains(&f.aggregation.function))
-            };
-            let ((valid, sums), (last, first)) = rayon::join(
-                || {
-                    rayon::join(
-                        || {
-                            on(&[
-                                Function::Count,
-                                Function::Sum,
-                                Function::Mean,
-                                Function::Min,
-                                Function::Max,
-                            ])
-                            .then(|| valid_prefix(column))
-                        },
-                        || {
-                            on(&[Function::Sum, Function::Mean])
-                                .then(|| sums(keys, column, &chunks))
-                        },
-                    )
-                },
-                || {
-                    rayon::join(
-                        || on(&[Function::Last]).then(|| picks(keys, column, true, &chunks)),
-                        || on(&[Function::First]).then(|| picks(keys, column, false, &chunks)),
-                    )
-                },
-            );
-            Prep {
-                valid,
-                sums,
-                last,
-                first,
-            }
-        })
-        .collect();
-    fused(
-        keys, columns, features, &windows, &chunks, &starts, &ends, &preps,
-    )
+    fused(keys, columns, features, &chunks)
 }
 
 /// Chunks of keys of similar work (labels plus events), as key bounds, for the passes
@@ -230,247 +178,19 @@ fn key_chunks(keys: &Keys<'_>) -> Vec<usize> {
     bounds
 }
 
-/// `out` cut into the parts of the chunks of keys, key `k`'s part starting at `at(k)`.
-fn cut<'a, T>(
-    mut out: &'a mut [T],
-    chunks: &[usize],
-    at: impl Fn(usize) -> usize,
-) -> Vec<&'a mut [T]> {
-    chunks
-        .windows(2)
-        .map(|w| {
-            let (head, tail) = std::mem::take(&mut out).split_at_mut(at(w[1]) - at(w[0]));
-            out = tail;
-            head
-        })
-        .collect()
-}
-
-/// For every label, the first event of its key at or after its time (`ends`) and at or
-/// after the start of each of `windows` (`starts`): pointers moving forward per key,
-/// chunks of keys in parallel.
-fn bounds(
-    keys: &Keys<'_>,
-    windows: &[(Duration, Duration)],
-    chunks: &[usize],
-) -> (Vec<u32>, Vec<Vec<u32>>) {
-    let n = keys.label_ts.len();
-    let mut ends = vec![0u32; n];
-    let mut starts = vec![vec![0u32; n]; windows.len()];
-    let at = |k: usize| keys.label_offsets[k];
-    // Per chunk: its index, its part of `ends`, its part of each window's starts.
-    type Part<'a> = (usize, &'a mut [u32], Vec<&'a mut [u32]>);
-    let mut parts: Vec<Part<'_>> = cut(&mut ends, chunks, at)
-        .into_iter()
-        .enumerate()
-        .map(|(c, e)| (c, e, Vec::with_capacity(windows.len())))
-        .collect();
-    for s in starts.iter_mut() {
-        for (part, piece) in parts.iter_mut().zip(cut(s, chunks, at)) {
-            part.2.push(piece);
-        }
-    }
-    parts.into_par_iter().for_each(|(c, ends, mut starts)| {
-        let base = keys.label_offsets[chunks[c]];
-        let mut at = vec![0usize; windows.len()];
-        for k in chunks[c]..chunks[c + 1] {
-            let (labels, events) = keys.of(k);
-            let mut end = events.start;
-            at.fill(events.start);
-            for l in labels {
-                let t = keys.label_ts[l];
-                while end < events.end && keys.event_ts[end] < t {
-                    end += 1;
-                }
-                ends[l - base] = end as u32;
-                for ((&(w, h), i), out) in windows.iter().zip(at.iter_mut()).zip(starts.iter_mut())
-                {
-                    let edge = window_range(t, w, h).0;
-                    while *i < events.end && keys.event_ts[*i] < edge {
-                        *i += 1;
-                    }
-                    out[l - base] = *i as u32;
-                }
-            }
-        }
-    });
-    (ends, starts)
-}
-
-/// What the kernels of one column share.
-struct Prep {
-    /// Prefix counts of valid values over all events (`n + 1`).
-    valid: Option<Vec<u32>>,
-    sums: Option<Sums>,
-    /// Per key, for every prefix of its events, the event `last` picks ([`picks`]).
-    last: Option<Vec<u32>>,
-    /// Per key, for every suffix, the event `first` picks.
-    first: Option<Vec<u32>>,
-}
-
-/// Per-key prefix sums of a column. Key `k`'s event `i` (global index) has its prefix
-/// at `i + k`, and the key's total at `event_offsets[k + 1] + k`, so that keys' runs
-/// never share a slot and each key can have its own scale.
-struct Sums {
-    prefix: Vec<i128>,
-    /// Per key: 2^(common exponent) for a float column (a normal number), or `None`
-    /// where the key's values span too many bits: its sums slide. Empty for ints.
-    scale: Vec<Option<f64>>,
-    /// Prefix counts of NaN, +inf and −inf over all events (float columns with any).
-    non_finite: Option<Vec<[u32; 3]>>,
-}
-
-fn valid_prefix(column: &Column<'_>) -> Vec<u32> {
-    let mut v = Vec::with_capacity(column.valid.len() + 1);
-    let mut c = 0u32;
-    v.push(0);
-    for &ok in column.valid {
-        c += ok as u32;
-        v.push(c);
-    }
-    v
-}
-
-fn sums(keys: &Keys<'_>, column: &Column<'_>, chunks: &[usize]) -> Sums {
-    let n = column.valid.len();
-    let mut prefix = vec![0i128; n + keys.keys()];
-    let slot = |k: usize| keys.event_offsets[k] + k;
-    let prefixes = cut(&mut prefix, chunks, slot);
-    let mut non_finite = None;
-    let scale = match column.values {
-        Values::Int(v) => {
-            prefixes.into_par_iter().enumerate().for_each(|(c, out)| {
-                let base = slot(chunks[c]);
-                for k in chunks[c]..chunks[c + 1] {
-                    let (_, events) = keys.of(k);
-                    let mut s = 0i128;
-                    for i in events {
-                        if column.valid[i] {
-                            s += v[i] as i128;
-                        }
-                        out[i + 1 + k - base] = s;
-                    }
-                }
-            });
-            Vec::new()
-        }
-        Values::Float(v) => {
-            if v.iter()
-                .zip(column.valid)
-                .any(|(x, &ok)| ok && !x.is_finite())
-            {
-                let mut counts = Vec::with_capacity(n + 1);
-                let mut c = [0u32; 3];
-                counts.push(c);
-                for (x, &ok) in v.iter().zip(column.valid) {
-                    if ok && x.is_nan() {
-                        c[0] += 1;
-                    } else if ok && *x == f64::INFINITY {
-                        c[1] += 1;
-                    } else if ok && *x == f64::NEG_INFINITY {
-                        c[2] += 1;
-                    }
-                    counts.push(c);
-                }
-                non_finite = Some(counts);
-            }
-            let mut scale = vec![None; keys.keys()];
-            let scales = cut(&mut scale, chunks, |k| k);
-            prefixes
-                .into_par_iter()
-                .zip(scales)
-                .enumerate()
-                .for_each(|(c, (out, scale))| {
-                    let base = slot(chunks[c]);
-                    for k in chunks[c]..chunks[c + 1] {
-                        let (_, events) = keys.of(k);
-                        let shift = fixed_point(&v[events.clone()], &column.valid[events.clone()]);
-                        // 2^(shift − 1074): a normal f64 (shift ≥ 52).
-                        scale[k - chunks[c]] =
-                            shift.map(|s| f64::from_bits(((s - 1074 + 1023) as u64) << 52));
-                        let Some(shift) = shift else { continue };
-                        let mut s = 0i128;
-                        for i in events {
-                            if column.valid[i] && v[i].is_finite() {
-                                s += as_multiple(v[i], shift);
-                            }
-                            out[i + 1 + k - base] = s;
-                        }
-                    }
-                });
-            scale
-        }
-        Values::None => unreachable!("sums read values"),
-    };
-    Sums {
-        prefix,
-        scale,
-        non_finite,
-    }
-}
-
-/// Per key, the event `last` (`latest`) or `first` picks in every prefix (suffix) of its
-/// events, at `i + k` for the prefix ending (suffix starting) at global index `i`.
-fn picks(keys: &Keys<'_>, column: &Column<'_>, latest: bool, chunks: &[usize]) -> Vec<u32> {
-    let n = column.valid.len();
-    let mut out = vec![NONE; n + keys.keys()];
-    let slot = |k: usize| keys.event_offsets[k] + k;
-    let wanted = if latest {
-        Ordering::Greater
-    } else {
-        Ordering::Less
-    };
-    // A later (earlier) event replaces the pick; among events that sort equal, the
-    // greater (lesser) value.
-    let consider = |i: usize, best: &mut u32| {
-        if !column.valid[i] {
-            return;
-        }
-        let b = *best as usize;
-        if *best == NONE || !keys.same_order(i, b) || compare(column.values, i, b) == wanted {
-            *best = i as u32;
-        }
-    };
-    cut(&mut out, chunks, slot)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(c, out)| {
-            let base = slot(chunks[c]);
-            for k in chunks[c]..chunks[c + 1] {
-                let (_, events) = keys.of(k);
-                let mut best = NONE;
-                if latest {
-                    for i in events.clone() {
-                        consider(i, &mut best);
-                        out[i + 1 + k - base] = best;
-                    }
-                } else {
-                    for i in events.clone().rev() {
-                        consider(i, &mut best);
-                        out[i + k - base] = best;
-                    }
-                }
-            }
-        });
-    out
-}
-
 /// The features one pass computes: those over one window and one column (count_star
 /// joins a column's pass of its window).
 struct Pass {
-    window: usize,
+    window: (Duration, Duration),
     column: Option<usize>,
     features: Vec<usize>,
 }
 
-/// The passes of `features` over `windows`.
-fn passes(features: &[RangeFeature], windows: &[(Duration, Duration)]) -> Vec<Pass> {
+/// The passes of `features`.
+fn passes(features: &[RangeFeature]) -> Vec<Pass> {
     let mut out: Vec<Pass> = Vec::new();
     for (i, f) in features.iter().enumerate() {
-        let window = windows
-            .iter()
-            .position(|&w| w == (f.window, f.hop))
-            .expect("every window");
+        let window = (f.window, f.hop);
         let column = (f.aggregation.function != Function::CountStar).then_some(f.column);
         match out
             .iter_mut()
@@ -593,20 +313,15 @@ enum Column64 {
 /// Runs every pass over chunks of keys in parallel, each label's values written to
 /// its row, then gives each feature its null rows: those of its pass's empty windows,
 /// and an int sum's overflows.
-#[allow(clippy::too_many_arguments)]
 fn fused(
     keys: &Keys<'_>,
     columns: &[Column<'_>],
     features: &[RangeFeature],
-    windows: &[(Duration, Duration)],
     chunks: &[usize],
-    starts: &[Vec<u32>],
-    ends: &[u32],
-    preps: &[Prep],
 ) -> Vec<Output> {
     let n = keys.label_rows.len();
     let rows = permutation(keys.label_rows);
-    let passes = passes(features, windows);
+    let passes = passes(features);
     let mut values: Vec<Column64> = features
         .iter()
         .map(
@@ -616,14 +331,14 @@ fn fused(
             },
         )
         .collect();
-    // Per pass with nullable features: each row's count of valid values.
-    let mut counts: Vec<Option<Vec<u32>>> = passes
+    // Per pass with nullable features: whether each row's window has a valid value.
+    let mut counts: Vec<Option<Vec<bool>>> = passes
         .iter()
         .map(|p| {
             p.features
                 .iter()
                 .any(|&f| nullable(features[f].aggregation.function))
-                .then(|| vec![0; n])
+                .then(|| vec![false; n])
         })
         .collect();
     let overflows: Vec<(usize, u32)> = {
@@ -634,7 +349,7 @@ fn fused(
                 Column64::Float(v) => Buf::Float(Rows::new(v, &rows)),
             })
             .collect();
-        let count_rows: Vec<Option<Rows<'_, u32>>> = counts
+        let count_rows: Vec<Option<Rows<'_, bool>>> = counts
             .iter_mut()
             .map(|c| c.as_mut().map(|c| Rows::new(c, &rows)))
             .collect();
@@ -648,9 +363,9 @@ fn fused(
                 let mut over = Vec::new();
                 run_pass(
                     keys,
-                    p.column.map(|c| (&columns[c], &preps[c])),
+                    p.column.map(|c| &columns[c]),
+                    p.window,
                     features,
-                    (&starts[p.window], ends),
                     chunks[c]..chunks[c + 1],
                     &p.features
                         .iter()
@@ -665,10 +380,7 @@ fn fused(
     };
     let valid: Vec<Option<BooleanBuffer>> = counts
         .par_iter()
-        .map(|c| {
-            c.as_ref()
-                .map(|c| BooleanBuffer::collect_bool(n, |r| c[r] > 0))
-        })
+        .map(|c| c.as_ref().map(|c| BooleanBuffer::collect_bool(n, |r| c[r])))
         .collect();
     drop(counts);
     let pass_of: Vec<usize> = (0..features.len())
@@ -864,18 +576,132 @@ enum Total {
     Float(f64),
 }
 
-/// One pass over the keys `range`: every feature of `bufs` for each label, into its
-/// row; each label's count of valid values into `counts`, and int sums beyond int64
-/// into `over` as (feature, row).
+/// How a key's window sums are kept as the window slides.
+#[derive(Clone, Copy)]
+enum SumMode {
+    /// An int column: exact in i128.
+    Int,
+    /// A float column whose values are all integers of 2^(shift − 1074) spanning few
+    /// enough bits: exact in i128, rounded once (`scale` = 2^(shift − 1074), a normal
+    /// number).
+    Scaled { shift: i32, scale: f64 },
+    /// A float column spanning too many bits: an exact accumulator slides.
+    Slide,
+}
+
+/// The valid values of a key's window `[a, b)` as it slides: their count, their sum
+/// (an int column's, or a float column's finite values as integers of its scale) and
+/// its non-finite values (NaN, +inf, −inf), counted apart as the exact accumulator
+/// counts them.
+#[derive(Default)]
+struct Running {
+    count: u32,
+    total: i128,
+    non_finite: [u32; 3],
+}
+
+impl Running {
+    /// Event `i` enters (`sign` 1) or leaves (`sign` −1) the window.
+    #[inline]
+    fn step(&mut self, column: &Column<'_>, i: usize, sum: Option<SumMode>, sign: i32) {
+        if !column.valid[i] {
+            return;
+        }
+        self.count = self.count.wrapping_add_signed(sign);
+        let Some(mode) = sum else { return };
+        match (column.values, mode) {
+            (Values::Int(v), _) => self.total += sign as i128 * v[i] as i128,
+            (Values::Float(v), _) if !v[i].is_finite() => {
+                let slot = if v[i].is_nan() {
+                    0
+                } else if v[i] > 0.0 {
+                    1
+                } else {
+                    2
+                };
+                self.non_finite[slot] = self.non_finite[slot].wrapping_add_signed(sign);
+            }
+            (Values::Float(v), SumMode::Scaled { shift, .. }) => {
+                self.total += sign as i128 * as_multiple(v[i], shift)
+            }
+            _ => {}
+        }
+    }
+
+    /// The window's sum when it holds non-finite values (as IEEE arithmetic gives it).
+    fn non_finite_sum(&self) -> Option<f64> {
+        let [nan, pos, neg] = self.non_finite;
+        if nan > 0 || (pos > 0 && neg > 0) {
+            Some(f64::NAN)
+        } else if pos > 0 {
+            Some(f64::INFINITY)
+        } else if neg > 0 {
+            Some(f64::NEG_INFINITY)
+        } else {
+            None
+        }
+    }
+}
+
+/// The event `last` (`latest`) or `first` picks in every prefix (suffix) of a key's
+/// events: `out[i]` for the prefix `[e0, e0 + i)` (the suffix `[e0 + i, e1)`), [`NONE`]
+/// when it has no valid value. By the engine's order: a later (earlier) event replaces
+/// the pick; among events that sort equal, the greater (lesser) value.
+fn key_picks(
+    keys: &Keys<'_>,
+    column: &Column<'_>,
+    events: std::ops::Range<usize>,
+    latest: bool,
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    out.resize(events.len() + 1, NONE);
+    let wanted = if latest {
+        Ordering::Greater
+    } else {
+        Ordering::Less
+    };
+    let consider = |i: usize, best: &mut u32| {
+        if !column.valid[i] {
+            return;
+        }
+        let b = *best as usize;
+        if *best == NONE || !keys.same_order(i, b) || compare(column.values, i, b) == wanted {
+            *best = i as u32;
+        }
+    };
+    let e0 = events.start;
+    let mut best = NONE;
+    if latest {
+        for i in events {
+            consider(i, &mut best);
+            out[i + 1 - e0] = best;
+        }
+    } else {
+        for i in events.rev() {
+            consider(i, &mut best);
+            out[i - e0] = best;
+        }
+    }
+}
+
+/// One pass over the keys `range` for the window `(window, hop)`: every feature of
+/// `bufs` for each label, into its row; whether each label's window has a valid value
+/// into `counts`, and int sums beyond int64 into `over` as (feature, row).
+///
+/// Per key, the window `[a, b)` of its events slides forward with the labels' times:
+/// counts and sums are kept as events enter and leave (exact integer arithmetic, or
+/// the exact accumulator), extremes by two stacks ([`Extreme`]), first and last from
+/// the key's prefix and suffix picks. Nothing the size of all events is built.
 #[allow(clippy::too_many_arguments)]
 fn run_pass(
     keys: &Keys<'_>,
-    column: Option<(&Column<'_>, &Prep)>,
+    column: Option<&Column<'_>>,
+    (window, hop): (Duration, Duration),
     features: &[RangeFeature],
-    (starts, ends): (&[u32], &[u32]),
     range: std::ops::Range<usize>,
     bufs: &[(usize, &Buf<'_>)],
-    counts: Option<&Rows<'_, u32>>,
+    counts: Option<&Rows<'_, bool>>,
     over: &mut Vec<(usize, u32)>,
 ) {
     let functions: Vec<Function> = bufs
@@ -883,11 +709,9 @@ fn run_pass(
         .map(|(f, _)| features[*f].aggregation.function)
         .collect();
     let has = |f: Function| functions.contains(&f);
-    let (need_sum, need_min, need_max) = (
-        has(Function::Sum) || has(Function::Mean),
-        has(Function::Min),
-        has(Function::Max),
-    );
+    let need_sum = has(Function::Sum) || has(Function::Mean);
+    let (need_min, need_max) = (has(Function::Min), has(Function::Max));
+    let (need_last, need_first) = (has(Function::Last), has(Function::First));
     let (mut lo, mut hi) = (Extreme::<false>::new(), Extreme::<true>::new());
     let mut slide = Slide {
         running: ExactSum::new(),
@@ -895,85 +719,127 @@ fn run_pass(
         added: 0,
         removed: 0,
     };
+    let (mut last, mut first) = (Vec::new(), Vec::new());
     for k in range {
         let (labels, events) = keys.of(k);
+        let (e0, e1) = (events.start, events.end);
+        let Some(column) = column else {
+            // count_star alone: the window's bounds are all it needs.
+            let (mut a, mut b) = (e0, e0);
+            for l in labels {
+                let t = keys.label_ts[l];
+                let edge = window_range(t, window, hop).0;
+                while b < e1 && keys.event_ts[b] < t {
+                    b += 1;
+                }
+                while a < e1 && keys.event_ts[a] < edge {
+                    a += 1;
+                }
+                for (_, buf) in bufs {
+                    buf.int(keys.label_rows[l], (b - a) as i64);
+                }
+            }
+            continue;
+        };
+        let sum = need_sum.then(|| match column.values {
+            Values::Float(v) => {
+                match fixed_point(&v[events.clone()], &column.valid[events.clone()]) {
+                    // 2^(shift − 1074): a normal f64 (shift ≥ 52).
+                    Some(shift) => SumMode::Scaled {
+                        shift,
+                        scale: f64::from_bits(((shift - 1074 + 1023) as u64) << 52),
+                    },
+                    None => SumMode::Slide,
+                }
+            }
+            _ => SumMode::Int,
+        });
         if need_min {
             lo.start(&events);
         }
         if need_max {
             hi.start(&events);
         }
-        slide.start(&events);
+        if matches!(sum, Some(SumMode::Slide)) {
+            slide.start(&events);
+        }
+        if need_last {
+            key_picks(keys, column, events.clone(), true, &mut last);
+        }
+        if need_first {
+            key_picks(keys, column, events.clone(), false, &mut first);
+        }
+        let mut running = Running::default();
+        let (mut a, mut b) = (e0, e0);
         for l in labels {
-            let (a, b) = (starts[l] as usize, ends[l] as usize);
-            let li = keys.label_rows[l];
-            let Some((column, prep)) = column else {
-                for (_, buf) in bufs {
-                    buf.int(li, (b - a) as i64);
-                }
-                continue;
-            };
-            let count = prep.valid.as_deref().map_or(0, |v| v[b] - v[a]);
-            if let Some(c) = counts {
-                c.put(li, count);
+            let t = keys.label_ts[l];
+            let row = keys.label_rows[l];
+            // Events enter below the label's time and leave below its window's start
+            // (never past b: the start is before the time).
+            let edge = window_range(t, window, hop).0;
+            while b < e1 && keys.event_ts[b] < t {
+                running.step(column, b, sum, 1);
+                b += 1;
             }
-            let total = (need_sum && count > 0).then(|| {
-                let sums = prep.sums.as_ref().expect("prepared");
-                match sums.scale.get(k) {
-                    None => Total::Int(sums.prefix[b + k] - sums.prefix[a + k]),
-                    Some(scale) => Total::Float(
-                        non_finite_sum(sums.non_finite.as_deref(), a, b).unwrap_or_else(|| {
-                            match scale {
-                                Some(scale) => {
-                                    (sums.prefix[b + k] - sums.prefix[a + k]) as f64 * scale
-                                }
-                                None => {
-                                    let Values::Float(x) = column.values else {
-                                        unreachable!("only float sums slide")
-                                    };
-                                    slide.window(x, column.valid, a, b)
-                                }
-                            }
-                        }),
-                    ),
-                }
+            while a < e1 && keys.event_ts[a] < edge {
+                running.step(column, a, sum, -1);
+                a += 1;
+            }
+            let count = running.count;
+            if let Some(c) = counts {
+                c.put(row, count > 0);
+            }
+            let total = sum.filter(|_| count > 0).map(|mode| match mode {
+                SumMode::Int => Total::Int(running.total),
+                SumMode::Scaled { scale, .. } => Total::Float(
+                    running
+                        .non_finite_sum()
+                        .unwrap_or(running.total as f64 * scale),
+                ),
+                SumMode::Slide => Total::Float(running.non_finite_sum().unwrap_or_else(|| {
+                    let Values::Float(x) = column.values else {
+                        unreachable!("only float sums slide")
+                    };
+                    slide.window(x, column.valid, a, b)
+                })),
             });
             let min = if need_min { lo.window(column, a, b) } else { 0 };
             let max = if need_max { hi.window(column, a, b) } else { 0 };
             for ((f, buf), &function) in bufs.iter().zip(&functions) {
                 match function {
-                    Function::CountStar => buf.int(li, (b - a) as i64),
-                    Function::Count => buf.int(li, count as i64),
+                    Function::CountStar => buf.int(row, (b - a) as i64),
+                    Function::Count => buf.int(row, count as i64),
                     _ if count == 0 => {}
                     Function::Sum => match total {
                         Some(Total::Int(s)) => match i64::try_from(s) {
-                            Ok(s) => buf.int(li, s),
-                            Err(_) => over.push((*f, li)),
+                            Ok(s) => buf.int(row, s),
+                            Err(_) => over.push((*f, row)),
                         },
-                        Some(Total::Float(s)) => buf.float(li, s),
+                        Some(Total::Float(s)) => buf.float(row, s),
                         None => {}
                     },
                     Function::Mean => match total {
-                        Some(Total::Int(s)) => buf.float(li, s as f64 / count as f64),
-                        Some(Total::Float(s)) => buf.float(li, s / count as f64),
+                        Some(Total::Int(s)) => buf.float(row, s as f64 / count as f64),
+                        Some(Total::Float(s)) => buf.float(row, s / count as f64),
                         None => {}
                     },
                     Function::Min | Function::Max => {
                         let m = if function == Function::Max { max } else { min };
                         match column.values {
-                            Values::Int(_) => buf.int(li, i64::from_key(m)),
-                            Values::Float(_) => buf.float(li, f64::from_key(m)),
+                            Values::Int(_) => buf.int(row, i64::from_key(m)),
+                            Values::Float(_) => buf.float(row, f64::from_key(m)),
                             Values::None => {}
                         }
                     }
                     Function::Last | Function::First => {
-                        let latest = function == Function::Last;
-                        let picks = if latest { &prep.last } else { &prep.first };
-                        let picks = picks.as_deref().expect("prepared");
-                        let j = if latest { picks[b + k] } else { picks[a + k] } as usize;
+                        let j = if function == Function::Last {
+                            last[b - e0]
+                        } else {
+                            first[a - e0]
+                        } as usize;
                         match column.values {
-                            Values::Int(v) => buf.int(li, v[j]),
-                            Values::Float(v) => buf.float(li, v[j]),
+                            Values::Int(v) => buf.int(row, v[j]),
+                            Values::Float(v) => buf.float(row, v[j]),
                             Values::None => {}
                         }
                     }
@@ -981,21 +847,6 @@ fn run_pass(
                 }
             }
         }
-    }
-}
-
-/// A float window's sum when it holds non-finite values (as IEEE arithmetic gives it).
-fn non_finite_sum(counts: Option<&[[u32; 3]]>, a: usize, b: usize) -> Option<f64> {
-    let c = counts?;
-    let [nan, pos, neg] = [0, 1, 2].map(|k| c[b][k] - c[a][k]);
-    if nan > 0 || (pos > 0 && neg > 0) {
-        Some(f64::NAN)
-    } else if pos > 0 {
-        Some(f64::INFINITY)
-    } else if neg > 0 {
-        Some(f64::NEG_INFINITY)
-    } else {
-        None
     }
 }
 
