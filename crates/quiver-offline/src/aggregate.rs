@@ -312,6 +312,7 @@ fn compute(
     let g = group(ids, times, &events, nkeys);
     let flat = concat_columns(&events, &read, view, nkeys)?;
     drop(events);
+    release_freed_memory();
     phases.mark("aggregations: group by key");
     let Grouped {
         label_offsets,
@@ -409,6 +410,20 @@ fn compute(
     }
     phases.mark("aggregations: tiled features, arrays");
     Ok(out)
+}
+
+/// Gives the memory of freed inputs back to the system. The event batches are many
+/// mid-sized buffers that the C allocator keeps (fragmented) after they are freed: at M
+/// scale ~0.35 GiB that would otherwise count in the peak when the outputs are
+/// allocated. glibc only; elsewhere nothing.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // Safety: malloc_trim only returns free pages of the allocator's heaps to the
+    // system; it takes no pointers and is thread-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Label rows and events grouped by key: key `k`'s labels are
