@@ -164,9 +164,21 @@ impl KeyIndex {
     }
 }
 
-/// Items grouped by key id (a counting sort): `offsets[k]..offsets[k + 1]` of `order`
-/// are the indices of key `k`'s items, ascending. Items with id [`NONE`] are left out.
-fn group_by_key(ids: &[u32], keys: usize) -> (Vec<usize>, Vec<u32>) {
+/// Items grouped by key id: `offsets[k]..offsets[k + 1]` of the result are key `k`'s
+/// items, in their order. Item `i` (of `ids`) is `item(part, row, i)`, where
+/// `starts[part] + row == i` (`starts`: where each part of the items begins, and their
+/// count last). Items with id [`NONE`] are left out.
+///
+/// A two-pass radix partition, so that no pass writes to random places of a large
+/// array: the items' indices are first appended to one of ~256 runs of keys (a
+/// sequential stream each), then each run — whose items' places span a few MiB — is
+/// laid out by key, runs in parallel.
+fn group_by_key<T: Default + Clone + Send>(
+    ids: &[u32],
+    keys: usize,
+    starts: &[usize],
+    item: impl Fn(usize, usize, usize) -> T + Sync,
+) -> (Vec<usize>, Vec<T>) {
     let mut offsets = vec![0usize; keys + 1];
     for &k in ids {
         if k != NONE {
@@ -176,15 +188,45 @@ fn group_by_key(ids: &[u32], keys: usize) -> (Vec<usize>, Vec<u32>) {
     for k in 0..keys {
         offsets[k + 1] += offsets[k];
     }
-    let mut cursor = offsets.clone();
-    let mut order = vec![0u32; offsets[keys]];
+    // Runs of 2^shift keys.
+    let shift = (usize::BITS - keys.leading_zeros()).saturating_sub(8);
+    let runs = (keys >> shift) + 1;
+    let run_start = |r: usize| offsets[(r << shift).min(keys)];
+    let mut cursor: Vec<usize> = (0..runs).map(run_start).collect();
+    let mut by_run = vec![0u32; offsets[keys]];
     for (i, &k) in ids.iter().enumerate() {
         if k != NONE {
-            order[cursor[k as usize]] = i as u32;
-            cursor[k as usize] += 1;
+            let r = (k >> shift) as usize;
+            by_run[cursor[r]] = i as u32;
+            cursor[r] += 1;
         }
     }
-    (offsets, order)
+    let mut out = vec![T::default(); offsets[keys]];
+    let mut parts: Vec<(usize, &mut [T])> = Vec::with_capacity(runs);
+    let mut rest = out.as_mut_slice();
+    for r in 0..runs {
+        let len = run_start(r + 1) - run_start(r);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        parts.push((r, head));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(r, part)| {
+        let (k0, k1) = ((r << shift).min(keys), ((r + 1) << shift).min(keys));
+        let base = offsets[k0];
+        let mut at: Vec<usize> = offsets[k0..k1].iter().map(|o| o - base).collect();
+        // The run's items in index order: their part (batch) only moves forward.
+        let mut p = 0;
+        for &i in &by_run[base..offsets[k1]] {
+            let i = i as usize;
+            while starts[p + 1] <= i {
+                p += 1;
+            }
+            let slot = &mut at[ids[i] as usize - k0];
+            part[*slot] = item(p, i - starts[p], i);
+            *slot += 1;
+        }
+    });
+    (offsets, out)
 }
 
 /// Sorts each key's slice of `items` (grouped by `offsets`), keys in parallel.
@@ -557,40 +599,50 @@ impl Ids {
     }
 }
 
-/// [`Grouped`] from key ids: label rows and events grouped by counting sorts, then
-/// each key's sorted, keys in parallel.
+/// [`Grouped`] from key ids: label rows and events grouped by counting sorts (the two
+/// side by side), then each key's run sorted, keys in parallel.
 fn group(ids: Ids, times: &[Timestamp], events: &[RecordBatch], nkeys: usize) -> Grouped {
     let Ids {
         keys,
         labels,
         events: event_ids,
     } = ids;
-    let (label_offsets, label_order) = group_by_key(&labels, keys);
-    drop(labels);
-    let mut by_time: Vec<(Timestamp, u32)> = label_order
-        .par_iter()
-        .map(|&r| (times[r as usize], r))
-        .collect();
-    drop(label_order);
-    sort_each_key(&mut by_time, &label_offsets);
-    let (event_offsets, event_order) = group_by_key(&event_ids, keys);
-    drop(event_ids);
-    let version = per_event(events, (0, 0), |b, part| {
-        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-        let created = b
-            .column(nkeys + 1)
-            .as_primitive::<TimestampMicrosecondType>();
-        for (r, o) in part.iter_mut().enumerate() {
-            *o = (ts.value(r), created_at(created, r));
-        }
-    });
-    let mut by_order: Vec<(Timestamp, Timestamp, u32)> = event_order
-        .par_iter()
-        .map(|&e| (version[e as usize].0, version[e as usize].1, e))
-        .collect();
-    drop(event_order);
-    drop(version);
-    sort_each_key(&mut by_order, &event_offsets);
+    // Labels and events side by side: each a counting sort by key, then each key's run
+    // sorted — labels by (time, row), events by (time, creation, index).
+    let ((label_offsets, by_time), (event_offsets, by_order)) = rayon::join(
+        || {
+            let (offsets, mut by_time) =
+                group_by_key(&labels, keys, &[0, times.len()], |_, r, _| {
+                    (times[r], r as u32)
+                });
+            drop(labels);
+            sort_each_key(&mut by_time, &offsets);
+            (offsets, by_time)
+        },
+        || {
+            let mut starts = vec![0];
+            for b in events {
+                starts.push(starts.last().expect("0") + b.num_rows());
+            }
+            let columns: Vec<_> = events
+                .iter()
+                .map(|b| {
+                    (
+                        b.column(nkeys).as_primitive::<TimestampMicrosecondType>(),
+                        b.column(nkeys + 1)
+                            .as_primitive::<TimestampMicrosecondType>(),
+                    )
+                })
+                .collect();
+            let (offsets, mut by_order) = group_by_key(&event_ids, keys, &starts, |b, r, e| {
+                let (ts, created) = columns[b];
+                (ts.value(r), created_at(created, r), e as u32)
+            });
+            drop(event_ids);
+            sort_each_key(&mut by_order, &offsets);
+            (offsets, by_order)
+        },
+    );
     Grouped {
         label_offsets,
         label_times: by_time.par_iter().map(|p| p.0).collect(),
@@ -702,4 +754,42 @@ fn chunk_bounds(label_offsets: &[usize], event_offsets: &[usize], parts: usize) 
         bounds.push(keys);
     }
     bounds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The radix grouping equals a stable sort by key id, whatever the number of
+        /// keys (one run per key below 256, several keys per run above), items left out
+        /// for NONE, and items in several parts.
+        #[test]
+        fn grouping_by_key_is_a_stable_sort_by_key(
+            keys in prop::sample::select(vec![1usize, 3, 255, 256, 5000, 70_000]),
+            raw in prop::collection::vec((any::<u32>(), 0u8..10), 0..3000),
+            cut in 0usize..3000,
+        ) {
+            let ids: Vec<u32> = raw
+                .iter()
+                .map(|&(k, none)| if none == 0 { NONE } else { k % keys as u32 })
+                .collect();
+            let cut = cut.min(ids.len());
+            let starts = [0, cut, ids.len()];
+            let (offsets, items) = group_by_key(&ids, keys, &starts, |p, r, i| {
+                assert_eq!(starts[p] + r, i, "part {p}, row {r}");
+                i as u32
+            });
+            let mut want: Vec<u32> = (0..ids.len() as u32).filter(|&i| ids[i as usize] != NONE).collect();
+            want.sort_by_key(|&i| ids[i as usize]);
+            prop_assert_eq!(&items, &want);
+            prop_assert_eq!(offsets.len(), keys + 1);
+            for k in 0..keys {
+                for &i in &items[offsets[k]..offsets[k + 1]] {
+                    prop_assert_eq!(ids[i as usize], k as u32);
+                }
+            }
+        }
+    }
 }
