@@ -720,17 +720,15 @@ impl ReadPlan {
                 let stored = tile_cells.next().expect("one per tile group");
                 for row in 0..n {
                     let cells = &stored[row * starts.len()..(row + 1) * starts.len()];
-                    let mut tiles = Vec::new();
-                    for (start, cell) in starts.iter().zip(cells) {
-                        if let Some(bytes) = cell {
-                            let irs = g.layout.decode(bytes).map_err(|e| {
-                                Error::store(format!("feature view '{}': {}", view.name, e.0))
-                            })?;
-                            tiles.push((*start, irs));
-                        }
-                    }
-                    let values =
-                        quiver_core::agg::tile::values_of(&g.layout, &g.outputs, g.hop, &tiles, at);
+                    let tiles: Vec<(Timestamp, &[u8])> = starts
+                        .iter()
+                        .zip(cells)
+                        .filter_map(|(start, cell)| Some((*start, cell.as_deref()?)))
+                        .collect();
+                    let values = quiver_core::agg::tile::values_of_encoded(
+                        &g.layout, &g.outputs, g.hop, &tiles, at,
+                    )
+                    .map_err(|e| Error::store(format!("feature view '{}': {}", view.name, e.0)))?;
                     let head = quiver_core::agg::window::align(at, g.hop);
                     for (k, v) in values.into_iter().enumerate() {
                         let m = g.members[k];

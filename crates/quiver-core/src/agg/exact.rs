@@ -287,37 +287,42 @@ impl ExactSum {
 
     /// Reads what [`encode`](Self::encode) wrote from the front of `input`, advancing it.
     pub fn decode(input: &mut &[u8]) -> Option<ExactSum> {
-        let pos_inf = get_uvarint(input)?;
-        let neg_inf = get_uvarint(input)?;
-        let nan = get_uvarint(input)?;
+        let mut s = ExactSum::default();
+        s.decode_into(input)?;
+        Some(s)
+    }
+
+    /// [`ExactSum::decode`] into `self`, keeping its limbs' allocation.
+    pub fn decode_into(&mut self, input: &mut &[u8]) -> Option<()> {
+        self.pos_inf = get_uvarint(input)?;
+        self.neg_inf = get_uvarint(input)?;
+        self.nan = get_uvarint(input)?;
+        self.limbs.clear();
+        self.lo = 0;
+        self.pending = 0;
         let head = get_uvarint(input)?;
         let (len, negative) = ((head / 2) as usize, head % 2 == 1);
         // Limbs beyond the range of any sum of f64s (2^2098 · 2^64 adds) are corrupt.
         if len > 80 {
             return None;
         }
-        let mut s = ExactSum {
-            pos_inf,
-            neg_inf,
-            nan,
-            ..Default::default()
-        };
         if len > 0 {
             let lo = unzigzag(get_uvarint(input)?);
             if !(-2..=80).contains(&lo) {
                 return None;
             }
-            s.lo = lo as i32;
+            self.lo = lo as i32;
             for _ in 0..len {
                 let l = get_uvarint(input)?;
                 if l > LIMB_MASK as u64 {
                     return None;
                 }
-                s.limbs.push(if negative { -(l as i64) } else { l as i64 });
+                self.limbs
+                    .push(if negative { -(l as i64) } else { l as i64 });
             }
-            s.pending = 1;
+            self.pending = 1;
         }
-        Some(s)
+        Some(())
     }
 }
 

@@ -657,6 +657,15 @@ impl Aggregation {
 
     /// Reads an IR that [`encode`](Self::encode) wrote for this aggregation.
     pub fn decode(&self, bytes: &[u8]) -> Result<Ir, FinalizeError> {
+        let mut ir = self.empty();
+        self.decode_into(bytes, &mut ir)?;
+        Ok(ir)
+    }
+
+    /// [`Aggregation::decode`] into `ir`, in place when it is of this aggregation's kind
+    /// (keeping its buffers: an exact sum's limbs, kept events): an online read decodes
+    /// every tile of a slot into one IR. After an error `ir` holds no meaningful value.
+    pub fn decode_into(&self, bytes: &[u8], ir: &mut Ir) -> Result<(), FinalizeError> {
         let bad = || FinalizeError(format!("a stored {} tile does not decode", self.function));
         let (&version, mut input) = bytes.split_first().ok_or_else(bad)?;
         if version != IR_VERSION {
@@ -666,44 +675,45 @@ impl Aggregation {
             )));
         }
         let input = &mut input;
-        let ir = match self.empty() {
-            Ir::Count(_) => Ir::Count(get_uvarint(input).ok_or_else(bad)?),
-            Ir::IntSum { .. } => {
-                let count = get_uvarint(input).ok_or_else(bad)?;
+        let empty = self.empty();
+        if std::mem::discriminant(ir) != std::mem::discriminant(&empty) {
+            *ir = empty;
+        }
+        match ir {
+            Ir::Count(c) => *c = get_uvarint(input).ok_or_else(bad)?,
+            Ir::IntSum { sum, count } => {
+                *count = get_uvarint(input).ok_or_else(bad)?;
                 if input.len() < 16 {
                     return Err(bad());
                 }
                 let z = u128::from_le_bytes(input[..16].try_into().expect("16 bytes"));
                 *input = &input[16..];
-                Ir::IntSum {
-                    sum: ((z >> 1) as i128) ^ -((z & 1) as i128),
-                    count,
-                }
+                *sum = ((z >> 1) as i128) ^ -((z & 1) as i128);
             }
-            Ir::FloatSum { .. } => Ir::FloatSum {
-                count: get_uvarint(input).ok_or_else(bad)?,
-                sum: ExactSum::decode(input).ok_or_else(bad)?,
-            },
-            Ir::Moments { .. } => Ir::Moments {
-                count: get_uvarint(input).ok_or_else(bad)?,
-                s1: ExactSum::decode(input).ok_or_else(bad)?,
-                s2: ExactSum::decode(input).ok_or_else(bad)?,
-            },
-            Ir::Extreme(_) => {
+            Ir::FloatSum { sum, count } => {
+                *count = get_uvarint(input).ok_or_else(bad)?;
+                sum.decode_into(input).ok_or_else(bad)?;
+            }
+            Ir::Moments { s1, s2, count } => {
+                *count = get_uvarint(input).ok_or_else(bad)?;
+                s1.decode_into(input).ok_or_else(bad)?;
+                s2.decode_into(input).ok_or_else(bad)?;
+            }
+            Ir::Extreme(v) => {
                 let (&tag, rest) = input.split_first().ok_or_else(bad)?;
                 *input = rest;
-                match tag {
-                    0 => Ir::Extreme(None),
-                    1 => Ir::Extreme(Some(Scalar::decode(input).ok_or_else(bad)?)),
+                *v = match tag {
+                    0 => None,
+                    1 => Some(Scalar::decode(input).ok_or_else(bad)?),
                     _ => return Err(bad()),
-                }
+                };
             }
-            Ir::Events(_) => {
+            Ir::Events(kept) => {
                 let len = get_uvarint(input).ok_or_else(bad)? as usize;
                 if len > self.keep() {
                     return Err(bad());
                 }
-                let mut kept = Vec::with_capacity(len);
+                kept.clear();
                 for _ in 0..len {
                     let event_ts = unzigzag(get_uvarint(input).ok_or_else(bad)?);
                     let created_ts = unzigzag(get_uvarint(input).ok_or_else(bad)?);
@@ -721,22 +731,19 @@ impl Aggregation {
                         value: Scalar::decode(input).ok_or_else(bad)?,
                     });
                 }
-                Ir::Events(kept)
             }
-            Ir::Distinct { .. } => {
+            Ir::Distinct { values, overflow } => {
                 let (&tag, rest) = input.split_first().ok_or_else(bad)?;
                 *input = rest;
+                values.clear();
                 match tag {
-                    1 => Ir::Distinct {
-                        values: BTreeSet::new(),
-                        overflow: true,
-                    },
+                    1 => *overflow = true,
                     0 => {
+                        *overflow = false;
                         let len = get_uvarint(input).ok_or_else(bad)? as usize;
                         if len > self.max_distinct {
                             return Err(bad());
                         }
-                        let mut values = BTreeSet::new();
                         for _ in 0..len {
                             let l = get_uvarint(input).ok_or_else(bad)? as usize;
                             if input.len() < l {
@@ -745,21 +752,17 @@ impl Aggregation {
                             values.insert(input[..l].to_vec());
                             *input = &input[l..];
                         }
-                        Ir::Distinct {
-                            values,
-                            overflow: false,
-                        }
                     }
                     _ => return Err(bad()),
                 }
             }
-            Ir::Hll(_) => Ir::Hll(Hll::decode(input).ok_or_else(bad)?),
-            Ir::Quantiles(_) => Ir::Quantiles(QuantileSketch::decode(input).ok_or_else(bad)?),
-        };
+            Ir::Hll(h) => *h = Hll::decode(input).ok_or_else(bad)?,
+            Ir::Quantiles(q) => *q = QuantileSketch::decode(input).ok_or_else(bad)?,
+        }
         if !input.is_empty() {
             return Err(bad());
         }
-        Ok(ir)
+        Ok(())
     }
 }
 

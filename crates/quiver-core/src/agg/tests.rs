@@ -448,6 +448,46 @@ fn corrupt_or_foreign_tiles_are_errors_not_panics() {
     }
 }
 
+/// Decoding into an IR that held another tile (of this aggregation or of another kind)
+/// gives exactly what a fresh decode gives: nothing of the earlier tile stays.
+#[test]
+fn decoding_into_a_used_ir_equals_a_fresh_decode() {
+    let all = aggregations();
+    for agg in &all {
+        let tile = |xs: &[f64]| {
+            let mut ir = agg.empty();
+            for (i, &x) in xs.iter().enumerate() {
+                let order = Order {
+                    event_ts: i as i64,
+                    ..Order::default()
+                };
+                agg.update(&mut ir, Input::Float(x), order);
+            }
+            let mut bytes = Vec::new();
+            agg.encode(&ir, &mut bytes);
+            bytes
+        };
+        let (big, small, none) = (tile(&[1e300, -3.5, 0.25, 7.0]), tile(&[2.5]), tile(&[]));
+        for other in &all {
+            let mut ir = other.empty();
+            let mut b = Vec::new();
+            other.update(&mut ir, Input::Float(9.0), Order::default());
+            other.encode(&ir, &mut b);
+            other.decode_into(&b, &mut ir).unwrap();
+            for bytes in [&big, &small, &none, &big] {
+                agg.decode_into(bytes, &mut ir).unwrap();
+                assert_eq!(
+                    ir,
+                    agg.decode(bytes).unwrap(),
+                    "{} after {}",
+                    agg.function(),
+                    other.function()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn output_names_follow_one_pattern() {
     let f64t = DType::Float64;

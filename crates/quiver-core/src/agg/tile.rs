@@ -46,6 +46,21 @@ impl TileLayout {
 
     /// Reads a tile's bytes.
     pub fn decode(&self, bytes: &[u8]) -> Result<Vec<Ir>, FinalizeError> {
+        let mut parts = Vec::with_capacity(self.aggregations.len());
+        self.split(bytes, &mut parts)?;
+        self.aggregations
+            .iter()
+            .zip(parts)
+            .map(|(a, part)| a.decode(part))
+            .collect()
+    }
+
+    /// Appends to `parts` the bytes of each IR of a tile, in slot order.
+    pub fn split<'a>(
+        &self,
+        bytes: &'a [u8],
+        parts: &mut Vec<&'a [u8]>,
+    ) -> Result<(), FinalizeError> {
         let bad = || FinalizeError("a stored tile does not decode".into());
         let mut input = bytes;
         let n = get_uvarint(&mut input).ok_or_else(bad)? as usize;
@@ -56,19 +71,18 @@ impl TileLayout {
                 self.aggregations.len()
             )));
         }
-        let mut irs = Vec::with_capacity(n);
-        for a in &self.aggregations {
+        for _ in 0..n {
             let len = get_uvarint(&mut input).ok_or_else(bad)? as usize;
             if input.len() < len {
                 return Err(bad());
             }
-            irs.push(a.decode(&input[..len])?);
+            parts.push(&input[..len]);
             input = &input[len..];
         }
         if !input.is_empty() {
             return Err(bad());
         }
-        Ok(irs)
+        Ok(())
     }
 
     /// Appends `merge(stored, delta)`: the online store's tile merge.
@@ -150,10 +164,52 @@ pub fn values_of(
     tiles: &[(Timestamp, Vec<Ir>)],
     t: Timestamp,
 ) -> Vec<Result<Value, FinalizeError>> {
+    let starts: Vec<Timestamp> = tiles.iter().map(|(s, _)| *s).collect();
+    merged(layout, outputs, hop, &starts, t, |tile, slot, agg, ir| {
+        agg.merge(ir, &tiles[tile].1[slot]);
+        Ok(())
+    })
+    .expect("decoded tiles merge")
+}
+
+/// [`values_of`] from the tiles as stored (start, bytes): each slot of each tile is
+/// decoded into one reused IR and merged, so that a read allocates per slot, not per
+/// tile. An error names a tile that does not decode.
+pub fn values_of_encoded(
+    layout: &TileLayout,
+    outputs: &[TileOutput],
+    hop: Duration,
+    tiles: &[(Timestamp, &[u8])],
+    t: Timestamp,
+) -> Result<Vec<Result<Value, FinalizeError>>, FinalizeError> {
+    let slots = layout.aggregations.len();
+    let mut parts = Vec::with_capacity(tiles.len() * slots);
+    for (_, bytes) in tiles {
+        layout.split(bytes, &mut parts)?;
+    }
+    let mut scratch = layout.empty();
+    let starts: Vec<Timestamp> = tiles.iter().map(|(s, _)| *s).collect();
+    merged(layout, outputs, hop, &starts, t, |tile, slot, agg, ir| {
+        agg.decode_into(parts[tile * slots + slot], &mut scratch[slot])?;
+        agg.merge(ir, &scratch[slot]);
+        Ok(())
+    })
+}
+
+/// The outputs' values at `t`, merging slot `slot` of tile `i` (start `starts[i]`) into
+/// an IR by `merge(i, slot, aggregation, ir)`: each slot's tiles newest first, each
+/// output finalized when its window's oldest tile is in.
+fn merged(
+    layout: &TileLayout,
+    outputs: &[TileOutput],
+    hop: Duration,
+    starts: &[Timestamp],
+    t: Timestamp,
+    mut merge: impl FnMut(usize, usize, &Aggregation, &mut Ir) -> Result<(), FinalizeError>,
+) -> Result<Vec<Result<Value, FinalizeError>>, FinalizeError> {
     let head = align(t, hop);
-    let mut newest_first: Vec<&(Timestamp, Vec<Ir>)> =
-        tiles.iter().filter(|(start, _)| *start <= head).collect();
-    newest_first.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+    let mut newest_first: Vec<usize> = (0..starts.len()).filter(|&i| starts[i] <= head).collect();
+    newest_first.sort_by_key(|&i| std::cmp::Reverse(starts[i]));
     let mut values: Vec<Option<Result<Value, FinalizeError>>> = vec![None; outputs.len()];
     let mut members: Vec<(Timestamp, usize)> = Vec::new();
     for (slot, agg) in layout.aggregations.iter().enumerate() {
@@ -166,21 +222,24 @@ pub fn values_of(
                 .filter(|(_, o)| o.slot == slot)
                 .map(|(i, o)| (window_range(t, o.window, hop).0, i)),
         );
+        if members.is_empty() {
+            continue;
+        }
         members.sort_by_key(|&(lo, i)| (std::cmp::Reverse(lo), i));
         let mut ir = agg.empty();
         let mut next = 0;
         for &(lo, i) in &members {
-            while next < newest_first.len() && newest_first[next].0 >= lo {
-                agg.merge(&mut ir, &newest_first[next].1[slot]);
+            while next < newest_first.len() && starts[newest_first[next]] >= lo {
+                merge(newest_first[next], slot, agg, &mut ir)?;
                 next += 1;
             }
             values[i] = Some(outputs[i].aggregation.finalize(&ir));
         }
     }
-    values
+    Ok(values
         .into_iter()
         .map(|v| v.expect("every output reads a slot"))
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
