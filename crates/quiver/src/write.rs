@@ -546,6 +546,9 @@ pub async fn write_tiles(
                 .collect();
             entries.push((key.clone(), encoded));
         }
+        // In key order: consecutive writes land on the same pages of the embedded
+        // store's tree instead of one page (copied on write) per tile.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut start = 0;
         while start < entries.len() {
             // Whole keys per call, about TILE_BATCH tiles.
