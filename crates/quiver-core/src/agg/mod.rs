@@ -413,6 +413,13 @@ impl Aggregation {
         matches!(self.function, Function::Last | Function::LastN)
     }
 
+    /// Whether merging tiles of earlier times into `ir` can no longer change it: last
+    /// and last_n holding their n events (a tile's events are all earlier than those of
+    /// any later tile). Reads that merge tiles newest first stop there.
+    pub fn complete_for_earlier_tiles(&self, ir: &Ir) -> bool {
+        matches!(ir, Ir::Events(kept) if self.keeps_latest() && kept.len() >= self.keep())
+    }
+
     /// Whether `v` replaces `cur` as min's or max's extreme (by the total order).
     fn improves(&self, cur: Option<&Scalar>, v: &Scalar) -> bool {
         match cur {

@@ -198,7 +198,8 @@ pub fn values_of_encoded(
 
 /// The outputs' values at `t`, merging slot `slot` of tile `i` (start `starts[i]`) into
 /// an IR by `merge(i, slot, aggregation, ir)`: each slot's tiles newest first, each
-/// output finalized when its window's oldest tile is in.
+/// output finalized when its window's oldest tile is in; a slot whose IR earlier tiles
+/// cannot change (last, last_n once full) merges no more.
 fn merged(
     layout: &TileLayout,
     outputs: &[TileOutput],
@@ -230,7 +231,9 @@ fn merged(
         let mut next = 0;
         for &(lo, i) in &members {
             while next < newest_first.len() && starts[newest_first[next]] >= lo {
-                merge(newest_first[next], slot, agg, &mut ir)?;
+                if !agg.complete_for_earlier_tiles(&ir) {
+                    merge(newest_first[next], slot, agg, &mut ir)?;
+                }
                 next += 1;
             }
             values[i] = Some(outputs[i].aggregation.finalize(&ir));
