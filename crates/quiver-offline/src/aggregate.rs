@@ -5,8 +5,8 @@
 //! Columnar throughout: label rows and events are grouped by key once (dense key ids
 //! — by direct address for one int64 key over a narrow range, else by a hash map —
 //! then counting sorts, and each key's run sorted by time), and the labels answered by the
-//! aggregation engine — its range kernels ([`quiver_core::agg::range`], one parallel
-//! pass per feature over all keys) for counts, sums, means, extremes and first/last
+//! aggregation engine — its range kernels ([`quiver_core::agg::range`], one pass per
+//! window and column, chunks of keys in parallel) for counts, sums, means, extremes and first/last
 //! over int64 and float64 columns, its tiles ([`evaluate_key`], keys in parallel) for
 //! every other function. Nothing is allocated per row.
 
@@ -353,8 +353,12 @@ fn compute(
     };
     let g = group(ids, times, &events, nkeys);
     let flat = concat_columns(&events, &read, view, nkeys)?;
+    let event_bytes: usize = events.iter().map(|b| b.get_array_memory_size()).sum();
     drop(events);
-    release_freed_memory();
+    // Worth a pass over the allocator's arenas only after large inputs.
+    if event_bytes > 64 << 20 {
+        release_freed_memory();
+    }
     phases.mark("aggregations: group by key");
     let Grouped {
         label_offsets,
@@ -407,7 +411,7 @@ fn compute(
         label_offsets: &label_offsets,
         label_rows: &label_rows,
     };
-    // The range kernels' features, each one pass over all labels, in parallel.
+    // The range kernels' features: one pass per window and column.
     let columns: Vec<Column<'_>> = sorted
         .iter()
         .map(|(values, valid)| Column {
@@ -686,7 +690,7 @@ fn tiled(
     }
     let n = keys.label_ts.len();
     let mut outputs: Vec<Vec<Value>> = features.iter().map(|_| vec![Value::Null; n]).collect();
-    let bounds = chunk_bounds(
+    let bounds = range::key_chunks(
         keys.label_offsets,
         keys.event_offsets,
         rayon::current_num_threads() * 16,
@@ -734,26 +738,6 @@ fn tiled(
         }
     });
     outputs
-}
-
-/// Key boundaries cutting the keys into about `parts` chunks of similar work (label
-/// rows plus events).
-fn chunk_bounds(label_offsets: &[usize], event_offsets: &[usize], parts: usize) -> Vec<usize> {
-    let keys = label_offsets.len() - 1;
-    let total = label_offsets[keys] + event_offsets[keys];
-    let per = total / parts.max(1) + 1;
-    let mut bounds = vec![0];
-    let mut next = per;
-    for k in 0..keys {
-        if label_offsets[k + 1] + event_offsets[k + 1] >= next {
-            bounds.push(k + 1);
-            next = label_offsets[k + 1] + event_offsets[k + 1] + per;
-        }
-    }
-    if *bounds.last().expect("0") != keys {
-        bounds.push(keys);
-    }
-    bounds
 }
 
 #[cfg(test)]

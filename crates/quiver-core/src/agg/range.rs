@@ -8,12 +8,12 @@
 //! exactly the value that folding the range's events into the function's IR and
 //! finalizing it gives — the IR's value depends only on the multiset of events (DESIGN
 //! §2 "Parity by construction"), and these kernels compute that same value by exact
-//! arithmetic over ranges:
-//! - counts: prefix counts;
-//! - integer sums: prefix sums in i128 (exact; int64 overflow at finalize: no value);
+//! arithmetic as the window slides (events enter at its end, leave at its start):
+//! - counts: running counts;
+//! - integer sums: a running sum in i128 (exact; int64 overflow at finalize: no value);
 //! - float sums: every finite f64 is an integer multiple of 2^-1074, so when a key's
-//!   values span few enough bits they are integers of one common power of two, and
-//!   prefix sums in i128 hold every window's sum exactly; it is rounded once, as the
+//!   values span few enough bits they are integers of one common power of two, and a
+//!   running i128 sum holds every window's sum exactly; it is rounded once, as the
 //!   exact accumulator rounds. Otherwise an exact accumulator slides over the key's
 //!   events (each added once and subtracted once, both exact). Non-finite values are
 //!   counted apart, as the accumulator counts them;
@@ -23,9 +23,11 @@
 //!   picks, by the engine's order: event time, creation time, then the value.
 //!
 //! Everything is laid out flat — all keys' events in one sorted run, all labels in
-//! another — and each feature is one pass over the labels, features in parallel, so
-//! that nothing is allocated or set up per key. Every other function goes through
-//! tiles ([`super::window::evaluate_key`]).
+//! another. One pass per window and column computes every function of it, chunks of
+//! keys in parallel, each label's values written straight into its output row; what a
+//! pass keeps per key (its window's state, the key's first/last picks) is sized by that
+//! key's events. Every other function goes through tiles
+//! ([`super::window::evaluate_key`]).
 
 use std::cmp::Ordering;
 
@@ -105,10 +107,6 @@ pub struct Keys<'a> {
 }
 
 impl Keys<'_> {
-    fn keys(&self) -> usize {
-        self.label_offsets.len() - 1
-    }
-
     /// Key `k`'s labels and events.
     fn of(&self, k: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         (
@@ -151,31 +149,60 @@ impl Output {
 /// A sentinel event index: none.
 const NONE: u32 = u32::MAX;
 
-/// Computes `features` over `columns` for every label of `keys`: one output per
-/// feature, in row order. One pass per window and column, chunks of keys in parallel.
-pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeature]) -> Vec<Output> {
-    let chunks = key_chunks(keys);
-    fused(keys, columns, features, &chunks)
-}
-
-/// Chunks of keys of similar work (labels plus events), as key bounds, for the passes
-/// that run keys in parallel.
-fn key_chunks(keys: &Keys<'_>) -> Vec<usize> {
-    let k = keys.keys();
-    let total = keys.label_offsets[k] + keys.event_offsets[k];
-    let per = total / (rayon::current_num_threads() * 8).max(1) + 1;
+/// Chunks of keys of similar work (labels plus events): key bounds cutting the keys
+/// into about `parts` runs, for work that runs keys in parallel.
+pub fn key_chunks(label_offsets: &[usize], event_offsets: &[usize], parts: usize) -> Vec<usize> {
+    let k = label_offsets.len() - 1;
+    let total = label_offsets[k] + event_offsets[k];
+    let per = total / parts.max(1) + 1;
     let mut bounds = vec![0];
     let mut next = per;
     for i in 0..k {
-        if keys.label_offsets[i + 1] + keys.event_offsets[i + 1] >= next {
+        if label_offsets[i + 1] + event_offsets[i + 1] >= next {
             bounds.push(i + 1);
-            next = keys.label_offsets[i + 1] + keys.event_offsets[i + 1] + per;
+            next = label_offsets[i + 1] + event_offsets[i + 1] + per;
         }
     }
     if *bounds.last().expect("0") != k {
         bounds.push(k);
     }
     bounds
+}
+
+/// Checks what the parallel writes of [`evaluate`] rely on: offsets that start at 0,
+/// never decrease and end at the number of labels (events), so that every label
+/// belongs to exactly one key; event positions that fit below [`NONE`].
+fn check_layout(keys: &Keys<'_>) {
+    for (offsets, n, what) in [
+        (keys.label_offsets, keys.label_ts.len(), "label"),
+        (keys.event_offsets, keys.event_ts.len(), "event"),
+    ] {
+        assert!(
+            offsets.first() == Some(&0)
+                && offsets.windows(2).all(|w| w[0] <= w[1])
+                && offsets.last() == Some(&n),
+            "{what} offsets of the keys do not partition the {what}s"
+        );
+    }
+    assert_eq!(
+        keys.label_offsets.len(),
+        keys.event_offsets.len(),
+        "one run per key"
+    );
+    assert_eq!(
+        keys.label_rows.len(),
+        keys.label_ts.len(),
+        "one row per label"
+    );
+    assert_eq!(
+        keys.event_created.len(),
+        keys.event_ts.len(),
+        "one creation time per event"
+    );
+    assert!(
+        keys.event_ts.len() < NONE as usize,
+        "fewer than 2^32 - 1 events"
+    );
 }
 
 /// The features one pass computes: those over one window and one column (count_star
@@ -310,15 +337,17 @@ enum Column64 {
     Float(Vec<f64>),
 }
 
-/// Runs every pass over chunks of keys in parallel, each label's values written to
-/// its row, then gives each feature its null rows: those of its pass's empty windows,
-/// and an int sum's overflows.
-fn fused(
-    keys: &Keys<'_>,
-    columns: &[Column<'_>],
-    features: &[RangeFeature],
-    chunks: &[usize],
-) -> Vec<Output> {
+/// Computes `features` over `columns` for every label of `keys`: one output per
+/// feature, in row order. Every pass (one per window and column) runs over chunks of
+/// keys in parallel, each label's values written to its row; then each feature gets
+/// its null rows: those of its pass's empty windows, and an int sum's overflows.
+pub fn evaluate(keys: &Keys<'_>, columns: &[Column<'_>], features: &[RangeFeature]) -> Vec<Output> {
+    check_layout(keys);
+    let chunks = &key_chunks(
+        keys.label_offsets,
+        keys.event_offsets,
+        rayon::current_num_threads() * 8,
+    );
     let n = keys.label_rows.len();
     let rows = permutation(keys.label_rows);
     let passes = passes(features);
@@ -467,8 +496,8 @@ fn key_at(column: &Column<'_>, i: usize, ident: i64) -> i64 {
     }
 }
 
-/// min (`MAX` false) or max of a key's windows as they slide forward: two stacks,
-/// branch-free in their inner loops. The front holds the suffix extremes of `[a, c)`,
+/// min (`MAX` false) or max of a key's windows as they slide forward: two stacks whose
+/// inner loops pick by `min`/`max`, not by comparing and branching. The front holds the suffix extremes of `[a, c)`,
 /// the back the running extreme of `[c, b)`; when a window's start passes `c` the front
 /// is rebuilt over the window. Each event enters the back once and the front at most
 /// once.
@@ -989,25 +1018,33 @@ mod tests {
         };
         let label_ts: Vec<i64> = order.iter().map(|&r| labels[r].1 * MINUTE).collect();
         let label_rows: Vec<u32> = order.iter().map(|&r| r as u32).collect();
-        let columns = [Column {
+        // The same values as two columns: three passes — every function over column 0,
+        // sum and max over column 1, and count_star alone over a longer window.
+        let column = Column {
             values,
             valid: &valid,
-        }];
+        };
+        let columns = [column, column];
         let (window, hop) = (Duration::from_micros(window), Duration::from_micros(hop));
-        let features: Vec<RangeFeature> = functions()
+        let longer = Duration::from_micros(window.micros() + hop.micros());
+        let feature = |f: Function, column: usize, window: Duration| RangeFeature {
+            aggregation: Aggregation::new(
+                f,
+                (f != Function::CountStar).then_some(&dtype),
+                Params::default(),
+            )
+            .unwrap(),
+            column,
+            window,
+            hop,
+        };
+        let mut features: Vec<RangeFeature> = functions()
             .into_iter()
-            .map(|f| RangeFeature {
-                aggregation: Aggregation::new(
-                    f,
-                    (f != Function::CountStar).then_some(&dtype),
-                    Params::default(),
-                )
-                .unwrap(),
-                column: 0,
-                window,
-                hop,
-            })
+            .map(|f| feature(f, 0, window))
             .collect();
+        features.push(feature(Function::Sum, 1, window));
+        features.push(feature(Function::CountStar, 0, longer));
+        features.push(feature(Function::Max, 1, window));
         let k = Keys {
             event_ts: &ts,
             event_created: &created,
@@ -1019,8 +1056,8 @@ mod tests {
         let out = evaluate(&k, &columns, &features);
         labels.iter_mut().for_each(|l| l.1 *= MINUTE);
         for (row, &(key, t)) in labels.iter().enumerate() {
-            let lo = align(t.saturating_sub(window.micros()), hop);
             for (fi, f) in features.iter().enumerate() {
+                let lo = align(t.saturating_sub(f.window.micros()), hop);
                 let mut ir = f.aggregation.empty();
                 for e in events
                     .iter()

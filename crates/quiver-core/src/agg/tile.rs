@@ -1,7 +1,8 @@
 //! Stored tiles (DESIGN §2 "Tiles"): the aggregations of one view that share a hop
 //! share a tile, whose bytes hold each one's IR. [`TileLayout::merge_bytes`] is the merge
 //! the online store applies (backfills, materialization and streams all write through
-//! it), and [`values_of`] is what an online read computes from a key's tiles — the same
+//! it), and [`values_of_encoded`] is what an online read computes from a key's stored
+//! tiles ([`values_of`] from decoded ones) — the same
 //! IRs, merges and finalizers as training sets, so a served value equals the training
 //! value at the same time bit for bit.
 
@@ -174,7 +175,8 @@ pub fn values_of(
 
 /// [`values_of`] from the tiles as stored (start, bytes): each slot of each tile is
 /// decoded into one reused IR and merged, so that a read allocates per slot, not per
-/// tile. An error names a tile that does not decode.
+/// tile. An error when a tile's framing, or a slot merged, does not decode (slots no
+/// window merges are not decoded).
 pub fn values_of_encoded(
     layout: &TileLayout,
     outputs: &[TileOutput],
