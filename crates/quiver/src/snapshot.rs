@@ -1,8 +1,9 @@
 //! One version of the registry as a [`FeatureStore`](crate::FeatureStore) uses it: the
 //! state, and the online read plans compiled from it on first use.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use hashbrown::{Equivalent, HashMap};
 
 use quiver_online::ReadPlan;
 use quiver_registry::RegistryState;
@@ -12,7 +13,30 @@ use crate::{Error, Result};
 
 /// What a plan is compiled for: a feature service or a feature list, and whether outputs
 /// use full names.
-type PlanKey = (Option<String>, Vec<String>, bool);
+#[derive(Hash, PartialEq, Eq)]
+struct PlanKey {
+    service: Option<String>,
+    features: Vec<String>,
+    full_names: bool,
+}
+
+/// A [`PlanKey`] borrowed from a request, to look a plan up without copying the
+/// request's names (it hashes as the owned key does: a `String` as its `str`, a `Vec`
+/// as its slice).
+#[derive(Hash)]
+struct PlanKeyRef<'a> {
+    service: Option<&'a str>,
+    features: &'a [String],
+    full_names: bool,
+}
+
+impl Equivalent<PlanKey> for PlanKeyRef<'_> {
+    fn equivalent(&self, key: &PlanKey) -> bool {
+        self.service == key.service.as_deref()
+            && self.features == key.features.as_slice()
+            && self.full_names == key.full_names
+    }
+}
 
 /// Plans kept per snapshot; past this the cache starts over (ad-hoc feature lists are
 /// unbounded in principle).
@@ -56,8 +80,12 @@ impl Snapshot {
             }
             _ => {}
         }
-        let key: PlanKey = (service.map(str::to_string), features.to_vec(), full_names);
-        if let Some(p) = self.plans.lock().expect("not poisoned").get(&key) {
+        let wanted = PlanKeyRef {
+            service,
+            features,
+            full_names,
+        };
+        if let Some(p) = self.plans.lock().expect("not poisoned").get(&wanted) {
             return Ok(p.clone());
         }
         let plan = Arc::new(ReadPlan::compile(
@@ -70,6 +98,11 @@ impl Snapshot {
         if plans.len() >= MAX_PLANS {
             plans.clear();
         }
+        let key = PlanKey {
+            service: service.map(str::to_string),
+            features: features.to_vec(),
+            full_names,
+        };
         plans.insert(key, plan.clone());
         Ok(plan)
     }
