@@ -35,7 +35,7 @@ use quiver_core::Timestamp;
 
 use crate::{
     CacheStats, Capabilities, Cells, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite,
-    Result, TileMerger, TileRead, WriteStats,
+    Result, TileCells, TileMerger, TileRead, WriteStats,
 };
 
 /// The cache key: a 128-bit hash of the entity key and the field. The entry keeps the
@@ -232,7 +232,7 @@ impl OnlineStore for CachedStore {
         keys: &[&[u8]],
         fields: &[FieldId],
         tiles: &[TileRead<'_>],
-    ) -> Result<(Cells, Vec<Cells>)> {
+    ) -> Result<(Cells, Vec<TileCells>)> {
         let (mut cells, missing) = self.lookup_all(keys, fields);
         let sub: Vec<&[u8]> = missing.iter().map(|&(k, _, _)| keys[k]).collect();
         let (fetched, tiles) = self.inner.read_with_tiles(&sub, fields, tiles).await?;
@@ -267,7 +267,7 @@ impl OnlineStore for CachedStore {
         keys: &[&[u8]],
         view: FieldId,
         starts: &[Timestamp],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    ) -> Result<TileCells> {
         self.inner.read_tiles(keys, view, starts).await
     }
 

@@ -93,7 +93,7 @@ use crate::tiles::{
 };
 use crate::{
     Capabilities, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
-    TileMerger, WriteStats,
+    TileCells, TileMerger, WriteStats,
 };
 
 /// `online_store: { type: embedded, path: … }` in `quiver.yaml`: where the embedded store
@@ -482,8 +482,8 @@ impl EmbeddedStore {
         keys: &[&[u8]],
         view: FieldId,
         starts: &[Timestamp],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut cells = Vec::with_capacity(keys.len() * starts.len());
+    ) -> Result<TileCells> {
+        let mut cells = TileCells::default();
         if keys.is_empty() || starts.is_empty() {
             return Ok(cells);
         }
@@ -501,7 +501,7 @@ impl EmbeddedStore {
                     let v = db
                         .get(&rtxn, &lo)
                         .map_err(|e| store_err("cannot read", e))?;
-                    cells.push(v.map(<[u8]>::to_vec));
+                    cells.push(v);
                 }
             }
             return Ok(cells);
@@ -510,9 +510,9 @@ impl EmbeddedStore {
         // order, so one range scan finds those stored (often few) instead of a lookup
         // per start.
         let (first, last) = (starts[0], starts[starts.len() - 1]);
-        for k in keys {
-            let at = cells.len();
-            cells.resize(at + starts.len(), None);
+        cells = TileCells::empty(keys.len() * starts.len());
+        for (ki, k) in keys.iter().enumerate() {
+            let at = ki * starts.len();
             storage_key(k, &tile_field(&view, first), &mut lo);
             storage_key(k, &tile_field(&view, last), &mut hi);
             let prefix = lo.len() - TILE_FIELD_LEN;
@@ -533,7 +533,7 @@ impl EmbeddedStore {
                     _ => continue,
                 };
                 if let Ok(i) = starts.binary_search(&start) {
-                    cells[at + i] = Some(v.to_vec());
+                    cells.set(at + i, v);
                 }
             }
         }
@@ -769,7 +769,7 @@ impl OnlineStore for EmbeddedStore {
         keys: &[&[u8]],
         view: FieldId,
         starts: &[Timestamp],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    ) -> Result<TileCells> {
         self.read_tiles_blocking(keys, view, starts)
     }
 

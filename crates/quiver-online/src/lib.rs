@@ -229,7 +229,7 @@ pub trait OnlineStore: Send + Sync {
         keys: &[&[u8]],
         view: FieldId,
         starts: &[Timestamp],
-    ) -> Result<Vec<Option<Vec<u8>>>>;
+    ) -> Result<TileCells>;
 
     /// Reads rows and tiles together: what [`Self::read`] returns for `keys` and
     /// `fields`, then for each of `tiles` what [`Self::read_tiles`] returns for it — in
@@ -240,7 +240,7 @@ pub trait OnlineStore: Send + Sync {
         keys: &[&[u8]],
         fields: &[FieldId],
         tiles: &[TileRead<'_>],
-    ) -> Result<(Cells, Vec<Cells>)> {
+    ) -> Result<(Cells, Vec<TileCells>)> {
         let rows = self.read(keys, fields).await?;
         let mut out = Vec::with_capacity(tiles.len());
         for t in tiles {
@@ -275,9 +275,89 @@ pub trait OnlineStore: Send + Sync {
     }
 }
 
-/// Stored cells, one per (key, field) or (key, tile) read; `None` where nothing is
-/// stored.
+/// Stored cells, one per (key, field) read; `None` where nothing is stored.
 pub type Cells = Vec<Option<Vec<u8>>>;
+
+/// Stored tiles, one cell per (key, tile start) read, key-major, `None` where nothing is
+/// stored: their bytes in one buffer, so that a read of many tiles allocates once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TileCells {
+    bytes: Vec<u8>,
+    /// Per cell: its range of `bytes`.
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+impl TileCells {
+    /// `cells` cells, none stored.
+    pub fn empty(cells: usize) -> Self {
+        TileCells {
+            bytes: Vec::new(),
+            spans: vec![None; cells],
+        }
+    }
+
+    /// Appends a cell.
+    pub fn push(&mut self, cell: Option<&[u8]>) {
+        let span = cell.map(|b| self.append(b));
+        self.spans.push(span);
+    }
+
+    /// Stores `bytes` as cell `i`.
+    pub fn set(&mut self, i: usize, bytes: &[u8]) {
+        self.spans[i] = Some(self.append(bytes));
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> (usize, usize) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        (at, at + bytes.len())
+    }
+
+    /// Cell `i`'s bytes (`None` where nothing is stored).
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.spans[i].map(|(a, b)| &self.bytes[a..b])
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The cells in order.
+    pub fn iter(&self) -> impl Iterator<Item = Option<&[u8]>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// The cells as vectors of their own.
+    pub fn to_vecs(&self) -> Vec<Option<Vec<u8>>> {
+        self.iter().map(|c| c.map(<[u8]>::to_vec)).collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a TileCells {
+    type Item = Option<&'a [u8]>;
+    type IntoIter = Box<dyn Iterator<Item = Option<&'a [u8]>> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl From<Vec<Option<Vec<u8>>>> for TileCells {
+    fn from(cells: Vec<Option<Vec<u8>>>) -> Self {
+        let mut out = TileCells {
+            bytes: Vec::with_capacity(cells.iter().flatten().map(Vec::len).sum()),
+            spans: Vec::with_capacity(cells.len()),
+        };
+        for c in &cells {
+            out.push(c.as_deref());
+        }
+        out
+    }
+}
 
 /// The tiles a read needs of one view: those starting at `starts`, for each of `keys`.
 #[derive(Clone, Copy, Debug)]

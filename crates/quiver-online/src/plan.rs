@@ -719,11 +719,11 @@ impl ReadPlan {
                 let starts = tile_starts.next().expect("one per tile group");
                 let stored = tile_cells.next().expect("one per tile group");
                 for row in 0..n {
-                    let cells = &stored[row * starts.len()..(row + 1) * starts.len()];
+                    let first = row * starts.len();
                     let tiles: Vec<(Timestamp, &[u8])> = starts
                         .iter()
-                        .zip(cells)
-                        .filter_map(|(start, cell)| Some((*start, cell.as_deref()?)))
+                        .enumerate()
+                        .filter_map(|(i, start)| Some((*start, stored.get(first + i)?)))
                         .collect();
                     let values = quiver_core::agg::tile::values_of_encoded(
                         &g.layout, &g.outputs, g.hop, &tiles, at,

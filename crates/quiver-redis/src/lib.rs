@@ -106,7 +106,7 @@ use quiver_online::tiles::{
 };
 use quiver_online::{
     Capabilities, Cells, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
-    TileMerger, TileRead, WriteStats,
+    TileCells, TileMerger, TileRead, WriteStats,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -1071,7 +1071,7 @@ impl OnlineStore for RedisStore {
         keys: &[&[u8]],
         fields: &[FieldId],
         tiles: &[TileRead<'_>],
-    ) -> Result<(Cells, Vec<Cells>)> {
+    ) -> Result<(Cells, Vec<TileCells>)> {
         let mut key_buf = Vec::new();
         let hmget = |key: &[u8], fields: &mut dyn Iterator<Item = &[u8]>, key_buf: &mut Vec<u8>| {
             redis_key_into(key, key_buf);
@@ -1100,9 +1100,9 @@ impl OnlineStore for RedisStore {
             }
         }
         let mut rows = Vec::with_capacity(keys.len() * fields.len());
-        let mut tile_cells: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(tiles.len());
+        let mut tile_cells: Vec<TileCells> = Vec::with_capacity(tiles.len());
         if cmds.is_empty() {
-            tile_cells.resize_with(tiles.len(), Vec::new);
+            tile_cells.resize_with(tiles.len(), TileCells::default);
             return Ok((rows, tile_cells));
         }
         let answers = self
@@ -1121,7 +1121,7 @@ impl OnlineStore for RedisStore {
                     cells.extend(self.hmget_values(a, tf.len(), "tile read failed")?);
                 }
             }
-            tile_cells.push(cells);
+            tile_cells.push(cells.into());
         }
         Ok((rows, tile_cells))
     }
@@ -1270,7 +1270,7 @@ impl OnlineStore for RedisStore {
         keys: &[&[u8]],
         view: FieldId,
         starts: &[Timestamp],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    ) -> Result<TileCells> {
         let read = TileRead { keys, view, starts };
         let (_, mut tiles) = self.read_with_tiles(&[], &[], &[read]).await?;
         Ok(tiles.pop().unwrap_or_default())

@@ -101,7 +101,7 @@ impl Ns {
         starts: &[Timestamp],
     ) -> Vec<Option<Vec<u8>>> {
         let cells = match store.read_tiles(keys, view, starts).await {
-            Ok(c) => c,
+            Ok(c) => c.to_vecs(),
             Err(e) => self.fail(store, format_args!("read_tiles failed: {e}")),
         };
         if cells.len() != keys.len() * starts.len() {

@@ -139,7 +139,7 @@ impl OnlineStore for PausedRead {
         keys: &[&[u8]],
         view: FieldId,
         starts: &[i64],
-    ) -> quiver_online::Result<Vec<Option<Vec<u8>>>> {
+    ) -> quiver_online::Result<quiver_online::TileCells> {
         self.inner.read_tiles(keys, view, starts).await
     }
 

@@ -339,12 +339,12 @@ impl OnlineStore for MemStore {
         keys: &[&[u8]],
         view: FieldId,
         starts: &[Timestamp],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    ) -> Result<quiver_online::TileCells> {
         let t = self.tiles.lock().unwrap();
-        let mut out = Vec::new();
+        let mut out = quiver_online::TileCells::default();
         for k in keys {
             for &s in starts {
-                out.push(t.irs.get(&self.tile_key(k, view, s)).cloned());
+                out.push(t.irs.get(&self.tile_key(k, view, s)).map(Vec::as_slice));
             }
         }
         Ok(out)

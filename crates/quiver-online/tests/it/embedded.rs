@@ -527,7 +527,7 @@ async fn a_store_without_tile_databases_opens_and_gains_them() {
     store.merge_tiles(&m, &add).await.unwrap();
     assert_eq!(
         store.read_tiles(&[&key], F, &[0]).await.unwrap(),
-        vec![Some(one.to_vec())]
+        vec![Some(one.to_vec())].into()
     );
 }
 
@@ -565,7 +565,7 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
     let key_refs = refs(&keys);
     assert_eq!(
         store.read_tiles(&key_refs, G, &[300]).await.unwrap(),
-        vec![Some(one.to_vec()), Some(one.to_vec())]
+        vec![Some(one.to_vec()), Some(one.to_vec())].into()
     );
     assert_eq!(
         store.stream_positions(&key_refs, G, b"p").await.unwrap(),
@@ -603,7 +603,7 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
     assert!(e.to_string().contains("tile at 300"), "{e}");
     assert_eq!(
         store.read_tiles(&key_refs, G, &[300]).await.unwrap(),
-        vec![Some(one.to_vec()), Some(one.to_vec())],
+        vec![Some(one.to_vec()), Some(one.to_vec())].into(),
         "nothing of the failed call is stored"
     );
 }

@@ -171,7 +171,7 @@ async fn a_merge_that_loses_a_race_reads_and_merges_again() {
         );
         let got = store.read_tiles(&[&k], view, &[0]).await.expect("read");
         assert_eq!(
-            got[0].as_deref().and_then(Count::value),
+            got.get(0).and_then(Count::value),
             Some(101),
             "the merge is applied to the other writer's 100, cluster: {cluster}"
         );
@@ -274,7 +274,7 @@ async fn tile_deletes_bump_the_version() {
             .read_tiles(&[&k], view, &[0, 600])
             .await
             .expect("read"),
-        vec![None, Some(one.to_vec())]
+        vec![None, Some(one.to_vec())].into()
     );
 }
 
