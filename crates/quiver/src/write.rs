@@ -468,6 +468,7 @@ pub async fn write_tiles(
     use quiver_core::agg::window::align;
     use quiver_core::agg::{Input, Ir, Order};
     use quiver_online::tiles::{KeyMerge, TileDelta};
+    use rayon::prelude::*;
     use std::collections::{BTreeMap, HashMap};
 
     let nkeys = view.join_keys.len();
@@ -475,7 +476,8 @@ pub async fn write_tiles(
     let entity_set = view.entity_set();
     // Per group, per key: tile start → IRs.
     type Tiles = BTreeMap<i64, Vec<Ir>>;
-    let mut per_group: Vec<HashMap<Vec<u8>, Tiles>> = vec![HashMap::new(); groups.len()];
+    // (entity key, its tiles as (start, bytes)).
+    type KeyTiles = (Vec<u8>, Vec<(i64, Vec<u8>)>);
     let column_index: Vec<Vec<Option<usize>>> = groups
         .iter()
         .map(|g| {
@@ -489,38 +491,82 @@ pub async fn write_tiles(
                 .collect()
         })
         .collect();
-    let mut buf = Vec::new();
-    let mut values: Vec<Input<'_>> = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            buf.clear();
-            for k in 0..nkeys {
-                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
-            }
-            let order: Order = stored_version(b, nkeys, r).into();
-            for (gi, g) in groups.iter().enumerate() {
-                values.clear();
-                for ci in &column_index[gi] {
-                    values.push(match ci {
-                        Some(ci) => quiver_offline::aggregate::input_at(b.column(*ci).as_ref(), r),
-                        None => Input::Null,
-                    });
+    // Tiles are built and encoded in shards of the keys (by a hash of the key), shards
+    // in parallel: each reads every event and keeps its own keys'.
+    let shards = rayon::current_num_threads().max(1) as u64;
+    let build = |shard: u64| -> Result<Vec<Vec<KeyTiles>>> {
+        let mut per_group: Vec<HashMap<Vec<u8>, Tiles>> = vec![HashMap::new(); groups.len()];
+        let mut buf = Vec::new();
+        let mut values: Vec<Input<'_>> = Vec::new();
+        for b in batches {
+            for r in 0..b.num_rows() {
+                buf.clear();
+                for k in 0..nkeys {
+                    encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
                 }
-                let tiles = match per_group[gi].get_mut(buf.as_slice()) {
-                    Some(t) => t,
-                    None => per_group[gi].entry(buf.clone()).or_default(),
-                };
-                let irs = tiles
-                    .entry(align(order.event_ts, g.hop))
-                    .or_insert_with(|| g.layout.empty());
-                g.layout.update(irs, &values, order);
+                if shards > 1 && xxhash_rust::xxh3::xxh3_64(&buf) % shards != shard {
+                    continue;
+                }
+                let order: Order = stored_version(b, nkeys, r).into();
+                for (gi, g) in groups.iter().enumerate() {
+                    values.clear();
+                    for ci in &column_index[gi] {
+                        values.push(match ci {
+                            Some(ci) => {
+                                quiver_offline::aggregate::input_at(b.column(*ci).as_ref(), r)
+                            }
+                            None => Input::Null,
+                        });
+                    }
+                    let tiles = match per_group[gi].get_mut(buf.as_slice()) {
+                        Some(t) => t,
+                        None => per_group[gi].entry(buf.clone()).or_default(),
+                    };
+                    let irs = tiles
+                        .entry(align(order.event_ts, g.hop))
+                        .or_insert_with(|| g.layout.empty());
+                    g.layout.update(irs, &values, order);
+                }
             }
         }
+        // Encoded, each key's tile maps freed as it goes.
+        let mut key = Vec::new();
+        Ok(groups
+            .iter()
+            .zip(per_group)
+            .map(|(g, map)| {
+                map.into_iter()
+                    .map(|(k, tiles)| {
+                        entity_key_into(&view.project, &entity_set, &k, &mut key);
+                        let encoded = tiles
+                            .iter()
+                            .map(|(start, irs)| {
+                                let mut bytes = Vec::new();
+                                g.layout.encode(irs, &mut bytes);
+                                (*start, bytes)
+                            })
+                            .collect();
+                        (key.clone(), encoded)
+                    })
+                    .collect()
+            })
+            .collect())
+    };
+    let built: Vec<Vec<Vec<KeyTiles>>> = (0..shards)
+        .into_par_iter()
+        .map(build)
+        .collect::<Result<_>>()?;
+    // Per group, every shard's keys.
+    let mut per_group: Vec<Vec<KeyTiles>> = (0..groups.len()).map(|_| Vec::new()).collect();
+    for shard in built {
+        for (all, entries) in per_group.iter_mut().zip(shard) {
+            all.extend(entries);
+        }
     }
-    let keys: u64 = per_group.first().map_or(0, |m| m.len() as u64);
+    let keys: u64 = per_group.first().map_or(0, |e| e.len() as u64);
     let total: u64 = per_group
         .iter()
-        .map(|m| m.values().map(|t| t.len() as u64).sum::<u64>())
+        .map(|e| e.iter().map(|(_, t)| t.len() as u64).sum::<u64>())
         .sum();
     progress.start(&view.name, total);
     // Whole tiles replace the stored ones: the merge keeps the delta.
@@ -529,23 +575,7 @@ pub async fn write_tiles(
         Ok(())
     };
     let mut written = 0u64;
-    for (gi, g) in groups.iter().enumerate() {
-        // (entity key, its tiles as (start, bytes)).
-        type KeyTiles = (Vec<u8>, Vec<(i64, Vec<u8>)>);
-        let mut entries: Vec<KeyTiles> = Vec::new();
-        let mut key = Vec::new();
-        for (k, tiles) in &per_group[gi] {
-            entity_key_into(&view.project, &entity_set, k, &mut key);
-            let encoded = tiles
-                .iter()
-                .map(|(start, irs)| {
-                    let mut bytes = Vec::new();
-                    g.layout.encode(irs, &mut bytes);
-                    (*start, bytes)
-                })
-                .collect();
-            entries.push((key.clone(), encoded));
-        }
+    for (g, mut entries) in groups.iter().zip(per_group) {
         // In key order: consecutive writes land on the same pages of the embedded
         // store's tree instead of one page (copied on write) per tile.
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
