@@ -10,7 +10,7 @@ use crate::time::{Duration, Timestamp};
 use crate::value::Value;
 
 use super::exact::{get_uvarint, put_uvarint};
-use super::window::{align, window_range};
+use super::window::{align, window_range, DAY};
 use super::{Aggregation, FinalizeError, Input, Ir, Order};
 
 /// The aggregations stored in one tile, in order.
@@ -117,6 +117,146 @@ pub fn tile_starts(t: Timestamp, longest: Duration, hop: Duration) -> Vec<Timest
     let head = align(t, hop);
     let h = hop.micros();
     (0..=((head - lo) / h)).map(|i| lo + i * h).collect()
+}
+
+/// Whether a tile group of hop `hop` whose longest window is `longest` also keeps day
+/// tiles: the hop divides a day and the longest window spans at least two, so that a
+/// read of it merges a day tile for each whole day instead of that day's hop tiles.
+pub fn keeps_day_tiles(hop: Duration, longest: Duration) -> bool {
+    let h = hop.micros();
+    h > 0 && h < DAY && DAY % h == 0 && longest.micros() >= 2 * DAY
+}
+
+/// How an output's window at `t` is read from hop and day tiles: its start `lo`, and,
+/// when whole days lie inside it, the first of them `d1` (day tiles cover `[d1, d2)`,
+/// `d2 = align(t, day)`; hop tiles cover `[lo, d1)` and `[d2, head]`).
+fn window_days(t: Timestamp, window: Duration, hop: Duration) -> (Timestamp, Option<Timestamp>) {
+    let day = Duration::from_micros(DAY);
+    let lo = window_range(t, window, hop).0;
+    let d1 = if lo.rem_euclid(DAY) == 0 {
+        lo
+    } else {
+        align(lo, day).saturating_add(DAY)
+    };
+    (lo, (d1 < align(t, day)).then_some(d1))
+}
+
+/// The hop-tile and day-tile starts a read at `t` of `windows` needs when the group keeps
+/// day tiles: the hop tiles of each window's partial days, the day tiles of its whole
+/// days.
+pub fn layered_starts(
+    t: Timestamp,
+    windows: &[Duration],
+    hop: Duration,
+) -> (Vec<Timestamp>, Vec<Timestamp>) {
+    let (h, head, d2) = (
+        hop.micros(),
+        align(t, hop),
+        align(t, Duration::from_micros(DAY)),
+    );
+    let mut hops = Vec::new();
+    let mut days = Vec::new();
+    for &w in windows {
+        let (lo, d1) = window_days(t, w, hop);
+        match d1 {
+            Some(d1) => {
+                hops.extend((0..(d1 - lo) / h).map(|i| lo + i * h));
+                hops.extend((0..=(head - d2) / h).map(|i| d2 + i * h));
+                days.extend((0..(d2 - d1) / DAY).map(|i| d1 + i * DAY));
+            }
+            None => hops.extend((0..=(head - lo) / h).map(|i| lo + i * h)),
+        }
+    }
+    for v in [&mut hops, &mut days] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (hops, days)
+}
+
+/// [`values_of_encoded`] for a group that keeps day tiles: each output's window from the
+/// hop tiles of its partial days and the day tiles of its whole days (the tiles
+/// [`layered_starts`] reads). Per slot the hop tiles of the current day are merged once,
+/// then each output's own part into a copy; every sequence newest first. Merges are
+/// exact, so the values are those of the hop tiles alone, bit for bit.
+pub fn values_of_layered(
+    layout: &TileLayout,
+    outputs: &[TileOutput],
+    hop: Duration,
+    hop_tiles: &[(Timestamp, &[u8])],
+    day_tiles: &[(Timestamp, &[u8])],
+    t: Timestamp,
+) -> Result<Vec<Result<Value, FinalizeError>>, FinalizeError> {
+    let slots = layout.aggregations.len();
+    let mut parts: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
+    for (tiles, parts) in [hop_tiles, day_tiles].iter().zip(parts.iter_mut()) {
+        for (_, bytes) in tiles.iter() {
+            layout.split(bytes, parts)?;
+        }
+    }
+    let mut newest_first: [Vec<usize>; 2] = [
+        (0..hop_tiles.len()).collect(),
+        (0..day_tiles.len()).collect(),
+    ];
+    newest_first[0].sort_by_key(|&i| std::cmp::Reverse(hop_tiles[i].0));
+    newest_first[1].sort_by_key(|&i| std::cmp::Reverse(day_tiles[i].0));
+    let starts = [hop_tiles, day_tiles];
+    let mut scratch = layout.empty();
+    let head = align(t, hop);
+    let d2 = align(t, Duration::from_micros(DAY));
+    // Merges into `ir` slot `slot` of the tiles of `layer` whose starts are in [from, to].
+    let mut merge_range = |layer: usize,
+                           slot: usize,
+                           from: Timestamp,
+                           to: Timestamp,
+                           ir: &mut Ir|
+     -> Result<(), FinalizeError> {
+        let agg = &layout.aggregations[slot];
+        for &i in &newest_first[layer] {
+            let start = starts[layer][i].0;
+            if start < from || start > to || agg.complete_for_earlier_tiles(ir) {
+                continue;
+            }
+            agg.decode_into(parts[layer][i * slots + slot], &mut scratch[slot])?;
+            agg.merge(ir, &scratch[slot]);
+        }
+        Ok(())
+    };
+    let mut values: Vec<Option<Result<Value, FinalizeError>>> = vec![None; outputs.len()];
+    for (slot, agg) in layout.aggregations.iter().enumerate() {
+        let members: Vec<usize> = (0..outputs.len())
+            .filter(|&i| outputs[i].slot == slot)
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        // The hop tiles of the current day, shared by every window reaching before it.
+        let mut today = agg.empty();
+        merge_range(0, slot, d2, head, &mut today)?;
+        for i in members {
+            let (lo, d1) = window_days(t, outputs[i].window, hop);
+            let ir = if lo >= d2 {
+                let mut ir = agg.empty();
+                merge_range(0, slot, lo, head, &mut ir)?;
+                ir
+            } else {
+                let mut ir = today.clone();
+                match d1 {
+                    Some(d1) => {
+                        merge_range(1, slot, d1, d2 - 1, &mut ir)?;
+                        merge_range(0, slot, lo, d1 - 1, &mut ir)?;
+                    }
+                    None => merge_range(0, slot, lo, d2 - 1, &mut ir)?,
+                }
+                ir
+            };
+            values[i] = Some(outputs[i].aggregation.finalize(&ir));
+        }
+    }
+    Ok(values
+        .into_iter()
+        .map(|v| v.expect("every output reads a slot"))
+        .collect())
 }
 
 /// One output of a tile group: the aggregation finalizing it, the tile slot (IR) it
@@ -308,6 +448,72 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// A group that keeps day tiles reads each window's whole days from them and its
+        /// partial days from hop tiles: the same values, bit for bit, as reading every
+        /// hop tile — for windows shorter than, as long as and longer than a day, read at
+        /// times on and off hop and day boundaries.
+        #[test]
+        fn day_tiles_read_like_hop_tiles(
+            events in prop::collection::vec((0i64..10 * 24 * 60, prop::option::of(-1000i64..1000)), 0..150),
+            t_minute in 9i64 * 24 * 60..11 * 24 * 60,
+            t_edge in 0u8..3,
+        ) {
+            let (layout, _) = layout();
+            let hop = Duration::from_micros(60 * MINUTE);
+            let day = 24 * 60;
+            let t = match t_edge {
+                0 => t_minute,
+                1 => t_minute - t_minute % 60,
+                _ => t_minute - t_minute % day,
+            } * MINUTE;
+            let windows: Vec<Duration> = [60, 7 * day, day, 2 * day + 300, 3 * day, 10 * day, 5 * day, 4 * day, day + 60, 2 * day]
+                .iter()
+                .map(|m| Duration::from_micros(m * MINUTE))
+                .collect();
+            let outputs: Vec<TileOutput> = layout
+                .aggregations
+                .iter()
+                .zip(&windows)
+                .enumerate()
+                .map(|(slot, (a, &window))| TileOutput { slot, aggregation: a.clone(), window })
+                .collect();
+            // Hop tiles and day tiles of the events before t.
+            let mut hours: BTreeMap<Timestamp, Vec<Ir>> = BTreeMap::new();
+            let mut days: BTreeMap<Timestamp, Vec<Ir>> = BTreeMap::new();
+            for (i, e) in events.iter().enumerate().filter(|(_, e)| e.0 * MINUTE < t) {
+                let order = Order { event_ts: e.0 * MINUTE, created_ts: 0, position: i as u128 };
+                let vals = vec![e.1.map_or(Input::Null, |v| Input::Float(v as f64 / 8.0)); layout.aggregations.len()];
+                for (tiles, len) in [(&mut hours, hop), (&mut days, Duration::from_micros(DAY))] {
+                    let irs = tiles.entry(align(order.event_ts, len)).or_insert_with(|| layout.empty());
+                    layout.update(irs, &vals, order);
+                }
+            }
+            let encode = |tiles: &BTreeMap<Timestamp, Vec<Ir>>| -> BTreeMap<Timestamp, Vec<u8>> {
+                tiles.iter().map(|(s, irs)| {
+                    let mut b = Vec::new();
+                    layout.encode(irs, &mut b);
+                    (*s, b)
+                }).collect()
+            };
+            let (hours, days) = (encode(&hours), encode(&days));
+            let longest = windows.iter().copied().max().unwrap();
+            let all: Vec<(Timestamp, &[u8])> = tile_starts(t, longest, hop)
+                .iter()
+                .filter_map(|s| hours.get(s).map(|b| (*s, b.as_slice())))
+                .collect();
+            let want = values_of_encoded(&layout, &outputs, hop, &all, t).unwrap();
+            let (hop_starts, day_starts) = layered_starts(t, &windows, hop);
+            let pick = |starts: &[Timestamp], tiles: &BTreeMap<Timestamp, Vec<u8>>| -> Vec<(Timestamp, Vec<u8>)> {
+                starts.iter().filter_map(|s| tiles.get(s).map(|b| (*s, b.clone()))).collect()
+            };
+            let (h, d) = (pick(&hop_starts, &hours), pick(&day_starts, &days));
+            let h: Vec<(Timestamp, &[u8])> = h.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+            let d: Vec<(Timestamp, &[u8])> = d.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+            let got = values_of_layered(&layout, &outputs, hop, &h, &d, t).unwrap();
+            prop_assert_eq!(format!("{got:?}"), format!("{want:?}"));
+            prop_assert!(hop_starts.len() + day_starts.len() <= tile_starts(t, longest, hop).len());
+        }
 
         /// However events reach the tiles — whole tiles computed at once (a backfill),
         /// one delta per event merged in any order (a stream), or a mix — the values

@@ -17,7 +17,7 @@ use super::{Aggregation, FinalizeError, Input, Ir, Order};
 
 const MINUTE: i64 = 60_000_000;
 const HOUR: i64 = 60 * MINUTE;
-const DAY: i64 = 24 * HOUR;
+pub const DAY: i64 = 24 * HOUR;
 
 /// The hop of a window when the definition gives none: 5 minutes for windows under 12
 /// hours, 1 hour under 12 days, 1 day beyond.
