@@ -664,9 +664,22 @@ impl ResolvedView {
                     window: a.window,
                 });
             }
+            let longest = members
+                .iter()
+                .map(|&i| self.aggregations[i].window)
+                .max()
+                .unwrap_or(hop);
+            // Day tiles beside the hop tiles: the hop tiles' field changes with them, so
+            // that hop tiles written without their day tiles are never read with them.
+            let days = crate::agg::tile::keeps_day_tiles(hop, longest);
+            if days {
+                signature.push_str("\0days");
+            }
+            let hash = |s: &str| xxhash_rust::xxh3::xxh3_64(s.as_bytes()).to_le_bytes();
             out.push(TileGroup {
                 hop,
-                field: xxhash_rust::xxh3::xxh3_64(signature.as_bytes()).to_le_bytes(),
+                field: hash(&signature),
+                day_field: days.then(|| hash(&format!("{signature}\0day tiles"))),
                 windows: members
                     .iter()
                     .map(|&i| self.aggregations[i].window)
@@ -687,6 +700,9 @@ pub struct TileGroup {
     pub hop: Duration,
     /// The online field of the group's tiles.
     pub field: [u8; 8],
+    /// The online field of its day tiles, when it keeps them
+    /// ([`crate::agg::tile::keeps_day_tiles`]): each the merge of that day's hop tiles.
+    pub day_field: Option<[u8; 8]>,
     /// Indices into the view's `aggregations`, in order.
     pub members: Vec<usize>,
     /// The stored slots: one IR per distinct (function's IR, column).

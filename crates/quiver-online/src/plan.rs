@@ -21,7 +21,7 @@ use quiver_core::time::{Duration, Timestamp};
 use quiver_core::{DType, FeatureStatus, Value};
 use quiver_registry::RegistryState;
 
-use crate::{entity_key_into, Error, FieldId, OnlineStore, Result, TileRead};
+use crate::{entity_key_into, Error, FieldId, OnlineStore, Result, TileCells, TileRead};
 
 /// Columns of values, all of one length: the entity rows of a request (one column per
 /// join key) or its request context.
@@ -653,26 +653,40 @@ impl ReadPlan {
             }
         }
         let keys: Vec<&[u8]> = spans.iter().map(|&(a, b)| &buf[a..b]).collect();
-        // Aggregated views: the tiles of each tile group's longest window at `at`, read
-        // in the same round trip as the rows.
-        let tile_starts: Vec<Vec<Timestamp>> = self
+        // Aggregated views: the tiles of each tile group's windows at `at` — every hop
+        // tile of the longest, or, for a group that keeps day tiles, the hop tiles of
+        // the windows' partial days and the day tiles of their whole days — read in the
+        // same round trip as the rows.
+        let tile_starts: Vec<(Vec<Timestamp>, Vec<Timestamp>)> = self
             .views
             .iter()
             .flat_map(|v| v.tiles.iter())
-            .map(|g| {
-                let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
-                quiver_core::agg::tile::tile_starts(at, longest, g.hop)
+            .map(|g| match g.day_field {
+                Some(_) => quiver_core::agg::tile::layered_starts(at, &g.windows, g.hop),
+                None => {
+                    let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
+                    let starts = quiver_core::agg::tile::tile_starts(at, longest, g.hop);
+                    (starts, Vec::new())
+                }
             })
             .collect();
         let tile_reads: Vec<TileRead<'_>> = self
             .views
             .iter()
-            .flat_map(|v| v.tiles.iter().map(move |g| (v.group, g.field)))
+            .flat_map(|v| v.tiles.iter().map(move |g| (v.group, g)))
             .zip(&tile_starts)
-            .map(|((group, view), starts)| TileRead {
-                keys: &keys[group * n..(group + 1) * n],
-                view,
-                starts,
+            .flat_map(|((group, g), (hops, days))| {
+                let keys = &keys[group * n..(group + 1) * n];
+                std::iter::once(TileRead {
+                    keys,
+                    view: g.field,
+                    starts: hops,
+                })
+                .chain(g.day_field.map(|view| TileRead {
+                    keys,
+                    view,
+                    starts: days,
+                }))
             })
             .collect();
         let (cells, mut tile_cells) = online
@@ -716,18 +730,25 @@ impl ReadPlan {
         // the engine (the same IRs and finalizers as training sets).
         for view in self.views.iter().filter(|v| !v.tiles.is_empty()) {
             for g in &view.tiles {
-                let starts = tile_starts.next().expect("one per tile group");
+                let (hop_starts, day_starts) = tile_starts.next().expect("one per tile group");
                 let stored = tile_cells.next().expect("one per tile group");
+                let stored_days = g
+                    .day_field
+                    .map(|_| tile_cells.next().expect("one per group's day tiles"));
                 for row in 0..n {
-                    let first = row * starts.len();
-                    let tiles: Vec<(Timestamp, &[u8])> = starts
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, start)| Some((*start, stored.get(first + i)?)))
-                        .collect();
-                    let values = quiver_core::agg::tile::values_of_encoded(
-                        &g.layout, &g.outputs, g.hop, &tiles, at,
-                    )
+                    let tiles = of_row(hop_starts, &stored, row);
+                    let days = match &stored_days {
+                        Some(cells) => of_row(day_starts, cells, row),
+                        None => Vec::new(),
+                    };
+                    let values = match &stored_days {
+                        Some(_) => quiver_core::agg::tile::values_of_layered(
+                            &g.layout, &g.outputs, g.hop, &tiles, &days, at,
+                        ),
+                        None => quiver_core::agg::tile::values_of_encoded(
+                            &g.layout, &g.outputs, g.hop, &tiles, at,
+                        ),
+                    }
                     .map_err(|e| Error::store(format!("feature view '{}': {}", view.name, e.0)))?;
                     let head = quiver_core::agg::window::align(at, g.hop);
                     for (k, v) in values.into_iter().enumerate() {
@@ -736,7 +757,10 @@ impl ReadPlan {
                         // (with the empty window's value: count 0, sum null…).
                         let (lo, _) =
                             quiver_core::agg::window::window_range(at, g.windows[k], g.hop);
-                        let status = if tiles.iter().any(|(s, _)| *s >= lo && *s <= head) {
+                        // (A day tile read at or after `lo` is a whole day of this window.)
+                        let status = if tiles.iter().any(|(s, _)| *s >= lo && *s <= head)
+                            || days.iter().any(|(s, _)| *s >= lo)
+                        {
                             FeatureStatus::Present
                         } else {
                             FeatureStatus::Missing
@@ -757,6 +781,21 @@ impl ReadPlan {
         }
         Ok(out)
     }
+}
+
+/// Row `row`'s stored tiles among `starts` (cells key-major: a row's `starts.len()`
+/// cells in a run).
+fn of_row<'a>(
+    starts: &[Timestamp],
+    cells: &'a TileCells,
+    row: usize,
+) -> Vec<(Timestamp, &'a [u8])> {
+    let first = row * starts.len();
+    starts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, start)| Some((*start, cells.get(first + i)?)))
+        .collect()
 }
 
 /// A short description of a value for error messages.

@@ -57,6 +57,10 @@ impl FeatureStore {
                 let keep = serving.retention.unwrap_or(longest).max(longest);
                 let (oldest, _) = quiver_core::agg::window::window_range(now, keep, g.hop);
                 stats.tiles_deleted += online.delete_tiles_before(g.field, oldest).await?;
+                // A day tile before `oldest` lies before every window's whole days.
+                if let Some(days) = g.day_field {
+                    stats.tiles_deleted += online.delete_tiles_before(days, oldest).await?;
+                }
             }
             let mut retired = state.resolved_view(name)?;
             for version in 1..record.version {

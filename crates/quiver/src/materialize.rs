@@ -244,19 +244,25 @@ impl MaterializeBuilder {
                 }
             }
         }
-        // Whole tiles of every hop: from the earliest tile start among the hops.
-        let from = view
-            .aggregations
+        // Whole tiles of every length written (each hop, and a day for groups that keep
+        // day tiles): from the earliest tile start among them.
+        let mut lengths: Vec<quiver_core::time::Duration> =
+            view.aggregations.iter().map(|a| a.hop).collect();
+        if view.tile_groups()?.iter().any(|g| g.day_field.is_some()) {
+            lengths.push(quiver_core::time::Duration::from_micros(
+                quiver_core::agg::window::DAY,
+            ));
+        }
+        let from = lengths
             .iter()
-            .map(|a| align(from, a.hop))
+            .map(|&l| align(from, l))
             .min()
             .unwrap_or(from);
         // Whole tiles at the end too: a tile is never overwritten by part of itself
         // (the events of the last tile after `end` are read as well).
-        let to = view
-            .aggregations
+        let to = lengths
             .iter()
-            .map(|a| align(end.saturating_sub(1), a.hop).saturating_add(a.hop.micros()))
+            .map(|&l| align(end.saturating_sub(1), l).saturating_add(l.micros()))
             .max()
             .unwrap_or(end);
         let batches = offline.read_range(view, from, to).await?;

@@ -474,6 +474,16 @@ pub async fn write_tiles(
     let nkeys = view.join_keys.len();
     let groups = view.tile_groups()?;
     let entity_set = view.entity_set();
+    // What is written: each group's hop tiles, and its day tiles when it keeps them —
+    // (group, tile length, field).
+    let day = quiver_core::time::Duration::from_micros(quiver_core::agg::window::DAY);
+    let layers: Vec<(usize, quiver_core::time::Duration, [u8; 8])> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(gi, g)| {
+            std::iter::once((gi, g.hop, g.field)).chain(g.day_field.map(|f| (gi, day, f)))
+        })
+        .collect();
     // Per group, per key: tile start → IRs.
     type Tiles = BTreeMap<i64, Vec<Ir>>;
     // (entity key, its tiles as (start, bytes)).
@@ -495,7 +505,7 @@ pub async fn write_tiles(
     // in parallel: each reads every event and keeps its own keys'.
     let shards = rayon::current_num_threads().max(1) as u64;
     let build = |shard: u64| -> Result<Vec<Vec<KeyTiles>>> {
-        let mut per_group: Vec<HashMap<Vec<u8>, Tiles>> = vec![HashMap::new(); groups.len()];
+        let mut per_layer: Vec<HashMap<Vec<u8>, Tiles>> = vec![HashMap::new(); layers.len()];
         let mut buf = Vec::new();
         let mut values: Vec<Input<'_>> = Vec::new();
         for b in batches {
@@ -508,7 +518,8 @@ pub async fn write_tiles(
                     continue;
                 }
                 let order: Order = stored_version(b, nkeys, r).into();
-                for (gi, g) in groups.iter().enumerate() {
+                for (li, &(gi, len, _)) in layers.iter().enumerate() {
+                    let g = &groups[gi];
                     values.clear();
                     for ci in &column_index[gi] {
                         values.push(match ci {
@@ -518,12 +529,12 @@ pub async fn write_tiles(
                             None => Input::Null,
                         });
                     }
-                    let tiles = match per_group[gi].get_mut(buf.as_slice()) {
+                    let tiles = match per_layer[li].get_mut(buf.as_slice()) {
                         Some(t) => t,
-                        None => per_group[gi].entry(buf.clone()).or_default(),
+                        None => per_layer[li].entry(buf.clone()).or_default(),
                     };
                     let irs = tiles
-                        .entry(align(order.event_ts, g.hop))
+                        .entry(align(order.event_ts, len))
                         .or_insert_with(|| g.layout.empty());
                     g.layout.update(irs, &values, order);
                 }
@@ -531,10 +542,11 @@ pub async fn write_tiles(
         }
         // Encoded, each key's tile maps freed as it goes.
         let mut key = Vec::new();
-        Ok(groups
+        Ok(layers
             .iter()
-            .zip(per_group)
-            .map(|(g, map)| {
+            .zip(per_layer)
+            .map(|(&(gi, _, _), map)| {
+                let g = &groups[gi];
                 map.into_iter()
                     .map(|(k, tiles)| {
                         entity_key_into(&view.project, &entity_set, &k, &mut key);
@@ -556,15 +568,15 @@ pub async fn write_tiles(
         .into_par_iter()
         .map(build)
         .collect::<Result<_>>()?;
-    // Per group, every shard's keys.
-    let mut per_group: Vec<Vec<KeyTiles>> = (0..groups.len()).map(|_| Vec::new()).collect();
+    // Per layer, every shard's keys.
+    let mut per_layer: Vec<Vec<KeyTiles>> = (0..layers.len()).map(|_| Vec::new()).collect();
     for shard in built {
-        for (all, entries) in per_group.iter_mut().zip(shard) {
+        for (all, entries) in per_layer.iter_mut().zip(shard) {
             all.extend(entries);
         }
     }
-    let keys: u64 = per_group.first().map_or(0, |e| e.len() as u64);
-    let total: u64 = per_group
+    let keys: u64 = per_layer.first().map_or(0, |e| e.len() as u64);
+    let total: u64 = per_layer
         .iter()
         .map(|e| e.iter().map(|(_, t)| t.len() as u64).sum::<u64>())
         .sum();
@@ -575,7 +587,7 @@ pub async fn write_tiles(
         Ok(())
     };
     let mut written = 0u64;
-    for (g, mut entries) in groups.iter().zip(per_group) {
+    for (&(_, _, field), mut entries) in layers.iter().zip(per_layer) {
         // In key order: consecutive writes land on the same pages of the embedded
         // store's tree instead of one page (copied on write) per tile.
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -601,7 +613,7 @@ pub async fn write_tiles(
                 .zip(&deltas)
                 .map(|((k, _), d)| KeyMerge {
                     key: k,
-                    view: g.field,
+                    view: field,
                     position: None,
                     tiles: d,
                 })

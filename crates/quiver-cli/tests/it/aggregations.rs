@@ -596,6 +596,135 @@ fn retention_keeps_tiles_for_reads_in_the_past() {
     }
 }
 
+/// Windows of several days are served from day tiles for their whole days (written by
+/// materialization beside the hour tiles, kept by compaction within the retention) and
+/// from hour tiles for their partial days: at reads on and off hour and day boundaries
+/// every value equals the training value at the same time.
+#[test]
+fn long_windows_are_served_from_day_tiles_like_training_sets() {
+    let (hour, day) = (60 * MIN, 24 * 60 * MIN);
+    let now = quiver_core::time::now();
+    let base = align(now - day, day);
+    let repo = Repo::new(
+        "entities:\n  - name: card\n    join_keys: [card_id]\n\
+         sources:\n  - { name: txns, type: file, path: data/txns.parquet, timestamp_field: ts }\n\
+         feature_views:\n  - name: spend\n    entities: [card]\n    source: txns\n    retention: 12d\n\
+         \x20   aggregations:\n      - { function: count_star, windows: [1d, 7d] }\n\
+         \x20     - { column: amount, function: sum, windows: [3d, 7d] }\n\
+         \x20     - { column: amount, function: mean, windows: [2d] }\n\
+         \x20     - { column: amount, function: max, windows: [7d] }\n\
+         \x20     - { column: amount, function: last, windows: [7d] }\n",
+    );
+    // Card 1: an event every 5 hours over the 9 days before `base`; card 2: a few.
+    let mut events: Vec<(i64, i64, f64)> = (0..9 * 24 / 5)
+        .map(|i| {
+            (
+                1,
+                base - 9 * day + i * 5 * hour + 7 * MIN,
+                (i % 13) as f64 * 1.25 - 3.0,
+            )
+        })
+        .collect();
+    events.extend([
+        (2, base - 6 * day, 1e300),
+        (2, base - 2 * hour, -1e300),
+        (2, base - hour, 0.5),
+    ]);
+    repo.parquet(
+        "data/txns.parquet",
+        vec![
+            (
+                "card_id",
+                Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.0))),
+            ),
+            ("ts", ts(events.iter().map(|e| e.1).collect())),
+            (
+                "amount",
+                Arc::new(Float64Array::from(
+                    events.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )),
+            ),
+        ],
+    );
+    for args in [
+        &["apply"][..],
+        &["ingest"],
+        &["materialize-incremental"],
+        &["compact"],
+    ] {
+        let (ok, _, err) = cli(repo.path(), args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let store = quiver::FeatureStore::open(repo.path()).unwrap();
+    let features = [
+        "spend:count_star_1d",
+        "spend:count_star_7d",
+        "spend:amount_sum_3d",
+        "spend:amount_sum_7d",
+        "spend:amount_mean_2d",
+        "spend:amount_max_7d",
+        "spend:amount_last_7d",
+    ];
+    // Day tiles exist for the 7-day group.
+    let state = store.state().unwrap();
+    let view = state.resolved_view("spend").unwrap();
+    let groups = view.tile_groups().unwrap();
+    let days = groups
+        .iter()
+        .find_map(|g| g.day_field)
+        .expect("a group keeps day tiles");
+    let mut enc = Vec::new();
+    quiver_core::encoding::encode_key_part(&Int64Array::from(vec![1i64]), 0, &mut enc).unwrap();
+    let key = quiver_online::entity_key(&view.project, &view.entity_set(), &enc);
+    let starts: Vec<i64> = (0..10).map(|d| base - 9 * day + d * day).collect();
+    let online = store.online().block().unwrap();
+    let stored = online
+        .read_tiles(&[key.as_slice()], days, &starts)
+        .block()
+        .unwrap();
+    assert!(
+        stored.iter().filter(|c| c.is_some()).count() >= 8,
+        "day tiles written"
+    );
+    for at in [
+        base,
+        base + 37 * MIN,
+        base + 5 * hour,
+        base + 23 * hour + 59 * MIN,
+    ] {
+        let trained = store
+            .historical()
+            .entities(batch(vec![
+                ("card_id", Arc::new(Int64Array::from(vec![1i64, 2, 3]))),
+                ("event_timestamp", ts(vec![at, at, at])),
+            ]))
+            .features(features)
+            .block()
+            .unwrap();
+        let served = serve_cards(&store, features, &[1, 2, 3], at);
+        for (row, served) in served.rows.iter().enumerate() {
+            for (f, name) in features.iter().enumerate() {
+                let col = trained
+                    .column_by_name(name.split(':').nth(1).unwrap())
+                    .unwrap();
+                let want = quiver_core::value::value_at(col.as_ref(), row).unwrap();
+                assert_eq!(served.values[f], want, "{name}, card row {row}, at {at}");
+                let status = if row == 2 {
+                    quiver::FeatureStatus::Missing
+                } else {
+                    quiver::FeatureStatus::Present
+                };
+                if row == 2 || f == 1 {
+                    assert_eq!(
+                        served.statuses[f], status,
+                        "{name}, card row {row}, at {at}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Keys other than one int64 (here a string key) are grouped by their encoded bytes:
 /// the same windows, labels for unknown keys get the empty window's values, rows stay
 /// in input order.
