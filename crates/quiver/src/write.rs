@@ -540,6 +540,29 @@ pub async fn write_tiles(
                 }
             }
         }
+        // A day tile only where it saves reads: days with two hop tiles or more (a read
+        // merges the hop tiles of a day without one).
+        for (li, &(gi, len, _)) in layers.iter().enumerate() {
+            if len != day {
+                continue;
+            }
+            let hops = layers
+                .iter()
+                .position(|l| l.0 == gi && l.1 != day)
+                .expect("a group's hop tiles");
+            let (hop_map, day_map) = if hops < li {
+                let (a, b) = per_layer.split_at_mut(li);
+                (&a[hops], &mut b[0])
+            } else {
+                let (a, b) = per_layer.split_at_mut(hops);
+                (&b[0], &mut a[li])
+            };
+            day_map.retain(|k, days| {
+                let hop_tiles = &hop_map[k];
+                days.retain(|&d, _| hop_tiles.range(d..d + day.micros()).nth(1).is_some());
+                !days.is_empty()
+            });
+        }
         // Encoded, each key's tile maps freed as it goes.
         let mut key = Vec::new();
         Ok(layers

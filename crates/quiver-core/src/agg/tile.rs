@@ -141,44 +141,28 @@ fn window_days(t: Timestamp, window: Duration, hop: Duration) -> (Timestamp, Opt
     (lo, (d1 < align(t, day)).then_some(d1))
 }
 
-/// The hop-tile and day-tile starts a read at `t` of `windows` needs when the group keeps
-/// day tiles: the hop tiles of each window's partial days, the day tiles of its whole
-/// days.
-pub fn layered_starts(
-    t: Timestamp,
-    windows: &[Duration],
-    hop: Duration,
-) -> (Vec<Timestamp>, Vec<Timestamp>) {
-    let (h, head, d2) = (
-        hop.micros(),
-        align(t, hop),
-        align(t, Duration::from_micros(DAY)),
-    );
-    let mut hops = Vec::new();
+/// The day-tile starts a read at `t` of `windows` asks for when the group keeps day
+/// tiles: each window's whole days. (It asks for every hop tile of the longest window
+/// too: a day is stored as a day tile only when it has two hop tiles or more, and is
+/// read from its hop tiles otherwise.)
+pub fn day_starts(t: Timestamp, windows: &[Duration], hop: Duration) -> Vec<Timestamp> {
+    let d2 = align(t, Duration::from_micros(DAY));
     let mut days = Vec::new();
     for &w in windows {
-        let (lo, d1) = window_days(t, w, hop);
-        match d1 {
-            Some(d1) => {
-                hops.extend((0..(d1 - lo) / h).map(|i| lo + i * h));
-                hops.extend((0..=(head - d2) / h).map(|i| d2 + i * h));
-                days.extend((0..(d2 - d1) / DAY).map(|i| d1 + i * DAY));
-            }
-            None => hops.extend((0..=(head - lo) / h).map(|i| lo + i * h)),
+        if let (_, Some(d1)) = window_days(t, w, hop) {
+            days.extend((0..(d2 - d1) / DAY).map(|i| d1 + i * DAY));
         }
     }
-    for v in [&mut hops, &mut days] {
-        v.sort_unstable();
-        v.dedup();
-    }
-    (hops, days)
+    days.sort_unstable();
+    days.dedup();
+    days
 }
 
 /// [`values_of_encoded`] for a group that keeps day tiles: each output's window from the
-/// hop tiles of its partial days and the day tiles of its whole days (the tiles
-/// [`layered_starts`] reads). Per slot the hop tiles of the current day are merged once,
-/// then each output's own part into a copy; every sequence newest first. Merges are
-/// exact, so the values are those of the hop tiles alone, bit for bit.
+/// hop tiles of its partial days, and for each whole day its day tile, or its hop tiles
+/// where no day tile is stored. Per slot the hop tiles of the current day are merged
+/// once, then each output's own part into a copy; every sequence newest first. Merges
+/// are exact, so the values are those of the hop tiles alone, bit for bit.
 pub fn values_of_layered(
     layout: &TileLayout,
     outputs: &[TileOutput],
@@ -188,8 +172,8 @@ pub fn values_of_layered(
     t: Timestamp,
 ) -> Result<Vec<Result<Value, FinalizeError>>, FinalizeError> {
     let slots = layout.aggregations.len();
-    let mut parts: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
-    for (tiles, parts) in [hop_tiles, day_tiles].iter().zip(parts.iter_mut()) {
+    let mut parts_of: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
+    for (tiles, parts) in [hop_tiles, day_tiles].iter().zip(parts_of.iter_mut()) {
         for (_, bytes) in tiles.iter() {
             layout.split(bytes, parts)?;
         }
@@ -203,21 +187,35 @@ pub fn values_of_layered(
     let starts = [hop_tiles, day_tiles];
     let mut scratch = layout.empty();
     let head = align(t, hop);
-    let d2 = align(t, Duration::from_micros(DAY));
-    // Merges into `ir` slot `slot` of the tiles of `layer` whose starts are in [from, to].
-    let mut merge_range = |layer: usize,
-                           slot: usize,
-                           from: Timestamp,
-                           to: Timestamp,
-                           ir: &mut Ir|
+    let day = Duration::from_micros(DAY);
+    let d2 = align(t, day);
+    let mut stored_days: Vec<Timestamp> = day_tiles.iter().map(|t| t.0).collect();
+    stored_days.sort_unstable();
+    let has_day = |d: Timestamp| stored_days.binary_search(&d).is_ok();
+    // Merges into `ir` slot `slot` of the tiles in `parts` — (layer, [from, to], whether
+    // only hop tiles of days without a day tile count) — all together newest first, so
+    // that a slot complete for earlier tiles stops at the right one.
+    let mut picked: Vec<(Timestamp, usize, usize)> = Vec::new();
+    let mut merge = |slot: usize,
+                     parts: &[(usize, Timestamp, Timestamp, bool)],
+                     ir: &mut Ir|
      -> Result<(), FinalizeError> {
         let agg = &layout.aggregations[slot];
-        for &i in &newest_first[layer] {
-            let start = starts[layer][i].0;
-            if start < from || start > to || agg.complete_for_earlier_tiles(ir) {
-                continue;
+        picked.clear();
+        for &(layer, from, to, whole_days) in parts {
+            for &i in &newest_first[layer] {
+                let start = starts[layer][i].0;
+                if start >= from && start <= to && !(whole_days && has_day(align(start, day))) {
+                    picked.push((start, layer, i));
+                }
             }
-            agg.decode_into(parts[layer][i * slots + slot], &mut scratch[slot])?;
+        }
+        picked.sort_unstable_by(|a, b| b.cmp(a));
+        for &(_, layer, i) in picked.iter() {
+            if agg.complete_for_earlier_tiles(ir) {
+                break;
+            }
+            agg.decode_into(parts_of[layer][i * slots + slot], &mut scratch[slot])?;
             agg.merge(ir, &scratch[slot]);
         }
         Ok(())
@@ -232,21 +230,27 @@ pub fn values_of_layered(
         }
         // The hop tiles of the current day, shared by every window reaching before it.
         let mut today = agg.empty();
-        merge_range(0, slot, d2, head, &mut today)?;
+        merge(slot, &[(0, d2, head, false)], &mut today)?;
         for i in members {
             let (lo, d1) = window_days(t, outputs[i].window, hop);
             let ir = if lo >= d2 {
                 let mut ir = agg.empty();
-                merge_range(0, slot, lo, head, &mut ir)?;
+                merge(slot, &[(0, lo, head, false)], &mut ir)?;
                 ir
             } else {
                 let mut ir = today.clone();
                 match d1 {
-                    Some(d1) => {
-                        merge_range(1, slot, d1, d2 - 1, &mut ir)?;
-                        merge_range(0, slot, lo, d1 - 1, &mut ir)?;
-                    }
-                    None => merge_range(0, slot, lo, d2 - 1, &mut ir)?,
+                    // Whole days: day tiles, and the hop tiles of days without one.
+                    Some(d1) => merge(
+                        slot,
+                        &[
+                            (1, d1, d2 - 1, false),
+                            (0, d1, d2 - 1, true),
+                            (0, lo, d1 - 1, false),
+                        ],
+                        &mut ir,
+                    )?,
+                    None => merge(slot, &[(0, lo, d2 - 1, false)], &mut ir)?,
                 }
                 ir
             };
@@ -496,6 +500,8 @@ mod tests {
                     (*s, b)
                 }).collect()
             };
+            // A day tile only for days with two hop tiles or more, as materialization writes.
+            days.retain(|&d, _| hours.range(d..d + DAY).nth(1).is_some());
             let (hours, days) = (encode(&hours), encode(&days));
             let longest = windows.iter().copied().max().unwrap();
             let all: Vec<(Timestamp, &[u8])> = tile_starts(t, longest, hop)
@@ -503,7 +509,7 @@ mod tests {
                 .filter_map(|s| hours.get(s).map(|b| (*s, b.as_slice())))
                 .collect();
             let want = values_of_encoded(&layout, &outputs, hop, &all, t).unwrap();
-            let (hop_starts, day_starts) = layered_starts(t, &windows, hop);
+            let (hop_starts, day_starts) = (tile_starts(t, longest, hop), day_starts(t, &windows, hop));
             let pick = |starts: &[Timestamp], tiles: &BTreeMap<Timestamp, Vec<u8>>| -> Vec<(Timestamp, Vec<u8>)> {
                 starts.iter().filter_map(|s| tiles.get(s).map(|b| (*s, b.clone()))).collect()
             };
@@ -512,7 +518,6 @@ mod tests {
             let d: Vec<(Timestamp, &[u8])> = d.iter().map(|(s, b)| (*s, b.as_slice())).collect();
             let got = values_of_layered(&layout, &outputs, hop, &h, &d, t).unwrap();
             prop_assert_eq!(format!("{got:?}"), format!("{want:?}"));
-            prop_assert!(hop_starts.len() + day_starts.len() <= tile_starts(t, longest, hop).len());
         }
 
         /// However events reach the tiles — whole tiles computed at once (a backfill),
