@@ -519,6 +519,9 @@ pub async fn write_tiles(
                 }
                 let order: Order = stored_version(b, nkeys, r).into();
                 for (li, &(gi, len, _)) in layers.iter().enumerate() {
+                    if len == day {
+                        continue; // day tiles are merged from the hop tiles below
+                    }
                     let g = &groups[gi];
                     values.clear();
                     for ci in &column_index[gi] {
@@ -540,28 +543,42 @@ pub async fn write_tiles(
                 }
             }
         }
-        // A day tile only where it saves reads: days with two hop tiles or more (a read
-        // merges the hop tiles of a day without one).
+        // Day tiles, each the merge of its day's hop tiles (merges are exact: the same
+        // IRs as updating it with the day's events), and only where they save reads:
+        // days with two hop tiles or more (a read merges the hop tiles of a day
+        // without one).
         for (li, &(gi, len, _)) in layers.iter().enumerate() {
             if len != day {
                 continue;
             }
+            let g = &groups[gi];
             let hops = layers
                 .iter()
                 .position(|l| l.0 == gi && l.1 != day)
                 .expect("a group's hop tiles");
-            let (hop_map, day_map) = if hops < li {
-                let (a, b) = per_layer.split_at_mut(li);
-                (&a[hops], &mut b[0])
-            } else {
-                let (a, b) = per_layer.split_at_mut(hops);
-                (&b[0], &mut a[li])
-            };
-            day_map.retain(|k, days| {
-                let hop_tiles = &hop_map[k];
-                days.retain(|&d, _| hop_tiles.range(d..d + day.micros()).nth(1).is_some());
-                !days.is_empty()
-            });
+            let mut days: HashMap<Vec<u8>, Tiles> = HashMap::new();
+            for (k, hop_tiles) in &per_layer[hops] {
+                let mut of_key = Tiles::new();
+                let mut at = hop_tiles.iter().peekable();
+                while let Some((&start, irs)) = at.next() {
+                    let d = align(start, day);
+                    if at.peek().is_none_or(|(&next, _)| align(next, day) != d) {
+                        continue; // a day of one hop tile
+                    }
+                    let mut merged = irs.clone();
+                    while let Some((_, more)) = at.next_if(|(&next, _)| align(next, day) == d) {
+                        for ((a, ir), o) in g.layout.aggregations.iter().zip(&mut merged).zip(more)
+                        {
+                            a.merge(ir, o);
+                        }
+                    }
+                    of_key.insert(d, merged);
+                }
+                if !of_key.is_empty() {
+                    days.insert(k.clone(), of_key);
+                }
+            }
+            per_layer[li] = days;
         }
         // Encoded, each key's tile maps freed as it goes.
         let mut key = Vec::new();

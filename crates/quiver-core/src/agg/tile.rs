@@ -172,12 +172,10 @@ pub fn values_of_layered(
     t: Timestamp,
 ) -> Result<Vec<Result<Value, FinalizeError>>, FinalizeError> {
     let slots = layout.aggregations.len();
-    let mut parts_of: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
-    for (tiles, parts) in [hop_tiles, day_tiles].iter().zip(parts_of.iter_mut()) {
-        for (_, bytes) in tiles.iter() {
-            layout.split(bytes, parts)?;
-        }
-    }
+    // Each tile's slots, split when the tile is first merged (most hop tiles of a long
+    // window are not: their days are read from day tiles).
+    let mut parts_of: [Vec<Option<Vec<&[u8]>>>; 2] =
+        [vec![None; hop_tiles.len()], vec![None; day_tiles.len()]];
     let mut newest_first: [Vec<usize>; 2] = [
         (0..hop_tiles.len()).collect(),
         (0..day_tiles.len()).collect(),
@@ -215,7 +213,15 @@ pub fn values_of_layered(
             if agg.complete_for_earlier_tiles(ir) {
                 break;
             }
-            agg.decode_into(parts_of[layer][i * slots + slot], &mut scratch[slot])?;
+            let split = match &mut parts_of[layer][i] {
+                Some(split) => split,
+                slot_parts @ None => {
+                    let mut split = Vec::with_capacity(slots);
+                    layout.split(starts[layer][i].1, &mut split)?;
+                    slot_parts.insert(split)
+                }
+            };
+            agg.decode_into(split[slot], &mut scratch[slot])?;
             agg.merge(ir, &scratch[slot]);
         }
         Ok(())
