@@ -654,20 +654,20 @@ impl ReadPlan {
         }
         let keys: Vec<&[u8]> = spans.iter().map(|&(a, b)| &buf[a..b]).collect();
         // Aggregated views: the tiles of each tile group's windows at `at` — every hop
-        // tile of the longest, and for a group that keeps day tiles the day tiles of the
-        // windows' whole days — read in the same round trip as the rows.
+        // tile of the longest, or, for a group that keeps day tiles, the hop tiles of
+        // the windows' partial days and the day tiles of their whole days — read in the
+        // same round trip as the rows.
         let tile_starts: Vec<(Vec<Timestamp>, Vec<Timestamp>)> = self
             .views
             .iter()
             .flat_map(|v| v.tiles.iter())
-            .map(|g| {
-                let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
-                let hops = quiver_core::agg::tile::tile_starts(at, longest, g.hop);
-                let days = match g.day_field {
-                    Some(_) => quiver_core::agg::tile::day_starts(at, &g.windows, g.hop),
-                    None => Vec::new(),
-                };
-                (hops, days)
+            .map(|g| match g.day_field {
+                Some(_) => quiver_core::agg::tile::layered_starts(at, &g.windows, g.hop),
+                None => {
+                    let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
+                    let starts = quiver_core::agg::tile::tile_starts(at, longest, g.hop);
+                    (starts, Vec::new())
+                }
             })
             .collect();
         let tile_reads: Vec<TileRead<'_>> = self

@@ -544,9 +544,8 @@ pub async fn write_tiles(
             }
         }
         // Day tiles, each the merge of its day's hop tiles (merges are exact: the same
-        // IRs as updating it with the day's events), and only where they save reads:
-        // days with two hop tiles or more (a read merges the hop tiles of a day
-        // without one).
+        // IRs as updating it with the day's events): one for every day with events, so
+        // that a read of a window's whole days asks for day tiles only.
         for (li, &(gi, len, _)) in layers.iter().enumerate() {
             if len != day {
                 continue;
@@ -562,9 +561,6 @@ pub async fn write_tiles(
                 let mut at = hop_tiles.iter().peekable();
                 while let Some((&start, irs)) = at.next() {
                     let d = align(start, day);
-                    if at.peek().is_none_or(|(&next, _)| align(next, day) != d) {
-                        continue; // a day of one hop tile
-                    }
                     let mut merged = irs.clone();
                     while let Some((_, more)) = at.next_if(|(&next, _)| align(next, day) == d) {
                         for ((a, ir), o) in g.layout.aggregations.iter().zip(&mut merged).zip(more)

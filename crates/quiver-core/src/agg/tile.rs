@@ -141,26 +141,42 @@ fn window_days(t: Timestamp, window: Duration, hop: Duration) -> (Timestamp, Opt
     (lo, (d1 < align(t, day)).then_some(d1))
 }
 
-/// The day-tile starts a read at `t` of `windows` asks for when the group keeps day
-/// tiles: each window's whole days. (It asks for every hop tile of the longest window
-/// too: a day is stored as a day tile only when it has two hop tiles or more, and is
-/// read from its hop tiles otherwise.)
-pub fn day_starts(t: Timestamp, windows: &[Duration], hop: Duration) -> Vec<Timestamp> {
-    let d2 = align(t, Duration::from_micros(DAY));
+/// The hop-tile and day-tile starts a read at `t` of `windows` needs when the group keeps
+/// day tiles (one for every day with events): the hop tiles of each window's partial
+/// days, the day tiles of its whole days.
+pub fn layered_starts(
+    t: Timestamp,
+    windows: &[Duration],
+    hop: Duration,
+) -> (Vec<Timestamp>, Vec<Timestamp>) {
+    let (h, head, d2) = (
+        hop.micros(),
+        align(t, hop),
+        align(t, Duration::from_micros(DAY)),
+    );
+    let mut hops = Vec::new();
     let mut days = Vec::new();
     for &w in windows {
-        if let (_, Some(d1)) = window_days(t, w, hop) {
-            days.extend((0..(d2 - d1) / DAY).map(|i| d1 + i * DAY));
+        let (lo, d1) = window_days(t, w, hop);
+        match d1 {
+            Some(d1) => {
+                hops.extend((0..(d1 - lo) / h).map(|i| lo + i * h));
+                hops.extend((0..=(head - d2) / h).map(|i| d2 + i * h));
+                days.extend((0..(d2 - d1) / DAY).map(|i| d1 + i * DAY));
+            }
+            None => hops.extend((0..=(head - lo) / h).map(|i| lo + i * h)),
         }
     }
-    days.sort_unstable();
-    days.dedup();
-    days
+    for v in [&mut hops, &mut days] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (hops, days)
 }
 
 /// [`values_of_encoded`] for a group that keeps day tiles: each output's window from the
-/// hop tiles of its partial days, and for each whole day its day tile, or its hop tiles
-/// where no day tile is stored. Per slot the hop tiles of the current day are merged
+/// hop tiles of its partial days, and for each whole day its day tile (or, should one
+/// be missing, that day's hop tiles if they were read). Per slot the hop tiles of the current day are merged
 /// once, then each output's own part into a copy; every sequence newest first. Merges
 /// are exact, so the values are those of the hop tiles alone, bit for bit.
 pub fn values_of_layered(
@@ -506,8 +522,6 @@ mod tests {
                     (*s, b)
                 }).collect()
             };
-            // A day tile only for days with two hop tiles or more, as materialization writes.
-            days.retain(|&d, _| hours.range(d..d + DAY).nth(1).is_some());
             let (hours, days) = (encode(&hours), encode(&days));
             let longest = windows.iter().copied().max().unwrap();
             let all: Vec<(Timestamp, &[u8])> = tile_starts(t, longest, hop)
@@ -515,7 +529,7 @@ mod tests {
                 .filter_map(|s| hours.get(s).map(|b| (*s, b.as_slice())))
                 .collect();
             let want = values_of_encoded(&layout, &outputs, hop, &all, t).unwrap();
-            let (hop_starts, day_starts) = (tile_starts(t, longest, hop), day_starts(t, &windows, hop));
+            let (hop_starts, day_starts) = layered_starts(t, &windows, hop);
             let pick = |starts: &[Timestamp], tiles: &BTreeMap<Timestamp, Vec<u8>>| -> Vec<(Timestamp, Vec<u8>)> {
                 starts.iter().filter_map(|s| tiles.get(s).map(|b| (*s, b.clone()))).collect()
             };
