@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 
-use crate::common::{batch, cli, ts, Repo};
+use crate::common::{batch, cli, cli_steps, ts, Repo};
 
 const MIN: i64 = 60_000_000;
 
@@ -563,15 +563,15 @@ fn retention_keeps_tiles_for_reads_in_the_past() {
                 ("ts", ts(vec![event, event + MIN])),
             ],
         );
-        for args in [
-            &["apply"][..],
-            &["ingest"],
-            &["materialize-incremental"],
-            &["compact"],
-        ] {
-            let (ok, _, err) = cli(repo.path(), args);
-            assert!(ok, "{args:?}: {err}");
-        }
+        cli_steps(
+            repo.path(),
+            &[
+                &["apply"],
+                &["ingest"],
+                &["materialize-incremental"],
+                &["compact"],
+            ],
+        );
         let store = quiver::FeatureStore::open(repo.path()).unwrap();
         let trained = store
             .historical()
@@ -646,15 +646,15 @@ fn long_windows_are_served_from_day_tiles_like_training_sets() {
             ),
         ],
     );
-    for args in [
-        &["apply"][..],
-        &["ingest"],
-        &["materialize-incremental"],
-        &["compact"],
-    ] {
-        let (ok, _, err) = cli(repo.path(), args);
-        assert!(ok, "{args:?}: {err}");
-    }
+    cli_steps(
+        repo.path(),
+        &[
+            &["apply"],
+            &["ingest"],
+            &["materialize-incremental"],
+            &["compact"],
+        ],
+    );
     let store = quiver::FeatureStore::open(repo.path()).unwrap();
     let features = [
         "spend:count_star_1d",

@@ -33,6 +33,14 @@ pub const ONE_VIEW: &str = "entities: [{ name: e, join_keys: [k] }]\n\
 
 /// Runs `quiver ingest` in `repo` stopped at crash point `point` (as a kill -9 there
 /// would stop it, see `quiver_core::fault`), and checks that it did not finish.
+/// Runs each command of `steps` in `repo` in turn, failing on the first that fails.
+pub fn cli_steps(repo: &Path, steps: &[&[&str]]) {
+    for args in steps {
+        let (ok, out, err) = cli(repo, args);
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+}
+
 pub fn ingest_stopped_at(repo: &Path, point: &str) {
     let out = std::process::Command::new(quiver_bin())
         .arg("--repo")
