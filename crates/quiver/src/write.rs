@@ -475,13 +475,18 @@ pub async fn write_tiles(
     let groups = view.tile_groups()?;
     let entity_set = view.entity_set();
     // What is written: each group's hop tiles, and its day tiles when it keeps them —
-    // (group, tile length, field).
+    // (group, whether day tiles, field).
     let day = quiver_core::time::Duration::from_micros(quiver_core::agg::window::DAY);
-    let layers: Vec<(usize, quiver_core::time::Duration, [u8; 8])> = groups
+    // Day tiles first: should a run stop between the two, a window's whole days are
+    // read from day tiles that are never older than the hop tiles beside them.
+    let layers: Vec<(usize, bool, [u8; 8])> = groups
         .iter()
         .enumerate()
         .flat_map(|(gi, g)| {
-            std::iter::once((gi, g.hop, g.field)).chain(g.day_field.map(|f| (gi, day, f)))
+            g.day_field
+                .map(|f| (gi, true, f))
+                .into_iter()
+                .chain(std::iter::once((gi, false, g.field)))
         })
         .collect();
     // Per group, per key: tile start → IRs.
@@ -518,8 +523,8 @@ pub async fn write_tiles(
                     continue;
                 }
                 let order: Order = stored_version(b, nkeys, r).into();
-                for (li, &(gi, len, _)) in layers.iter().enumerate() {
-                    if len == day {
+                for (li, &(gi, is_day, _)) in layers.iter().enumerate() {
+                    if is_day {
                         continue; // day tiles are merged from the hop tiles below
                     }
                     let g = &groups[gi];
@@ -537,7 +542,7 @@ pub async fn write_tiles(
                         None => per_layer[li].entry(buf.clone()).or_default(),
                     };
                     let irs = tiles
-                        .entry(align(order.event_ts, len))
+                        .entry(align(order.event_ts, g.hop))
                         .or_insert_with(|| g.layout.empty());
                     g.layout.update(irs, &values, order);
                 }
@@ -546,14 +551,14 @@ pub async fn write_tiles(
         // Day tiles, each the merge of its day's hop tiles (merges are exact: the same
         // IRs as updating it with the day's events): one for every day with events, so
         // that a read of a window's whole days asks for day tiles only.
-        for (li, &(gi, len, _)) in layers.iter().enumerate() {
-            if len != day {
+        for (li, &(gi, is_day, _)) in layers.iter().enumerate() {
+            if !is_day {
                 continue;
             }
             let g = &groups[gi];
             let hops = layers
                 .iter()
-                .position(|l| l.0 == gi && l.1 != day)
+                .position(|l| l.0 == gi && !l.1)
                 .expect("a group's hop tiles");
             let mut days: HashMap<Vec<u8>, Tiles> = HashMap::new();
             for (k, hop_tiles) in &per_layer[hops] {

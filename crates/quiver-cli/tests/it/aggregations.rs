@@ -599,7 +599,8 @@ fn retention_keeps_tiles_for_reads_in_the_past() {
 /// Windows of several days are served from day tiles for their whole days (written by
 /// materialization beside the hour tiles, kept by compaction within the retention) and
 /// from hour tiles for their partial days: at reads on and off hour and day boundaries
-/// every value equals the training value at the same time.
+/// every value equals the training value at the same time — beside a 30-day window,
+/// whose hop is a day (no day tiles of its own).
 #[test]
 fn long_windows_are_served_from_day_tiles_like_training_sets() {
     let (hour, day) = (60 * MIN, 24 * 60 * MIN);
@@ -608,12 +609,13 @@ fn long_windows_are_served_from_day_tiles_like_training_sets() {
     let repo = Repo::new(
         "entities:\n  - name: card\n    join_keys: [card_id]\n\
          sources:\n  - { name: txns, type: file, path: data/txns.parquet, timestamp_field: ts }\n\
-         feature_views:\n  - name: spend\n    entities: [card]\n    source: txns\n    retention: 12d\n\
+         feature_views:\n  - name: spend\n    entities: [card]\n    source: txns\n    retention: 32d\n\
          \x20   aggregations:\n      - { function: count_star, windows: [1d, 7d] }\n\
          \x20     - { column: amount, function: sum, windows: [3d, 7d] }\n\
          \x20     - { column: amount, function: mean, windows: [2d] }\n\
          \x20     - { column: amount, function: max, windows: [7d] }\n\
-         \x20     - { column: amount, function: last, windows: [7d] }\n",
+         \x20     - { column: amount, function: last, windows: [7d] }\n\
+         \x20     - { function: count_star, windows: [30d] }\n",
     );
     // Card 1: an event every 5 hours over the 9 days before `base`; card 2: a few.
     let mut events: Vec<(i64, i64, f64)> = (0..9 * 24 / 5)
@@ -664,6 +666,7 @@ fn long_windows_are_served_from_day_tiles_like_training_sets() {
         "spend:amount_mean_2d",
         "spend:amount_max_7d",
         "spend:amount_last_7d",
+        "spend:count_star_30d",
     ];
     // Day tiles exist for the 7-day group.
     let state = store.state().unwrap();

@@ -175,8 +175,8 @@ pub fn layered_starts(
 }
 
 /// [`values_of_encoded`] for a group that keeps day tiles: each output's window from the
-/// hop tiles of its partial days, and for each whole day its day tile (or, should one
-/// be missing, that day's hop tiles if they were read). Per slot the hop tiles of the current day are merged
+/// hop tiles of its partial days, and for each whole day its day tile (a whole day's hop
+/// tiles, when given, count only for a day without a day tile). Per slot the hop tiles of the current day are merged
 /// once, then each output's own part into a copy; every sequence newest first. Merges
 /// are exact, so the values are those of the hop tiles alone, bit for bit.
 pub fn values_of_layered(
