@@ -155,6 +155,11 @@ pub struct MaterializationState {
     /// event time).
     #[serde(default)]
     pub table_version: Option<u64>,
+    /// For an aggregated view: the layout of the online tiles the last run wrote (a
+    /// hash of their fields). A run that finds another — tiles of an earlier build,
+    /// which reads ignore — recomputes the view's whole retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_layout: Option<u64>,
 }
 
 /// A registered feature view.

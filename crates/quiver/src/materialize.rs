@@ -207,7 +207,7 @@ impl MaterializeBuilder {
             keys,
             written,
         };
-        self.record(name, &stats, version).await?;
+        self.record(name, &stats, version, None).await?;
         Ok(stats)
     }
 
@@ -227,6 +227,16 @@ impl MaterializeBuilder {
         let offline = self.store.offline();
         let oldest = end.saturating_sub(view.tile_retention().micros());
         let mut from = start.max(oldest);
+        // Tiles written in another layout (by an earlier build) are not read: the first
+        // run after the change recomputes the whole retention.
+        let layout = tile_layout(view)?;
+        let last = self.store.state()?.feature_views[&view.name]
+            .materialized
+            .as_ref()
+            .map(|m| m.tile_layout);
+        if last.is_some_and(|l| l != Some(layout)) {
+            from = oldest;
+        }
         if self.start.is_none() {
             let since = self.store.state()?.feature_views[&view.name]
                 .materialized
@@ -292,7 +302,8 @@ impl MaterializeBuilder {
             keys,
             written,
         };
-        self.record(&view.name, &stats, version).await?;
+        self.record(&view.name, &stats, version, Some(layout))
+            .await?;
         Ok(stats)
     }
 
@@ -303,6 +314,7 @@ impl MaterializeBuilder {
         name: &str,
         stats: &MaterializeStats,
         version: Option<u64>,
+        tile_layout: Option<u64>,
     ) -> Result<()> {
         let MaterializeStats {
             start,
@@ -328,6 +340,7 @@ impl MaterializeBuilder {
                         at: now(),
                         rows_written: written,
                         table_version: version,
+                        tile_layout,
                     });
                 }
             })
@@ -335,6 +348,17 @@ impl MaterializeBuilder {
         tracing::info!(rows_read, keys, written, "materialized");
         Ok(())
     }
+}
+
+/// The layout of an aggregated view's online tiles: a hash of its tile fields (hop and
+/// day tiles), which change with the stored layout.
+fn tile_layout(view: &quiver_core::model::ResolvedView) -> Result<u64> {
+    let mut fields = Vec::new();
+    for g in view.tile_groups()? {
+        fields.extend_from_slice(&g.field);
+        fields.extend_from_slice(&g.day_field.unwrap_or_default());
+    }
+    Ok(xxhash_rust::xxh3::xxh3_64(&fields))
 }
 
 impl IntoFuture for MaterializeBuilder {

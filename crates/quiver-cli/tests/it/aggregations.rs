@@ -728,6 +728,59 @@ fn long_windows_are_served_from_day_tiles_like_training_sets() {
     }
 }
 
+/// Tiles of an earlier layout (an earlier build's, which reads ignore) are recomputed
+/// over the whole retention by the next incremental run, not from its high-water mark:
+/// here the registry's record of the layout is removed and the online store emptied, as
+/// after an upgrade, and the next `materialize-incremental` serves the training values.
+#[test]
+fn tiles_of_an_earlier_layout_are_recomputed_over_the_retention() {
+    let (hour, day) = (60 * MIN, 24 * 60 * MIN);
+    let now = quiver_core::time::now();
+    let repo = Repo::new(
+        "entities:\n  - name: card\n    join_keys: [card_id]\n\
+         sources:\n  - { name: txns, type: file, path: data/txns.parquet, timestamp_field: ts }\n\
+         feature_views:\n  - name: spend\n    entities: [card]\n    source: txns\n\
+         \x20   aggregations:\n      - { function: count_star, windows: [1h, 3d] }\n",
+    );
+    let events: Vec<i64> = (1..60).map(|i| now - i * hour - 7 * MIN).collect();
+    repo.parquet(
+        "data/txns.parquet",
+        vec![
+            (
+                "card_id",
+                Arc::new(Int64Array::from(vec![1i64; events.len()])),
+            ),
+            ("ts", ts(events.clone())),
+        ],
+    );
+    cli_steps(
+        repo.path(),
+        &[&["apply"], &["ingest"], &["materialize-incremental"]],
+    );
+    // As an earlier build left it: no layout recorded, no tiles it can read.
+    let registry = repo.path().join("data/registry/registry.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&registry).unwrap()).unwrap();
+    let record = &mut state["feature_views"]["spend"]["materialized"];
+    assert!(
+        record["tile_layout"].is_u64(),
+        "the layout is recorded: {record}"
+    );
+    record.as_object_mut().unwrap().remove("tile_layout");
+    std::fs::write(&registry, serde_json::to_string(&state).unwrap()).unwrap();
+    std::fs::remove_dir_all(repo.path().join("data/online")).unwrap();
+    cli_steps(repo.path(), &[&["materialize-incremental"]]);
+    let store = quiver::FeatureStore::open(repo.path()).unwrap();
+    let at = now - day / 2;
+    let features = ["spend:count_star_1h", "spend:count_star_3d"];
+    let served = serve_cards(&store, features, &[1], at);
+    let want = events
+        .iter()
+        .filter(|&&t| t < at && t >= align(at - 3 * day, hour))
+        .count();
+    assert_eq!(served.rows[0].values[1], quiver::Value::Int64(want as i64));
+}
+
 /// Keys other than one int64 (here a string key) are grouped by their encoded bytes:
 /// the same windows, labels for unknown keys get the empty window's values, rows stay
 /// in input order.

@@ -157,6 +157,7 @@ fn earlier_versions_train_and_serve_until_the_new_one_has_data() {
         at: 60,
         rows_written: 1,
         table_version: Some(0),
+        tile_layout: None,
     });
     let mut v2 = resolve_with(repo, &reorder(DEFS), Some(&v1));
     assert_eq!(v2.feature_views["driver_stats"].version, 2);
