@@ -227,22 +227,18 @@ impl MaterializeBuilder {
         let offline = self.store.offline();
         let oldest = end.saturating_sub(view.tile_retention().micros());
         let mut from = start.max(oldest);
-        // Tiles written in another layout (by an earlier build) are not read: the first
-        // run after the change recomputes the whole retention.
-        let layout = tile_layout(view)?;
+        let groups = view.tile_groups()?;
         let last = self.store.state()?.feature_views[&view.name]
             .materialized
-            .as_ref()
-            .map(|m| m.tile_layout);
-        if last.is_some_and(|l| l != Some(layout)) {
+            .clone();
+        // Tiles written in another layout (by an earlier build) are not read: the first
+        // run after the change recomputes the whole retention.
+        let layout = tile_layout(&groups);
+        if last.as_ref().is_some_and(|m| m.tile_layout != Some(layout)) {
             from = oldest;
         }
         if self.start.is_none() {
-            let since = self.store.state()?.feature_views[&view.name]
-                .materialized
-                .as_ref()
-                .and_then(|m| m.table_version);
-            if let Some(since) = since {
+            if let Some(since) = last.and_then(|m| m.table_version) {
                 let files = offline.files_since(view, since).await?;
                 for b in offline.read_files(view, files, oldest, end).await? {
                     let ts = b
@@ -258,7 +254,7 @@ impl MaterializeBuilder {
         // day tiles): from the earliest tile start among them.
         let mut lengths: Vec<quiver_core::time::Duration> =
             view.aggregations.iter().map(|a| a.hop).collect();
-        if view.tile_groups()?.iter().any(|g| g.day_field.is_some()) {
+        if groups.iter().any(|g| g.day_field.is_some()) {
             lengths.push(quiver_core::time::Duration::from_micros(
                 quiver_core::agg::window::DAY,
             ));
@@ -350,15 +346,15 @@ impl MaterializeBuilder {
     }
 }
 
-/// The layout of an aggregated view's online tiles: a hash of its tile fields (hop and
-/// day tiles), which change with the stored layout.
-fn tile_layout(view: &quiver_core::model::ResolvedView) -> Result<u64> {
+/// The layout of an aggregated view's online tiles: a hash of its tile groups' fields
+/// (hop and day tiles), which change with the stored layout.
+fn tile_layout(groups: &[quiver_core::model::TileGroup]) -> u64 {
     let mut fields = Vec::new();
-    for g in view.tile_groups()? {
+    for g in groups {
         fields.extend_from_slice(&g.field);
         fields.extend_from_slice(&g.day_field.unwrap_or_default());
     }
-    Ok(xxhash_rust::xxh3::xxh3_64(&fields))
+    xxhash_rust::xxh3::xxh3_64(&fields)
 }
 
 impl IntoFuture for MaterializeBuilder {
