@@ -216,6 +216,30 @@ fn train(dir: &Path) -> Result<String> {
     ))
 }
 
+/// The I/O alone of a training set, for comparison with `train`: the labels and the
+/// events read, and a table of the training set's shape (the last `train` output, read
+/// untimed) written, with the same readers and writer and no computation.
+fn io(dir: &Path) -> Result<String> {
+    use quiver_core::model::FileFormat::Parquet;
+    let shape = quiver_offline::files::read_file(&dir.join("training.parquet"), Parquet, None)
+        .context("run the train phase first (it writes training.parquet)")?;
+    let t = Instant::now();
+    let labels = quiver_offline::files::read_file(&dir.join("labels.parquet"), Parquet, None)?;
+    let events = quiver_offline::files::read_file(&dir.join("events.parquet"), Parquet, None)?;
+    let read = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let path = dir.join("io-floor.parquet");
+    quiver_offline::files::write_file(&path, shape[0].schema(), &shape)?;
+    let written = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(format!(
+        "read labels + events {read:.3} s, write the training set {written:.3} s ({} + {} rows in, {} out)",
+        labels.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        events.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        shape.iter().map(RecordBatch::num_rows).sum::<usize>(),
+    ))
+}
+
 /// The end of the events' span: materialization's end and the online reads' time.
 const END: i64 = START + SPAN;
 
@@ -299,6 +323,7 @@ pub fn run(
             }
             "ingest" => ingest(&dir)?,
             "train" => train(&dir)?,
+            "io" => io(&dir)?,
             "materialize" => materialize(&dir)?,
             "online" => online(&dir)?,
             other => bail!("unknown phase {other}"),
@@ -329,6 +354,8 @@ pub fn run(
         "  historical {secs:8.2} s   peak RSS {rss:8.0} MiB   {:.0} label rows/s   {info}   (labels file → training set file)",
         labels as f64 / secs
     );
+    let (_, _, info) = run_phase_of("agg", &dir, s, "io", &[])?;
+    println!("  I/O alone  {info}   (the same files, no computation: the floor under historical)");
     let (secs, rss, info) = run_phase_of("agg", &dir, s, "materialize", &[])?;
     println!("  materialize {secs:7.2} s   peak RSS {rss:8.0} MiB   {info}   (tiles of the last 7 days + 1 hop, embedded store)");
     let (_, _, info) = run_phase_of("agg", &dir, s, "online", &[])?;
