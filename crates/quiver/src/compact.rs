@@ -25,6 +25,19 @@ pub struct CompactStats {
     pub tiles_deleted: u64,
 }
 
+/// The start of the oldest tile of group `g` of `view` kept at `now`: its retention's,
+/// else that of the longest window of the group. Compaction deletes tiles before it;
+/// stream ingestion applies no event before it (such an event is late).
+pub(crate) fn oldest_tile(
+    view: &quiver_core::model::ResolvedView,
+    g: &quiver_core::model::TileGroup,
+    now: quiver_core::Timestamp,
+) -> quiver_core::Timestamp {
+    let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
+    let keep = view.retention.unwrap_or(longest).max(longest);
+    quiver_core::agg::window::window_range(now, keep, g.hop).0
+}
+
 impl FeatureStore {
     /// Compacts the online rows of `views` (all online views when empty).
     pub async fn compact_online(&self, views: &[String]) -> Result<Vec<CompactStats>> {
@@ -53,9 +66,7 @@ impl FeatureStore {
             // Tiles beyond the view's declared retention, else those no window of their
             // hop reads any more at the current time.
             for g in serving.tile_groups()? {
-                let longest = g.windows.iter().copied().max().unwrap_or(g.hop);
-                let keep = serving.retention.unwrap_or(longest).max(longest);
-                let (oldest, _) = quiver_core::agg::window::window_range(now, keep, g.hop);
+                let oldest = oldest_tile(&serving, &g, now);
                 stats.tiles_deleted += online.delete_tiles_before(g.field, oldest).await?;
                 // A day tile before `oldest` lies before every window's whole days.
                 if let Some(days) = g.day_field {

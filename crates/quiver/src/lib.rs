@@ -26,6 +26,7 @@ pub mod materialize;
 pub mod online;
 pub mod snapshot;
 pub mod store;
+pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod write;

@@ -268,7 +268,11 @@ async fn write_events(
 /// serving move to it (see `RegistryState::training_view` and `serving_view`): the
 /// newest event time ingested offline, and that rows were pushed online. The registry
 /// is written only when a marker changes.
-async fn record_data(store: &FeatureStore, view: &ResolvedView, stats: &WriteStats) -> Result<()> {
+pub(crate) async fn record_data(
+    store: &FeatureStore,
+    view: &ResolvedView,
+    stats: &WriteStats,
+) -> Result<()> {
     let max = stats.offline.as_ref().and_then(|o| o.max_event_ts);
     let pushed = stats.online_written > 0;
     let state = store.state()?;
@@ -425,7 +429,7 @@ async fn write_with_retries(
 /// Runs a store call, calling it again after store failures (a connection lost, a
 /// timeout) with exponential backoff (50 ms doubling to 2 s) while `retry_for` allows.
 /// The calls retried are idempotent (conditional row writes, whole-tile replacements).
-async fn retrying<T, F, Fut>(retry_for: std::time::Duration, mut call: F) -> Result<T>
+pub(crate) async fn retrying<T, F, Fut>(retry_for: std::time::Duration, mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = quiver_online::Result<T>>,

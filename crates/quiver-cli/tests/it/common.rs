@@ -31,8 +31,6 @@ pub const ONE_VIEW: &str = "entities: [{ name: e, join_keys: [k] }]\n\
      sources: [{ name: s, type: file, path: data/s.parquet, timestamp_field: t }]\n\
      feature_views: [{ name: v, entities: [e], source: s, features: [{ name: x, dtype: float64 }] }]\n";
 
-/// Runs `quiver ingest` in `repo` stopped at crash point `point` (as a kill -9 there
-/// would stop it, see `quiver_core::fault`), and checks that it did not finish.
 /// Runs each command of `steps` in `repo` in turn, failing on the first that fails.
 pub fn cli_steps(repo: &Path, steps: &[&[&str]]) {
     for args in steps {
@@ -41,6 +39,8 @@ pub fn cli_steps(repo: &Path, steps: &[&[&str]]) {
     }
 }
 
+/// Runs `quiver ingest` in `repo` stopped at crash point `point` (as a kill -9 there
+/// would stop it, see `quiver_core::fault`), and checks that it did not finish.
 pub fn ingest_stopped_at(repo: &Path, point: &str) {
     let out = std::process::Command::new(quiver_bin())
         .arg("--repo")

@@ -14,4 +14,5 @@ mod on_demand;
 mod on_demand_serving;
 mod parity;
 mod point_in_time;
+mod stream;
 mod versions;

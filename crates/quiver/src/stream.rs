@@ -1,0 +1,340 @@
+//! Stream ingestion's write (DESIGN §2 "a replayed event must not be counted twice", §5
+//! "stream ingestion"): a batch of events read from one partition of a stream, each with
+//! its offset, applied to a feature view through the one write path — validated rows
+//! (see [`crate::write::validate`]) → online (tile merges for an aggregated view, the
+//! conditional newest-row write for a snapshot view) → offline merge.
+//!
+//! **Exactly-once effect.** Each tile layer of an aggregated view (a tile group's hop
+//! tiles, and its day tiles when it keeps them) stores, per entity key and partition,
+//! the last offset it applied, in the same atomic write as the tiles. A batch first reads
+//! those positions and leaves out every event at or before its key's position, then
+//! merges the rest with the key's newest offset as the new position (a merge whose
+//! position is not past the stored one is skipped by the store). So a replay — a worker
+//! that died before committing its consumer offsets, a rewind — changes no value,
+//! however the replayed range is cut into batches. Snapshot rows need no positions: the
+//! online write never replaces a newer row, and an equal one rewrites the same bytes.
+//!
+//! **Late events.** An event older than the oldest tile a group keeps (the view's
+//! retention, else the group's longest window: what compaction keeps) is not merged into
+//! that group's tiles, which no read uses any more; one that no group keeps is counted in
+//! [`StreamStats::late`] and logged, and still written offline.
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use quiver_core::agg::window::{align, DAY};
+use quiver_core::agg::{Input, Ir, Order};
+use quiver_core::encoding::encode_key_part;
+use quiver_core::model::{ResolvedView, TileGroup};
+use quiver_core::{Duration, Timestamp};
+use quiver_offline::normalize::{stored_version, NormalizedBatch};
+use quiver_offline::IngestStats;
+use quiver_online::tiles::{KeyMerge, StreamPosition, TileDelta};
+use quiver_online::{entity_key_into, OnlineStore};
+
+use crate::write::{record_data, retrying, write_online_latest, Targets, WriteStats};
+use crate::{Error, FeatureStore, Result};
+
+/// Where a batch of events came from: a partition of a stream and each row's offset.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamEvents<'a> {
+    /// The partition's name (e.g. `kafka:topic:3`, `redis:stream-key`), opaque bytes.
+    pub partition: &'a [u8],
+    /// Each row's offset in the partition, in row order.
+    pub offsets: &'a [u128],
+}
+
+/// What applying a batch of stream events did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Events in the batch.
+    pub events: u64,
+    /// Events merged into tiles (aggregated views; counted once per event), or offered
+    /// to the newest-row write (snapshot views).
+    pub applied: u64,
+    /// Events at or before their key's stored position: already applied, left out.
+    pub replayed: u64,
+    /// Events older than every tile the view keeps: not applied online.
+    pub late: u64,
+    /// Distinct entity keys in the batch.
+    pub keys: u64,
+    /// Tiles merged (aggregated views) or rows stored (snapshot views) online.
+    pub online_written: u64,
+    /// The offline merge, when written offline.
+    pub offline: Option<IngestStats>,
+}
+
+/// Applies a validated batch of stream events (the view's stored form, from
+/// [`crate::write::validate`]) whose row `i` sits at `events.offsets[i]` of
+/// `events.partition`: online first (exactly once per event, see the module docs), then
+/// offline. `now` is the clock that decides which events are late.
+pub async fn apply_events(
+    store: &FeatureStore,
+    view: &ResolvedView,
+    batch: NormalizedBatch,
+    events: StreamEvents<'_>,
+    targets: Targets,
+    now: Timestamp,
+) -> Result<StreamStats> {
+    let rows = batch.batch.num_rows();
+    if events.offsets.len() != rows {
+        return Err(Error::Invalid(format!(
+            "{} offsets for {rows} events of feature view '{}'",
+            events.offsets.len(),
+            view.name
+        )));
+    }
+    let mut stats = StreamStats {
+        events: rows as u64,
+        ..Default::default()
+    };
+    if targets.online && rows > 0 {
+        let online = store.online().await?;
+        if view.aggregations.is_empty() {
+            let (keys, written) = write_online_latest(
+                view,
+                std::slice::from_ref(&batch.batch),
+                online.as_ref(),
+                &crate::NoProgress,
+            )
+            .await?;
+            stats.keys = keys;
+            stats.applied = rows as u64;
+            stats.online_written = written;
+        } else {
+            let retry_for = store.config().writes.retry_for.to_std();
+            merge_events(
+                view,
+                &batch.batch,
+                events,
+                online.as_ref(),
+                now,
+                retry_for,
+                &mut stats,
+            )
+            .await?;
+        }
+    }
+    if targets.offline && rows > 0 {
+        stats.offline = Some(store.offline().ingest(view, vec![batch]).await?);
+    }
+    let written = WriteStats {
+        rows: stats.events,
+        online_keys: stats.keys,
+        online_written: stats.online_written,
+        offline: stats.offline.clone(),
+    };
+    record_data(store, view, &written).await?;
+    Ok(stats)
+}
+
+/// A key's merge into one layer: (index of the key, its newest offset, its encoded
+/// tiles as (start, IR bytes)).
+type KeyTiles = (usize, u128, Vec<(Timestamp, Vec<u8>)>);
+
+/// One tile layer of a group: its online field and its tile length (the hop, or a day).
+struct Layer {
+    field: [u8; 8],
+    length: Duration,
+}
+
+/// Merges the events of `batch` into the tiles of every group of `view`, each layer
+/// exactly once per event (module docs).
+async fn merge_events(
+    view: &ResolvedView,
+    batch: &RecordBatch,
+    events: StreamEvents<'_>,
+    online: &dyn OnlineStore,
+    now: Timestamp,
+    retry_for: std::time::Duration,
+    stats: &mut StreamStats,
+) -> Result<()> {
+    let nkeys = view.join_keys.len();
+    let ts = batch
+        .column(nkeys)
+        .as_primitive::<TimestampMicrosecondType>();
+    // The rows of each entity key (full online keys), keys in order of first appearance.
+    let entity_set = view.entity_set();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut rows_of: Vec<Vec<usize>> = Vec::new();
+    {
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+        let (mut part, mut key) = (Vec::new(), Vec::new());
+        for r in 0..batch.num_rows() {
+            part.clear();
+            for c in 0..nkeys {
+                encode_key_part(batch.column(c).as_ref(), r, &mut part)?;
+            }
+            entity_key_into(&view.project, &entity_set, &part, &mut key);
+            let i = match index.get(key.as_slice()) {
+                Some(&i) => i,
+                None => {
+                    index.insert(key.clone(), keys.len());
+                    keys.push(key.clone());
+                    rows_of.push(Vec::new());
+                    keys.len() - 1
+                }
+            };
+            rows_of[i].push(r);
+        }
+    }
+    stats.keys = keys.len() as u64;
+    let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let groups = view.tile_groups()?;
+    // Per event: whether some layer applied it, and whether some group found it late.
+    let mut applied = vec![false; batch.num_rows()];
+    let mut late = vec![false; batch.num_rows()];
+    let mut replayed = vec![true; batch.num_rows()];
+    let mut values: Vec<Input<'_>> = Vec::new();
+    let columns: Vec<Vec<Option<usize>>> = groups
+        .iter()
+        .map(|g| {
+            g.columns
+                .iter()
+                .map(|c| {
+                    c.as_ref()
+                        .and_then(|c| view.features.iter().position(|f| &f.name == c))
+                        .map(|i| nkeys + 2 + i)
+                })
+                .collect()
+        })
+        .collect();
+    for (gi, g) in groups.iter().enumerate() {
+        let oldest = crate::compact::oldest_tile(view, g, now);
+        let layers: Vec<Layer> = std::iter::once(Layer {
+            field: g.field,
+            length: g.hop,
+        })
+        .chain(g.day_field.map(|field| Layer {
+            field,
+            length: Duration::from_micros(DAY),
+        }))
+        .collect();
+        // Per layer, per key: the encoded tiles and the key's newest offset.
+        let mut built: Vec<Vec<KeyTiles>> = Vec::new();
+        for layer in &layers {
+            let stored = retrying(retry_for, || {
+                online.stream_positions(&key_refs, layer.field, events.partition)
+            })
+            .await?;
+            let mut of_layer = Vec::new();
+            for (ki, rows) in rows_of.iter().enumerate() {
+                let mut tiles: BTreeMap<Timestamp, Vec<Ir>> = BTreeMap::new();
+                let mut newest: Option<u128> = None;
+                for &r in rows {
+                    let offset = events.offsets[r];
+                    if stored[ki].is_some_and(|s| offset <= s) {
+                        continue;
+                    }
+                    replayed[r] = false;
+                    newest = Some(newest.map_or(offset, |n| n.max(offset)));
+                    let t = ts.value(r);
+                    if t < oldest {
+                        late[r] = true;
+                        continue;
+                    }
+                    values.clear();
+                    for ci in &columns[gi] {
+                        values.push(match ci {
+                            Some(ci) => {
+                                quiver_offline::aggregate::input_at(batch.column(*ci).as_ref(), r)
+                            }
+                            None => Input::Null,
+                        });
+                    }
+                    let order: Order = stored_version(batch, nkeys, r).into();
+                    let irs = tiles
+                        .entry(align(t, layer.length))
+                        .or_insert_with(|| g.layout.empty());
+                    g.layout.update(irs, &values, order);
+                    applied[r] = true;
+                }
+                if let Some(newest) = newest {
+                    let encoded = tiles
+                        .iter()
+                        .map(|(start, irs)| {
+                            let mut bytes = Vec::new();
+                            g.layout.encode(irs, &mut bytes);
+                            (*start, bytes)
+                        })
+                        .collect();
+                    of_layer.push((ki, newest, encoded));
+                }
+            }
+            built.push(of_layer);
+        }
+        stats.online_written +=
+            merge_group(g, &layers, &built, &key_refs, events, online, retry_for).await?;
+    }
+    for r in 0..batch.num_rows() {
+        stats.applied += u64::from(applied[r]);
+        stats.replayed += u64::from(replayed[r]);
+        // Late only where no group keeps its tile (an event older than a short window's
+        // tiles still counts in the long windows of another group).
+        stats.late += u64::from(late[r] && !applied[r] && !replayed[r]);
+    }
+    if stats.late > 0 {
+        tracing::warn!(
+            view = %view.name,
+            partition = %quiver_online::tiles::describe_partition(events.partition),
+            late = stats.late,
+            "events older than the tiles the view keeps (its retention or longest window) \
+             were not applied online"
+        );
+    }
+    Ok(())
+}
+
+/// Writes one group's layers in one `merge_tiles` call (each key's merge carries its
+/// newest offset, so the store skips it when that was applied already).
+async fn merge_group(
+    g: &TileGroup,
+    layers: &[Layer],
+    built: &[Vec<KeyTiles>],
+    keys: &[&[u8]],
+    events: StreamEvents<'_>,
+    online: &dyn OnlineStore,
+    retry_for: std::time::Duration,
+) -> Result<u64> {
+    let deltas: Vec<Vec<Vec<TileDelta<'_>>>> = built
+        .iter()
+        .map(|of_layer| {
+            of_layer
+                .iter()
+                .map(|(_, _, tiles)| {
+                    tiles
+                        .iter()
+                        .map(|(start, ir)| TileDelta { start: *start, ir })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let mut merges = Vec::new();
+    for ((layer, of_layer), deltas) in layers.iter().zip(built).zip(&deltas) {
+        for ((ki, newest, _), tiles) in of_layer.iter().zip(deltas) {
+            merges.push(KeyMerge {
+                key: keys[*ki],
+                view: layer.field,
+                position: Some(StreamPosition {
+                    partition: events.partition,
+                    offset: *newest,
+                }),
+                tiles,
+            });
+        }
+    }
+    if merges.is_empty() {
+        return Ok(0);
+    }
+    let layout = &g.layout;
+    let merger = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
+        layout
+            .merge_bytes(stored, delta, out)
+            .map_err(|e| quiver_online::Error::Invalid(e.0))
+    };
+    Ok(retrying(retry_for, || online.merge_tiles(&merges, &merger))
+        .await?
+        .tiles)
+}
