@@ -178,6 +178,31 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         max_entity_rows: Option<u64>,
     },
+    /// Consume the stream sources of feature views (type: redis_stream) into the online
+    /// and offline stores until SIGTERM or Ctrl-C (then write what was read and exit 0).
+    Stream {
+        /// Views to feed (default: every view over a stream source).
+        views: Vec<String>,
+        /// This worker's name in the consumer groups (default: host and process id).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Entries read per call.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
+        /// Offline micro-batches: written after this many events ...
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        flush_rows: u64,
+        /// ... or once the oldest waited this long (e.g. 5s, 1m).
+        #[arg(long, default_value = "5s")]
+        flush_interval: String,
+        /// Take over entries another consumer of the group left pending this long (a
+        /// worker that died), e.g. 60s.
+        #[arg(long, default_value = "60s")]
+        claim_idle: String,
+        /// Exit once every stream is read to its end and written.
+        #[arg(long)]
+        stop_when_idle: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -519,6 +544,70 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let result = b.await?;
             views::print_online(&result, json);
+        }
+        Command::Stream {
+            views,
+            consumer,
+            batch_size,
+            flush_rows,
+            flush_interval,
+            claim_idle,
+            stop_when_idle,
+        } => {
+            let duration = |flag: &str, text: &str| {
+                quiver_core::Duration::parse(text)
+                    .map(quiver_core::Duration::to_std)
+                    .map_err(|e| quiver::Error::Invalid(format!("{flag} {text:?}: {e}")))
+            };
+            let defaults = quiver_stream::WorkerOptions::default();
+            let options = quiver_stream::WorkerOptions {
+                views,
+                consumer: consumer.unwrap_or(defaults.consumer.clone()),
+                batch_size: batch_size as usize,
+                flush_rows: flush_rows as usize,
+                flush_interval: duration("--flush-interval", &flush_interval)?,
+                claim_idle: duration("--claim-idle", &claim_idle)?,
+                stop_when_idle,
+                ..defaults
+            };
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            let stats = quiver_stream::run(&store, &options, stopped)
+                .await
+                .map_err(|e| match e {
+                    quiver_stream::Error::Quiver(e) => e,
+                    quiver_stream::Error::Offline(e) => e.into(),
+                    quiver_stream::Error::Invalid(m) => quiver::Error::Invalid(m),
+                    // The broker failed or is unreachable: unavailable, not bad input.
+                    other => quiver::Error::Io {
+                        context: "stream source".into(),
+                        source: std::io::Error::other(other.to_string()),
+                    },
+                })?;
+            if json {
+                print_json(
+                    &stats
+                        .iter()
+                        .map(|(source, s)| {
+                            serde_json::json!({
+                                "source": source, "entries": s.entries, "applied": s.applied,
+                                "replayed": s.replayed, "late": s.late,
+                                "dead_letters": s.dead_letters, "flushes": s.flushes })
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            } else {
+                for (source, s) in &stats {
+                    println!(
+                        "{source}: {} entries read, {} events applied online, {} replayed, \
+                         {} late, {} dead letters, {} offline writes",
+                        s.entries, s.applied, s.replayed, s.late, s.dead_letters, s.flushes
+                    );
+                }
+            }
         }
         Command::Serve {
             host,

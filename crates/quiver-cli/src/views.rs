@@ -106,13 +106,19 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
                 .sources
                 .values()
                 .map(|r| {
-                    let quiver_core::model::Source::File(f) = &r.def;
+                    use quiver_core::model::Source;
+                    let (kind, place) = match &r.def {
+                        Source::File(f) => ("file", f.path.clone()),
+                        Source::RedisStream(x) => {
+                            ("redis_stream", format!("{} {}", x.url, x.stream))
+                        }
+                    };
                     vec![
-                        f.name.clone(),
-                        "file".into(),
-                        f.path.clone(),
-                        f.timestamp_field.clone(),
-                        or_dash(&f.owner).into(),
+                        r.def.name().to_string(),
+                        kind.into(),
+                        place,
+                        r.def.timestamp_field().to_string(),
+                        or_dash(r.def.owner()).into(),
                     ]
                 })
                 .collect(),

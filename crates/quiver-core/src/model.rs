@@ -71,6 +71,8 @@ pub struct Entity {
 pub enum Source {
     /// A Parquet or CSV file, a directory of them, or a glob.
     File(FileSource),
+    /// Events appended to a Redis stream, read with a consumer group.
+    RedisStream(RedisStreamSource),
 }
 
 impl Source {
@@ -78,32 +80,126 @@ impl Source {
     pub fn name(&self) -> &str {
         match self {
             Source::File(f) => &f.name,
+            Source::RedisStream(r) => &r.name,
         }
     }
     /// The column holding each row's event time.
     pub fn timestamp_field(&self) -> &str {
         match self {
             Source::File(f) => &f.timestamp_field,
+            Source::RedisStream(r) => &r.timestamp_field,
         }
     }
     /// The column holding each row's creation time, used to break ties.
     pub fn created_timestamp_field(&self) -> Option<&str> {
         match self {
             Source::File(f) => f.created_timestamp_field.as_deref(),
+            Source::RedisStream(r) => r.created_timestamp_field.as_deref(),
         }
     }
     /// The owner, if set.
     pub fn owner(&self) -> &str {
         match self {
             Source::File(f) => &f.owner,
+            Source::RedisStream(r) => &r.owner,
         }
     }
     /// The description, if set.
     pub fn description(&self) -> &str {
         match self {
             Source::File(f) => &f.description,
+            Source::RedisStream(r) => &r.description,
         }
     }
+    /// For a stream source, the file source holding the same events' history (what
+    /// ingest, backfills and training sets read); `None` for a file source.
+    pub fn batch_source(&self) -> Option<&str> {
+        match self {
+            Source::File(_) => None,
+            Source::RedisStream(r) => Some(&r.batch_source),
+        }
+    }
+}
+
+/// How a stream's events are encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFormat {
+    /// One JSON object per event, its fields named as the batch source's columns.
+    #[default]
+    Json,
+}
+
+/// Where a new consumer group starts reading a stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamStart {
+    /// From the first event the stream holds.
+    #[default]
+    Earliest,
+    /// From events appended after the group is created.
+    Latest,
+}
+
+/// The unit of event times written as JSON numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochUnit {
+    S,
+    Ms,
+    Us,
+    Ns,
+}
+
+fn data_field() -> String {
+    "data".into()
+}
+fn quiver_group() -> String {
+    "quiver".into()
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// A Redis stream of events (`XADD KEY * data '{"card": 7, "amount": 2.5, "ts":
+/// "2026-01-01T00:00:00Z"}'`), read by `quiver stream` with a consumer group
+/// (`XREADGROUP`, `XACK` once an event is written online and offline). The events carry
+/// the columns of `batch_source`, the file source that holds their history offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamSource {
+    pub name: String,
+    /// The Redis server, e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// The stream's key.
+    pub stream: String,
+    /// The entry field holding the encoded event (default `data`).
+    #[serde(default = "data_field")]
+    pub field: String,
+    /// The consumer group (default `quiver`), created when missing.
+    #[serde(default = "quiver_group")]
+    pub group: String,
+    /// Where a new consumer group starts (default `earliest`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub start: StreamStart,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: StreamFormat,
+    /// The event-time field: text as in files (RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]`), or
+    /// a number since the epoch in `timestamp_unit`.
+    pub timestamp_field: String,
+    /// The unit of event times written as numbers; numbers are refused without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_unit: Option<EpochUnit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_timestamp_field: Option<String>,
+    /// The file source holding the same events' history.
+    pub batch_source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
 }
 
 /// The file formats a file source can hold.

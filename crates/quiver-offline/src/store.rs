@@ -150,6 +150,58 @@ impl OfflineStore {
         Ok(table)
     }
 
+    /// Appends `batch` to the Delta table in directory `name` under the store's root
+    /// (created with the batch's schema when missing): tables that are not a view's,
+    /// such as a stream's dead letters. One commit per call; a crash leaves the table
+    /// as it was before or after it.
+    pub async fn append(&self, name: &str, batch: RecordBatch) -> Result<u64> {
+        if name.is_empty() || name.split('/').any(|p| p.is_empty() || p == "..") {
+            return Err(Error::Invalid(format!("bad table name {name:?}")));
+        }
+        let path = self.root.join(name);
+        let url = url::Url::from_directory_path(&path)
+            .map_err(|_| Error::Invalid(format!("bad table path {}", path.display())))?;
+        let mut table = if path.join("_delta_log").exists() {
+            DeltaTable::try_from_url(url).await?
+        } else {
+            std::fs::create_dir_all(&path).map_err(io_err(path.display()))?;
+            let kernel: StructType = batch.schema().as_ref().try_into_kernel().map_err(|e| {
+                Error::Invalid(format!("cannot map the schema of {name} to Delta: {e}"))
+            })?;
+            DeltaTable::try_from_url(url)
+                .await?
+                .create()
+                .with_table_name(name.replace('/', "_"))
+                .with_columns(kernel.fields().cloned())
+                .await?
+        };
+        let mut writer = RecordBatchWriter::for_table(&table)?;
+        writer.write(batch).await?;
+        Ok(writer.flush_and_commit(&mut table).await? as u64)
+    }
+
+    /// Reads every row of the table in directory `name` (see [`OfflineStore::append`]);
+    /// empty when it does not exist.
+    pub async fn read_table(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let path = self.root.join(name);
+        if !path.join("_delta_log").exists() {
+            return Ok(Vec::new());
+        }
+        let url = url::Url::from_directory_path(&path)
+            .map_err(|_| Error::Invalid(format!("bad table path {}", path.display())))?;
+        let table = DeltaTable::try_from_url(url).await?;
+        let files: Vec<PathBuf> = files_of(&table)?.into_iter().map(|f| f.path).collect();
+        let mut out = Vec::new();
+        for f in files {
+            out.extend(crate::files::read_file(
+                &f,
+                quiver_core::model::FileFormat::Parquet,
+                None,
+            )?);
+        }
+        Ok(out)
+    }
+
     /// Whether the view's table exists.
     pub fn exists(&self, view: &ResolvedView) -> bool {
         self.table_path(view).join("_delta_log").exists()

@@ -424,6 +424,23 @@ impl RegistryState {
             .ok_or_else(|| Error::NotFound(format!("unknown source '{name}'")))
     }
 
+    /// The file source whose files hold source `name`'s rows: the source itself, or a
+    /// stream's batch source.
+    pub fn file_source(&self, name: &str) -> Result<&quiver_core::model::FileSource> {
+        let record = self.source(name)?;
+        let file = match record.def.batch_source() {
+            None => &record.def,
+            Some(batch) => &self.source(batch)?.def,
+        };
+        match file {
+            quiver_core::model::Source::File(f) => Ok(f),
+            other => Err(Error::Invalid(format!(
+                "source '{}' is not a file source",
+                other.name()
+            ))),
+        }
+    }
+
     /// The version of view `name` training sets read: the declared one once it has
     /// offline data, else the newest earlier version that has, else an error naming the
     /// command that fills it.

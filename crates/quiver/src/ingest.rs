@@ -6,7 +6,6 @@
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 
-use quiver_core::model::Source;
 use quiver_offline::normalize::Origin;
 use quiver_offline::{files, IngestStats};
 use tracing::Instrument;
@@ -67,7 +66,7 @@ async fn ingest_view(
 ) -> Result<IngestStats> {
     let view = state.resolved_view(name)?;
     let record = state.view(name)?;
-    let Source::File(src) = &state.source(&record.def.source)?.def;
+    let src = state.file_source(&record.def.source)?;
     let (src, repo, v) = (src.clone(), store.repo().to_path_buf(), view.clone());
     let not_after = Input::not_after(store.config(), quiver_core::time::now());
     // Read and validate the whole source before writing anything.

@@ -113,7 +113,9 @@ struct RepoSources<'a> {
 
 impl SourceSchemas for RepoSources<'_> {
     fn schema(&self, source: &Source) -> std::result::Result<SourceSchema, String> {
-        let Source::File(f) = source;
+        let Source::File(f) = source else {
+            return Err(format!("source '{}' is not read from files", source.name()));
+        };
         let path = self.repo.join(&f.path);
         let all = files::expand(&path).map_err(|e| e.to_string())?;
         let first = &all[0];

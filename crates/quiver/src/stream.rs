@@ -338,3 +338,23 @@ async fn merge_group(
         .await?
         .tiles)
 }
+
+/// Writes stream events already applied online ([`apply_events`] with `online` only) to
+/// the view's offline table in one merge — a stream worker's micro-batch — and records
+/// the newest event time in the registry. A replayed event is stored once (the merge
+/// keeps one copy of rows equal in key, times and values).
+pub async fn write_offline(
+    store: &FeatureStore,
+    view: &ResolvedView,
+    batches: Vec<NormalizedBatch>,
+) -> Result<IngestStats> {
+    let rows: u64 = batches.iter().map(|b| b.batch.num_rows() as u64).sum();
+    let stats = store.offline().ingest(view, batches).await?;
+    let written = WriteStats {
+        rows,
+        offline: Some(stats.clone()),
+        ..Default::default()
+    };
+    record_data(store, view, &written).await?;
+    Ok(stats)
+}

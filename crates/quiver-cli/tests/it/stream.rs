@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int64Array};
+use arrow::array::{Array, AsArray, Float64Array, Int64Array};
 use proptest::prelude::*;
 use quiver::stream::{apply_events, StreamEvents};
 use quiver::testing::Block;
@@ -18,6 +18,7 @@ use quiver_offline::normalize::Origin;
 use crate::common::{batch, ts, Repo};
 
 const MIN: i64 = 60_000_000;
+const DAY: i64 = 1440 * MIN;
 const KEYS: i64 = 4;
 
 const DEFS: &str = "\
@@ -131,4 +132,247 @@ proptest! {
             }
         }
     }
+}
+
+/// A repository whose view `txn` (aggregations) and `latest` (snapshot) read the Redis
+/// stream `stream_key` of the server at `url`; history in `data/tx.parquet`.
+fn stream_repo(url: &str, stream_key: &str) -> Repo {
+    let r = Repo::new(&format!(
+        "\
+entities: [{{ name: card, join_keys: [card] }}]
+sources:
+  - {{ name: tx, type: file, path: data/tx.parquet, timestamp_field: ts }}
+  - name: tx_stream
+    type: redis_stream
+    url: {url}
+    stream: {stream_key}
+    timestamp_field: ts
+    batch_source: tx
+feature_views:
+  - name: txn
+    entities: [card]
+    source: tx_stream
+    aggregations:
+      - {{ function: count_star, windows: [1h, 2d] }}
+      - {{ column: amount, function: sum, windows: [1h, 2d] }}
+      - {{ column: amount, function: max, windows: [2d] }}
+  - name: latest
+    entities: [card]
+    source: tx_stream
+    features: [{{ name: amount, dtype: float64 }}]
+"
+    ));
+    r
+}
+
+/// Events: (card, time, amount) as the JSON a producer writes.
+fn json_event(card: i64, t: i64, amount: f64) -> String {
+    format!(
+        r#"{{"card": {card}, "ts": "{}", "amount": {amount}}}"#,
+        quiver_core::time::format_timestamp(t)
+    )
+}
+
+fn xadd(conn: &mut redis::Connection, key: &str, field: &str, payload: &str) {
+    let _: String = redis::cmd("XADD")
+        .arg(key)
+        .arg("*")
+        .arg(field)
+        .arg(payload)
+        .query(conn)
+        .unwrap();
+}
+
+/// Served values at `t` for cards 0..4 next to the training values at `t` (which read
+/// the offline table: history plus the stream's events), as text.
+fn served_and_trained(store: &quiver::FeatureStore, t: i64) -> (Vec<String>, Vec<String>) {
+    let view = store.state().unwrap().serving_view("txn").unwrap();
+    let mut features: Vec<String> = view
+        .aggregations
+        .iter()
+        .map(|a| format!("txn:{}", a.name))
+        .collect();
+    features.push("latest:amount".into());
+    let labels = batch(vec![
+        ("card", Arc::new(Int64Array::from_iter_values(0..4))),
+        ("event_timestamp", ts(vec![t; 4])),
+    ]);
+    let training = store
+        .historical()
+        .entities(labels)
+        .features(features.clone())
+        .block()
+        .unwrap();
+    let (mut served, mut trained) = (Vec::new(), Vec::new());
+    for card in 0..4i64 {
+        let row = store
+            .online_features()
+            .features(features.clone())
+            .entity_row(BTreeMap::from([("card".to_string(), Value::Int64(card))]))
+            .at(t)
+            .block()
+            .unwrap();
+        for (i, _) in features.iter().enumerate() {
+            served.push(format!(
+                "card {card} {}: {:?}",
+                features[i], row.rows[0].values[i]
+            ));
+            let col = training.column(2 + i);
+            trained.push(format!(
+                "card {card} {}: {:?}",
+                features[i],
+                quiver_core::value::value_at(col.as_ref(), card as usize).unwrap()
+            ));
+        }
+    }
+    (served, trained)
+}
+
+fn stream_json(repo: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "--json",
+        "stream",
+        "--stop-when-idle",
+        "--flush-interval",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = crate::common::cli(repo, &args);
+    assert!(ok, "quiver stream: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array().unwrap()[0].clone()
+}
+
+#[test]
+fn redis_stream_events_are_served_once_and_bad_ones_dead_lettered() {
+    let redis = quiver_redis::testing::standalone();
+    let key = format!("tx-{}", std::process::id());
+    let r = stream_repo(&redis.url(), &key);
+    let now = quiver_core::time::now();
+    let base = now - 30 * MIN;
+    // History: two events of card 1 before the stream's.
+    r.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card", Arc::new(Int64Array::from(vec![1, 1]))),
+            ("ts", ts(vec![base - 10 * MIN, base - 9 * MIN])),
+            ("amount", Arc::new(Float64Array::from(vec![2.5, -1.0]))),
+        ],
+    );
+    let fmt = |t: i64| quiver_core::time::format_timestamp(t);
+    crate::common::cli_steps(
+        r.path(),
+        &[
+            &["apply"],
+            &["ingest"],
+            &["materialize", &fmt(base - DAY), &fmt(base)],
+        ],
+    );
+    let mut conn = quiver_redis::testing::connect(&redis.url());
+    let mut good = 0;
+    for i in 0..60i64 {
+        xadd(
+            &mut conn,
+            &key,
+            "data",
+            &json_event(i % 3, base + i * 1_000_000, i as f64 / 4.0),
+        );
+        good += 1;
+    }
+    // Bad events, each with its reason.
+    let future = quiver_core::time::format_timestamp(now + 400 * DAY);
+    for bad in [
+        "not json".to_string(),
+        r#"{"card": "seven", "ts": "2026-01-01T00:00:00Z", "amount": 1}"#.to_string(),
+        format!(r#"{{"ts": "{}", "amount": 1}}"#, fmt(base)),
+        format!(r#"{{"card": 1, "ts": "{future}", "amount": 1}}"#),
+        format!(r#"{{"card": 1, "ts": "{}", "amount": "much"}}"#, fmt(base)),
+    ] {
+        xadd(&mut conn, &key, "data", &bad);
+    }
+    xadd(&mut conn, &key, "other", "{}");
+    let s = stream_json(r.path(), &[]);
+    assert_eq!(s["entries"], good + 6, "{s}");
+    // Each bad entry is refused by both views; the good ones applied once by each.
+    assert_eq!(s["dead_letters"], 12, "{s}");
+    assert_eq!(s["applied"], 2 * good, "{s}");
+    assert_eq!(s["replayed"], 0, "{s}");
+
+    let store = r.store();
+    let t = quiver_core::time::now();
+    let (served, trained) = served_and_trained(&store, t);
+    assert_eq!(served, trained);
+    // The stream's events are served: card 0 has 20 of them in the last hour.
+    assert!(
+        served.contains(&"card 0 txn:count_star_1h: Int64(20)".to_string()),
+        "{served:?}"
+    );
+    assert!(
+        served.contains(&"card 1 txn:count_star_2d: Int64(22)".to_string()),
+        "{served:?}"
+    );
+
+    let dead = store
+        .offline()
+        .read_table(&quiver_stream::dead_letter_table("tx_stream"))
+        .block()
+        .unwrap();
+    let dead = arrow::compute::concat_batches(&dead[0].schema(), &dead).unwrap();
+    assert_eq!(dead.num_rows(), 12);
+    let reasons = dead.column_by_name("reason").unwrap();
+    let reasons: Vec<String> = (0..dead.num_rows())
+        .map(|i| {
+            quiver_core::value::value_at(reasons.as_ref(), i)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for want in [
+        "no field 'data'",
+        "later than the clock",
+        "'card'",
+        "amount",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:?}"
+        );
+    }
+    let payloads = dead.column_by_name("payload").unwrap().as_binary::<i32>();
+    assert!(payloads.iter().any(|p| p == Some(b"not json".as_slice())));
+    assert_eq!(
+        payloads.null_count(),
+        2,
+        "the entries without the field, once per view"
+    );
+
+    // A rewind: the group reads every entry again, and nothing changes.
+    let rows_before = store
+        .offline()
+        .row_count(&store.state().unwrap().serving_view("txn").unwrap())
+        .block()
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&key)
+        .arg("quiver")
+        .arg("0")
+        .query(&mut conn)
+        .unwrap();
+    let s = stream_json(r.path(), &[]);
+    // The aggregated view finds every event applied; the snapshot view offers its rows
+    // again, which change nothing (a row never replaces an equal or newer one).
+    assert_eq!(s["replayed"], good, "{s}");
+    assert_eq!(s["applied"], good, "{s}");
+    let store = r.store();
+    assert_eq!(served_and_trained(&store, t), (served.clone(), trained));
+    let rows_after = store
+        .offline()
+        .row_count(&store.state().unwrap().serving_view("txn").unwrap())
+        .block()
+        .unwrap();
+    assert_eq!(
+        rows_after, rows_before,
+        "a replayed event is stored once offline"
+    );
 }

@@ -22,7 +22,9 @@ pub struct RepoSources<'a>(pub &'a Path);
 
 impl SourceSchemas for RepoSources<'_> {
     fn schema(&self, source: &Source) -> Result<SourceSchema, String> {
-        let Source::File(f) = source;
+        let Source::File(f) = source else {
+            return Err("not a file source".into());
+        };
         let all = files::expand(&self.0.join(&f.path)).map_err(|e| e.to_string())?;
         let format = files::format_of(&all[0], f.format).map_err(|e| e.to_string())?;
         let schema = files::read_schema(&all[0], format).map_err(|e| e.to_string())?;
@@ -53,7 +55,9 @@ pub fn ingest_source(
 ) -> quiver_offline::Result<IngestStats> {
     let resolved: ResolvedView = state.resolved_view(view).expect("view resolves");
     let record = state.view(view).expect("view exists");
-    let Source::File(src) = &state.source(&record.def.source).expect("source").def;
+    let src = state
+        .file_source(&record.def.source)
+        .expect("a file source");
     let mut batches = Vec::new();
     for file in files::expand(&repo.join(&src.path))? {
         let format = files::format_of(&file, src.format)?;

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use arrow::datatypes::{DataType, SchemaRef};
 
 use super::{column_list, Errors, SourceSchema, SourceSchemas};
+use quiver_core::model::Source;
+
 use crate::repo::Definitions;
 use crate::state::SourceRecord;
 
@@ -26,8 +28,31 @@ pub(super) fn check<'a>(
     let mut untyped: Vec<&str> = Vec::new();
     for s in &defs.sources {
         let obj = format!("source '{}'", s.value.name());
-        match schemas.schema(&s.value) {
-            Err(msg) => errs.at(s, obj, "path", msg),
+        // A stream's events carry the columns of its batch source (a file source).
+        let (read, field) = match s.value.batch_source() {
+            None => (schemas.schema(&s.value), "path"),
+            Some(batch) => {
+                let found = defs.sources.iter().find(|b| b.value.name() == batch);
+                let read = match found.map(|b| &b.value) {
+                    Some(b @ Source::File(_)) => schemas.schema(b),
+                    Some(_) => Err(format!(
+                        "source '{batch}' is not a file source: a stream's history is read \
+                         from files"
+                    )),
+                    None => Err(format!(
+                        "unknown source '{batch}' (sources: {})",
+                        defs.sources
+                            .iter()
+                            .map(|b| b.value.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                };
+                (read, "batch_source")
+            }
+        };
+        match read {
+            Err(msg) => errs.at(s, obj, field, msg),
             Ok(SourceSchema { schema, typed }) => {
                 if !typed {
                     untyped.push(s.value.name());

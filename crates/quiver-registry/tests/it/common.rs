@@ -37,7 +37,9 @@ pub struct FileSchemas<'a> {
 
 impl SourceSchemas for FileSchemas<'_> {
     fn schema(&self, source: &Source) -> Result<SourceSchema, String> {
-        let Source::File(f) = source;
+        let Source::File(f) = source else {
+            return Err("not a file source".into());
+        };
         let path = self.repo.join(&f.path);
         let format = f
             .format

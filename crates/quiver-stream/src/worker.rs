@@ -1,0 +1,384 @@
+//! `quiver stream`: the long-running worker. Per stream source read by the selected
+//! feature views it consumes entries, decodes and validates them per view, applies them
+//! online at once (tile merges or newest rows, exactly once per event, see
+//! [`quiver::stream`]), collects them for the offline table, and — after the offline
+//! merge of a micro-batch (at most `flush_rows` events or `flush_interval` old, or when
+//! the stream goes quiet) and the dead letters are written — acknowledges them. A crash
+//! anywhere before the acknowledgement makes the entries come back; applying them again
+//! changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{BinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use quiver::stream::{apply_events, write_offline, StreamEvents};
+use quiver::write::{Input, Targets};
+use quiver::FeatureStore;
+use quiver_core::model::{RedisStreamSource, ResolvedView, Source};
+use quiver_offline::normalize::NormalizedBatch;
+use tokio::sync::watch;
+
+use crate::decode::EventDecoder;
+use crate::redis_stream::{Entry, RedisStreamReader};
+use crate::{Error, Result};
+
+/// How the worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Feature views to feed (all views over stream sources when empty).
+    pub views: Vec<String>,
+    /// This worker's name in the consumer groups (unique per worker).
+    pub consumer: String,
+    /// Entries read per call.
+    pub batch_size: usize,
+    /// The longest wait for new entries in one read.
+    pub block: Duration,
+    /// Offline micro-batches: written (and the entries acknowledged) when this many
+    /// events wait, or when the oldest waited this long, or when the stream is quiet.
+    pub flush_rows: usize,
+    pub flush_interval: Duration,
+    /// Entries pending longer than this with another consumer are taken over.
+    pub claim_idle: Duration,
+    /// Stop once every stream is read to its end and written (for scripts and tests).
+    pub stop_when_idle: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            views: Vec::new(),
+            consumer: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "quiver".into()),
+                std::process::id()
+            ),
+            batch_size: 5_000,
+            block: Duration::from_millis(200),
+            flush_rows: 100_000,
+            flush_interval: Duration::from_secs(5),
+            claim_idle: Duration::from_secs(60),
+            stop_when_idle: false,
+        }
+    }
+}
+
+/// What a worker did, per source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Entries read (a replayed entry counts again).
+    pub entries: u64,
+    /// Events applied online, summed over the source's views.
+    pub applied: u64,
+    /// Events found already applied.
+    pub replayed: u64,
+    /// Events older than every tile their view keeps.
+    pub late: u64,
+    /// Events written to the dead-letter table (per view that refused them).
+    pub dead_letters: u64,
+    /// Offline micro-batches written.
+    pub flushes: u64,
+}
+
+/// The dead-letter table of stream source `source` in the offline store.
+pub fn dead_letter_table(source: &str) -> String {
+    format!("_dead_letters/{source}")
+}
+
+/// The stream sources read by `views` (all views over streams when empty), each with
+/// the views that read it.
+fn stream_sources(
+    store: &FeatureStore,
+    views: &[String],
+) -> Result<BTreeMap<String, (RedisStreamSource, Vec<ResolvedView>)>> {
+    let state = store.state()?;
+    let mut out: BTreeMap<String, (RedisStreamSource, Vec<ResolvedView>)> = BTreeMap::new();
+    for v in views {
+        state.view(v)?; // unknown views are an error
+    }
+    for (name, record) in &state.feature_views {
+        if !(views.is_empty() || views.contains(name)) {
+            continue;
+        }
+        let source = state.source(&record.def.source)?;
+        match &source.def {
+            Source::RedisStream(r) => {
+                let view = state.serving_view(name)?;
+                out.entry(r.name.clone())
+                    .or_insert_with(|| (r.clone(), Vec::new()))
+                    .1
+                    .push(view);
+            }
+            Source::File(_) if views.contains(name) => {
+                return Err(Error::Invalid(format!(
+                    "feature view '{name}' reads source '{}', a file source: only views \
+                     over stream sources are fed by `quiver stream`",
+                    source.def.name()
+                )))
+            }
+            Source::File(_) => {}
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Invalid(
+            "no feature view reads a stream source (type: redis_stream)".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Runs the worker until `shutdown` turns true (or, with `stop_when_idle`, until every
+/// stream is read and written); what was read is written and acknowledged before it
+/// returns.
+pub async fn run(
+    store: &FeatureStore,
+    options: &WorkerOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<BTreeMap<String, SourceStats>> {
+    let sources = stream_sources(store, &options.views)?;
+    let mut tasks = Vec::new();
+    for (name, (source, views)) in sources {
+        let (store, options, shutdown) = (store.clone(), options.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let stats = run_source(&store, &source, views, &options, shutdown).await;
+            (name, stats)
+        }));
+    }
+    let mut out = BTreeMap::new();
+    let mut first_error = None;
+    for t in tasks {
+        let (name, stats) = t
+            .await
+            .map_err(|e| Error::Invalid(format!("a stream task failed: {e}")))?;
+        match stats {
+            Ok(s) => {
+                out.insert(name, s);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// One view's decoder, targets and waiting offline rows.
+struct ViewState {
+    decoder: EventDecoder,
+    targets: Targets,
+    offline: Vec<NormalizedBatch>,
+}
+
+async fn run_source(
+    store: &FeatureStore,
+    source: &RedisStreamSource,
+    views: Vec<ResolvedView>,
+    options: &WorkerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SourceStats> {
+    let state = store.state()?;
+    let mut per_view = Vec::new();
+    for view in views {
+        let def = &state.view(&view.name)?.def;
+        per_view.push(ViewState {
+            targets: Targets {
+                online: def.online,
+                offline: def.offline,
+            },
+            decoder: EventDecoder::new(
+                view,
+                &source.timestamp_field,
+                source.created_timestamp_field.as_deref(),
+                source.timestamp_unit,
+            ),
+            offline: Vec::new(),
+        });
+    }
+    let mut reader = RedisStreamReader::connect(source, &options.consumer).await?;
+    let partition = reader.partition().to_vec();
+    let origin = format!("redis stream '{}'", source.stream);
+    let mut stats = SourceStats::default();
+    let mut unacked: Vec<String> = Vec::new();
+    let mut oldest_unacked: Option<Instant> = None;
+    let mut last_claim = Instant::now();
+    reader.claim_idle(options.claim_idle).await?;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let entries = tokio::select! {
+            r = reader.read(options.batch_size, options.block) => r?,
+            _ = shutdown.changed() => break,
+        };
+        if entries.is_empty() {
+            // Quiet: write what waits, look for entries dead consumers left.
+            flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+            oldest_unacked = None;
+            if last_claim.elapsed() >= options.claim_idle {
+                reader.claim_idle(options.claim_idle).await?;
+                last_claim = Instant::now();
+            }
+            if options.stop_when_idle && reader.caught_up() {
+                break;
+            }
+            continue;
+        }
+        stats.entries += entries.len() as u64;
+        apply(
+            store,
+            &entries,
+            &partition,
+            &origin,
+            source,
+            &mut per_view,
+            &mut stats,
+        )
+        .await?;
+        unacked.extend(entries.into_iter().map(|e| e.id));
+        let since = *oldest_unacked.get_or_insert_with(Instant::now);
+        if unacked.len() >= options.flush_rows || since.elapsed() >= options.flush_interval {
+            flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+            oldest_unacked = None;
+        }
+    }
+    flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+    Ok(stats)
+}
+
+/// Decodes entries for every view, writes dead letters, applies the rest online and
+/// keeps them for the offline merge.
+async fn apply(
+    store: &FeatureStore,
+    entries: &[Entry],
+    partition: &[u8],
+    origin: &str,
+    source: &RedisStreamSource,
+    per_view: &mut [ViewState],
+    stats: &mut SourceStats,
+) -> Result<()> {
+    let payloads: Vec<&[u8]> = entries
+        .iter()
+        .map(|e| e.data.as_deref().unwrap_or_default())
+        .collect();
+    let now = quiver_core::time::now();
+    let not_after = Input::not_after(store.config(), now);
+    let mut dead: Vec<(String, usize, String)> = Vec::new();
+    for v in per_view.iter_mut() {
+        let view = v.decoder.view().clone();
+        let decoded = v.decoder.decode(&payloads, origin, not_after);
+        for d in decoded.dead {
+            let reason = match entries[d.index].data {
+                None => format!("the entry has no field '{}'", source.field),
+                Some(_) => d.reason,
+            };
+            dead.push((view.name.clone(), d.index, reason));
+        }
+        let Some(rows) = decoded.rows else { continue };
+        let offsets: Vec<u128> = decoded.events.iter().map(|&i| entries[i].offset).collect();
+        if v.targets.online {
+            let s = apply_events(
+                store,
+                &view,
+                rows.clone(),
+                StreamEvents {
+                    partition,
+                    offsets: &offsets,
+                },
+                Targets {
+                    online: true,
+                    offline: false,
+                },
+                now,
+            )
+            .await?;
+            stats.applied += s.applied;
+            stats.replayed += s.replayed;
+            stats.late += s.late;
+        }
+        if v.targets.offline {
+            v.offline.push(rows);
+        }
+    }
+    if !dead.is_empty() {
+        stats.dead_letters += dead.len() as u64;
+        for (view, i, reason) in dead.iter().take(3) {
+            tracing::warn!(source = %source.name, view = %view, id = %entries[*i].id,
+                           reason = %reason, "event written to the dead-letter table");
+        }
+        let batch = dead_letters(partition, entries, &dead, now)?;
+        store
+            .offline()
+            .append(&dead_letter_table(&source.name), batch)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The dead-letter rows: view, partition, entry id, reason, the raw event, when.
+fn dead_letters(
+    partition: &[u8],
+    entries: &[Entry],
+    dead: &[(String, usize, String)],
+    now: quiver_core::Timestamp,
+) -> Result<RecordBatch> {
+    let schema = Schema::new(vec![
+        Field::new("feature_view", DataType::Utf8, false),
+        Field::new("partition", DataType::Utf8, false),
+        Field::new("position", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("payload", DataType::Binary, true),
+        Field::new(
+            "received_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]);
+    let partition = String::from_utf8_lossy(partition).into_owned();
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(dead.iter().map(|d| &d.0))),
+            Arc::new(StringArray::from_iter_values(
+                dead.iter().map(|_| partition.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                dead.iter().map(|d| entries[d.1].id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(dead.iter().map(|d| &d.2))),
+            Arc::new(BinaryArray::from_iter(
+                dead.iter().map(|d| entries[d.1].data.as_deref()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(dead.iter().map(|_| now))
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )?)
+}
+
+/// Writes the waiting offline rows of every view, then acknowledges their entries.
+async fn flush(
+    store: &FeatureStore,
+    reader: &mut RedisStreamReader,
+    per_view: &mut [ViewState],
+    unacked: &mut Vec<String>,
+    stats: &mut SourceStats,
+) -> Result<()> {
+    for v in per_view.iter_mut() {
+        if v.offline.is_empty() {
+            continue;
+        }
+        let batches = std::mem::take(&mut v.offline);
+        write_offline(store, v.decoder.view(), batches).await?;
+        stats.flushes += 1;
+    }
+    if !unacked.is_empty() {
+        reader.ack(unacked).await?;
+        unacked.clear();
+    }
+    Ok(())
+}
