@@ -37,8 +37,10 @@ pub struct RedisStreamReader {
     source: RedisStreamSource,
     consumer: String,
     partition: Vec<u8>,
-    /// Whether the entries pending for this consumer are still to be read again.
-    pending: bool,
+    /// While the entries pending for this consumer are read again: the id after which
+    /// to go on (pending entries stay pending until acknowledged, so each read of them
+    /// starts past the last one returned).
+    pending: Option<String>,
 }
 
 impl RedisStreamReader {
@@ -74,7 +76,7 @@ impl RedisStreamReader {
             partition: format!("redis:{}", source.stream).into_bytes(),
             source: source.clone(),
             consumer: consumer.to_string(),
-            pending: true,
+            pending: Some("0".into()),
         })
     }
 
@@ -86,12 +88,12 @@ impl RedisStreamReader {
     /// Reads up to `count` entries, waiting up to `block` for new ones: first the
     /// entries pending for this consumer, then new ones.
     pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Entry>> {
-        if self.pending {
-            let entries = self.read_from("0", count, None).await?;
-            if !entries.is_empty() {
+        if let Some(after) = self.pending.take() {
+            let entries = self.read_from(&after, count, None).await?;
+            if let Some(last) = entries.last() {
+                self.pending = Some(last.id.clone());
                 return Ok(entries);
             }
-            self.pending = false;
         }
         self.read_from(">", count, Some(block)).await
     }
@@ -99,7 +101,7 @@ impl RedisStreamReader {
     /// Whether the entries left pending (by an earlier run of this consumer, or claimed)
     /// have all been read again.
     pub fn caught_up(&self) -> bool {
-        !self.pending
+        self.pending.is_none()
     }
 
     async fn read_from(
@@ -217,7 +219,7 @@ impl RedisStreamReader {
             start = next;
         }
         if claimed > 0 {
-            self.pending = true;
+            self.pending = Some("0".into());
         }
         Ok(claimed)
     }

@@ -376,3 +376,168 @@ fn redis_stream_events_are_served_once_and_bad_ones_dead_lettered() {
         "a replayed event is stored once offline"
     );
 }
+
+/// The group's counters of `XINFO GROUPS`: (entries read, pending).
+fn group_progress(conn: &mut redis::Connection, key: &str) -> (i64, i64) {
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query(conn)
+        .unwrap();
+    let mut out = (0, 0);
+    if let Some(redis::Value::Array(kv)) = groups.into_iter().next() {
+        for pair in kv.chunks(2) {
+            let name = match &pair[0] {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                _ => continue,
+            };
+            if let redis::Value::Int(n) = pair[1] {
+                match name.as_str() {
+                    "entries-read" => out.0 = n,
+                    "pending" => out.1 = n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_stream_and_another_taking_over_count_every_event_once() {
+    let redis = quiver_redis::testing::standalone();
+    let key = format!("tx-kill-{}", std::process::id());
+    let r = stream_repo(&redis.url(), &key);
+    let now = quiver_core::time::now();
+    let base = now - 40 * MIN;
+    r.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card", Arc::new(Int64Array::from(vec![3]))),
+            ("ts", ts(vec![base - 3 * DAY])),
+            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
+        ],
+    );
+    crate::common::cli_steps(r.path(), &[&["apply"], &["ingest"]]);
+    let mut conn = quiver_redis::testing::connect(&redis.url());
+    const N: i64 = 4000;
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        // Out of order in event time, several on one time.
+        let t = base + ((i * 7919) % N) * 500_000;
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("data")
+            .arg(json_event(i % 4, t, ((i % 97) as f64 - 40.0) / 8.0))
+            .ignore();
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+
+    // A worker killed (SIGKILL) part way: some micro-batches written and acknowledged,
+    // some applied online only, some read and not applied.
+    let mut worker = std::process::Command::new(crate::common::quiver_bin())
+        .arg("--repo")
+        .arg(r.path())
+        .args([
+            "stream",
+            "--consumer",
+            "w1",
+            "--batch-size",
+            "50",
+            "--flush-rows",
+            "300",
+        ])
+        .args(["--flush-interval", "50ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the first worker to read 1,000 entries", || {
+        group_progress(&mut conn, &key).0 >= 1000
+    });
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let (read, pending) = group_progress(&mut conn, &key);
+    assert!(read < N, "killed before the end ({read} read)");
+
+    // Another worker takes over the dead one's pending entries and reads the rest.
+    let s = stream_json(r.path(), &["--consumer", "w2", "--claim-idle", "0s"]);
+    assert!(
+        s["entries"].as_i64().unwrap() >= N - read + pending.min(1),
+        "{s}"
+    );
+    assert_eq!(group_progress(&mut conn, &key).1, 0, "nothing left pending");
+
+    let store = r.store();
+    let t = quiver_core::time::now();
+    let (served, trained) = served_and_trained(&store, t);
+    assert_eq!(served, trained);
+    for card in 0..4 {
+        // (card 3's history row lies before the window)
+        let want = N / 4;
+        assert!(
+            served.contains(&format!("card {card} txn:count_star_2d: Int64({want})")),
+            "card {card}: {served:?}"
+        );
+    }
+    let view = store.state().unwrap().serving_view("txn").unwrap();
+    assert_eq!(
+        store.offline().row_count(&view).block().unwrap(),
+        N as u64 + 1
+    );
+
+    // SIGTERM: the worker writes what it read and exits 0.
+    for i in 0..10 {
+        xadd(
+            &mut conn,
+            &key,
+            "data",
+            &json_event(0, base + i * 1_000_000, 100.0),
+        );
+    }
+    let worker = std::process::Command::new(crate::common::quiver_bin())
+        .arg("--repo")
+        .arg(r.path())
+        .args(["stream", "--consumer", "w3", "--flush-interval", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the third worker to read the new entries", || {
+        group_progress(&mut conn, &key).0 >= N + 10
+    });
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = worker.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10 entries read"));
+    assert_eq!(
+        group_progress(&mut conn, &key).1,
+        0,
+        "acknowledged on the way out"
+    );
+    assert_eq!(
+        store.offline().row_count(&view).block().unwrap(),
+        N as u64 + 11
+    );
+}
