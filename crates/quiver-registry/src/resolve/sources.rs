@@ -8,6 +8,7 @@ use super::{column_list, Errors, SourceSchema, SourceSchemas};
 use quiver_core::model::Source;
 
 use crate::repo::Definitions;
+use crate::state::suggest;
 use crate::state::SourceRecord;
 
 /// The schemas of the sources that passed their checks.
@@ -40,12 +41,15 @@ pub(super) fn check<'a>(
                          from files"
                     )),
                     None => Err(format!(
-                        "unknown source '{batch}' (sources: {})",
-                        defs.sources
-                            .iter()
-                            .map(|b| b.value.name())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "unknown source '{batch}'{}",
+                        suggest(
+                            batch,
+                            defs.sources
+                                .iter()
+                                .map(|b| b.value.name().to_string())
+                                .collect::<Vec<_>>()
+                                .iter()
+                        )
                     )),
                 };
                 (read, "batch_source")
@@ -71,10 +75,17 @@ pub(super) fn check<'a>(
                                 s,
                                 obj.clone(),
                                 field,
-                                format!(
-                                    "column '{col}' is not in the source (columns: {})",
-                                    column_list(&schema)
-                                ),
+                                match s.value.batch_source() {
+                                    None => format!(
+                                        "column '{col}' is not in the source (columns: {})",
+                                        column_list(&schema)
+                                    ),
+                                    Some(b) => format!(
+                                        "column '{col}' is not a column of batch source \
+                                         '{b}', whose columns the events carry (columns: {})",
+                                        column_list(&schema)
+                                    ),
+                                },
                             );
                         }
                         Ok(f) if !is_time_type(f.data_type()) => {
