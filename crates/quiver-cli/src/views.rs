@@ -112,6 +112,7 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
                         Source::RedisStream(x) => {
                             ("redis_stream", format!("{} {}", x.url, x.stream))
                         }
+                        Source::Kafka(k) => ("kafka", format!("{} {}", k.brokers, k.topic)),
                     };
                     vec![
                         r.def.name().to_string(),

@@ -73,6 +73,8 @@ pub enum Source {
     File(FileSource),
     /// Events appended to a Redis stream, read with a consumer group.
     RedisStream(RedisStreamSource),
+    /// Events of a Kafka topic, read with a consumer group.
+    Kafka(KafkaSource),
 }
 
 impl Source {
@@ -81,6 +83,7 @@ impl Source {
         match self {
             Source::File(f) => &f.name,
             Source::RedisStream(r) => &r.name,
+            Source::Kafka(k) => &k.name,
         }
     }
     /// The column holding each row's event time.
@@ -88,6 +91,7 @@ impl Source {
         match self {
             Source::File(f) => &f.timestamp_field,
             Source::RedisStream(r) => &r.timestamp_field,
+            Source::Kafka(k) => &k.timestamp_field,
         }
     }
     /// The column holding each row's creation time, used to break ties.
@@ -95,6 +99,7 @@ impl Source {
         match self {
             Source::File(f) => f.created_timestamp_field.as_deref(),
             Source::RedisStream(r) => r.created_timestamp_field.as_deref(),
+            Source::Kafka(k) => k.created_timestamp_field.as_deref(),
         }
     }
     /// The owner, if set.
@@ -102,6 +107,7 @@ impl Source {
         match self {
             Source::File(f) => &f.owner,
             Source::RedisStream(r) => &r.owner,
+            Source::Kafka(k) => &k.owner,
         }
     }
     /// The description, if set.
@@ -109,6 +115,7 @@ impl Source {
         match self {
             Source::File(f) => &f.description,
             Source::RedisStream(r) => &r.description,
+            Source::Kafka(k) => &k.description,
         }
     }
     /// For a stream source, the file source holding the same events' history (what
@@ -117,6 +124,15 @@ impl Source {
         match self {
             Source::File(_) => None,
             Source::RedisStream(r) => Some(&r.batch_source),
+            Source::Kafka(k) => Some(&k.batch_source),
+        }
+    }
+    /// For a stream source, the unit of event times written as numbers.
+    pub fn timestamp_unit(&self) -> Option<EpochUnit> {
+        match self {
+            Source::File(_) => None,
+            Source::RedisStream(r) => r.timestamp_unit,
+            Source::Kafka(k) => k.timestamp_unit,
         }
     }
 }
@@ -268,6 +284,45 @@ fn is_true(b: &bool) -> bool {
 }
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// A Kafka topic of events, read by `quiver stream` in a consumer group (workers of one
+/// group split the topic's partitions; offsets are committed once the events are written
+/// online and offline). Each message's value is one event carrying the columns of
+/// `batch_source`, the file source that holds their history offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSource {
+    pub name: String,
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    pub topic: String,
+    /// The consumer group (default `quiver`).
+    #[serde(default = "quiver_group")]
+    pub group: String,
+    /// Where a group without committed offsets starts (default `earliest`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub start: StreamStart,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: StreamFormat,
+    /// The event-time field (see [`RedisStreamSource::timestamp_field`]).
+    pub timestamp_field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_unit: Option<EpochUnit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_timestamp_field: Option<String>,
+    /// The file source holding the same events' history.
+    pub batch_source: String,
+    /// Further consumer settings passed to the client (librdkafka's names, e.g.
+    /// `security.protocol`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
 }
 
 /// A named group of features of one entity set, read from one source.

@@ -12,18 +12,9 @@ use quiver_core::model::{RedisStreamSource, StreamStart};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use crate::{Error, Result};
+use std::sync::Arc;
 
-/// One entry of the stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// The entry's id, as Redis writes it.
-    pub id: String,
-    /// The id as an offset (`MS << 64 | SEQ`).
-    pub offset: u128,
-    /// The event: the entry's field named by the source (`None` when it has none).
-    pub data: Option<Vec<u8>>,
-}
+use crate::{Entry, Error, Result};
 
 /// The offset of an entry id `MS-SEQ`.
 pub fn offset_of(id: &str) -> Option<u128> {
@@ -36,7 +27,7 @@ pub struct RedisStreamReader {
     conn: MultiplexedConnection,
     source: RedisStreamSource,
     consumer: String,
-    partition: Vec<u8>,
+    partition: Arc<[u8]>,
     /// While the entries pending for this consumer are read again: the id after which
     /// to go on (pending entries stay pending until acknowledged, so each read of them
     /// starts past the last one returned).
@@ -73,7 +64,7 @@ impl RedisStreamReader {
         }
         Ok(RedisStreamReader {
             conn,
-            partition: format!("redis:{}", source.stream).into_bytes(),
+            partition: format!("redis:{}", source.stream).into_bytes().into(),
             source: source.clone(),
             consumer: consumer.to_string(),
             pending: Some("0".into()),
@@ -168,16 +159,22 @@ impl RedisStreamReader {
             Value::Map(kv) => kv.into_iter().for_each(|(k, v)| take(k, v)),
             _ => {}
         }
-        Ok(Entry { id, offset, data })
+        Ok(Entry {
+            id,
+            partition: self.partition.clone(),
+            offset,
+            data,
+        })
     }
 
     /// Acknowledges entries written.
-    pub async fn ack(&mut self, ids: &[String]) -> Result<()> {
-        for chunk in ids.chunks(10_000) {
+    pub async fn ack(&mut self, entries: &[Entry]) -> Result<()> {
+        for chunk in entries.chunks(10_000) {
+            let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
             let _: i64 = redis::cmd("XACK")
                 .arg(&self.source.stream)
                 .arg(&self.source.group)
-                .arg(chunk)
+                .arg(&ids)
                 .query_async(&mut self.conn)
                 .await?;
         }

@@ -16,13 +16,65 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use quiver::stream::{apply_events, write_offline, StreamEvents};
 use quiver::write::{Input, Targets};
 use quiver::FeatureStore;
-use quiver_core::model::{RedisStreamSource, ResolvedView, Source};
+use quiver_core::model::{ResolvedView, Source};
 use quiver_offline::normalize::NormalizedBatch;
 use tokio::sync::watch;
 
 use crate::decode::EventDecoder;
-use crate::redis_stream::{Entry, RedisStreamReader};
-use crate::{Error, Result};
+use crate::kafka::KafkaReader;
+use crate::redis_stream::RedisStreamReader;
+use crate::{Entry, Error, Result};
+
+/// A stream source's reader.
+enum Reader {
+    Redis(RedisStreamReader),
+    Kafka(KafkaReader),
+}
+
+impl Reader {
+    async fn connect(source: &Source, consumer: &str) -> Result<Self> {
+        Ok(match source {
+            Source::RedisStream(r) => Reader::Redis(RedisStreamReader::connect(r, consumer).await?),
+            Source::Kafka(k) => Reader::Kafka(KafkaReader::connect(k, consumer)?),
+            Source::File(f) => {
+                return Err(Error::Invalid(format!(
+                    "source '{}' is not a stream",
+                    f.name
+                )))
+            }
+        })
+    }
+
+    async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Entry>> {
+        match self {
+            Reader::Redis(r) => r.read(count, block).await,
+            Reader::Kafka(k) => k.read(count, block).await,
+        }
+    }
+
+    async fn ack(&mut self, entries: &[Entry]) -> Result<()> {
+        match self {
+            Reader::Redis(r) => r.ack(entries).await,
+            Reader::Kafka(k) => k.ack(entries).await,
+        }
+    }
+
+    async fn caught_up(&mut self) -> Result<bool> {
+        match self {
+            Reader::Redis(r) => Ok(r.caught_up()),
+            Reader::Kafka(k) => k.caught_up().await,
+        }
+    }
+
+    /// Periodic upkeep while the stream is quiet: Redis takes over entries that dead
+    /// consumers left pending (Kafka's group does that itself, by rebalancing).
+    async fn upkeep(&mut self, claim_idle: Duration) -> Result<()> {
+        match self {
+            Reader::Redis(r) => r.claim_idle(claim_idle).await.map(|_| ()),
+            Reader::Kafka(_) => Ok(()),
+        }
+    }
+}
 
 /// How the worker runs.
 #[derive(Clone, Debug)]
@@ -91,9 +143,9 @@ pub fn dead_letter_table(source: &str) -> String {
 fn stream_sources(
     store: &FeatureStore,
     views: &[String],
-) -> Result<BTreeMap<String, (RedisStreamSource, Vec<ResolvedView>)>> {
+) -> Result<BTreeMap<String, (Source, Vec<ResolvedView>)>> {
     let state = store.state()?;
-    let mut out: BTreeMap<String, (RedisStreamSource, Vec<ResolvedView>)> = BTreeMap::new();
+    let mut out: BTreeMap<String, (Source, Vec<ResolvedView>)> = BTreeMap::new();
     for v in views {
         state.view(v)?; // unknown views are an error
     }
@@ -103,10 +155,10 @@ fn stream_sources(
         }
         let source = state.source(&record.def.source)?;
         match &source.def {
-            Source::RedisStream(r) => {
+            s @ (Source::RedisStream(_) | Source::Kafka(_)) => {
                 let view = state.serving_view(name)?;
-                out.entry(r.name.clone())
-                    .or_insert_with(|| (r.clone(), Vec::new()))
+                out.entry(s.name().to_string())
+                    .or_insert_with(|| (s.clone(), Vec::new()))
                     .1
                     .push(view);
             }
@@ -122,7 +174,7 @@ fn stream_sources(
     }
     if out.is_empty() {
         return Err(Error::Invalid(
-            "no feature view reads a stream source (type: redis_stream)".into(),
+            "no feature view reads a stream source (type: kafka or redis_stream)".into(),
         ));
     }
     Ok(out)
@@ -175,7 +227,7 @@ struct ViewState {
 
 async fn run_source(
     store: &FeatureStore,
-    source: &RedisStreamSource,
+    source: &Source,
     views: Vec<ResolvedView>,
     options: &WorkerOptions,
     mut shutdown: watch::Receiver<bool>,
@@ -191,21 +243,19 @@ async fn run_source(
             },
             decoder: EventDecoder::new(
                 view,
-                &source.timestamp_field,
-                source.created_timestamp_field.as_deref(),
-                source.timestamp_unit,
+                source.timestamp_field(),
+                source.created_timestamp_field(),
+                source.timestamp_unit(),
             ),
             offline: Vec::new(),
         });
     }
-    let mut reader = RedisStreamReader::connect(source, &options.consumer).await?;
-    let partition = reader.partition().to_vec();
-    let origin = format!("redis stream '{}'", source.stream);
+    let mut reader = Reader::connect(source, &options.consumer).await?;
     let mut stats = SourceStats::default();
-    let mut unacked: Vec<String> = Vec::new();
+    let mut unacked: Vec<Entry> = Vec::new();
     let mut oldest_unacked: Option<Instant> = None;
-    let mut last_claim = Instant::now();
-    reader.claim_idle(options.claim_idle).await?;
+    let mut last_upkeep = Instant::now();
+    reader.upkeep(options.claim_idle).await?;
     loop {
         if *shutdown.borrow() {
             break;
@@ -218,27 +268,19 @@ async fn run_source(
             // Quiet: write what waits, look for entries dead consumers left.
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
             oldest_unacked = None;
-            if last_claim.elapsed() >= options.claim_idle {
-                reader.claim_idle(options.claim_idle).await?;
-                last_claim = Instant::now();
+            if last_upkeep.elapsed() >= options.claim_idle {
+                reader.upkeep(options.claim_idle).await?;
+                last_upkeep = Instant::now();
             }
-            if options.stop_when_idle && reader.caught_up() {
+            if options.stop_when_idle && reader.caught_up().await? {
                 break;
             }
             continue;
         }
         stats.entries += entries.len() as u64;
-        apply(
-            store,
-            &entries,
-            &partition,
-            &origin,
-            source,
-            &mut per_view,
-            &mut stats,
-        )
-        .await?;
-        unacked.extend(entries.into_iter().map(|e| e.id));
+        apply(store, &entries, source, &mut per_view, &mut stats).await?;
+        // Kept until acknowledged, without their events.
+        unacked.extend(entries.into_iter().map(|e| Entry { data: None, ..e }));
         let since = *oldest_unacked.get_or_insert_with(Instant::now);
         if unacked.len() >= options.flush_rows || since.elapsed() >= options.flush_interval {
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
@@ -249,70 +291,90 @@ async fn run_source(
     Ok(stats)
 }
 
-/// Decodes entries for every view, writes dead letters, applies the rest online and
-/// keeps them for the offline merge.
+/// Decodes entries for every view, partition by partition, writes dead letters,
+/// applies the rest online and keeps them for the offline merge.
 async fn apply(
     store: &FeatureStore,
     entries: &[Entry],
-    partition: &[u8],
-    origin: &str,
-    source: &RedisStreamSource,
+    source: &Source,
     per_view: &mut [ViewState],
     stats: &mut SourceStats,
 ) -> Result<()> {
-    let payloads: Vec<&[u8]> = entries
-        .iter()
-        .map(|e| e.data.as_deref().unwrap_or_default())
-        .collect();
+    // The entries of each partition, in order (one partition for a Redis stream).
+    let mut partitions: Vec<(Arc<[u8]>, Vec<usize>)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match partitions
+            .iter_mut()
+            .find(|(p, _)| Arc::ptr_eq(p, &e.partition))
+        {
+            Some((_, idx)) => idx.push(i),
+            None => partitions.push((e.partition.clone(), vec![i])),
+        }
+    }
     let now = quiver_core::time::now();
     let not_after = Input::not_after(store.config(), now);
+    let origin = format!("stream source '{}'", source.name());
     let mut dead: Vec<(String, usize, String)> = Vec::new();
-    for v in per_view.iter_mut() {
-        let view = v.decoder.view().clone();
-        let decoded = v.decoder.decode(&payloads, origin, not_after);
-        for d in decoded.dead {
-            let reason = match entries[d.index].data {
-                None => format!("the entry has no field '{}'", source.field),
-                Some(_) => d.reason,
-            };
-            dead.push((view.name.clone(), d.index, reason));
-        }
-        let Some(rows) = decoded.rows else { continue };
-        let offsets: Vec<u128> = decoded.events.iter().map(|&i| entries[i].offset).collect();
-        if v.targets.online {
-            let s = apply_events(
-                store,
-                &view,
-                rows.clone(),
-                StreamEvents {
-                    partition,
-                    offsets: &offsets,
-                },
-                Targets {
-                    online: true,
-                    offline: false,
-                },
-                now,
-            )
-            .await?;
-            stats.applied += s.applied;
-            stats.replayed += s.replayed;
-            stats.late += s.late;
-        }
-        if v.targets.offline {
-            v.offline.push(rows);
+    for (partition, idx) in &partitions {
+        let payloads: Vec<&[u8]> = idx
+            .iter()
+            .map(|&i| entries[i].data.as_deref().unwrap_or_default())
+            .collect();
+        for v in per_view.iter_mut() {
+            let view = v.decoder.view().clone();
+            let decoded = v.decoder.decode(&payloads, &origin, not_after);
+            for d in decoded.dead {
+                let i = idx[d.index];
+                let reason = match (&entries[i].data, source) {
+                    (None, Source::RedisStream(r)) => {
+                        format!("the entry has no field '{}'", r.field)
+                    }
+                    (None, _) => "the message has no value".to_string(),
+                    (Some(_), _) => d.reason,
+                };
+                dead.push((view.name.clone(), i, reason));
+            }
+            let Some(rows) = decoded.rows else { continue };
+            let offsets: Vec<u128> = decoded
+                .events
+                .iter()
+                .map(|&d| entries[idx[d]].offset)
+                .collect();
+            if v.targets.online {
+                let s = apply_events(
+                    store,
+                    &view,
+                    rows.clone(),
+                    StreamEvents {
+                        partition,
+                        offsets: &offsets,
+                    },
+                    Targets {
+                        online: true,
+                        offline: false,
+                    },
+                    now,
+                )
+                .await?;
+                stats.applied += s.applied;
+                stats.replayed += s.replayed;
+                stats.late += s.late;
+            }
+            if v.targets.offline {
+                v.offline.push(rows);
+            }
         }
     }
     if !dead.is_empty() {
         stats.dead_letters += dead.len() as u64;
         for (view, i, reason) in dead.iter().take(3) {
-            tracing::warn!(source = %source.name, view = %view, id = %entries[*i].id,
+            tracing::warn!(source = %source.name(), view = %view, id = %entries[*i].id,
                            reason = %reason, "event written to the dead-letter table");
         }
-        let batch = dead_letters(partition, entries, &dead, now)?;
+        let batch = dead_letters(entries, &dead, now)?;
         store
             .offline()
-            .append(&dead_letter_table(&source.name), batch)
+            .append(&dead_letter_table(source.name()), batch)
             .await?;
     }
     Ok(())
@@ -320,7 +382,6 @@ async fn apply(
 
 /// The dead-letter rows: view, partition, entry id, reason, the raw event, when.
 fn dead_letters(
-    partition: &[u8],
     entries: &[Entry],
     dead: &[(String, usize, String)],
     now: quiver_core::Timestamp,
@@ -337,14 +398,13 @@ fn dead_letters(
             false,
         ),
     ]);
-    let partition = String::from_utf8_lossy(partition).into_owned();
     Ok(RecordBatch::try_new(
         Arc::new(schema),
         vec![
             Arc::new(StringArray::from_iter_values(dead.iter().map(|d| &d.0))),
-            Arc::new(StringArray::from_iter_values(
-                dead.iter().map(|_| partition.as_str()),
-            )),
+            Arc::new(StringArray::from_iter_values(dead.iter().map(|d| {
+                String::from_utf8_lossy(&entries[d.1].partition).into_owned()
+            }))),
             Arc::new(StringArray::from_iter_values(
                 dead.iter().map(|d| entries[d.1].id.as_str()),
             )),
@@ -363,9 +423,9 @@ fn dead_letters(
 /// Writes the waiting offline rows of every view, then acknowledges their entries.
 async fn flush(
     store: &FeatureStore,
-    reader: &mut RedisStreamReader,
+    reader: &mut Reader,
     per_view: &mut [ViewState],
-    unacked: &mut Vec<String>,
+    unacked: &mut Vec<Entry>,
     stats: &mut SourceStats,
 ) -> Result<()> {
     for v in per_view.iter_mut() {
