@@ -28,7 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, StructType};
+use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
@@ -271,13 +271,63 @@ impl OfflineStore {
         let batches: Vec<NormalizedBatch> = batches.into_iter().map(Into::into).collect();
         let (this, view) = (self.clone(), view.clone());
         let handle = tokio::runtime::Handle::current();
-        crate::blocking(move || handle.block_on(this.ingest_async(&view, batches))).await
+        crate::blocking(move || handle.block_on(this.ingest_async(&view, batches, None))).await
+    }
+
+    /// Appends events read from streams to an aggregated view's table, and records with
+    /// them, in the same commit, the newest offset written of each partition (Delta
+    /// application transactions, as stream writers into Delta do): no merge with the
+    /// stored rows, so two events alike in every value stay two. A caller leaves out the
+    /// events at or before [`OfflineStore::stream_offsets`] of their partition, so a
+    /// replayed range is stored once.
+    pub async fn append_events(
+        &self,
+        view: &ResolvedView,
+        batches: Vec<NormalizedBatch>,
+        offsets: &[(&[u8], u128)],
+    ) -> Result<IngestStats> {
+        let mut txns = Vec::new();
+        for (partition, offset) in offsets {
+            let (hi, lo) = stream_app_ids(partition);
+            txns.push(Transaction::new(hi, (offset >> 64) as i64));
+            txns.push(Transaction::new(lo, (*offset as u64) as i64));
+        }
+        let (this, view) = (self.clone(), view.clone());
+        let handle = tokio::runtime::Handle::current();
+        crate::blocking(move || handle.block_on(this.ingest_async(&view, batches, Some(txns))))
+            .await
+    }
+
+    /// The newest offset of each partition appended by [`OfflineStore::append_events`]
+    /// (`None` where none was).
+    pub async fn stream_offsets(
+        &self,
+        view: &ResolvedView,
+        partitions: &[&[u8]],
+    ) -> Result<Vec<Option<u128>>> {
+        let Some(table) = self.load(view).await? else {
+            return Ok(vec![None; partitions.len()]);
+        };
+        let state = table.snapshot()?;
+        let log = table.log_store();
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let (hi, lo) = stream_app_ids(p);
+            let hi = state.transaction_version(log.as_ref(), hi).await?;
+            let lo = state.transaction_version(log.as_ref(), lo).await?;
+            out.push(match (hi, lo) {
+                (Some(h), Some(l)) => Some(((h as u64 as u128) << 64) | l as u64 as u128),
+                _ => None,
+            });
+        }
+        Ok(out)
     }
 
     async fn ingest_async(
         &self,
         view: &ResolvedView,
         new: Vec<NormalizedBatch>,
+        append: Option<Vec<Transaction>>,
     ) -> Result<IngestStats> {
         let schema = table_schema(view);
         let rows_in: u64 = new.iter().map(|b| b.batch.num_rows() as u64).sum();
@@ -302,13 +352,16 @@ impl OfflineStore {
                 stats.max_event_ts = Some(stats.max_event_ts.map_or(t, |m: i64| m.max(t)));
             }
         }
-        // Stored rows of the touched partitions are merged with the new rows.
+        // Stored rows of the touched partitions are merged with the new rows (an
+        // append leaves them).
         let replaced: Vec<_> = table
             .snapshot()?
             .log_data()
             .iter()
             .filter(|f| {
-                partition_day(&f.partition_values_map()).is_some_and(|d| touched.contains(&d))
+                append.is_none()
+                    && partition_day(&f.partition_values_map())
+                        .is_some_and(|d| touched.contains(&d))
             })
             .collect();
         let root = self.table_path(view);
@@ -389,6 +442,7 @@ impl OfflineStore {
         }
 
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        actions.extend(append.unwrap_or_default().into_iter().map(Action::Txn));
         actions.extend(evolved.map(Action::Metadata));
         actions.extend(
             replaced
@@ -559,6 +613,16 @@ fn files_of(table: &DeltaTable) -> Result<Vec<DataFile>> {
             day: partition_day(&f.partition_values_map()),
         })
         .collect())
+}
+
+/// The Delta application ids holding the high and low 64 bits of a stream
+/// partition's newest offset appended (offsets are 128 bits; a version is an i64).
+fn stream_app_ids(partition: &[u8]) -> (String, String) {
+    let hex: String = partition.iter().map(|b| format!("{b:02x}")).collect();
+    (
+        format!("quiver-stream-{hex}-hi"),
+        format!("quiver-stream-{hex}-lo"),
+    )
 }
 
 fn partition_day(values: &std::collections::HashMap<String, Option<String>>) -> Option<i32> {

@@ -11,6 +11,8 @@
 pub mod decode;
 pub mod kafka;
 pub mod redis_stream;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod worker;
 
 use std::sync::Arc;

@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{BinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use quiver::stream::{apply_events, write_offline, StreamEvents};
+use quiver::stream::{apply_events, write_offline, OfflineEvents, StreamEvents};
 use quiver::write::{Input, Targets};
 use quiver::FeatureStore;
 use quiver_core::model::{ResolvedView, Source};
-use quiver_offline::normalize::NormalizedBatch;
 use tokio::sync::watch;
 
 use crate::decode::EventDecoder;
@@ -222,7 +221,7 @@ pub async fn run(
 struct ViewState {
     decoder: EventDecoder,
     targets: Targets,
-    offline: Vec<NormalizedBatch>,
+    offline: Vec<OfflineEvents>,
 }
 
 async fn run_source(
@@ -361,7 +360,11 @@ async fn apply(
                 stats.late += s.late;
             }
             if v.targets.offline {
-                v.offline.push(rows);
+                v.offline.push(OfflineEvents {
+                    rows,
+                    partition: partition.clone(),
+                    offsets,
+                });
             }
         }
     }

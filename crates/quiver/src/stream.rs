@@ -339,19 +339,82 @@ async fn merge_group(
         .tiles)
 }
 
-/// Writes stream events already applied online ([`apply_events`] with `online` only) to
-/// the view's offline table in one merge — a stream worker's micro-batch — and records
-/// the newest event time in the registry. A replayed event is stored once (the merge
-/// keeps one copy of rows equal in key, times and values).
+/// Events of one stream partition waiting for the offline table.
+#[derive(Clone, Debug)]
+pub struct OfflineEvents {
+    /// The events, validated (the view's stored form).
+    pub rows: NormalizedBatch,
+    /// Their partition.
+    pub partition: std::sync::Arc<[u8]>,
+    /// Each row's offset in it.
+    pub offsets: Vec<u128>,
+}
+
+/// Writes stream events (already applied online, [`apply_events`] with `online` only)
+/// to the view's offline table — a stream worker's micro-batch — and records the newest
+/// event time in the registry. An aggregated view's events are appended exactly once:
+/// those at or before the newest offset of their partition already in the table (a
+/// replay) are left out, and the new newest offsets are committed with the rows
+/// ([`quiver_offline::OfflineStore::append_events`]); two events alike in every value
+/// stay two. A snapshot view's rows are merged as an ingest merges them (a row equal in
+/// key and times to a stored one replaces it).
 pub async fn write_offline(
     store: &FeatureStore,
     view: &ResolvedView,
-    batches: Vec<NormalizedBatch>,
+    parts: Vec<OfflineEvents>,
 ) -> Result<IngestStats> {
-    let rows: u64 = batches.iter().map(|b| b.batch.num_rows() as u64).sum();
-    let stats = store.offline().ingest(view, batches).await?;
+    let stats = if view.aggregations.is_empty() {
+        let batches: Vec<NormalizedBatch> = parts.into_iter().map(|p| p.rows).collect();
+        store.offline().ingest(view, batches).await?
+    } else {
+        let mut names: Vec<std::sync::Arc<[u8]>> = Vec::new();
+        for p in &parts {
+            if !names.iter().any(|n| **n == *p.partition) {
+                names.push(p.partition.clone());
+            }
+        }
+        let refs: Vec<&[u8]> = names.iter().map(|n| &**n).collect();
+        let stored = store.offline().stream_offsets(view, &refs).await?;
+        let mut newest: Vec<Option<u128>> = vec![None; names.len()];
+        let mut batches = Vec::new();
+        for p in parts {
+            let i = names
+                .iter()
+                .position(|n| **n == *p.partition)
+                .expect("every partition is named");
+            let keep: Vec<bool> = p
+                .offsets
+                .iter()
+                .map(|&o| stored[i].is_none_or(|s| o > s))
+                .collect();
+            for (&o, _) in p.offsets.iter().zip(&keep).filter(|(_, k)| **k) {
+                newest[i] = Some(newest[i].map_or(o, |n| n.max(o)));
+            }
+            if keep.iter().all(|k| *k) {
+                batches.push(p.rows);
+            } else if keep.iter().any(|k| *k) {
+                let mask = arrow::array::BooleanArray::from(keep);
+                batches.push(NormalizedBatch::from(arrow::compute::filter_record_batch(
+                    &p.rows.batch,
+                    &mask,
+                )?));
+            }
+        }
+        let offsets: Vec<(&[u8], u128)> = refs
+            .iter()
+            .zip(&newest)
+            .filter_map(|(p, n)| n.map(|n| (*p, n)))
+            .collect();
+        if batches.is_empty() {
+            return Ok(IngestStats::default());
+        }
+        store
+            .offline()
+            .append_events(view, batches, &offsets)
+            .await?
+    };
     let written = WriteStats {
-        rows,
+        rows: stats.rows_in,
         offline: Some(stats.clone()),
         ..Default::default()
     };

@@ -15,4 +15,5 @@ mod on_demand_serving;
 mod parity;
 mod point_in_time;
 mod stream;
+mod stream_kafka;
 mod versions;

@@ -137,17 +137,19 @@ proptest! {
 /// A repository whose view `txn` (aggregations) and `latest` (snapshot) read the Redis
 /// stream `stream_key` of the server at `url`; history in `data/tx.parquet`.
 fn stream_repo(url: &str, stream_key: &str) -> Repo {
-    let r = Repo::new(&format!(
+    repo_over_stream(&format!(
+        "type: redis_stream, url: {url}, stream: {stream_key}"
+    ))
+}
+
+/// The same repository over the stream source `source` (its type and where it is).
+fn repo_over_stream(source: &str) -> Repo {
+    Repo::new(&format!(
         "\
 entities: [{{ name: card, join_keys: [card] }}]
 sources:
   - {{ name: tx, type: file, path: data/tx.parquet, timestamp_field: ts }}
-  - name: tx_stream
-    type: redis_stream
-    url: {url}
-    stream: {stream_key}
-    timestamp_field: ts
-    batch_source: tx
+  - {{ name: tx_stream, {source}, timestamp_field: ts, batch_source: tx }}
 feature_views:
   - name: txn
     entities: [card]
@@ -161,8 +163,7 @@ feature_views:
     source: tx_stream
     features: [{{ name: amount, dtype: float64 }}]
 "
-    ));
-    r
+    ))
 }
 
 /// Events: (card, time, amount) as the JSON a producer writes.
@@ -374,6 +375,24 @@ fn redis_stream_events_are_served_once_and_bad_ones_dead_lettered() {
     assert_eq!(
         rows_after, rows_before,
         "a replayed event is stored once offline"
+    );
+
+    // An event alike in every value to an earlier one is another event: counted online
+    // and stored offline (not taken for a replay).
+    xadd(&mut conn, &key, "data", &json_event(0, base, 0.0));
+    let s = stream_json(r.path(), &[]);
+    assert_eq!(s["applied"], 2, "{s}");
+    let store = r.store();
+    let (served, trained) = served_and_trained(&store, t);
+    assert_eq!(served, trained);
+    assert!(
+        served.contains(&"card 0 txn:count_star_1h: Int64(21)".to_string()),
+        "{served:?}"
+    );
+    let view = store.state().unwrap().serving_view("txn").unwrap();
+    assert_eq!(
+        store.offline().row_count(&view).block().unwrap(),
+        rows_before + 1
     );
 }
 

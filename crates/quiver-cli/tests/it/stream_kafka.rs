@@ -1,0 +1,284 @@
+//! Kafka end to end, against a real broker (tansu): events produced to a topic of four
+//! partitions are consumed by two `quiver stream` workers of one group, which split the
+//! partitions, and a third joining takes some over; every event is served once, equal
+//! to the training value, and stored once offline; bad events are dead-lettered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Float64Array, Int64Array};
+use quiver::testing::Block;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::common::{ts, Repo};
+
+const MIN: i64 = 60_000_000;
+const PARTITIONS: i32 = 4;
+
+fn create_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(&[new], &AdminOptions::new())
+        .block()
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// Sends `(key, payload)` messages and waits until the broker has them all.
+fn produce(brokers: &str, topic: &str, messages: &[(String, String)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (key, payload) in messages {
+        loop {
+            match producer.send(BaseRecord::to(topic).key(key).payload(payload)) {
+                Ok(()) => break,
+                Err((e, _)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "{e}"
+                    );
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// The offsets the group committed, summed over the topic's partitions.
+fn committed(brokers: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "quiver")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    let mut sum = 0;
+    for e in committed.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            sum += o;
+        }
+    }
+    sum
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_worker(repo: &std::path::Path, name: &str) -> std::process::Child {
+    std::process::Command::new(crate::common::quiver_bin())
+        .arg("--repo")
+        .arg(repo)
+        .args([
+            "--json",
+            "stream",
+            "--consumer",
+            name,
+            "--flush-interval",
+            "100ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a worker with SIGTERM; returns its statistics.
+fn stop_worker(w: std::process::Child) -> serde_json::Value {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = w.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "worker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array().unwrap()[0].clone()
+}
+
+fn event(card: i64, t: i64, amount: f64) -> (String, String) {
+    (
+        card.to_string(),
+        format!(
+            r#"{{"card": {card}, "ts": "{}", "amount": {amount}}}"#,
+            quiver_core::time::format_timestamp(t)
+        ),
+    )
+}
+
+#[test]
+fn kafka_workers_of_one_group_split_partitions_and_serve_every_event_once() {
+    let broker = quiver_stream::testing::broker();
+    let topic = format!("tx-{}", std::process::id());
+    create_topic(broker.brokers(), &topic);
+    let r = Repo::new(&format!(
+        "\
+entities: [{{ name: card, join_keys: [card] }}]
+sources:
+  - {{ name: tx, type: file, path: data/tx.parquet, timestamp_field: ts }}
+  - {{ name: tx_stream, type: kafka, brokers: \"{}\", topic: {topic}, timestamp_field: ts, batch_source: tx }}
+feature_views:
+  - name: txn
+    entities: [card]
+    source: tx_stream
+    aggregations:
+      - {{ function: count_star, windows: [1h] }}
+      - {{ column: amount, function: sum, windows: [1h, 2d] }}
+",
+        broker.brokers()
+    ));
+    let now = quiver_core::time::now();
+    let base = now - 40 * MIN;
+    r.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card", Arc::new(Int64Array::from(vec![0]))),
+            ("ts", ts(vec![base - 100 * MIN])),
+            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
+        ],
+    );
+    let fmt = quiver_core::time::format_timestamp;
+    crate::common::cli_steps(
+        r.path(),
+        &[
+            &["apply"],
+            &["ingest"],
+            &["materialize", &fmt(base - 1440 * MIN), &fmt(base)],
+        ],
+    );
+
+    // Two workers join the group, then the events come.
+    let w1 = spawn_worker(r.path(), "w1");
+    let w2 = spawn_worker(r.path(), "w2");
+    std::thread::sleep(Duration::from_secs(3));
+    const N: i64 = 2000;
+    let mut messages: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            event(
+                i % 8,
+                base + ((i * 7919) % N) * 1_000_000,
+                (i % 13) as f64 - 6.0,
+            )
+        })
+        .collect();
+    messages.push(("9".into(), "{\"card\": 9, \"ts\": \"yesterday\"}".into()));
+    messages.push(("9".into(), "[1, 2]".into()));
+    produce(broker.brokers(), &topic, &messages);
+    let total = messages.len() as i64;
+    wait_for("the two workers to commit every event", || {
+        committed(broker.brokers(), &topic) == total
+    });
+
+    // A third worker joins: the group rebalances and it gets partitions of its own.
+    let w3 = spawn_worker(r.path(), "w3");
+    std::thread::sleep(Duration::from_secs(3));
+    let more: Vec<(String, String)> = (0..400)
+        .map(|i| event(i % 8, base + i * 2_000_000, 1.0))
+        .collect();
+    produce(broker.brokers(), &topic, &more);
+    let total = total + more.len() as i64;
+    wait_for("the three workers to commit every event", || {
+        committed(broker.brokers(), &topic) == total
+    });
+    let stats: Vec<serde_json::Value> = [w1, w2, w3].into_iter().map(stop_worker).collect();
+    let read: Vec<i64> = stats
+        .iter()
+        .map(|s| s["entries"].as_i64().unwrap())
+        .collect();
+    assert!(
+        read.iter().all(|&n| n > 0),
+        "every worker read a share: {stats:?}"
+    );
+    assert!(read.iter().sum::<i64>() >= total, "{stats:?}");
+    let dead: i64 = stats
+        .iter()
+        .map(|s| s["dead_letters"].as_i64().unwrap())
+        .sum();
+    assert_eq!(dead, 2, "{stats:?}");
+
+    let store = r.store();
+    let t = quiver_core::time::now();
+    let view = store.state().unwrap().serving_view("txn").unwrap();
+    let features: Vec<String> = view
+        .aggregations
+        .iter()
+        .map(|a| format!("txn:{}", a.name))
+        .collect();
+    let labels = crate::common::batch(vec![
+        ("card", Arc::new(Int64Array::from_iter_values(0..8))),
+        ("event_timestamp", ts(vec![t; 8])),
+    ]);
+    let training = store
+        .historical()
+        .entities(labels)
+        .features(features.clone())
+        .block()
+        .unwrap();
+    for card in 0..8i64 {
+        let row = store
+            .online_features()
+            .features(features.clone())
+            .entity_row(BTreeMap::from([(
+                "card".to_string(),
+                quiver::Value::Int64(card),
+            )]))
+            .at(t)
+            .block()
+            .unwrap();
+        for (i, f) in features.iter().enumerate() {
+            let trained =
+                quiver_core::value::value_at(training.column(2 + i).as_ref(), card as usize)
+                    .unwrap();
+            assert_eq!(
+                format!("{:?}", row.rows[0].values[i]),
+                format!("{trained:?}"),
+                "card {card} {f}"
+            );
+        }
+        assert_eq!(
+            row.rows[0].values[0],
+            quiver::Value::Int64((N + 400) / 8),
+            "card {card}"
+        );
+    }
+    assert_eq!(
+        store.offline().row_count(&view).block().unwrap(),
+        (N + 400 + 1) as u64
+    );
+}
