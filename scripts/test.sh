@@ -25,6 +25,16 @@ fi
 # Debian's package may start a system-wide server; the tests use their own ports and
 # never touch it.
 
+# The Kafka tests start a real Kafka-compatible broker: tansu (crates.io), built once
+# into a cache outside the clone (about 16 minutes on 2 cores; reused afterwards).
+TOOLS="$HOME/.cache/quiver/tools"
+if [ -z "${QUIVER_KAFKA_BROKERS:-}" ] && [ ! -x "$TOOLS/bin/tansu" ]; then
+  echo "==> installing tansu 0.6.0 (Kafka-compatible broker for the tests)"
+  CARGO_TARGET_DIR="$HOME/.cache/quiver/tansu-build" \
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$TOOLS"
+  rm -rf "$HOME/.cache/quiver/tansu-build"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
