@@ -37,6 +37,7 @@ mod agg;
 mod engines;
 mod online;
 mod serve;
+mod stream;
 
 #[derive(Parser)]
 struct Cli {
@@ -105,6 +106,21 @@ enum Cmd {
         /// Backends: embedded, redis.
         #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
         backends: Vec<String>,
+    },
+    /// Stream ingestion: events/s from a stream into the tiles of the `agg` view, through
+    /// the whole `quiver stream` worker.
+    Stream {
+        #[arg(long, default_value_t = 500_000)]
+        events: usize,
+        /// Events read per call (as `quiver stream --batch-size`).
+        #[arg(long, default_value_t = 5000)]
+        batch_size: usize,
+        /// Where the events come from: redis, kafka.
+        #[arg(long, value_delimiter = ',', default_value = "kafka,redis")]
+        sources: Vec<String>,
+        /// Online stores: embedded, redis.
+        #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
+        online: Vec<String>,
     },
     /// Materialization throughput (offline rows → latest per key → embedded store).
     Materialize {
@@ -490,6 +506,18 @@ fn main() -> Result<()> {
             rates,
             backends,
         } => serve::bench_serve(secs, &rates, &backends)?,
+        Cmd::Stream {
+            events,
+            batch_size,
+            sources,
+            online,
+        } => {
+            for source in &sources {
+                for store in &online {
+                    stream::run(events, batch_size, source, store)?;
+                }
+            }
+        }
     }
     Ok(())
 }
