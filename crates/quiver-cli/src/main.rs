@@ -178,7 +178,7 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         max_entity_rows: Option<u64>,
     },
-    /// Consume the stream sources of feature views (type: redis_stream) into the online
+    /// Consume the stream sources of feature views (kafka, redis_stream) into the online
     /// and offline stores until SIGTERM or Ctrl-C (then write what was read and exit 0).
     Stream {
         /// Views to feed (default: every view over a stream source).
@@ -195,10 +195,10 @@ enum Command {
         /// ... or once the oldest waited this long (e.g. 5s, 1m).
         #[arg(long, default_value = "5s")]
         flush_interval: String,
-        /// Take over entries another consumer of the group left pending this long (a
-        /// worker that died), e.g. 60s.
-        #[arg(long, default_value = "60s")]
-        claim_idle: String,
+        /// A Redis stream is read by one worker at a time; another takes over (with the
+        /// entries left pending) once the reader has not renewed its lease this long.
+        #[arg(long, default_value = "30s")]
+        lease: String,
         /// Exit once every stream is read to its end and written.
         #[arg(long)]
         stop_when_idle: bool,
@@ -551,7 +551,7 @@ async fn run(cli: Cli) -> Result<()> {
             batch_size,
             flush_rows,
             flush_interval,
-            claim_idle,
+            lease,
             stop_when_idle,
         } => {
             let duration = |flag: &str, text: &str| {
@@ -566,7 +566,7 @@ async fn run(cli: Cli) -> Result<()> {
                 batch_size: batch_size as usize,
                 flush_rows: flush_rows as usize,
                 flush_interval: duration("--flush-interval", &flush_interval)?,
-                claim_idle: duration("--claim-idle", &claim_idle)?,
+                lease: duration("--lease", &lease)?,
                 stop_when_idle,
                 ..defaults
             };

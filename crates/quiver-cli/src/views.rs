@@ -110,7 +110,8 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
                     let (kind, place) = match &r.def {
                         Source::File(f) => ("file", f.path.clone()),
                         Source::RedisStream(x) => {
-                            ("redis_stream", format!("{} {}", x.url, x.stream))
+                            let url = quiver_core::model::redact_url(&x.url);
+                            ("redis_stream", format!("{url} {}", x.stream))
                         }
                         Source::Kafka(k) => ("kafka", format!("{} {}", k.brokers, k.topic)),
                     };

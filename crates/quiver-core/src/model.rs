@@ -137,6 +137,22 @@ impl Source {
     }
 }
 
+/// `url` with any password replaced by `***`, for messages and listings.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            return format!("{scheme}://{user}{}", &rest[at..]);
+        }
+    }
+    url.to_string()
+}
+
 /// How a stream's events are encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -584,18 +584,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// `url` with any password replaced by `***`, for messages.
 fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let userinfo = &rest[..at];
-            let user = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_string(),
-            };
-            return format!("{scheme}://{user}{}", &rest[at..]);
-        }
-    }
-    url.to_string()
+    quiver_core::model::redact_url(url)
 }
 
 /// A cluster node address as the client takes it (`host:port` gets `redis://`).

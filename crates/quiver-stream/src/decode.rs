@@ -107,10 +107,7 @@ impl EventDecoder {
                         }
                         Ok(b) => dead.push(DeadLetter {
                             index: i,
-                            reason: format!(
-                                "expected one JSON object, found {} values",
-                                b.num_rows()
-                            ),
+                            reason: format!("expected one JSON object, found {}", b.num_rows()),
                         }),
                         Err(reason) => dead.push(DeadLetter { index: i, reason }),
                     }
@@ -196,7 +193,8 @@ impl EventDecoder {
             .with_batch_size(events.len() + 1)
             .build_decoder()
             .map_err(|e| e.to_string())?;
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
+            let before = decoder.len();
             let mut rest = *e;
             while !rest.is_empty() {
                 let used = decoder.decode(rest).map_err(|e| e.to_string())?;
@@ -207,6 +205,20 @@ impl EventDecoder {
             }
             // Separates events: two values without a separator would run together.
             decoder.decode(b"\n").map_err(|e| e.to_string())?;
+            // Exactly one row per event, so that rows and events stay paired (an event
+            // of two objects beside an empty one would otherwise shift them).
+            let added = decoder.len() - before;
+            if added != 1 || !rest.is_empty() {
+                let found = if rest.is_empty() {
+                    added.to_string()
+                } else {
+                    "more".into()
+                };
+                return Err(match events.len() {
+                    1 => format!("expected one JSON object, found {found}"),
+                    _ => format!("event {i}: expected one JSON object, found {found}"),
+                });
+            }
         }
         Ok(decoder
             .flush()

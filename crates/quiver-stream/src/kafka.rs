@@ -119,14 +119,32 @@ impl KafkaReader {
         if next.is_empty() {
             return Ok(());
         }
-        let mut list = TopicPartitionList::new();
-        for (p, o) in next {
-            list.add_partition_offset(&self.source.topic, p, Offset::Offset(o))?;
-        }
         let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|e| Error::Invalid(format!("a commit task failed: {e}")))??;
+        let topic = self.source.topic.clone();
+        let committed = tokio::task::spawn_blocking(move || -> Result<()> {
+            // Only partitions still assigned: one lost in a rebalance is read again from
+            // its committed offset by its new owner (which changes nothing), and a
+            // commit for it could move the group's offset back.
+            let assigned = consumer.assignment()?;
+            let mut list = TopicPartitionList::new();
+            for (p, o) in next {
+                if assigned.find_partition(&topic, p).is_some() {
+                    list.add_partition_offset(&topic, p, Offset::Offset(o))?;
+                }
+            }
+            if list.count() > 0 {
+                consumer.commit(&list, CommitMode::Sync)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("a commit task failed: {e}")))?;
+        if let Err(e) = committed {
+            // A rebalance under way refuses commits; the events are written, and their
+            // partitions' next owners read them again, which changes nothing.
+            tracing::warn!(topic = %self.source.topic, error = %e,
+                           "offsets not committed; the events will be read again");
+        }
         Ok(())
     }
 

@@ -1,7 +1,15 @@
 //! A Redis stream read with a consumer group: `XREADGROUP` for new entries (and, first,
 //! for the entries this consumer was given but never acknowledged — a restart after a
-//! crash), `XACK` once they are written, `XAUTOCLAIM` to take over the entries a dead
-//! consumer of the group left pending.
+//! crash), `XACK` once they are written.
+//!
+//! **One reader at a time.** A consumer group deals a stream's entries out among its
+//! consumers, so two readers would each apply entries out of the stream's order, and
+//! positions (the newest offset applied per key) would take later entries of one for
+//! replays of the other. So a stream is read by one worker at a time: the one holding
+//! the group's lease (a Redis key set with `NX` and an expiry, renewed on every read);
+//! the others stand by and take over when it lapses — claiming (`XAUTOCLAIM`) every
+//! entry the previous holder left pending and reading those before any new one. Scale
+//! out with several streams (each its own source); Kafka topics scale by partitions.
 //!
 //! An entry's position is its id `MS-SEQ` as the 128-bit offset `MS << 64 | SEQ`, which
 //! grows along the stream; the partition is `redis:` and the stream's key.
@@ -32,16 +40,41 @@ pub struct RedisStreamReader {
     /// to go on (pending entries stay pending until acknowledged, so each read of them
     /// starts past the last one returned).
     pending: Option<String>,
+    /// The group's lease: its key, how long it lasts, and whether this reader holds it.
+    lease_key: String,
+    lease: Duration,
+    holding: bool,
 }
+
+/// Renews the lease (`KEYS[1]`) when `ARGV[1]` holds it (1), takes it when free (2),
+/// else leaves it (0); `ARGV[2]` is its length in milliseconds.
+const LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+";
 
 impl RedisStreamReader {
     /// Connects as `consumer`, creating the source's group when missing (at the start
-    /// the source declares).
-    pub async fn connect(source: &RedisStreamSource, consumer: &str) -> Result<Self> {
+    /// the source declares). The group's lease lasts `lease` (at least a second) past
+    /// each read of its holder.
+    pub async fn connect(
+        source: &RedisStreamSource,
+        consumer: &str,
+        lease: Duration,
+    ) -> Result<Self> {
         let client = redis::Client::open(source.url.as_str()).map_err(|e| {
             Error::Invalid(format!(
                 "source '{}': url {:?}: {e}",
-                source.name, source.url
+                source.name,
+                quiver_core::model::redact_url(&source.url)
             ))
         })?;
         let mut conn = client.get_multiplexed_async_connection().await?;
@@ -68,7 +101,30 @@ impl RedisStreamReader {
             source: source.clone(),
             consumer: consumer.to_string(),
             pending: Some("0".into()),
+            lease_key: format!("quiver-lease:{}:{}", source.stream, source.group),
+            lease: lease.max(Duration::from_secs(1)),
+            holding: false,
         })
+    }
+
+    /// Holds the group's lease: renews it, or takes it when free — then claims every
+    /// entry the group's other consumers left pending, to be read before new ones.
+    /// Returns whether this reader holds it.
+    async fn hold_lease(&mut self) -> Result<bool> {
+        let got: i64 = redis::Script::new(LEASE)
+            .key(&self.lease_key)
+            .arg(&self.consumer)
+            .arg(self.lease.as_millis() as u64)
+            .invoke_async(&mut self.conn)
+            .await?;
+        self.holding = got != 0;
+        if got == 2 {
+            let claimed = self.claim_idle(Duration::ZERO).await?;
+            tracing::info!(stream = %self.source.stream, consumer = %self.consumer, claimed,
+                           "took the stream's lease");
+            self.pending = Some("0".into());
+        }
+        Ok(self.holding)
     }
 
     /// The partition name positions are stored under.
@@ -76,9 +132,31 @@ impl RedisStreamReader {
         &self.partition
     }
 
+    /// Gives the lease up (after the last acknowledgement), so that a standing-by
+    /// worker takes over at once.
+    pub async fn release(&mut self) -> Result<()> {
+        if !self.holding {
+            return Ok(());
+        }
+        let _: i64 = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(&self.lease_key)
+        .arg(&self.consumer)
+        .invoke_async(&mut self.conn)
+        .await?;
+        self.holding = false;
+        Ok(())
+    }
+
     /// Reads up to `count` entries, waiting up to `block` for new ones: first the
     /// entries pending for this consumer, then new ones.
     pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Entry>> {
+        if !self.hold_lease().await? {
+            // Another worker reads the stream: stand by.
+            tokio::time::sleep(block).await;
+            return Ok(Vec::new());
+        }
         if let Some(after) = self.pending.take() {
             let entries = self.read_from(&after, count, None).await?;
             if let Some(last) = entries.last() {
@@ -92,7 +170,7 @@ impl RedisStreamReader {
     /// Whether the entries left pending (by an earlier run of this consumer, or claimed)
     /// have all been read again.
     pub fn caught_up(&self) -> bool {
-        self.pending.is_none()
+        self.holding && self.pending.is_none()
     }
 
     async fn read_from(
@@ -127,7 +205,7 @@ impl RedisStreamReader {
     fn entry(&self, e: Value) -> Result<Entry> {
         let bad = || {
             Error::Invalid(format!(
-                "stream '{}': an unexpected reply",
+                "stream '{}': an entry of an unexpected shape in XREADGROUP's reply",
                 self.source.stream
             ))
         };
@@ -184,7 +262,7 @@ impl RedisStreamReader {
     /// Takes over the entries of the group pending longer than `min_idle` with another
     /// consumer (one that died); they are read again by the next [`Self::read`]s.
     /// Returns how many were claimed.
-    pub async fn claim_idle(&mut self, min_idle: Duration) -> Result<usize> {
+    async fn claim_idle(&mut self, min_idle: Duration) -> Result<usize> {
         let mut start = "0-0".to_string();
         let mut claimed = 0;
         loop {

@@ -31,9 +31,11 @@ enum Reader {
 }
 
 impl Reader {
-    async fn connect(source: &Source, consumer: &str) -> Result<Self> {
+    async fn connect(source: &Source, consumer: &str, lease: Duration) -> Result<Self> {
         Ok(match source {
-            Source::RedisStream(r) => Reader::Redis(RedisStreamReader::connect(r, consumer).await?),
+            Source::RedisStream(r) => {
+                Reader::Redis(RedisStreamReader::connect(r, consumer, lease).await?)
+            }
             Source::Kafka(k) => Reader::Kafka(KafkaReader::connect(k, consumer)?),
             Source::File(f) => {
                 return Err(Error::Invalid(format!(
@@ -64,15 +66,6 @@ impl Reader {
             Reader::Kafka(k) => k.caught_up().await,
         }
     }
-
-    /// Periodic upkeep while the stream is quiet: Redis takes over entries that dead
-    /// consumers left pending (Kafka's group does that itself, by rebalancing).
-    async fn upkeep(&mut self, claim_idle: Duration) -> Result<()> {
-        match self {
-            Reader::Redis(r) => r.claim_idle(claim_idle).await.map(|_| ()),
-            Reader::Kafka(_) => Ok(()),
-        }
-    }
 }
 
 /// How the worker runs.
@@ -90,8 +83,10 @@ pub struct WorkerOptions {
     /// events wait, or when the oldest waited this long, or when the stream is quiet.
     pub flush_rows: usize,
     pub flush_interval: Duration,
-    /// Entries pending longer than this with another consumer are taken over.
-    pub claim_idle: Duration,
+    /// A Redis stream is read by one worker at a time: the lease its reader renews on
+    /// every read lasts this long; another worker takes over (with the entries left
+    /// pending) once it lapses.
+    pub lease: Duration,
     /// Stop once every stream is read to its end and written (for scripts and tests).
     pub stop_when_idle: bool,
 }
@@ -109,7 +104,7 @@ impl Default for WorkerOptions {
             block: Duration::from_millis(200),
             flush_rows: 100_000,
             flush_interval: Duration::from_secs(5),
-            claim_idle: Duration::from_secs(60),
+            lease: Duration::from_secs(30),
             stop_when_idle: false,
         }
     }
@@ -188,25 +183,48 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<BTreeMap<String, SourceStats>> {
     let sources = stream_sources(store, &options.views)?;
-    let mut tasks = Vec::new();
+    // Every source stops when asked to, or as soon as one of them fails (a worker must
+    // not go on with a source silently no longer consumed: its supervisor restarts it).
+    let (stop, stopping) = watch::channel(false);
+    let stop = std::sync::Arc::new(stop);
+    {
+        let (stop, mut outer) = (stop.clone(), shutdown);
+        tokio::spawn(async move {
+            while !*outer.borrow() {
+                if outer.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop.send(true);
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
     for (name, (source, views)) in sources {
-        let (store, options, shutdown) = (store.clone(), options.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            let stats = run_source(&store, &source, views, &options, shutdown).await;
+        let (store, options, stopping, stop) = (
+            store.clone(),
+            options.clone(),
+            stopping.clone(),
+            stop.clone(),
+        );
+        tasks.spawn(async move {
+            let stats = run_source(&store, &source, views, &options, stopping).await;
+            if stats.is_err() {
+                let _ = stop.send(true);
+            }
             (name, stats)
-        }));
+        });
     }
     let mut out = BTreeMap::new();
     let mut first_error = None;
-    for t in tasks {
-        let (name, stats) = t
-            .await
-            .map_err(|e| Error::Invalid(format!("a stream task failed: {e}")))?;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, stats) =
+            joined.map_err(|e| Error::Invalid(format!("a stream task failed: {e}")))?;
         match stats {
             Ok(s) => {
                 out.insert(name, s);
             }
             Err(e) => {
+                tracing::error!(source = %name, error = %e, "stream source failed; stopping");
                 first_error.get_or_insert(e);
             }
         }
@@ -249,12 +267,10 @@ async fn run_source(
             offline: Vec::new(),
         });
     }
-    let mut reader = Reader::connect(source, &options.consumer).await?;
+    let mut reader = Reader::connect(source, &options.consumer, options.lease).await?;
     let mut stats = SourceStats::default();
     let mut unacked: Vec<Entry> = Vec::new();
     let mut oldest_unacked: Option<Instant> = None;
-    let mut last_upkeep = Instant::now();
-    reader.upkeep(options.claim_idle).await?;
     loop {
         if *shutdown.borrow() {
             break;
@@ -264,13 +280,9 @@ async fn run_source(
             _ = shutdown.changed() => break,
         };
         if entries.is_empty() {
-            // Quiet: write what waits, look for entries dead consumers left.
+            // Quiet: write what waits.
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
             oldest_unacked = None;
-            if last_upkeep.elapsed() >= options.claim_idle {
-                reader.upkeep(options.claim_idle).await?;
-                last_upkeep = Instant::now();
-            }
             if options.stop_when_idle && reader.caught_up().await? {
                 break;
             }
@@ -287,6 +299,9 @@ async fn run_source(
         }
     }
     flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+    if let Reader::Redis(r) = &mut reader {
+        r.release().await?;
+    }
     Ok(stats)
 }
 

@@ -363,6 +363,28 @@ pub async fn write_offline(
     view: &ResolvedView,
     parts: Vec<OfflineEvents>,
 ) -> Result<IngestStats> {
+    // Another writer of the table (a worker of another partition or stream, an ingest)
+    // may commit first: Delta refuses the later commit as a whole, and the write is
+    // made again over the new table version (re-reading the stored offsets).
+    let mut attempt = 1u32;
+    loop {
+        match write_offline_once(store, view, parts.clone()).await {
+            Err(crate::Error::Offline(quiver_offline::Error::Delta(e))) if attempt < 8 => {
+                tracing::warn!(view = %view.name, attempt, error = %e,
+                               "offline commit refused; writing again");
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn write_offline_once(
+    store: &FeatureStore,
+    view: &ResolvedView,
+    parts: Vec<OfflineEvents>,
+) -> Result<IngestStats> {
     let stats = if view.aggregations.is_empty() {
         let batches: Vec<NormalizedBatch> = parts.into_iter().map(|p| p.rows).collect();
         store.offline().ingest(view, batches).await?
@@ -375,7 +397,11 @@ pub async fn write_offline(
         }
         let refs: Vec<&[u8]> = names.iter().map(|n| &**n).collect();
         let stored = store.offline().stream_offsets(view, &refs).await?;
-        let mut newest: Vec<Option<u128>> = vec![None; names.len()];
+        // Per partition, the newest offset stored or kept so far: an event at or before
+        // it is a replay — of a range already in the table, or of one read twice within
+        // this micro-batch (a Kafka rebalance resumes a partition from its committed
+        // offset while what was read after it still waits here).
+        let mut high = stored.clone();
         let mut batches = Vec::new();
         for p in parts {
             let i = names
@@ -385,11 +411,14 @@ pub async fn write_offline(
             let keep: Vec<bool> = p
                 .offsets
                 .iter()
-                .map(|&o| stored[i].is_none_or(|s| o > s))
+                .map(|&o| {
+                    let new = high[i].is_none_or(|h| o > h);
+                    if new {
+                        high[i] = Some(o);
+                    }
+                    new
+                })
                 .collect();
-            for (&o, _) in p.offsets.iter().zip(&keep).filter(|(_, k)| **k) {
-                newest[i] = Some(newest[i].map_or(o, |n| n.max(o)));
-            }
             if keep.iter().all(|k| *k) {
                 batches.push(p.rows);
             } else if keep.iter().any(|k| *k) {
@@ -402,8 +431,9 @@ pub async fn write_offline(
         }
         let offsets: Vec<(&[u8], u128)> = refs
             .iter()
-            .zip(&newest)
-            .filter_map(|(p, n)| n.map(|n| (*p, n)))
+            .zip(high.iter().zip(&stored))
+            .filter(|(_, (h, s))| h != s)
+            .filter_map(|(p, (h, _))| h.map(|h| (*p, h)))
             .collect();
         if batches.is_empty() {
             return Ok(IngestStats::default());

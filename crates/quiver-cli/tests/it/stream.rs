@@ -134,6 +134,129 @@ proptest! {
     }
 }
 
+/// A micro-batch holding a range twice (a Kafka rebalance resumes a partition from its
+/// committed offset while what was read after it still waits to be written) stores it
+/// once; the next one stores only what is past the table's newest offset; events alike
+/// in every value at different offsets stay distinct.
+#[test]
+fn offline_micro_batches_store_each_offset_once() {
+    use quiver::stream::{write_offline, OfflineEvents};
+    let r = Repo::new(DEFS);
+    let cols = |evs: &[Ev]| {
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
+            ),
+            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
+            (
+                "x",
+                Arc::new(Float64Array::from(
+                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )) as _,
+            ),
+        ]
+    };
+    // Every event alike: key 0, minute 1, x 2.0.
+    let events: Vec<Ev> = vec![(0, 1, Some(2.0)); 20];
+    r.parquet("data/ev.parquet", cols(&events[..1]));
+    let store = r.store();
+    store.apply().block().unwrap();
+    let view = store.state().unwrap().serving_view("w").unwrap();
+    let part = |from: usize, to: usize| {
+        let input = Input {
+            timestamp_field: "ts",
+            created_field: None,
+            origin: Origin {
+                file: "stream",
+                first_row: 1,
+            },
+            not_after: i64::MAX,
+        };
+        OfflineEvents {
+            rows: validate(&view, &batch(cols(&events[from..to])), &input).unwrap(),
+            partition: b"p0".to_vec().into(),
+            offsets: (from as u128..to as u128).collect(),
+        }
+    };
+    let rows = || store.offline().row_count(&view).block().unwrap();
+    write_offline(&store, &view, vec![part(0, 10), part(5, 15)])
+        .block()
+        .unwrap();
+    assert_eq!(rows(), 15);
+    write_offline(&store, &view, vec![part(10, 20)])
+        .block()
+        .unwrap();
+    assert_eq!(rows(), 20);
+    write_offline(&store, &view, vec![part(0, 20)])
+        .block()
+        .unwrap();
+    assert_eq!(rows(), 20, "a replay of everything stores nothing");
+}
+
+/// Writers of one offline table at once (workers of different partitions or streams):
+/// a commit that loses the race is made again, and nothing is lost — for a snapshot
+/// view (whose writes merge day partitions) and an aggregated one (appends).
+#[test]
+fn concurrent_offline_micro_batches_all_land() {
+    use quiver::stream::{write_offline, OfflineEvents};
+    let r = Repo::new(&format!(
+        "{DEFS}  - name: snap\n    entities: [user]\n    source: ev\n    features: [{{ name: x, dtype: float64 }}]\n"
+    ));
+    let cols = |evs: &[Ev]| {
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
+            ),
+            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
+            (
+                "x",
+                Arc::new(Float64Array::from(
+                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )) as _,
+            ),
+        ]
+    };
+    r.parquet("data/ev.parquet", cols(&[(0, 0, Some(1.0))]));
+    let store = r.store();
+    store.apply().block().unwrap();
+    for name in ["w", "snap"] {
+        let view = store.state().unwrap().serving_view(name).unwrap();
+        let part = |p: &str, k: i64, round: i64| {
+            // 10 events of key k on one day, on minutes 0..10, the round's offsets.
+            let evs: Vec<Ev> = (0..10).map(|m| (k, m, Some(m as f64))).collect();
+            let input = Input {
+                timestamp_field: "ts",
+                created_field: None,
+                origin: Origin {
+                    file: "stream",
+                    first_row: 1,
+                },
+                not_after: i64::MAX,
+            };
+            OfflineEvents {
+                rows: validate(&view, &batch(cols(&evs)), &input).unwrap(),
+                partition: p.as_bytes().to_vec().into(),
+                offsets: (round as u128 * 10..round as u128 * 10 + 10).collect(),
+            }
+        };
+        let runtime = quiver::testing::runtime();
+        for round in 0..4i64 {
+            let (a, b) = runtime.block_on(async {
+                tokio::join!(
+                    write_offline(&store, &view, vec![part("p0", 2 * round, round)]),
+                    write_offline(&store, &view, vec![part("p1", 2 * round + 1, round)]),
+                )
+            });
+            a.unwrap();
+            b.unwrap();
+        }
+        let rows = store.offline().row_count(&view).block().unwrap();
+        assert_eq!(rows, 80, "view {name}");
+    }
+}
+
 /// A repository whose view `txn` (aggregations) and `latest` (snapshot) read the Redis
 /// stream `stream_key` of the server at `url`; history in `data/tx.parquet`.
 fn stream_repo(url: &str, stream_key: &str) -> Repo {
@@ -394,6 +517,16 @@ fn redis_stream_events_are_served_once_and_bad_ones_dead_lettered() {
         store.offline().row_count(&view).block().unwrap(),
         rows_before + 1
     );
+
+    // An entry of two objects beside an entry of none: as many rows as entries, but
+    // neither is one event — both dead letters, nothing applied.
+    let two = format!("{}{}", json_event(1, base, 5.0), json_event(2, base, 6.0));
+    xadd(&mut conn, &key, "data", &two);
+    xadd(&mut conn, &key, "other", "{}");
+    let s = stream_json(r.path(), &[]);
+    assert_eq!(s["applied"], 0, "{s}");
+    assert_eq!(s["dead_letters"], 4, "{s}");
+    assert_eq!(served_and_trained(&r.store(), t).0, served);
 }
 
 /// The group's counters of `XINFO GROUPS`: (entries read, pending).
@@ -474,6 +607,8 @@ fn a_worker_killed_mid_stream_and_another_taking_over_count_every_event_once() {
             "stream",
             "--consumer",
             "w1",
+            "--lease",
+            "1s",
             "--batch-size",
             "50",
             "--flush-rows",
@@ -493,7 +628,7 @@ fn a_worker_killed_mid_stream_and_another_taking_over_count_every_event_once() {
     assert!(read < N, "killed before the end ({read} read)");
 
     // Another worker takes over the dead one's pending entries and reads the rest.
-    let s = stream_json(r.path(), &["--consumer", "w2", "--claim-idle", "0s"]);
+    let s = stream_json(r.path(), &["--consumer", "w2", "--lease", "1s"]);
     assert!(
         s["entries"].as_i64().unwrap() >= N - read + pending.min(1),
         "{s}"
@@ -558,5 +693,99 @@ fn a_worker_killed_mid_stream_and_another_taking_over_count_every_event_once() {
     assert_eq!(
         store.offline().row_count(&view).block().unwrap(),
         N as u64 + 11
+    );
+}
+
+/// Two workers on one Redis stream at once: one reads (the lease), the other stands by;
+/// when the reader stops, the other takes over. Every event is counted once.
+#[test]
+fn two_redis_workers_read_a_stream_one_at_a_time() {
+    let redis = quiver_redis::testing::standalone();
+    let key = format!("tx-two-{}", std::process::id());
+    let r = stream_repo(&redis.url(), &key);
+    let now = quiver_core::time::now();
+    let base = now - 40 * MIN;
+    r.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card", Arc::new(Int64Array::from(vec![3]))),
+            ("ts", ts(vec![base - 3 * DAY])),
+            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
+        ],
+    );
+    crate::common::cli_steps(r.path(), &[&["apply"], &["ingest"]]);
+    let spawn = |name: &str| {
+        std::process::Command::new(crate::common::quiver_bin())
+            .arg("--repo")
+            .arg(r.path())
+            .args(["--json", "stream", "--consumer", name, "--lease", "1s"])
+            .args(["--batch-size", "40", "--flush-interval", "50ms"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stop = |w: std::process::Child| {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["entries"].as_i64().unwrap()
+    };
+    let (mut w1, w2) = (Some(spawn("w1")), spawn("w2"));
+    let mut conn = quiver_redis::testing::connect(&redis.url());
+    const N: i64 = 2000;
+    for chunk in 0..10 {
+        let mut pipe = redis::pipe();
+        for i in chunk * N / 10..(chunk + 1) * N / 10 {
+            let t = base + ((i * 7919) % N) * 500_000;
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("data")
+                .arg(json_event(i % 4, t, (i % 7) as f64))
+                .ignore();
+        }
+        let _: () = pipe.query(&mut conn).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        if chunk == 5 {
+            // The reader stops part way; the other takes over what is left.
+            let first = stop(w1.take().expect("stopped once"));
+            assert!(first < N, "{first}");
+            let w3 = spawn("w3");
+            wait_for("the stream to be read", || {
+                let (read, pending) = group_progress(&mut conn, &key);
+                read >= N * 6 / 10 && pending == 0
+            });
+            let _ = stop(w3);
+        }
+    }
+    wait_for("the stream to be read and acknowledged", || {
+        let (read, pending) = group_progress(&mut conn, &key);
+        read >= N && pending == 0
+    });
+    let _ = stop(w2);
+    let store = r.store();
+    let t = quiver_core::time::now();
+    let (served, trained) = served_and_trained(&store, t);
+    assert_eq!(served, trained);
+    for card in 0..4 {
+        assert!(
+            served.contains(&format!("card {card} txn:count_star_2d: Int64({})", N / 4)),
+            "card {card}: {served:?}"
+        );
+    }
+    let view = store.state().unwrap().serving_view("txn").unwrap();
+    assert_eq!(
+        store.offline().row_count(&view).block().unwrap(),
+        N as u64 + 1
     );
 }

@@ -160,6 +160,10 @@ feature_views:
     aggregations:
       - {{ function: count_star, windows: [1h] }}
       - {{ column: amount, function: sum, windows: [1h, 2d] }}
+  - name: latest
+    entities: [card]
+    source: tx_stream
+    features: [{{ name: amount, dtype: float64 }}]
 ",
         broker.brokers()
     ));
@@ -230,16 +234,23 @@ feature_views:
         .iter()
         .map(|s| s["dead_letters"].as_i64().unwrap())
         .sum();
-    assert_eq!(dead, 2, "{stats:?}");
+    assert_eq!(
+        dead,
+        2 * 2,
+        "two bad events, refused by each view: {stats:?}"
+    );
 
     let store = r.store();
     let t = quiver_core::time::now();
     let view = store.state().unwrap().serving_view("txn").unwrap();
-    let features: Vec<String> = view
+    // The aggregations, and the newest amount (a snapshot view: its offline table is
+    // merged by every worker, whose commits may collide and are made again).
+    let mut features: Vec<String> = view
         .aggregations
         .iter()
         .map(|a| format!("txn:{}", a.name))
         .collect();
+    features.push("latest:amount".into());
     let labels = crate::common::batch(vec![
         ("card", Arc::new(Int64Array::from_iter_values(0..8))),
         ("event_timestamp", ts(vec![t; 8])),

@@ -29,6 +29,22 @@ pub(super) fn check<'a>(
     let mut untyped: Vec<&str> = Vec::new();
     for s in &defs.sources {
         let obj = format!("source '{}'", s.value.name());
+        if let Source::Kafka(k) = &s.value {
+            // Settings the worker's exactly-once effect depends on.
+            for key in k.options.keys() {
+                if PINNED_KAFKA_OPTIONS.contains(&key.as_str()) {
+                    errs.at(
+                        s,
+                        obj.clone(),
+                        "options",
+                        format!(
+                            "'{key}' is set by quiver (offsets are committed only after \
+                             the events are written; use brokers and group)"
+                        ),
+                    );
+                }
+            }
+        }
         // A stream's events carry the columns of its batch source (a file source).
         let (read, field) = match s.value.batch_source() {
             None => (schemas.schema(&s.value), "path"),
@@ -113,6 +129,15 @@ pub(super) fn check<'a>(
         untyped,
     }
 }
+
+/// Kafka consumer settings a source's `options` may not override.
+const PINNED_KAFKA_OPTIONS: [&str; 5] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+    "enable.partition.eof",
+];
 
 fn is_time_type(dt: &DataType) -> bool {
     matches!(
