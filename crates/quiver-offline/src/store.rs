@@ -280,11 +280,18 @@ impl OfflineStore {
     /// stored rows, so two events alike in every value stay two. A caller leaves out the
     /// events at or before [`OfflineStore::stream_offsets`] of their partition, so a
     /// replayed range is stored once.
+    ///
+    /// `read_at` is the table version [`OfflineStore::stream_offsets`] read (`None`:
+    /// no table): if the table has moved on since, nothing is written and the error is a
+    /// commit conflict, to be retried from a fresh read of the offsets; commits after
+    /// the table is loaded here are caught by Delta's own check of the same
+    /// application ids.
     pub async fn append_events(
         &self,
         view: &ResolvedView,
         batches: Vec<NormalizedBatch>,
         offsets: &[(&[u8], u128)],
+        read_at: Option<u64>,
     ) -> Result<IngestStats> {
         let mut txns = Vec::new();
         for (partition, offset) in offsets {
@@ -294,8 +301,10 @@ impl OfflineStore {
         }
         let (this, view) = (self.clone(), view.clone());
         let handle = tokio::runtime::Handle::current();
-        crate::blocking(move || handle.block_on(this.ingest_async(&view, batches, Some(txns))))
-            .await
+        crate::blocking(move || {
+            handle.block_on(this.ingest_async(&view, batches, Some((txns, read_at))))
+        })
+        .await
     }
 
     /// The newest offset of each partition appended by [`OfflineStore::append_events`]
@@ -304,10 +313,11 @@ impl OfflineStore {
         &self,
         view: &ResolvedView,
         partitions: &[&[u8]],
-    ) -> Result<Vec<Option<u128>>> {
+    ) -> Result<(Vec<Option<u128>>, Option<u64>)> {
         let Some(table) = self.load(view).await? else {
-            return Ok(vec![None; partitions.len()]);
+            return Ok((vec![None; partitions.len()], None));
         };
+        let version = table.version();
         let state = table.snapshot()?;
         let log = table.log_store();
         let mut out = Vec::with_capacity(partitions.len());
@@ -320,14 +330,14 @@ impl OfflineStore {
                 _ => None,
             });
         }
-        Ok(out)
+        Ok((out, version))
     }
 
     async fn ingest_async(
         &self,
         view: &ResolvedView,
         new: Vec<NormalizedBatch>,
-        append: Option<Vec<Transaction>>,
+        append: Option<(Vec<Transaction>, Option<u64>)>,
     ) -> Result<IngestStats> {
         let schema = table_schema(view);
         let rows_in: u64 = new.iter().map(|b| b.batch.num_rows() as u64).sum();
@@ -340,6 +350,20 @@ impl OfflineStore {
         }
         let mut table = self.load_or_create(view).await?;
         quiver_core::fault::crash_point("ingest.after_create");
+        let append = match append {
+            None => None,
+            Some((txns, read_at)) => {
+                // A table created here (none was read) is at version 0.
+                let now = table.version();
+                if now != read_at && !(read_at.is_none() && now == Some(0)) {
+                    return Err(Error::Delta(deltalake::DeltaTableError::Generic(format!(
+                        "the table moved from version {read_at:?} to {now:?} since its \
+                         stream offsets were read"
+                    ))));
+                }
+                Some(txns)
+            }
+        };
         let ts_idx = view.join_keys.len();
         let mut touched = BTreeSet::new();
         for b in &new {

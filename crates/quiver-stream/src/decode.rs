@@ -207,8 +207,10 @@ impl EventDecoder {
             decoder.decode(b"\n").map_err(|e| e.to_string())?;
             // Exactly one row per event, so that rows and events stay paired (an event
             // of two objects beside an empty one would otherwise shift them).
+            // (`len` counts a record begun and not finished too: an event cut short
+            // would run on into the next one.)
             let added = decoder.len() - before;
-            if added != 1 || !rest.is_empty() {
+            if added != 1 || !rest.is_empty() || decoder.has_partial_record() {
                 let found = if rest.is_empty() {
                     added.to_string()
                 } else {

@@ -44,6 +44,8 @@ pub struct RedisStreamReader {
     lease_key: String,
     lease: Duration,
     holding: bool,
+    /// Whether standing by was logged.
+    standing_by: bool,
 }
 
 /// Renews the lease (`KEYS[1]`) when `ARGV[1]` holds it (1), takes it when free (2),
@@ -104,6 +106,7 @@ impl RedisStreamReader {
             lease_key: format!("quiver-lease:{}:{}", source.stream, source.group),
             lease: lease.max(Duration::from_secs(1)),
             holding: false,
+            standing_by: false,
         })
     }
 
@@ -154,9 +157,15 @@ impl RedisStreamReader {
     pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Entry>> {
         if !self.hold_lease().await? {
             // Another worker reads the stream: stand by.
+            if !self.standing_by {
+                tracing::info!(stream = %self.source.stream, consumer = %self.consumer,
+                               "another worker holds the stream's lease; standing by");
+                self.standing_by = true;
+            }
             tokio::time::sleep(block).await;
             return Ok(Vec::new());
         }
+        self.standing_by = false;
         if let Some(after) = self.pending.take() {
             let entries = self.read_from(&after, count, None).await?;
             if let Some(last) = entries.last() {
@@ -245,8 +254,15 @@ impl RedisStreamReader {
         })
     }
 
-    /// Acknowledges entries written.
+    /// Acknowledges entries written — while this reader holds the lease: once another
+    /// worker took it over, the entries are that worker's (it claimed them, and finds
+    /// them applied and stored when it reads them).
     pub async fn ack(&mut self, entries: &[Entry]) -> Result<()> {
+        if !entries.is_empty() && !self.hold_lease().await? {
+            tracing::warn!(stream = %self.source.stream, entries = entries.len(),
+                           "the lease passed to another worker; leaving the acknowledgement to it");
+            return Ok(());
+        }
         for chunk in entries.chunks(10_000) {
             let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
             let _: i64 = redis::cmd("XACK")

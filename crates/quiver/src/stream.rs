@@ -396,7 +396,7 @@ async fn write_offline_once(
             }
         }
         let refs: Vec<&[u8]> = names.iter().map(|n| &**n).collect();
-        let stored = store.offline().stream_offsets(view, &refs).await?;
+        let (stored, read_at) = store.offline().stream_offsets(view, &refs).await?;
         // Per partition, the newest offset stored or kept so far: an event at or before
         // it is a replay — of a range already in the table, or of one read twice within
         // this micro-batch (a Kafka rebalance resumes a partition from its committed
@@ -440,7 +440,7 @@ async fn write_offline_once(
         }
         store
             .offline()
-            .append_events(view, batches, &offsets)
+            .append_events(view, batches, &offsets, read_at)
             .await?
     };
     let written = WriteStats {

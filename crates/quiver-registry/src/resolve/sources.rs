@@ -131,11 +131,12 @@ pub(super) fn check<'a>(
 }
 
 /// Kafka consumer settings a source's `options` may not override.
-const PINNED_KAFKA_OPTIONS: [&str; 5] = [
+const PINNED_KAFKA_OPTIONS: [&str; 6] = [
     "enable.auto.commit",
     "enable.auto.offset.store",
     "group.id",
     "bootstrap.servers",
+    "metadata.broker.list",
     "enable.partition.eof",
 ];
 
