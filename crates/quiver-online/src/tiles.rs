@@ -48,6 +48,13 @@ pub struct StreamPosition<'a> {
     /// The offset, growing along the partition. 128 bits, so that a Kafka offset and a
     /// Redis stream entry id (`milliseconds << 64 | sequence`) both fit exactly.
     pub offset: u128,
+    /// When given, the position the writer read before choosing its events
+    /// (`Some(None)`: none stored): the merge applies only if the stored position is
+    /// still that one — a compare-and-set, so two writers of one partition at once
+    /// cannot both apply events of one range. Otherwise it is skipped, as a replay when
+    /// the stored position is at or past `offset`, else as a conflict
+    /// ([`MergeStats::conflicts`]), for the writer to read again and retry.
+    pub follows: Option<Option<u128>>,
 }
 
 /// One tile's delta: the IR of the events of `[start, start + hop)` that a merge adds.
@@ -86,6 +93,9 @@ pub struct MergeStats {
     /// Attempts repeated because another writer changed a key in between (backends that
     /// merge optimistically; always 0 on the embedded store).
     pub retries: u64,
+    /// [`KeyMerge`]s not applied because the stored position was no longer the one they
+    /// follow ([`StreamPosition::follows`]) and not at or past theirs.
+    pub conflicts: u64,
 }
 
 impl MergeStats {
@@ -95,6 +105,7 @@ impl MergeStats {
         self.skipped += other.skipped;
         self.tiles += other.tiles;
         self.retries += other.retries;
+        self.conflicts += other.conflicts;
     }
 }
 
@@ -313,11 +324,14 @@ impl KeyMergePlan {
                     Current::Stored => stored[i],
                     Current::New(r) => Some(&out.values[r.clone()]),
                 };
-                if let Some(v) = value {
-                    if decode_position(v, p.partition)? >= p.offset {
-                        out.stats.skipped += 1;
-                        continue;
-                    }
+                let stored_offset = value.map(|v| decode_position(v, p.partition)).transpose()?;
+                if stored_offset.is_some_and(|o| o >= p.offset) {
+                    out.stats.skipped += 1;
+                    continue;
+                }
+                if p.follows.is_some_and(|f| f != stored_offset) {
+                    out.stats.conflicts += 1;
+                    continue;
                 }
             }
             for t in m.tiles {
@@ -414,6 +428,7 @@ mod tests {
         let p = StreamPosition {
             partition: b"topic/3",
             offset: (1_700_000_000_000u128 << 64) | 7,
+            follows: None,
         };
         encode_position(&p, &mut v);
         assert_eq!(decode_position(&v, b"topic/3").unwrap(), p.offset);
@@ -460,6 +475,7 @@ mod tests {
             Some(StreamPosition {
                 partition: b"p0",
                 offset,
+                follows: None,
             })
         };
         let merges = [
@@ -499,7 +515,8 @@ mod tests {
                 applied: 2,
                 skipped: 1,
                 tiles: 4,
-                retries: 0
+                retries: 0,
+                conflicts: 0,
             }
         );
         let value_of = |f: MergeField| {
@@ -518,6 +535,7 @@ mod tests {
             &StreamPosition {
                 partition: b"p0",
                 offset: 5,
+                follows: None,
             },
             &mut stored_pos,
         );
@@ -530,5 +548,68 @@ mod tests {
         let out = plan.apply(&merges[..1], &stored, &append).unwrap();
         assert!(out.changed.is_empty());
         assert_eq!(out.stats.skipped, 1);
+    }
+
+    /// A merge that follows a position applies only while that position is stored:
+    /// another writer's newer position makes it a conflict (or a replay when at or
+    /// past its own), and nothing changes.
+    #[test]
+    fn a_merge_following_a_position_is_a_compare_and_set() {
+        let view = [1u8; 8];
+        let ir = [TileDelta { start: 0, ir: b"x" }];
+        let merge = |offset: u128, follows: Option<Option<u128>>| KeyMerge {
+            key: b"k",
+            view,
+            position: Some(StreamPosition {
+                partition: b"p0",
+                offset,
+                follows,
+            }),
+            tiles: &ir,
+        };
+        let append = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
+            out.extend_from_slice(stored.unwrap_or_default());
+            out.extend_from_slice(delta);
+            Ok(())
+        };
+        let mut at7 = Vec::new();
+        encode_position(
+            &StreamPosition {
+                partition: b"p0",
+                offset: 7,
+                follows: None,
+            },
+            &mut at7,
+        );
+        let run = |m: KeyMerge<'_>, stored_position: Option<&[u8]>| {
+            let merges = [m];
+            let plan = KeyMergePlan::new(&merges);
+            let stored: Vec<Option<&[u8]>> = plan
+                .fields()
+                .iter()
+                .map(|f| match f {
+                    MergeField::Position(_) => stored_position,
+                    _ => None,
+                })
+                .collect();
+            plan.apply(&merges, &stored, &append).unwrap().stats
+        };
+        // Read "nothing stored", but 7 is stored now: a conflict.
+        let s = run(merge(9, Some(None)), Some(&at7));
+        assert_eq!((s.applied, s.skipped, s.conflicts), (0, 0, 1));
+        // Read 5, 7 stored: a conflict too.
+        let s = run(merge(9, Some(Some(5))), Some(&at7));
+        assert_eq!((s.applied, s.skipped, s.conflicts), (0, 0, 1));
+        // Read 7, still 7: applied.
+        let s = run(merge(9, Some(Some(7))), Some(&at7));
+        assert_eq!((s.applied, s.skipped, s.conflicts), (1, 0, 0));
+        // At or before the stored position: a replay, whatever it followed.
+        let s = run(merge(7, Some(Some(3))), Some(&at7));
+        assert_eq!((s.applied, s.skipped, s.conflicts), (0, 1, 0));
+        // Nothing stored, as read: applied; without `follows`, no check.
+        let s = run(merge(2, Some(None)), None);
+        assert_eq!((s.applied, s.conflicts), (1, 0));
+        let s = run(merge(9, None), Some(&at7));
+        assert_eq!((s.applied, s.conflicts), (1, 0));
     }
 }

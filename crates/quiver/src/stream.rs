@@ -129,9 +129,9 @@ pub async fn apply_events(
     Ok(stats)
 }
 
-/// A key's merge into one layer: (index of the key, its newest offset, its encoded
-/// tiles as (start, IR bytes)).
-type KeyTiles = (usize, u128, Vec<(Timestamp, Vec<u8>)>);
+/// A key's merge into one layer: (index of the key, its newest offset, the position
+/// read before (which the merge follows), its encoded tiles as (start, IR bytes)).
+type KeyTiles = (usize, u128, Option<u128>, Vec<(Timestamp, Vec<u8>)>);
 
 /// One tile layer of a group: its online field and its tile length (the hop, or a day).
 struct Layer {
@@ -211,61 +211,81 @@ async fn merge_events(
             length: Duration::from_micros(DAY),
         }))
         .collect();
-        // Per layer, per key: the encoded tiles and the key's newest offset.
-        let mut built: Vec<Vec<KeyTiles>> = Vec::new();
-        for layer in &layers {
-            let stored = retrying(retry_for, || {
-                online.stream_positions(&key_refs, layer.field, events.partition)
-            })
-            .await?;
-            let mut of_layer = Vec::new();
-            for (ki, rows) in rows_of.iter().enumerate() {
-                let mut tiles: BTreeMap<Timestamp, Vec<Ir>> = BTreeMap::new();
-                let mut newest: Option<u128> = None;
-                for &r in rows {
-                    let offset = events.offsets[r];
-                    if stored[ki].is_some_and(|s| offset <= s) {
-                        continue;
+        // Built from the positions read, merged only where they are still stored
+        // (compare-and-set); keys another writer moved on meanwhile are built again
+        // from the positions it left (its events then count as replays).
+        let mut attempt = 0;
+        loop {
+            // Per layer, per key: the encoded tiles and the key's newest offset.
+            let mut built: Vec<Vec<KeyTiles>> = Vec::new();
+            for layer in &layers {
+                let stored = retrying(retry_for, || {
+                    online.stream_positions(&key_refs, layer.field, events.partition)
+                })
+                .await?;
+                let mut of_layer = Vec::new();
+                for (ki, rows) in rows_of.iter().enumerate() {
+                    let mut tiles: BTreeMap<Timestamp, Vec<Ir>> = BTreeMap::new();
+                    let mut newest: Option<u128> = None;
+                    for &r in rows {
+                        let offset = events.offsets[r];
+                        if stored[ki].is_some_and(|s| offset <= s) {
+                            continue;
+                        }
+                        replayed[r] = false;
+                        newest = Some(newest.map_or(offset, |n| n.max(offset)));
+                        let t = ts.value(r);
+                        if t < oldest {
+                            late[r] = true;
+                            continue;
+                        }
+                        values.clear();
+                        for ci in &columns[gi] {
+                            values.push(match ci {
+                                Some(ci) => quiver_offline::aggregate::input_at(
+                                    batch.column(*ci).as_ref(),
+                                    r,
+                                ),
+                                None => Input::Null,
+                            });
+                        }
+                        let order: Order = stored_version(batch, nkeys, r).into();
+                        let irs = tiles
+                            .entry(align(t, layer.length))
+                            .or_insert_with(|| g.layout.empty());
+                        g.layout.update(irs, &values, order);
+                        applied[r] = true;
                     }
-                    replayed[r] = false;
-                    newest = Some(newest.map_or(offset, |n| n.max(offset)));
-                    let t = ts.value(r);
-                    if t < oldest {
-                        late[r] = true;
-                        continue;
+                    if let Some(newest) = newest {
+                        let encoded = tiles
+                            .iter()
+                            .map(|(start, irs)| {
+                                let mut bytes = Vec::new();
+                                g.layout.encode(irs, &mut bytes);
+                                (*start, bytes)
+                            })
+                            .collect();
+                        of_layer.push((ki, newest, stored[ki], encoded));
                     }
-                    values.clear();
-                    for ci in &columns[gi] {
-                        values.push(match ci {
-                            Some(ci) => {
-                                quiver_offline::aggregate::input_at(batch.column(*ci).as_ref(), r)
-                            }
-                            None => Input::Null,
-                        });
-                    }
-                    let order: Order = stored_version(batch, nkeys, r).into();
-                    let irs = tiles
-                        .entry(align(t, layer.length))
-                        .or_insert_with(|| g.layout.empty());
-                    g.layout.update(irs, &values, order);
-                    applied[r] = true;
                 }
-                if let Some(newest) = newest {
-                    let encoded = tiles
-                        .iter()
-                        .map(|(start, irs)| {
-                            let mut bytes = Vec::new();
-                            g.layout.encode(irs, &mut bytes);
-                            (*start, bytes)
-                        })
-                        .collect();
-                    of_layer.push((ki, newest, encoded));
-                }
+                built.push(of_layer);
             }
-            built.push(of_layer);
+            let merged =
+                merge_group(g, &layers, &built, &key_refs, events, online, retry_for).await?;
+            stats.online_written += merged.tiles;
+            if merged.conflicts == 0 {
+                break;
+            }
+            attempt += 1;
+            if attempt == 16 {
+                return Err(Error::Online(quiver_online::Error::store(format!(
+                    "feature view '{}': another writer kept moving the stream positions of \
+                 partition {} (16 attempts)",
+                    view.name,
+                    quiver_online::tiles::describe_partition(events.partition)
+                ))));
+            }
         }
-        stats.online_written +=
-            merge_group(g, &layers, &built, &key_refs, events, online, retry_for).await?;
     }
     for r in 0..batch.num_rows() {
         stats.applied += u64::from(applied[r]);
@@ -296,13 +316,13 @@ async fn merge_group(
     events: StreamEvents<'_>,
     online: &dyn OnlineStore,
     retry_for: std::time::Duration,
-) -> Result<u64> {
+) -> Result<quiver_online::MergeStats> {
     let deltas: Vec<Vec<Vec<TileDelta<'_>>>> = built
         .iter()
         .map(|of_layer| {
             of_layer
                 .iter()
-                .map(|(_, _, tiles)| {
+                .map(|(_, _, _, tiles)| {
                     tiles
                         .iter()
                         .map(|(start, ir)| TileDelta { start: *start, ir })
@@ -313,20 +333,21 @@ async fn merge_group(
         .collect();
     let mut merges = Vec::new();
     for ((layer, of_layer), deltas) in layers.iter().zip(built).zip(&deltas) {
-        for ((ki, newest, _), tiles) in of_layer.iter().zip(deltas) {
+        for ((ki, newest, follows, _), tiles) in of_layer.iter().zip(deltas) {
             merges.push(KeyMerge {
                 key: keys[*ki],
                 view: layer.field,
                 position: Some(StreamPosition {
                     partition: events.partition,
                     offset: *newest,
+                    follows: Some(*follows),
                 }),
                 tiles,
             });
         }
     }
     if merges.is_empty() {
-        return Ok(0);
+        return Ok(quiver_online::MergeStats::default());
     }
     let layout = &g.layout;
     let merger = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
@@ -334,9 +355,7 @@ async fn merge_group(
             .merge_bytes(stored, delta, out)
             .map_err(|e| quiver_online::Error::Invalid(e.0))
     };
-    Ok(retrying(retry_for, || online.merge_tiles(&merges, &merger))
-        .await?
-        .tiles)
+    retrying(retry_for, || online.merge_tiles(&merges, &merger)).await
 }
 
 /// Events of one stream partition waiting for the offline table.

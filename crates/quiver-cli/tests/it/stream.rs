@@ -134,6 +134,108 @@ proptest! {
     }
 }
 
+/// Two writers of one partition at once (a rebalance overlap), each applying the same
+/// events cut into different batches: every event is counted once (the merges are a
+/// compare-and-set on the positions read).
+#[test]
+fn two_writers_of_one_partition_count_each_event_once() {
+    let r = Repo::new(DEFS);
+    let events: Vec<Ev> = (0..240)
+        .map(|i| (i % 3, (i * 37) % 120, Some(i as f64)))
+        .collect();
+    let cols = |evs: &[Ev]| {
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
+            ),
+            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
+            (
+                "x",
+                Arc::new(Float64Array::from(
+                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )) as _,
+            ),
+        ]
+    };
+    r.parquet("data/ev.parquet", cols(&events));
+    let store = r.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    let view = store.state().unwrap().serving_view("w").unwrap();
+    let now = 121 * MIN;
+    let write = |step: usize| {
+        let (store, view, events) = (store.clone(), view.clone(), events.clone());
+        async move {
+            let mut from = 0;
+            while from < events.len() {
+                let to = (from + step).min(events.len());
+                let input = Input {
+                    timestamp_field: "ts",
+                    created_field: None,
+                    origin: Origin {
+                        file: "stream",
+                        first_row: from + 1,
+                    },
+                    not_after: i64::MAX,
+                };
+                let rows = validate(&view, &batch(cols(&events[from..to])), &input).unwrap();
+                let offsets: Vec<u128> = (from as u128..to as u128).collect();
+                let targets = Targets {
+                    online: true,
+                    offline: false,
+                };
+                let events = StreamEvents {
+                    partition: b"p0",
+                    offsets: &offsets,
+                };
+                apply_events(&store, &view, rows, events, targets, now)
+                    .await
+                    .unwrap();
+                from = to;
+            }
+        }
+    };
+    quiver::testing::runtime().block_on(async {
+        let (a, b) = (tokio::spawn(write(7)), tokio::spawn(write(11)));
+        a.await.unwrap();
+        b.await.unwrap();
+    });
+    let names: Vec<String> = view
+        .aggregations
+        .iter()
+        .map(|a| format!("w:{}", a.name))
+        .collect();
+    let labels = batch(vec![
+        ("user_id", Arc::new(Int64Array::from_iter_values(0..KEYS))),
+        ("event_timestamp", ts(vec![now; KEYS as usize])),
+    ]);
+    let training = store
+        .historical()
+        .entities(labels)
+        .features(names.clone())
+        .block()
+        .unwrap();
+    for k in 0..KEYS {
+        let served = store
+            .online_features()
+            .features(names.clone())
+            .entity_row(BTreeMap::from([("user_id".to_string(), Value::Int64(k))]))
+            .at(now)
+            .block()
+            .unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let trained =
+                quiver_core::value::value_at(training.column(2 + i).as_ref(), k as usize).unwrap();
+            assert_eq!(
+                format!("{:?}", served.rows[0].values[i]),
+                format!("{trained:?}"),
+                "key {k} {name}"
+            );
+        }
+    }
+}
+
 /// A micro-batch holding a range twice (a Kafka rebalance resumes a partition from its
 /// committed offset while what was read after it still waits to be written) stores it
 /// once; the next one stores only what is past the table's newest offset; events alike

@@ -74,7 +74,11 @@ fn tiles<'a>(deltas: &[(Timestamp, &'a [u8])]) -> Vec<TileDelta<'a>> {
 }
 
 fn at(partition: &[u8], offset: u128) -> Option<StreamPosition<'_>> {
-    Some(StreamPosition { partition, offset })
+    Some(StreamPosition {
+        partition,
+        offset,
+        follows: None,
+    })
 }
 
 impl Ns {
@@ -806,6 +810,7 @@ pub async fn concurrent_merges_lose_no_update(store: &Arc<dyn OnlineStore>) {
                 let position = (task % 2 == 0).then(|| StreamPosition {
                     partition: &partition,
                     offset: round,
+                    follows: None,
                 });
                 let merges: Vec<KeyMerge<'_>> = keys
                     .iter()

@@ -552,6 +552,7 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
             position: Some(StreamPosition {
                 partition: b"p",
                 offset: 9,
+                follows: None,
             }),
             tiles: &t,
         })

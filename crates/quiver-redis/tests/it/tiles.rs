@@ -77,6 +77,7 @@ async fn merges_write_the_shared_layout_into_the_entity_hash() {
     let position = StreamPosition {
         partition: b"orders/7",
         offset: 42,
+        follows: None,
     };
     let m = [KeyMerge {
         key: &k,
@@ -165,7 +166,8 @@ async fn a_merge_that_loses_a_race_reads_and_merges_again() {
                 applied: 1,
                 skipped: 0,
                 tiles: 1,
-                retries: 1
+                retries: 1,
+                conflicts: 0,
             },
             "cluster: {cluster}"
         );
