@@ -202,6 +202,9 @@ enum Command {
         /// Exit once every stream is read to its end and written.
         #[arg(long)]
         stop_when_idle: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9102).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
 }
 
@@ -553,6 +556,7 @@ async fn run(cli: Cli) -> Result<()> {
             flush_interval,
             lease,
             stop_when_idle,
+            metrics_addr,
         } => {
             let duration = |flag: &str, text: &str| {
                 quiver_core::Duration::parse(text)
@@ -568,6 +572,7 @@ async fn run(cli: Cli) -> Result<()> {
                 flush_interval: duration("--flush-interval", &flush_interval)?,
                 lease: duration("--lease", &lease)?,
                 stop_when_idle,
+                metrics_addr,
                 ..defaults
             };
             let (stop, stopped) = tokio::sync::watch::channel(false);

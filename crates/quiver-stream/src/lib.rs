@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod kafka;
+pub mod metrics;
 pub mod redis_stream;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::decode::EventDecoder;
 use crate::kafka::KafkaReader;
+use crate::metrics::{Metrics, SourceLabels};
 use crate::redis_stream::RedisStreamReader;
 use crate::{Entry, Error, Result};
 
@@ -89,6 +90,8 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// Stop once every stream is read to its end and written (for scripts and tests).
     pub stop_when_idle: bool,
+    /// Where to serve the Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for WorkerOptions {
@@ -106,6 +109,7 @@ impl Default for WorkerOptions {
             flush_interval: Duration::from_secs(5),
             lease: Duration::from_secs(30),
             stop_when_idle: false,
+            metrics_addr: None,
         }
     }
 }
@@ -183,6 +187,13 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<BTreeMap<String, SourceStats>> {
     let sources = stream_sources(store, &options.views)?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = options.metrics_addr {
+        let bound = crate::metrics::serve(addr, metrics.clone())
+            .await
+            .map_err(|e| Error::Invalid(format!("--metrics-addr {addr}: {e}")))?;
+        tracing::info!(%bound, "metrics served at /metrics");
+    }
     // Every source stops when asked to, or as soon as one of them fails (a worker must
     // not go on with a source silently no longer consumed: its supervisor restarts it).
     let (stop, stopping) = watch::channel(false);
@@ -200,14 +211,15 @@ pub async fn run(
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (name, (source, views)) in sources {
-        let (store, options, stopping, stop) = (
+        let (store, options, stopping, stop, metrics) = (
             store.clone(),
             options.clone(),
             stopping.clone(),
             stop.clone(),
+            metrics.clone(),
         );
         tasks.spawn(async move {
-            let stats = run_source(&store, &source, views, &options, stopping).await;
+            let stats = run_source(&store, &source, views, &options, stopping, &metrics).await;
             if stats.is_err() {
                 let _ = stop.send(true);
             }
@@ -248,7 +260,11 @@ async fn run_source(
     views: Vec<ResolvedView>,
     options: &WorkerOptions,
     mut shutdown: watch::Receiver<bool>,
+    metrics: &Metrics,
 ) -> Result<SourceStats> {
+    let source_labels = SourceLabels {
+        source: source.name().to_string(),
+    };
     let state = store.state()?;
     let mut per_view = Vec::new();
     for view in views {
@@ -283,13 +299,25 @@ async fn run_source(
             // Quiet: write what waits.
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
             oldest_unacked = None;
+            if let Reader::Redis(r) = &mut reader {
+                if let Ok(Some(lag)) = r.lag().await {
+                    metrics
+                        .lag_entries
+                        .get_or_create(&source_labels)
+                        .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                }
+            }
             if options.stop_when_idle && reader.caught_up().await? {
                 break;
             }
             continue;
         }
         stats.entries += entries.len() as u64;
-        apply(store, &entries, source, &mut per_view, &mut stats).await?;
+        metrics
+            .entries
+            .get_or_create(&source_labels)
+            .inc_by(entries.len() as u64);
+        apply(store, &entries, source, &mut per_view, &mut stats, metrics).await?;
         // Kept until acknowledged, without their events.
         unacked.extend(entries.into_iter().map(|e| Entry { data: None, ..e }));
         let since = *oldest_unacked.get_or_insert_with(Instant::now);
@@ -313,6 +341,7 @@ async fn apply(
     source: &Source,
     per_view: &mut [ViewState],
     stats: &mut SourceStats,
+    metrics: &Metrics,
 ) -> Result<()> {
     // The entries of each partition, in order (one partition for a Redis stream).
     let mut partitions: Vec<(Arc<[u8]>, Vec<usize>)> = Vec::new();
@@ -373,6 +402,17 @@ async fn apply(
                 stats.applied += s.applied;
                 stats.replayed += s.replayed;
                 stats.late += s.late;
+                let labels = Metrics::view(&view.name, partition);
+                metrics.applied.get_or_create(&labels).inc_by(s.applied);
+                metrics.replayed.get_or_create(&labels).inc_by(s.replayed);
+                metrics.late.get_or_create(&labels).inc_by(s.late);
+                if let Some(t) = s.newest_event {
+                    let g = metrics.newest_event.get_or_create(&labels);
+                    let secs = t as f64 / 1e6;
+                    if secs > g.get() {
+                        g.set(secs);
+                    }
+                }
             }
             if v.targets.offline {
                 v.offline.push(OfflineEvents {
@@ -385,6 +425,12 @@ async fn apply(
     }
     if !dead.is_empty() {
         stats.dead_letters += dead.len() as u64;
+        for (view, i, _) in &dead {
+            metrics
+                .dead_letters
+                .get_or_create(&Metrics::view(view, &entries[*i].partition))
+                .inc();
+        }
         for (view, i, reason) in dead.iter().take(3) {
             tracing::warn!(source = %source.name(), view = %view, id = %entries[*i].id,
                            reason = %reason, "event written to the dead-letter table");

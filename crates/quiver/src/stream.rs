@@ -61,6 +61,8 @@ pub struct StreamStats {
     pub keys: u64,
     /// Tiles merged (aggregated views) or rows stored (snapshot views) online.
     pub online_written: u64,
+    /// The newest event time applied online.
+    pub newest_event: Option<Timestamp>,
     /// The offline merge, when written offline.
     pub offline: Option<IngestStats>,
 }
@@ -102,6 +104,11 @@ pub async fn apply_events(
             stats.keys = keys;
             stats.applied = rows as u64;
             stats.online_written = written;
+            let ts = batch
+                .batch
+                .column(view.join_keys.len())
+                .as_primitive::<TimestampMicrosecondType>();
+            stats.newest_event = ts.values().iter().copied().max();
         } else {
             let retry_for = store.config().writes.retry_for.to_std();
             merge_events(
@@ -288,6 +295,10 @@ async fn merge_events(
         }
     }
     for r in 0..batch.num_rows() {
+        if applied[r] {
+            let t = ts.value(r);
+            stats.newest_event = Some(stats.newest_event.map_or(t, |n| n.max(t)));
+        }
         stats.applied += u64::from(applied[r]);
         stats.replayed += u64::from(replayed[r]);
         // Late only where no group keeps its tile (an event older than a short window's

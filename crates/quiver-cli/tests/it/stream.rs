@@ -916,3 +916,84 @@ fn two_redis_workers_read_a_stream_one_at_a_time() {
         N as u64 + 1
     );
 }
+
+/// `--metrics-addr`: the worker's Prometheus metrics, per view and partition.
+#[test]
+fn the_worker_serves_its_metrics() {
+    use std::io::{Read, Write};
+    let redis = quiver_redis::testing::standalone();
+    let key = format!("tx-metrics-{}", std::process::id());
+    let r = stream_repo(&redis.url(), &key);
+    let now = quiver_core::time::now();
+    r.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card", Arc::new(Int64Array::from(vec![3]))),
+            ("ts", ts(vec![now - 3 * DAY])),
+            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
+        ],
+    );
+    crate::common::cli_steps(r.path(), &[&["apply"], &["ingest"]]);
+    let port = quiver_redis::testing::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = std::process::Command::new(crate::common::quiver_bin())
+        .arg("--repo")
+        .arg(r.path())
+        .args([
+            "stream",
+            "--metrics-addr",
+            &addr,
+            "--flush-interval",
+            "50ms",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut conn = quiver_redis::testing::connect(&redis.url());
+    let newest = now - 10 * MIN;
+    for i in 0..5 {
+        xadd(
+            &mut conn,
+            &key,
+            "data",
+            &json_event(i, newest - i * MIN, 1.0),
+        );
+    }
+    xadd(&mut conn, &key, "data", "not json");
+    wait_for("the worker to read everything", || {
+        group_progress(&mut conn, &key) == (6, 0)
+    });
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let text = scrape();
+    let partition = format!("redis:{key}");
+    for line in [
+        "quiver_stream_entries_total{source=\"tx_stream\"} 6".to_string(),
+        format!(
+            "quiver_stream_events_applied_total{{feature_view=\"txn\",partition=\"{partition}\"}} 5"
+        ),
+        format!(
+            "quiver_stream_dead_letters_total{{feature_view=\"latest\",partition=\"{partition}\"}} 1"
+        ),
+        format!(
+            "quiver_stream_newest_event_time_seconds{{feature_view=\"txn\",partition=\"{partition}\"}} {}",
+            newest as f64 / 1e6
+        ),
+        "quiver_stream_lag_entries{source=\"tx_stream\"} 0".to_string(),
+    ] {
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut worker = worker;
+    assert!(worker.wait().unwrap().success());
+}
