@@ -194,19 +194,7 @@ async fn merge_events(
     let mut late = vec![false; batch.num_rows()];
     let mut replayed = vec![true; batch.num_rows()];
     let mut values: Vec<Input<'_>> = Vec::new();
-    let columns: Vec<Vec<Option<usize>>> = groups
-        .iter()
-        .map(|g| {
-            g.columns
-                .iter()
-                .map(|c| {
-                    c.as_ref()
-                        .and_then(|c| view.features.iter().position(|f| &f.name == c))
-                        .map(|i| nkeys + 2 + i)
-                })
-                .collect()
-        })
-        .collect();
+    let columns = crate::write::group_columns(view, &groups);
     for (gi, g) in groups.iter().enumerate() {
         let oldest = crate::compact::oldest_tile(view, g, now);
         let layers: Vec<Layer> = std::iter::once(Layer {

@@ -455,6 +455,29 @@ where
     }
 }
 
+/// For each tile group of `view`, the column of each stored slot in the view's stored
+/// batches (keys, event time, creation time, then the features; `None` for
+/// count_star).
+pub(crate) fn group_columns(
+    view: &ResolvedView,
+    groups: &[quiver_core::model::TileGroup],
+) -> Vec<Vec<Option<usize>>> {
+    let nkeys = view.join_keys.len();
+    groups
+        .iter()
+        .map(|g| {
+            g.columns
+                .iter()
+                .map(|c| {
+                    c.as_ref()
+                        .and_then(|c| view.features.iter().position(|f| &f.name == c))
+                        .map(|i| nkeys + 2 + i)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Tiles written per `merge_tiles` call.
 const TILE_BATCH: usize = 5_000;
 
@@ -497,19 +520,7 @@ pub async fn write_tiles(
     type Tiles = BTreeMap<i64, Vec<Ir>>;
     // (entity key, its tiles as (start, bytes)).
     type KeyTiles = (Vec<u8>, Vec<(i64, Vec<u8>)>);
-    let column_index: Vec<Vec<Option<usize>>> = groups
-        .iter()
-        .map(|g| {
-            g.columns
-                .iter()
-                .map(|c| {
-                    c.as_ref()
-                        .and_then(|c| view.features.iter().position(|f| &f.name == c))
-                        .map(|i| nkeys + 2 + i)
-                })
-                .collect()
-        })
-        .collect();
+    let column_index = group_columns(view, &groups);
     // Tiles are built and encoded in shards of the keys (by a hash of the key), shards
     // in parallel: each reads every event and keeps its own keys'.
     let shards = rayon::current_num_threads().max(1) as u64;

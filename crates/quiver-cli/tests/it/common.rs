@@ -51,3 +51,20 @@ pub fn ingest_stopped_at(repo: &Path, point: &str) {
         .unwrap();
     assert!(!out.status.success(), "the ingest was stopped at {point}");
 }
+
+/// Stops a running `quiver` process with SIGTERM and checks that it exited 0; returns
+/// what it printed.
+pub fn stop_with_sigterm(child: std::process::Child) -> std::process::Output {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -407,6 +407,20 @@ feature_views:
     ))
 }
 
+/// One history row (card 3, three days before `t`, outside every window), applied and
+/// ingested.
+fn history_before(r: &Repo, t: i64) {
+    r.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card", Arc::new(Int64Array::from(vec![3]))),
+            ("ts", ts(vec![t - 3 * DAY])),
+            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
+        ],
+    );
+    crate::common::cli_steps(r.path(), &[&["apply"], &["ingest"]]);
+}
+
 /// Events: (card, time, amount) as the JSON a producer writes.
 fn json_event(card: i64, t: i64, amount: f64) -> String {
     format!(
@@ -699,17 +713,8 @@ fn a_worker_killed_mid_stream_and_another_taking_over_count_every_event_once() {
     let redis = quiver_redis::testing::standalone();
     let key = format!("tx-kill-{}", std::process::id());
     let r = stream_repo(&redis.url(), &key);
-    let now = quiver_core::time::now();
-    let base = now - 40 * MIN;
-    r.parquet(
-        "data/tx.parquet",
-        vec![
-            ("card", Arc::new(Int64Array::from(vec![3]))),
-            ("ts", ts(vec![base - 3 * DAY])),
-            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
-        ],
-    );
-    crate::common::cli_steps(r.path(), &[&["apply"], &["ingest"]]);
+    let base = quiver_core::time::now() - 40 * MIN;
+    history_before(&r, base);
     let mut conn = quiver_redis::testing::connect(&redis.url());
     const N: i64 = 4000;
     let mut pipe = redis::pipe();
@@ -800,17 +805,7 @@ fn a_worker_killed_mid_stream_and_another_taking_over_count_every_event_once() {
     wait_for("the third worker to read the new entries", || {
         group_progress(&mut conn, &key).0 >= N + 10
     });
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = worker.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = crate::common::stop_with_sigterm(worker);
     assert!(String::from_utf8_lossy(&out.stdout).contains("10 entries read"));
     assert_eq!(
         group_progress(&mut conn, &key).1,
@@ -830,17 +825,8 @@ fn two_redis_workers_read_a_stream_one_at_a_time() {
     let redis = quiver_redis::testing::standalone();
     let key = format!("tx-two-{}", std::process::id());
     let r = stream_repo(&redis.url(), &key);
-    let now = quiver_core::time::now();
-    let base = now - 40 * MIN;
-    r.parquet(
-        "data/tx.parquet",
-        vec![
-            ("card", Arc::new(Int64Array::from(vec![3]))),
-            ("ts", ts(vec![base - 3 * DAY])),
-            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
-        ],
-    );
-    crate::common::cli_steps(r.path(), &[&["apply"], &["ingest"]]);
+    let base = quiver_core::time::now() - 40 * MIN;
+    history_before(&r, base);
     let spawn = |name: &str| {
         std::process::Command::new(crate::common::quiver_bin())
             .arg("--repo")
@@ -853,17 +839,7 @@ fn two_redis_workers_read_a_stream_one_at_a_time() {
             .unwrap()
     };
     let stop = |w: std::process::Child| {
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &w.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let out = w.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = crate::common::stop_with_sigterm(w);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v[0]["entries"].as_i64().unwrap()
     };
@@ -925,15 +901,7 @@ fn the_worker_serves_its_metrics() {
     let key = format!("tx-metrics-{}", std::process::id());
     let r = stream_repo(&redis.url(), &key);
     let now = quiver_core::time::now();
-    r.parquet(
-        "data/tx.parquet",
-        vec![
-            ("card", Arc::new(Int64Array::from(vec![3]))),
-            ("ts", ts(vec![now - 3 * DAY])),
-            ("amount", Arc::new(Float64Array::from(vec![1.0]))),
-        ],
-    );
-    crate::common::cli_steps(r.path(), &[&["apply"], &["ingest"]]);
+    history_before(&r, now);
     let port = quiver_redis::testing::free_port();
     let addr = format!("127.0.0.1:{port}");
     let worker = std::process::Command::new(crate::common::quiver_bin())
@@ -989,11 +957,5 @@ fn the_worker_serves_its_metrics() {
     ] {
         assert!(text.contains(&line), "{line} in:\n{text}");
     }
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let mut worker = worker;
-    assert!(worker.wait().unwrap().success());
+    crate::common::stop_with_sigterm(worker);
 }

@@ -117,17 +117,7 @@ fn spawn_worker(repo: &std::path::Path, name: &str) -> std::process::Child {
 
 /// Stops a worker with SIGTERM; returns its statistics.
 fn stop_worker(w: std::process::Child) -> serde_json::Value {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &w.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = w.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "worker: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = crate::common::stop_with_sigterm(w);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array().unwrap()[0].clone()
 }
