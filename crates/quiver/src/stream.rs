@@ -252,14 +252,7 @@ async fn merge_events(
                         applied[r] = true;
                     }
                     if let Some(newest) = newest {
-                        let encoded = tiles
-                            .iter()
-                            .map(|(start, irs)| {
-                                let mut bytes = Vec::new();
-                                g.layout.encode(irs, &mut bytes);
-                                (*start, bytes)
-                            })
-                            .collect();
+                        let encoded = g.layout.encode_tiles(&tiles);
                         of_layer.push((ki, newest, stored[ki], encoded));
                     }
                 }

@@ -606,14 +606,7 @@ pub async fn write_tiles(
                 map.into_iter()
                     .map(|(k, tiles)| {
                         entity_key_into(&view.project, &entity_set, &k, &mut key);
-                        let encoded = tiles
-                            .iter()
-                            .map(|(start, irs)| {
-                                let mut bytes = Vec::new();
-                                g.layout.encode(irs, &mut bytes);
-                                (*start, bytes)
-                            })
-                            .collect();
+                        let encoded = g.layout.encode_tiles(&tiles);
                         (key.clone(), encoded)
                     })
                     .collect()

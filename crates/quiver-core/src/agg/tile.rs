@@ -32,6 +32,21 @@ impl TileLayout {
         }
     }
 
+    /// Tiles (start → IRs, in start order) encoded, each as (start, bytes).
+    pub fn encode_tiles<'a>(
+        &self,
+        tiles: impl IntoIterator<Item = (&'a i64, &'a Vec<Ir>)>,
+    ) -> Vec<(i64, Vec<u8>)> {
+        tiles
+            .into_iter()
+            .map(|(start, irs)| {
+                let mut bytes = Vec::new();
+                self.encode(irs, &mut bytes);
+                (*start, bytes)
+            })
+            .collect()
+    }
+
     /// Appends the tile's bytes: the number of IRs, then each IR's encoding with its
     /// length.
     pub fn encode(&self, irs: &[Ir], out: &mut Vec<u8>) {
