@@ -119,6 +119,19 @@ pub trait TileMerger: Send + Sync {
     /// Appends `merge(stored, delta)` to `out`; `stored` is `None` when the tile holds
     /// nothing yet. `out` may already hold other data, which must be left as it is.
     fn merge(&self, stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>) -> Result<()>;
+
+    /// The merge of a tile of the aggregated view (field) `view`: [`Self::merge`] unless
+    /// the merger tells views apart (one call merging tiles of several layouts).
+    fn merge_for(
+        &self,
+        view: &FieldId,
+        stored: Option<&[u8]>,
+        delta: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let _ = view;
+        self.merge(stored, delta, out)
+    }
 }
 
 impl<F> TileMerger for F
@@ -340,7 +353,7 @@ impl KeyMergePlan {
                     Current::Stored => {
                         let begin = out.values.len();
                         merger
-                            .merge(stored[i], t.ir, &mut out.values)
+                            .merge_for(&m.view, stored[i], t.ir, &mut out.values)
                             .map_err(|e| merge_failed(m, t.start, e))?;
                         begin
                     }
@@ -350,7 +363,7 @@ impl KeyMergePlan {
                         scratch.extend_from_slice(&out.values[r.clone()]);
                         let begin = out.values.len();
                         merger
-                            .merge(Some(&scratch), t.ir, &mut out.values)
+                            .merge_for(&m.view, Some(&scratch), t.ir, &mut out.values)
                             .map_err(|e| merge_failed(m, t.start, e))?;
                         begin
                     }

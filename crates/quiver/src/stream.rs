@@ -195,22 +195,23 @@ async fn merge_events(
     let mut replayed = vec![true; batch.num_rows()];
     let mut values: Vec<Input<'_>> = Vec::new();
     let columns = crate::write::group_columns(view, &groups);
-    for (gi, g) in groups.iter().enumerate() {
-        let oldest = crate::compact::oldest_tile(view, g, now);
-        let layers: Vec<Layer> = std::iter::once(Layer {
-            field: g.field,
-            length: g.hop,
-        })
-        .chain(g.day_field.map(|field| Layer {
-            field,
-            length: Duration::from_micros(DAY),
-        }))
-        .collect();
-        // Built from the positions read, merged only where they are still stored
-        // (compare-and-set); keys another writer moved on meanwhile are built again
-        // from the positions it left (its events then count as replays).
-        let mut attempt = 0;
-        loop {
+    // Built from the positions read, merged (every group in one call) only where they
+    // are still stored (compare-and-set); keys another writer moved on meanwhile are
+    // built again from the positions it left (its events then count as replays).
+    let mut attempt = 0;
+    loop {
+        let mut all: Vec<(Vec<Layer>, Vec<Vec<KeyTiles>>)> = Vec::new();
+        for (gi, g) in groups.iter().enumerate() {
+            let oldest = crate::compact::oldest_tile(view, g, now);
+            let layers: Vec<Layer> = std::iter::once(Layer {
+                field: g.field,
+                length: g.hop,
+            })
+            .chain(g.day_field.map(|field| Layer {
+                field,
+                length: Duration::from_micros(DAY),
+            }))
+            .collect();
             // Per layer, per key: the encoded tiles and the key's newest offset.
             let mut built: Vec<Vec<KeyTiles>> = Vec::new();
             for layer in &layers {
@@ -258,21 +259,21 @@ async fn merge_events(
                 }
                 built.push(of_layer);
             }
-            let merged =
-                merge_group(g, &layers, &built, &key_refs, events, online, retry_for).await?;
-            stats.online_written += merged.tiles;
-            if merged.conflicts == 0 {
-                break;
-            }
-            attempt += 1;
-            if attempt == 16 {
-                return Err(Error::Online(quiver_online::Error::store(format!(
-                    "feature view '{}': another writer kept moving the stream positions of \
-                 partition {} (16 attempts)",
-                    view.name,
-                    quiver_online::tiles::describe_partition(events.partition)
-                ))));
-            }
+            all.push((layers, built));
+        }
+        let merged = merge_groups(&groups, &all, &key_refs, events, online, retry_for).await?;
+        stats.online_written += merged.tiles;
+        if merged.conflicts == 0 {
+            break;
+        }
+        attempt += 1;
+        if attempt == 16 {
+            return Err(Error::Online(quiver_online::Error::store(format!(
+                "feature view '{}': another writer kept moving the stream positions of \
+             partition {} (16 attempts)",
+                view.name,
+                quiver_online::tiles::describe_partition(events.partition)
+            ))));
         }
     }
     for r in 0..batch.num_rows() {
@@ -298,56 +299,94 @@ async fn merge_events(
     Ok(())
 }
 
-/// Writes one group's layers in one `merge_tiles` call (each key's merge carries its
-/// newest offset, so the store skips it when that was applied already).
-async fn merge_group(
-    g: &TileGroup,
-    layers: &[Layer],
-    built: &[Vec<KeyTiles>],
+/// Writes every group's layers in one `merge_tiles` call (one transaction of the
+/// embedded store, one round trip per key group on Redis): each key's merge carries its
+/// newest offset and the position it follows, and the merger takes each tile's layout
+/// from its view field.
+async fn merge_groups(
+    groups: &[TileGroup],
+    all: &[(Vec<Layer>, Vec<Vec<KeyTiles>>)],
     keys: &[&[u8]],
     events: StreamEvents<'_>,
     online: &dyn OnlineStore,
     retry_for: std::time::Duration,
 ) -> Result<quiver_online::MergeStats> {
-    let deltas: Vec<Vec<Vec<TileDelta<'_>>>> = built
+    let deltas: Vec<Vec<Vec<Vec<TileDelta<'_>>>>> = all
         .iter()
-        .map(|of_layer| {
-            of_layer
+        .map(|(_, built)| {
+            built
                 .iter()
-                .map(|(_, _, _, tiles)| {
-                    tiles
+                .map(|of_layer| {
+                    of_layer
                         .iter()
-                        .map(|(start, ir)| TileDelta { start: *start, ir })
+                        .map(|(_, _, _, tiles)| {
+                            tiles
+                                .iter()
+                                .map(|(start, ir)| TileDelta { start: *start, ir })
+                                .collect()
+                        })
                         .collect()
                 })
                 .collect()
         })
         .collect();
     let mut merges = Vec::new();
-    for ((layer, of_layer), deltas) in layers.iter().zip(built).zip(&deltas) {
-        for ((ki, newest, follows, _), tiles) in of_layer.iter().zip(deltas) {
-            merges.push(KeyMerge {
-                key: keys[*ki],
-                view: layer.field,
-                position: Some(StreamPosition {
-                    partition: events.partition,
-                    offset: *newest,
-                    follows: Some(*follows),
-                }),
-                tiles,
-            });
+    for ((layers, built), deltas) in all.iter().zip(&deltas) {
+        for ((layer, of_layer), deltas) in layers.iter().zip(built).zip(deltas) {
+            for ((ki, newest, follows, _), tiles) in of_layer.iter().zip(deltas) {
+                merges.push(KeyMerge {
+                    key: keys[*ki],
+                    view: layer.field,
+                    position: Some(StreamPosition {
+                        partition: events.partition,
+                        offset: *newest,
+                        follows: Some(*follows),
+                    }),
+                    tiles,
+                });
+            }
         }
     }
     if merges.is_empty() {
         return Ok(quiver_online::MergeStats::default());
     }
-    let layout = &g.layout;
-    let merger = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
+    let merger = LayoutsByField(
+        groups
+            .iter()
+            .flat_map(|g| {
+                std::iter::once((g.field, &g.layout)).chain(g.day_field.map(|f| (f, &g.layout)))
+            })
+            .collect(),
+    );
+    retrying(retry_for, || online.merge_tiles(&merges, &merger)).await
+}
+
+/// A merger of the tiles of several tile groups: each view field's layout.
+struct LayoutsByField<'a>(Vec<([u8; 8], &'a quiver_core::agg::tile::TileLayout)>);
+
+impl quiver_online::TileMerger for LayoutsByField<'_> {
+    fn merge(&self, _: Option<&[u8]>, _: &[u8], _: &mut Vec<u8>) -> quiver_online::Result<()> {
+        Err(quiver_online::Error::Invalid(
+            "a merge of several tile groups needs the tile's view".into(),
+        ))
+    }
+
+    fn merge_for(
+        &self,
+        view: &[u8; 8],
+        stored: Option<&[u8]>,
+        delta: &[u8],
+        out: &mut Vec<u8>,
+    ) -> quiver_online::Result<()> {
+        let (_, layout) = self
+            .0
+            .iter()
+            .find(|(f, _)| f == view)
+            .ok_or_else(|| quiver_online::Error::Invalid("a tile of an unknown view".into()))?;
         layout
             .merge_bytes(stored, delta, out)
             .map_err(|e| quiver_online::Error::Invalid(e.0))
-    };
-    retrying(retry_for, || online.merge_tiles(&merges, &merger)).await
+    }
 }
 
 /// Events of one stream partition waiting for the offline table.
