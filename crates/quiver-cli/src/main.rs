@@ -329,8 +329,36 @@ async fn serve(
     }
 }
 
+/// A flag that turns true on SIGTERM or Ctrl-C. The SIGTERM handler is installed
+/// before this returns, so a worker stopped while it starts still exits cleanly.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        match term {
+            Some(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+    });
+    stopped
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
+    // The stream worker listens for SIGTERM from the start (opening the store included).
+    let stream_stop = matches!(cli.command, Command::Stream { .. }).then(stop_on_signal);
     if let Command::Init { dir, anchor } = &cli.command {
         let anchor = anchor
             .as_deref()
@@ -575,11 +603,7 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics_addr,
                 ..defaults
             };
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = stop.send(true);
-            });
+            let stopped = stream_stop.unwrap_or_else(stop_on_signal);
             let stats = quiver_stream::run(&store, &options, stopped)
                 .await
                 .map_err(|e| match e {
