@@ -68,3 +68,50 @@ pub fn stop_with_sigterm(child: std::process::Child) -> std::process::Output {
     );
     out
 }
+
+/// Each of `features` served online at `t` for the int64 keys `keys` of join key `key`,
+/// next to the training value at `t` (a label row per key), as lines
+/// `"{key} {k} {feature}: {value:?}"` — equal when serving and training agree.
+pub fn served_and_trained(
+    store: &quiver::FeatureStore,
+    key: &str,
+    keys: std::ops::Range<i64>,
+    features: &[String],
+    t: i64,
+) -> (Vec<String>, Vec<String>) {
+    use std::sync::Arc;
+    let n = (keys.end - keys.start) as usize;
+    let labels = batch(vec![
+        (
+            key,
+            Arc::new(arrow::array::Int64Array::from_iter_values(keys.clone())),
+        ),
+        ("event_timestamp", ts(vec![t; n])),
+    ]);
+    let training = store
+        .historical()
+        .entities(labels)
+        .features(features.to_vec())
+        .block()
+        .unwrap();
+    let (mut served, mut trained) = (Vec::new(), Vec::new());
+    for (row, k) in keys.enumerate() {
+        let online = store
+            .online_features()
+            .features(features.to_vec())
+            .entity_row(std::collections::BTreeMap::from([(
+                key.to_string(),
+                quiver::Value::Int64(k),
+            )]))
+            .at(t)
+            .block()
+            .unwrap();
+        for (i, f) in features.iter().enumerate() {
+            served.push(format!("{key} {k} {f}: {:?}", online.rows[0].values[i]));
+            let col = training.column(2 + i);
+            let value = quiver_core::value::value_at(col.as_ref(), row).unwrap();
+            trained.push(format!("{key} {k} {f}: {value:?}"));
+        }
+    }
+    (served, trained)
+}

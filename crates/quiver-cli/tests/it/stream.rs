@@ -206,34 +206,9 @@ fn two_writers_of_one_partition_count_each_event_once() {
         .iter()
         .map(|a| format!("w:{}", a.name))
         .collect();
-    let labels = batch(vec![
-        ("user_id", Arc::new(Int64Array::from_iter_values(0..KEYS))),
-        ("event_timestamp", ts(vec![now; KEYS as usize])),
-    ]);
-    let training = store
-        .historical()
-        .entities(labels)
-        .features(names.clone())
-        .block()
-        .unwrap();
-    for k in 0..KEYS {
-        let served = store
-            .online_features()
-            .features(names.clone())
-            .entity_row(BTreeMap::from([("user_id".to_string(), Value::Int64(k))]))
-            .at(now)
-            .block()
-            .unwrap();
-        for (i, name) in names.iter().enumerate() {
-            let trained =
-                quiver_core::value::value_at(training.column(2 + i).as_ref(), k as usize).unwrap();
-            assert_eq!(
-                format!("{:?}", served.rows[0].values[i]),
-                format!("{trained:?}"),
-                "key {k} {name}"
-            );
-        }
-    }
+    let (served, trained) =
+        crate::common::served_and_trained(&store, "user_id", 0..KEYS, &names, now);
+    assert_eq!(served, trained);
 }
 
 /// A micro-batch holding a range twice (a Kafka rebalance resumes a partition from its
@@ -449,39 +424,7 @@ fn served_and_trained(store: &quiver::FeatureStore, t: i64) -> (Vec<String>, Vec
         .map(|a| format!("txn:{}", a.name))
         .collect();
     features.push("latest:amount".into());
-    let labels = batch(vec![
-        ("card", Arc::new(Int64Array::from_iter_values(0..4))),
-        ("event_timestamp", ts(vec![t; 4])),
-    ]);
-    let training = store
-        .historical()
-        .entities(labels)
-        .features(features.clone())
-        .block()
-        .unwrap();
-    let (mut served, mut trained) = (Vec::new(), Vec::new());
-    for card in 0..4i64 {
-        let row = store
-            .online_features()
-            .features(features.clone())
-            .entity_row(BTreeMap::from([("card".to_string(), Value::Int64(card))]))
-            .at(t)
-            .block()
-            .unwrap();
-        for (i, _) in features.iter().enumerate() {
-            served.push(format!(
-                "card {card} {}: {:?}",
-                features[i], row.rows[0].values[i]
-            ));
-            let col = training.column(2 + i);
-            trained.push(format!(
-                "card {card} {}: {:?}",
-                features[i],
-                quiver_core::value::value_at(col.as_ref(), card as usize).unwrap()
-            ));
-        }
-    }
-    (served, trained)
+    crate::common::served_and_trained(store, "card", 0..4, &features, t)
 }
 
 fn stream_json(repo: &std::path::Path, extra: &[&str]) -> serde_json::Value {

@@ -3,7 +3,6 @@
 //! partitions, and a third joining takes some over; every event is served once, equal
 //! to the training value, and stored once offline; bad events are dead-lettered.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -241,42 +240,11 @@ feature_views:
         .map(|a| format!("txn:{}", a.name))
         .collect();
     features.push("latest:amount".into());
-    let labels = crate::common::batch(vec![
-        ("card", Arc::new(Int64Array::from_iter_values(0..8))),
-        ("event_timestamp", ts(vec![t; 8])),
-    ]);
-    let training = store
-        .historical()
-        .entities(labels)
-        .features(features.clone())
-        .block()
-        .unwrap();
-    for card in 0..8i64 {
-        let row = store
-            .online_features()
-            .features(features.clone())
-            .entity_row(BTreeMap::from([(
-                "card".to_string(),
-                quiver::Value::Int64(card),
-            )]))
-            .at(t)
-            .block()
-            .unwrap();
-        for (i, f) in features.iter().enumerate() {
-            let trained =
-                quiver_core::value::value_at(training.column(2 + i).as_ref(), card as usize)
-                    .unwrap();
-            assert_eq!(
-                format!("{:?}", row.rows[0].values[i]),
-                format!("{trained:?}"),
-                "card {card} {f}"
-            );
-        }
-        assert_eq!(
-            row.rows[0].values[0],
-            quiver::Value::Int64((N + 400) / 8),
-            "card {card}"
-        );
+    let (served, trained) = crate::common::served_and_trained(&store, "card", 0..8, &features, t);
+    assert_eq!(served, trained);
+    for card in 0..8 {
+        let want = format!("card {card} txn:count_star_1h: Int64({})", (N + 400) / 8);
+        assert!(served.contains(&want), "{want}: {served:?}");
     }
     assert_eq!(
         store.offline().row_count(&view).block().unwrap(),
