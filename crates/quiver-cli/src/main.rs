@@ -53,8 +53,16 @@ enum Command {
         /// feature-services (default: all)
         kind: Option<String>,
     },
-    /// Describe one object.
+    /// Describe one object (a feature view over a stream: with what the stream workers
+    /// report per partition).
     Describe { name: String },
+    /// Per feature view: the newest event time online and offline against the view's
+    /// freshness SLA (late beyond it, alert beyond twice it).
+    Status {
+        /// Judge freshness at this time instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Load feature views' batch sources into the offline store.
     Ingest {
         /// Views to ingest (default: all).
@@ -423,7 +431,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::List { kind } => views::list(&store, kind.as_deref(), json)?,
-        Command::Describe { name } => views::describe(&store, &name, json)?,
+        Command::Describe { name } => views::describe(&store, &name, json).await?,
+        Command::Status { at } => {
+            let at = at.as_deref().map(parse_timestamp).transpose()?;
+            views::status(&store, at, json).await?
+        }
         Command::Ingest { views } => {
             let stats = store.ingest().views(views).await?;
             if json {

@@ -1,7 +1,9 @@
 //! Human and JSON renderings of registry objects and results for the command line.
 
 use quiver_core::model::OnDemandSource;
-use quiver_core::time::format_timestamp;
+use quiver_core::model::Source;
+use quiver_core::time::{format_timestamp, now};
+use quiver_core::{Duration, Timestamp};
 use quiver_registry::RegistryState;
 use serde_json::json;
 
@@ -221,9 +223,12 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
 
 /// `quiver describe NAME`: an entity, source, request source, feature view, on-demand
 /// feature view or feature service.
-pub fn describe(store: &FeatureStore, name: &str, as_json: bool) -> Result<()> {
+pub async fn describe(store: &FeatureStore, name: &str, as_json: bool) -> Result<()> {
     let s = store.state()?;
-    let v = describe_json(&s, name)?;
+    let mut v = describe_json(&s, name)?;
+    if let Some(stream) = stream_freshness(store, &s, name, now()).await? {
+        v["stream"] = stream;
+    }
     if as_json {
         println!(
             "{}",
@@ -461,4 +466,155 @@ pub fn print_online(r: &OnlineResult, as_json: bool) {
             table(&["FEATURE", "VALUE", "STATUS", "EVENT TIME"], &rows)
         );
     }
+}
+
+/// Seconds from `t` to `now` (µs since the epoch), as a number for JSON.
+fn age_seconds(t: Timestamp, now: Timestamp) -> f64 {
+    (now - t) as f64 / 1e6
+}
+
+/// A feature view's stream freshness (see [`quiver::freshness`]) for `describe`:
+/// its stream source and, per partition, what the workers last reported; `None` for
+/// anything but a feature view over a stream source.
+async fn stream_freshness(
+    store: &FeatureStore,
+    s: &RegistryState,
+    name: &str,
+    now: Timestamp,
+) -> Result<Option<serde_json::Value>> {
+    let Some(v) = s.feature_views.get(name) else {
+        return Ok(None);
+    };
+    let source = &s.source(&v.def.source)?.def;
+    let what = match source {
+        Source::Kafka(k) => format!("kafka topic {}", k.topic),
+        Source::RedisStream(r) => format!("redis stream {}", r.stream),
+        Source::File(_) => return Ok(None),
+    };
+    let online = store.online().await?;
+    let record = quiver::freshness::read(online.as_ref(), &s.project, name).await?;
+    let partitions: Vec<_> = record
+        .iter()
+        .map(|(p, r)| {
+            json!({
+                "partition": p,
+                "newest_event": r.newest_event.map(format_timestamp),
+                "behind_seconds": r.newest_event.map(|t| age_seconds(t, now)),
+                "lag_events": r.lag_events,
+                "events_per_s": (r.events_per_s * 10.0).round() / 10.0,
+                "applied": r.applied, "replayed": r.replayed, "late": r.late,
+                "dead_letters": r.dead_letters,
+                "reported_at": format_timestamp(r.reported_at), "consumer": r.consumer,
+            })
+        })
+        .collect();
+    Ok(Some(json!({
+        "source": source.name(), "reads": what,
+        "partitions": partitions,
+    })))
+}
+
+/// One feature view's freshness against its SLA.
+#[derive(serde::Serialize)]
+struct ViewStatus {
+    view: String,
+    source: String,
+    /// The newest event time online: a stream's newest applied event, else the end of
+    /// the last materialization.
+    online_until: Option<String>,
+    /// The newest event time ingested offline.
+    offline_until: Option<String>,
+    /// Seconds from the newest time that counts (online for online views) to now.
+    age_seconds: Option<f64>,
+    freshness_sla: Option<String>,
+    /// ok (within the SLA), late (beyond it), alert (beyond twice it), no_data, or
+    /// no_sla.
+    state: &'static str,
+}
+
+/// `quiver status`: per feature view, how fresh its data is against its freshness SLA
+/// (DESIGN §8: late beyond the SLA, alert beyond twice it) — online for online views
+/// (stream workers' newest applied event, else the last materialization's end),
+/// offline otherwise.
+pub async fn status(store: &FeatureStore, at: Option<Timestamp>, as_json: bool) -> Result<()> {
+    let s = store.state()?;
+    let now = at.unwrap_or_else(now);
+    let online = if s.feature_views.values().any(|v| v.def.online) {
+        Some(store.online().await?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (name, v) in &s.feature_views {
+        let mut online_until = v.materialized.as_ref().map(|m| m.end);
+        if let Some(o) = &online {
+            if v.def.online {
+                let record = quiver::freshness::read(o.as_ref(), &s.project, name).await?;
+                let streamed = record.values().filter_map(|r| r.newest_event).max();
+                online_until = online_until.max(streamed);
+            }
+        }
+        let counts = if v.def.online {
+            online_until
+        } else {
+            v.ingested_until
+        };
+        let age = counts.map(|t| now - t);
+        let state = match (age, v.def.freshness_sla) {
+            (None, _) => "no_data",
+            (Some(_), None) => "no_sla",
+            (Some(a), Some(sla)) if a > 2 * sla.micros() => "alert",
+            (Some(a), Some(sla)) if a > sla.micros() => "late",
+            _ => "ok",
+        };
+        out.push(ViewStatus {
+            view: name.clone(),
+            source: v.def.source.clone(),
+            online_until: online_until.map(format_timestamp),
+            offline_until: v.ingested_until.map(format_timestamp),
+            age_seconds: counts.map(|t| age_seconds(t, now)),
+            freshness_sla: v.def.freshness_sla.map(|d| d.to_string()),
+            state,
+        });
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializable")
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = out
+        .iter()
+        .map(|v| {
+            vec![
+                v.view.clone(),
+                v.source.clone(),
+                v.online_until.clone().unwrap_or_else(|| "-".into()),
+                v.offline_until.clone().unwrap_or_else(|| "-".into()),
+                v.age_seconds.map_or("-".into(), |a| {
+                    // Whole seconds; a time in the future shows as 0.
+                    Duration::from_micros(a.max(0.0).round() as i64 * 1_000_000).to_string()
+                }),
+                v.freshness_sla.clone().unwrap_or_else(|| "-".into()),
+                v.state.to_uppercase(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "VIEW",
+                "SOURCE",
+                "ONLINE UNTIL",
+                "OFFLINE UNTIL",
+                "AGE",
+                "SLA",
+                "STATE"
+            ],
+            &rows
+        )
+    );
+    Ok(())
 }

@@ -151,13 +151,17 @@ impl KafkaReader {
     /// Whether every partition assigned to this consumer is read to its end (false
     /// while none is assigned: the group may still be forming).
     pub async fn caught_up(&mut self) -> Result<bool> {
+        let lags = self.lags().await?;
+        Ok(!lags.is_empty() && lags.iter().all(|(_, lag)| *lag == 0))
+    }
+
+    /// Per partition assigned to this consumer: the events after where reading goes on
+    /// (the fetch position, else the committed offset, else the partition's start).
+    pub async fn lags(&mut self) -> Result<Vec<(Arc<[u8]>, u64)>> {
         let consumer = self.consumer.clone();
         let topic = self.source.topic.clone();
-        tokio::task::spawn_blocking(move || -> Result<bool> {
+        let lags = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, u64)>> {
             let assigned = consumer.assignment()?;
-            if assigned.count() == 0 {
-                return Ok(false);
-            }
             let position = consumer.position()?;
             let committed = consumer.committed(Duration::from_secs(5))?;
             let offset = |list: &TopicPartitionList, p: i32| {
@@ -167,21 +171,22 @@ impl KafkaReader {
                         _ => None,
                     })
             };
+            let mut out = Vec::new();
             for e in assigned.elements() {
                 let p = e.partition();
                 let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))?;
-                // Where reading goes on: the fetch position, else the committed offset,
-                // else (nothing read, nothing committed) the partition's start.
                 let at = offset(&position, p)
                     .or_else(|| offset(&committed, p))
                     .unwrap_or(low);
-                if at < high {
-                    return Ok(false);
-                }
+                out.push((p, u64::try_from(high - at).unwrap_or(0)));
             }
-            Ok(true)
+            Ok(out)
         })
         .await
-        .map_err(|e| Error::Invalid(format!("a watermark task failed: {e}")))?
+        .map_err(|e| Error::Invalid(format!("a watermark task failed: {e}")))??;
+        Ok(lags
+            .into_iter()
+            .map(|(p, lag)| (self.partition(p), lag))
+            .collect())
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{BinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use quiver::freshness::{self, Freshness, PartitionFreshness};
 use quiver::stream::{apply_events, write_offline, OfflineEvents, StreamEvents};
 use quiver::write::{Input, Targets};
 use quiver::FeatureStore;
@@ -65,6 +66,19 @@ impl Reader {
         match self {
             Reader::Redis(r) => Ok(r.caught_up()),
             Reader::Kafka(k) => k.caught_up().await,
+        }
+    }
+
+    /// Per partition read here: the events not yet read by the group.
+    async fn lags(&mut self) -> Result<Vec<(Arc<[u8]>, u64)>> {
+        match self {
+            Reader::Redis(r) => Ok(r
+                .lag()
+                .await?
+                .map(|lag| (Arc::from(r.partition()), lag))
+                .into_iter()
+                .collect()),
+            Reader::Kafka(k) => k.lags().await,
         }
     }
 }
@@ -247,11 +261,32 @@ pub async fn run(
     }
 }
 
-/// One view's decoder, targets and waiting offline rows.
+/// One view's decoder, targets, waiting offline rows and freshness report.
 struct ViewState {
     decoder: EventDecoder,
     targets: Targets,
     offline: Vec<OfflineEvents>,
+    /// What was applied since the last freshness report, by partition.
+    report: Freshness,
+}
+
+impl ViewState {
+    fn report_of(&mut self, partition: &[u8]) -> &mut PartitionFreshness {
+        // Partition names are ASCII (`kafka:TOPIC:N`, `redis:KEY`).
+        let name = String::from_utf8_lossy(partition);
+        if !self.report.contains_key(name.as_ref()) {
+            self.report
+                .insert(name.to_string(), PartitionFreshness::default());
+        }
+        self.report.get_mut(name.as_ref()).expect("inserted above")
+    }
+}
+
+/// When the last freshness report of a source's views was made.
+struct Reporting {
+    last: Instant,
+    every: Duration,
+    consumer: String,
 }
 
 async fn run_source(
@@ -281,8 +316,14 @@ async fn run_source(
                 source.timestamp_unit(),
             ),
             offline: Vec::new(),
+            report: Freshness::new(),
         });
     }
+    let mut reporting = Reporting {
+        last: Instant::now(),
+        every: options.flush_interval,
+        consumer: options.consumer.clone(),
+    };
     let mut reader = Reader::connect(source, &options.consumer, options.lease).await?;
     let mut stats = SourceStats::default();
     let mut unacked: Vec<Entry> = Vec::new();
@@ -298,6 +339,7 @@ async fn run_source(
         if entries.is_empty() {
             // Quiet: write what waits.
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+            report(store, &mut reader, &mut per_view, &mut reporting).await?;
             oldest_unacked = None;
             if let Reader::Redis(r) = &mut reader {
                 if let Ok(Some(lag)) = r.lag().await {
@@ -323,10 +365,13 @@ async fn run_source(
         let since = *oldest_unacked.get_or_insert_with(Instant::now);
         if unacked.len() >= options.flush_rows || since.elapsed() >= options.flush_interval {
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+            report(store, &mut reader, &mut per_view, &mut reporting).await?;
             oldest_unacked = None;
         }
     }
     flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+    reporting.every = Duration::ZERO;
+    report(store, &mut reader, &mut per_view, &mut reporting).await?;
     if let Reader::Redis(r) = &mut reader {
         r.release().await?;
     }
@@ -402,6 +447,11 @@ async fn apply(
                 stats.applied += s.applied;
                 stats.replayed += s.replayed;
                 stats.late += s.late;
+                let r = v.report_of(partition);
+                r.applied += s.applied;
+                r.replayed += s.replayed;
+                r.late += s.late;
+                r.newest_event = r.newest_event.max(s.newest_event);
                 let labels = Metrics::view(&view.name, partition);
                 metrics.applied.get_or_create(&labels).inc_by(s.applied);
                 metrics.replayed.get_or_create(&labels).inc_by(s.replayed);
@@ -426,10 +476,14 @@ async fn apply(
     if !dead.is_empty() {
         stats.dead_letters += dead.len() as u64;
         for (view, i, _) in &dead {
+            let partition = &entries[*i].partition;
             metrics
                 .dead_letters
-                .get_or_create(&Metrics::view(view, &entries[*i].partition))
+                .get_or_create(&Metrics::view(view, partition))
                 .inc();
+            if let Some(v) = per_view.iter_mut().find(|v| &v.decoder.view().name == view) {
+                v.report_of(partition).dead_letters += 1;
+            }
         }
         for (view, i, reason) in dead.iter().take(3) {
             tracing::warn!(source = %source.name(), view = %view, id = %entries[*i].id,
@@ -482,6 +536,49 @@ fn dead_letters(
             ),
         ],
     )?)
+}
+
+/// Adds what each view applied since the last report to its freshness record (see
+/// [`quiver::freshness`]), with the lag of every partition read here: when something
+/// was applied, and at least every `reporting.every` (so that an idle stream's lag and
+/// a worker's rate are seen to fall to zero).
+async fn report(
+    store: &FeatureStore,
+    reader: &mut Reader,
+    per_view: &mut [ViewState],
+    reporting: &mut Reporting,
+) -> Result<()> {
+    let elapsed = reporting.last.elapsed();
+    if per_view.iter().all(|v| v.report.is_empty()) && elapsed < reporting.every {
+        return Ok(());
+    }
+    let lags = match reader.lags().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "the lag of the stream is not known");
+            Vec::new()
+        }
+    };
+    let now = quiver_core::time::now();
+    let seconds = elapsed.as_secs_f64().max(1e-3);
+    for v in per_view.iter_mut() {
+        for (partition, lag) in &lags {
+            v.report_of(partition).lag_events = Some(*lag);
+        }
+        for r in v.report.values_mut() {
+            r.events_per_s = r.applied as f64 / seconds;
+            r.consumer.clone_from(&reporting.consumer);
+            r.reported_at = now;
+        }
+        let by_partition = std::mem::take(&mut v.report);
+        if let Err(e) = freshness::report(store, v.decoder.view(), by_partition).await {
+            // Monitoring only: the events are written and acknowledged already.
+            tracing::warn!(view = %v.decoder.view().name, error = %e,
+                           "the freshness report was not stored");
+        }
+    }
+    reporting.last = Instant::now();
+    Ok(())
 }
 
 /// Writes the waiting offline rows of every view, then acknowledges their entries.

@@ -19,6 +19,7 @@
 
 pub mod compact;
 pub mod error;
+pub mod freshness;
 pub mod historical;
 pub mod ingest;
 pub mod io;

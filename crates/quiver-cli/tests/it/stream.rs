@@ -370,6 +370,7 @@ feature_views:
   - name: txn
     entities: [card]
     source: tx_stream
+    freshness_sla: 1h
     aggregations:
       - {{ function: count_star, windows: [1h, 2d] }}
       - {{ column: amount, function: sum, windows: [1h, 2d] }}
@@ -901,4 +902,96 @@ fn the_worker_serves_its_metrics() {
         assert!(text.contains(&line), "{line} in:\n{text}");
     }
     crate::common::stop_with_sigterm(worker);
+}
+
+#[test]
+fn describe_and_status_show_what_the_workers_applied() {
+    let redis = quiver_redis::testing::standalone();
+    let key = format!("tx-fresh-{}", std::process::id());
+    let r = stream_repo(&redis.url(), &key);
+    let now = quiver_core::time::now();
+    history_before(&r, now);
+    let mut conn = quiver_redis::testing::connect(&redis.url());
+    let newest = now - 10 * MIN;
+    for i in 0..5 {
+        xadd(
+            &mut conn,
+            &key,
+            "data",
+            &json_event(i, newest - i * MIN, 1.0),
+        );
+    }
+    xadd(&mut conn, &key, "data", "not json");
+    stream_json(r.path(), &[]);
+    // A second worker run adds to the record of the first.
+    for i in 0..3 {
+        xadd(
+            &mut conn,
+            &key,
+            "data",
+            &json_event(i, newest - (10 + i) * MIN, 1.0),
+        );
+    }
+    stream_json(r.path(), &[]);
+
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = crate::common::cli(r.path(), &all);
+        assert!(ok, "quiver {args:?}: {out}{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let described = json(&["describe", "txn"]);
+    let stream = &described["stream"];
+    assert_eq!(stream["source"], "tx_stream", "{described}");
+    let partitions = stream["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 1, "{stream}");
+    let p = &partitions[0];
+    assert_eq!(p["partition"], format!("redis:{key}"), "{p}");
+    assert_eq!(p["applied"], 8, "{p}");
+    assert_eq!(p["dead_letters"], 1, "{p}");
+    assert_eq!(p["lag_events"], 0, "{p}");
+    assert_eq!(
+        p["newest_event"],
+        quiver_core::time::format_timestamp(newest),
+        "{p}"
+    );
+    assert!(p["behind_seconds"].as_f64().unwrap() >= 600.0, "{p}");
+    // A view over a file source has no stream section.
+    let (ok, out, _) = crate::common::cli(r.path(), &["--json", "describe", "tx"]);
+    assert!(ok && !out.contains("\"partitions\""), "{out}");
+
+    // Against the SLA of 1h: within it, beyond it, beyond twice it.
+    for (after, state) in [(30 * MIN, "ok"), (90 * MIN, "late"), (150 * MIN, "alert")] {
+        let at = quiver_core::time::format_timestamp(newest + after);
+        let status = json(&["status", "--at", &at]);
+        let txn = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["view"] == "txn")
+            .unwrap();
+        assert_eq!(txn["state"], state, "at {at}: {status}");
+        assert_eq!(
+            txn["online_until"],
+            quiver_core::time::format_timestamp(newest),
+            "{txn}"
+        );
+        assert_eq!(
+            txn["age_seconds"].as_f64().unwrap(),
+            (after / 1_000_000) as f64
+        );
+        let latest = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["view"] == "latest")
+            .unwrap();
+        assert_eq!(latest["state"], "no_sla", "{status}");
+    }
+    let (ok, out, err) = crate::common::cli(r.path(), &["status"]);
+    assert!(
+        ok && out.contains("STATE") && out.contains("txn"),
+        "{out}{err}"
+    );
 }
