@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics (`GET /metrics` on `--metrics-addr`, text format):
 //! per feature view and partition, events applied, replayed, late and dead-lettered, and
 //! the newest event time applied (lag in seconds is `time() - ` that); per source, the
-//! entries read and, for a Redis stream, the entries not yet delivered to the group.
+//! entries read; per source and partition, the entries not yet read by the group.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -23,11 +23,17 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub source: String,
+    pub partition: String,
+}
+
 /// The worker's metrics, shared by its sources' tasks and the HTTP endpoint.
 pub struct Metrics {
     registry: Registry,
     pub entries: Family<SourceLabels, Counter>,
-    pub lag_entries: Family<SourceLabels, Gauge>,
+    pub lag_entries: Family<PartitionLabels, Gauge>,
     pub applied: Family<ViewLabels, Counter>,
     pub replayed: Family<ViewLabels, Counter>,
     pub late: Family<ViewLabels, Counter>,
@@ -40,10 +46,11 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("quiver_stream");
         let entries = Family::<SourceLabels, Counter>::default();
         registry.register("entries", "Stream entries read, by source", entries.clone());
-        let lag_entries = Family::<SourceLabels, Gauge>::default();
+        let lag_entries = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "lag_entries",
-            "Entries of a Redis stream not yet delivered to the group",
+            "Entries of a partition not yet read by the group (a Kafka partition's events \
+             after the consumer's position, a Redis stream's undelivered entries)",
             lag_entries.clone(),
         );
         let applied = Family::<ViewLabels, Counter>::default();

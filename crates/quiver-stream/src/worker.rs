@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::decode::EventDecoder;
 use crate::kafka::KafkaReader;
-use crate::metrics::{Metrics, SourceLabels};
+use crate::metrics::{Metrics, PartitionLabels, SourceLabels};
 use crate::redis_stream::RedisStreamReader;
 use crate::{Entry, Error, Result};
 
@@ -287,6 +287,7 @@ struct Reporting {
     last: Instant,
     every: Duration,
     consumer: String,
+    source: String,
 }
 
 async fn run_source(
@@ -323,6 +324,7 @@ async fn run_source(
         last: Instant::now(),
         every: options.flush_interval,
         consumer: options.consumer.clone(),
+        source: source.name().to_string(),
     };
     let mut reader = Reader::connect(source, &options.consumer, options.lease).await?;
     let mut stats = SourceStats::default();
@@ -339,16 +341,8 @@ async fn run_source(
         if entries.is_empty() {
             // Quiet: write what waits.
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
-            report(store, &mut reader, &mut per_view, &mut reporting).await?;
+            report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
             oldest_unacked = None;
-            if let Reader::Redis(r) = &mut reader {
-                if let Ok(Some(lag)) = r.lag().await {
-                    metrics
-                        .lag_entries
-                        .get_or_create(&source_labels)
-                        .set(i64::try_from(lag).unwrap_or(i64::MAX));
-                }
-            }
             if options.stop_when_idle && reader.caught_up().await? {
                 break;
             }
@@ -365,13 +359,13 @@ async fn run_source(
         let since = *oldest_unacked.get_or_insert_with(Instant::now);
         if unacked.len() >= options.flush_rows || since.elapsed() >= options.flush_interval {
             flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
-            report(store, &mut reader, &mut per_view, &mut reporting).await?;
+            report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
             oldest_unacked = None;
         }
     }
     flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
     reporting.every = Duration::ZERO;
-    report(store, &mut reader, &mut per_view, &mut reporting).await?;
+    report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
     if let Reader::Redis(r) = &mut reader {
         r.release().await?;
     }
@@ -547,6 +541,7 @@ async fn report(
     reader: &mut Reader,
     per_view: &mut [ViewState],
     reporting: &mut Reporting,
+    metrics: &Metrics,
 ) -> Result<()> {
     let elapsed = reporting.last.elapsed();
     if per_view.iter().all(|v| v.report.is_empty()) && elapsed < reporting.every {
@@ -559,6 +554,16 @@ async fn report(
             Vec::new()
         }
     };
+    for (partition, lag) in &lags {
+        let labels = PartitionLabels {
+            source: reporting.source.clone(),
+            partition: String::from_utf8_lossy(partition).into_owned(),
+        };
+        metrics
+            .lag_entries
+            .get_or_create(&labels)
+            .set(i64::try_from(*lag).unwrap_or(i64::MAX));
+    }
     let now = quiver_core::time::now();
     let seconds = elapsed.as_secs_f64().max(1e-3);
     for v in per_view.iter_mut() {

@@ -897,7 +897,7 @@ fn the_worker_serves_its_metrics() {
             "quiver_stream_newest_event_time_seconds{{feature_view=\"txn\",partition=\"{partition}\"}} {}",
             newest as f64 / 1e6
         ),
-        "quiver_stream_lag_entries{source=\"tx_stream\"} 0".to_string(),
+        format!("quiver_stream_lag_entries{{source=\"tx_stream\",partition=\"{partition}\"}} 0"),
     ] {
         assert!(text.contains(&line), "{line} in:\n{text}");
     }

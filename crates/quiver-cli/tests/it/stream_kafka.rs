@@ -229,6 +229,26 @@ feature_views:
         "two bad events, refused by each view: {stats:?}"
     );
 
+    // What the workers reported: every partition read to its end, every good event
+    // applied once (a rebalance may replay some: those count as replayed).
+    let (ok, out, err) = crate::common::cli(r.path(), &["--json", "describe", "txn"]);
+    assert!(ok, "{out}{err}");
+    let described: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let partitions = described["stream"]["partitions"].as_array().unwrap();
+    assert!(partitions.len() > 1, "{described}");
+    let applied: i64 = partitions
+        .iter()
+        .map(|p| p["applied"].as_i64().unwrap())
+        .sum();
+    assert_eq!(applied, total - 2, "{described}");
+    for p in partitions {
+        assert_eq!(p["lag_events"], 0, "{p}");
+        assert!(
+            p["partition"].as_str().unwrap().starts_with("kafka:"),
+            "{p}"
+        );
+    }
+
     let store = r.store();
     let t = quiver_core::time::now();
     let view = store.state().unwrap().serving_view("txn").unwrap();
