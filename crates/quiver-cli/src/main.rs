@@ -131,11 +131,15 @@ enum Command {
     },
     /// Compact the online store: drop the values of rows expired for good (their
     /// timestamps stay, so nothing served now changes) and delete rows of retired
-    /// data versions.
+    /// data versions; and the offline tables: merge the small files of day partitions
+    /// (stream micro-batches add one each) into one per partition.
     Compact {
-        /// Views (default: all online views).
+        /// Views (default: all).
         #[arg(long, value_delimiter = ',')]
         views: Vec<String>,
+        /// Merge a day partition's files when it holds at least this many.
+        #[arg(long, default_value_t = 8)]
+        min_files: usize,
     },
     /// Delete offline data files no table version within the retention reads: files
     /// replaced by re-ingests and files of ingests that never committed (a killed
@@ -203,6 +207,11 @@ enum Command {
         /// ... or once the oldest waited this long (e.g. 5s, 1m).
         #[arg(long, default_value = "5s")]
         flush_interval: String,
+        /// Merge a view's offline files after this many micro-batches, in every day
+        /// partition holding at least as many files (0: never; `quiver compact` does it
+        /// on demand).
+        #[arg(long, default_value_t = 32)]
+        compact_files: usize,
         /// A Redis stream is read by one worker at a time; another takes over (with the
         /// entries left pending) once the reader has not renewed its lease this long.
         #[arg(long, default_value = "30s")]
@@ -416,11 +425,28 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Compact { views } => {
-            let stats = store.compact_online(&views).await?;
-            if json {
-                print_json(&stats)
+        Command::Compact { views, min_files } => {
+            let state = store.state()?;
+            let online: Vec<String> = views
+                .iter()
+                .filter(|v| state.view(v).is_ok_and(|r| r.def.online))
+                .cloned()
+                .collect();
+            let stats = if views.is_empty() || !online.is_empty() {
+                store.compact_online(&online).await?
             } else {
+                Vec::new()
+            };
+            let files = store.compact_files(&views, min_files).await?;
+            if json {
+                print_json(&serde_json::json!({"online": stats, "offline": files}))
+            } else {
+                for f in files.iter().filter(|f| f.files_removed > 0) {
+                    println!(
+                        "{}: {} offline files merged into {} ({} day partitions)",
+                        f.view, f.files_removed, f.files_written, f.partitions
+                    );
+                }
                 for s in &stats {
                     println!(
                         "{}: {} expired rows compacted, {} rows of retired versions deleted, \
@@ -594,6 +620,7 @@ async fn run(cli: Cli) -> Result<()> {
             batch_size,
             flush_rows,
             flush_interval,
+            compact_files,
             lease,
             stop_when_idle,
             metrics_addr,
@@ -610,6 +637,7 @@ async fn run(cli: Cli) -> Result<()> {
                 batch_size: batch_size as usize,
                 flush_rows: flush_rows as usize,
                 flush_interval: duration("--flush-interval", &flush_interval)?,
+                compact_files,
                 lease: duration("--lease", &lease)?,
                 stop_when_idle,
                 metrics_addr,
@@ -636,7 +664,8 @@ async fn run(cli: Cli) -> Result<()> {
                             serde_json::json!({
                                 "source": source, "entries": s.entries, "applied": s.applied,
                                 "replayed": s.replayed, "late": s.late,
-                                "dead_letters": s.dead_letters, "flushes": s.flushes })
+                                "dead_letters": s.dead_letters, "flushes": s.flushes,
+                                "files_compacted": s.files_compacted })
                         })
                         .collect::<Vec<_>>(),
                 );

@@ -14,7 +14,7 @@ pub mod normalize;
 pub mod store;
 
 pub use historical::{HistoricalRequest, ViewRequest};
-pub use store::{IngestStats, OfflineStore, VacuumStats};
+pub use store::{FileCompactStats, IngestStats, OfflineStore, VacuumStats};
 
 /// Errors of the offline plane.
 #[derive(Debug, thiserror::Error)]

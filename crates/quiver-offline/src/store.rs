@@ -64,6 +64,21 @@ pub struct VacuumStats {
     pub files_deleted: u64,
 }
 
+/// What a compaction of a view's data files did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileCompactStats {
+    /// Day partitions rewritten.
+    pub partitions: u64,
+    /// Files replaced.
+    pub files_removed: u64,
+    /// Files written in their place.
+    pub files_written: u64,
+    /// Rows rewritten (as many as the replaced files held).
+    pub rows: u64,
+    /// The Delta table version committed.
+    pub table_version: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IngestStats {
     /// Rows read from the source.
@@ -274,6 +289,93 @@ impl OfflineStore {
         crate::blocking(move || handle.block_on(this.ingest_async(&view, batches, None))).await
     }
 
+    /// Merges the files of every day partition that holds at least `min_files` of them
+    /// (stream micro-batches each add one) into one file per partition, sorted as an
+    /// ingest sorts (by key, then times), every row kept. The rewrite is one Delta
+    /// commit (an `OPTIMIZE`, changing no data): readers see the old files or the new
+    /// one, a crash before the commit leaves the old ones, and a concurrent append adds
+    /// files this leaves alone (a concurrent rewrite of the same files makes one of the
+    /// two commits fail). Old files stay for time travel until `vacuum`.
+    pub async fn compact_files(
+        &self,
+        view: &ResolvedView,
+        min_files: usize,
+    ) -> Result<FileCompactStats> {
+        let (this, view) = (self.clone(), view.clone());
+        let handle = tokio::runtime::Handle::current();
+        crate::blocking(move || handle.block_on(this.compact_async(&view, min_files.max(2)))).await
+    }
+
+    async fn compact_async(
+        &self,
+        view: &ResolvedView,
+        min_files: usize,
+    ) -> Result<FileCompactStats> {
+        let mut stats = FileCompactStats::default();
+        let Some(table) = self.load(view).await? else {
+            return Ok(stats);
+        };
+        let snapshot = table.snapshot()?;
+        let mut by_day: std::collections::BTreeMap<i32, Vec<_>> = Default::default();
+        for f in snapshot.log_data().iter() {
+            if let Some(day) = partition_day(&f.partition_values_map()) {
+                by_day.entry(day).or_default().push(f);
+            }
+        }
+        by_day.retain(|_, files| files.len() >= min_files);
+        if by_day.is_empty() {
+            return Ok(stats);
+        }
+        let schema = table_schema(view);
+        let root = self.table_path(view);
+        let paths: Vec<(PathBuf, i32)> = by_day
+            .iter()
+            .flat_map(|(day, files)| {
+                files
+                    .iter()
+                    .map(|f| (root.join(f.object_store_path().as_ref()), *day))
+            })
+            .collect();
+        let all: Vec<RecordBatch> = paths
+            .par_iter()
+            .map(|(p, day)| read_data_file(p, &schema, *day, None))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let order = merge_order(view, &all, &[])?;
+        let (mut adds, evolved) = self
+            .write_ordered(&table, view, &schema, &all, &order)
+            .await?;
+        for a in &mut adds {
+            a.data_change = false;
+        }
+        stats.partitions = by_day.len() as u64;
+        stats.files_removed = paths.len() as u64;
+        stats.files_written = adds.len() as u64;
+        stats.rows = order.iter().map(|d| d.1.len() as u64).sum();
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        actions.extend(evolved.map(Action::Metadata));
+        actions.extend(
+            by_day
+                .values()
+                .flatten()
+                .map(|f| Action::Remove(f.remove_action(false))),
+        );
+        let days: Vec<String> = by_day.keys().map(|d| format_day(*d)).collect();
+        let op = DeltaOperation::Optimize {
+            predicate: Some(format!("{EVENT_DATE} IN ('{}')", days.join("', '"))),
+            target_size: 512 * 1024 * 1024,
+        };
+        quiver_core::fault::crash_point("compact.before_commit");
+        let committed = CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), op)
+            .await?;
+        stats.table_version = Some(committed.version());
+        Ok(stats)
+    }
+
     /// Appends events read from streams to an aggregated view's table, and records with
     /// them, in the same commit, the newest offset written of each partition (Delta
     /// application transactions, as stream writers into Delta do): no merge with the
@@ -419,51 +521,9 @@ impl OfflineStore {
         stats.rows_duplicate = rows_in.saturating_sub(stats.rows_stored - old_kept);
         stats.partitions = order.len() as u64;
 
-        // Keys, times and numbers are mostly distinct per row: dictionary pages cost
-        // time at write and read and save little, so only text columns use them.
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(256 * 1024));
-        for f in schema.fields() {
-            if !matches!(f.data_type(), DataType::Utf8 | DataType::Binary) {
-                props =
-                    props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
-            }
-        }
-        let props = props.build();
-        // Features appended to the view since the table was created widen its schema:
-        // the commit below carries the new schema with the files written under it.
-        let evolved = evolved_metadata(&table, &schema)?;
-        let writer = match &evolved {
-            None => RecordBatchWriter::for_table(&table)?,
-            Some(_) => RecordBatchWriter::try_new(
-                self.table_url(view)?.as_str(),
-                schema.clone(),
-                Some(vec![EVENT_DATE.to_string()]),
-                None,
-            )?,
-        };
-        let mut writer = writer
-            .with_writer_properties(props)
-            .with_target_file_size(512 * 1024 * 1024);
-        let mut adds = Vec::new();
-        for (_, idx) in &order {
-            for chunk in idx.chunks(256 * 1024) {
-                let cols = (0..schema.fields().len())
-                    .map(|c| {
-                        let arrays: Vec<&dyn Array> =
-                            all.iter().map(|b| b.column(c).as_ref()).collect();
-                        interleave(&arrays, chunk)
-                    })
-                    .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
-                writer
-                    .write(RecordBatch::try_new(schema.clone(), cols)?)
-                    .await?;
-            }
-            // Finish each day's file as soon as it is written, so encoded data does not
-            // pile up in memory across partitions; one commit adds them all below.
-            adds.extend(writer.flush().await?);
-        }
+        let (adds, evolved) = self
+            .write_ordered(&table, view, &schema, &all, &order)
+            .await?;
 
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         actions.extend(append.unwrap_or_default().into_iter().map(Action::Txn));
@@ -492,6 +552,69 @@ impl OfflineStore {
         stats.table_version = Some(committed.version());
         table.update_state().await?;
         Ok(stats)
+    }
+
+    /// Writes the rows `order` picks from `all` (per day, in order) as one data file per
+    /// day partition, under the view's schema (returned as the new metadata when it
+    /// widens the table's); the caller commits the files.
+    async fn write_ordered(
+        &self,
+        table: &DeltaTable,
+        view: &ResolvedView,
+        schema: &arrow::datatypes::SchemaRef,
+        all: &[RecordBatch],
+        order: &[DayRows],
+    ) -> Result<(
+        Vec<deltalake::kernel::Add>,
+        Option<deltalake::kernel::Metadata>,
+    )> {
+        // Keys, times and numbers are mostly distinct per row: dictionary pages cost
+        // time at write and read and save little, so only text columns use them.
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(256 * 1024));
+        for f in schema.fields() {
+            if !matches!(f.data_type(), DataType::Utf8 | DataType::Binary) {
+                props =
+                    props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
+            }
+        }
+        let props = props.build();
+        // Features appended to the view since the table was created widen its schema:
+        // the commit below carries the new schema with the files written under it.
+        let evolved = evolved_metadata(table, schema)?;
+        let writer = match &evolved {
+            None => RecordBatchWriter::for_table(table)?,
+            Some(_) => RecordBatchWriter::try_new(
+                self.table_url(view)?.as_str(),
+                schema.clone(),
+                Some(vec![EVENT_DATE.to_string()]),
+                None,
+            )?,
+        };
+        let mut writer = writer
+            .with_writer_properties(props)
+            .with_target_file_size(512 * 1024 * 1024);
+        let mut adds = Vec::new();
+        for (_, idx) in order {
+            for chunk in idx.chunks(256 * 1024) {
+                let cols = (0..schema.fields().len())
+                    .map(|c| {
+                        let arrays: Vec<&dyn Array> =
+                            all.iter().map(|b| b.column(c).as_ref()).collect();
+                        interleave(&arrays, chunk)
+                    })
+                    .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+                writer
+                    .write(RecordBatch::try_new(schema.clone(), cols)?)
+                    .await?;
+            }
+            // Finish each day's file as soon as it is written, so encoded data does not
+            // pile up in memory across partitions; one commit adds them all below.
+            adds.extend(writer.flush().await?);
+        }
+
+        Ok((adds, evolved))
     }
 
     /// Reads the rows with `start <= event_timestamp < end`, pruning by day partition,

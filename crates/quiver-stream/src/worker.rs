@@ -98,6 +98,9 @@ pub struct WorkerOptions {
     /// events wait, or when the oldest waited this long, or when the stream is quiet.
     pub flush_rows: usize,
     pub flush_interval: Duration,
+    /// After this many micro-batches of a view (0: never), its offline day partitions
+    /// holding at least as many files are merged into one file each.
+    pub compact_files: usize,
     /// A Redis stream is read by one worker at a time: the lease its reader renews on
     /// every read lasts this long; another worker takes over (with the entries left
     /// pending) once it lapses.
@@ -121,6 +124,7 @@ impl Default for WorkerOptions {
             block: Duration::from_millis(200),
             flush_rows: 100_000,
             flush_interval: Duration::from_secs(5),
+            compact_files: 32,
             lease: Duration::from_secs(30),
             stop_when_idle: false,
             metrics_addr: None,
@@ -143,6 +147,8 @@ pub struct SourceStats {
     pub dead_letters: u64,
     /// Offline micro-batches written.
     pub flushes: u64,
+    /// Offline files merged into fewer (see [`WorkerOptions::compact_files`]).
+    pub files_compacted: u64,
 }
 
 /// The dead-letter table of stream source `source` in the offline store.
@@ -266,6 +272,8 @@ struct ViewState {
     decoder: EventDecoder,
     targets: Targets,
     offline: Vec<OfflineEvents>,
+    /// Micro-batches written since the view's files were last compacted.
+    flushes: usize,
     /// What was applied since the last freshness report, by partition.
     report: Freshness,
 }
@@ -317,6 +325,7 @@ async fn run_source(
                 source.timestamp_unit(),
             ),
             offline: Vec::new(),
+            flushes: 0,
             report: Freshness::new(),
         });
     }
@@ -340,7 +349,15 @@ async fn run_source(
         };
         if entries.is_empty() {
             // Quiet: write what waits.
-            flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+            flush(
+                store,
+                &mut reader,
+                &mut per_view,
+                &mut unacked,
+                &mut stats,
+                options.compact_files,
+            )
+            .await?;
             report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
             oldest_unacked = None;
             if options.stop_when_idle && reader.caught_up().await? {
@@ -358,12 +375,28 @@ async fn run_source(
         unacked.extend(entries.into_iter().map(|e| Entry { data: None, ..e }));
         let since = *oldest_unacked.get_or_insert_with(Instant::now);
         if unacked.len() >= options.flush_rows || since.elapsed() >= options.flush_interval {
-            flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+            flush(
+                store,
+                &mut reader,
+                &mut per_view,
+                &mut unacked,
+                &mut stats,
+                options.compact_files,
+            )
+            .await?;
             report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
             oldest_unacked = None;
         }
     }
-    flush(store, &mut reader, &mut per_view, &mut unacked, &mut stats).await?;
+    flush(
+        store,
+        &mut reader,
+        &mut per_view,
+        &mut unacked,
+        &mut stats,
+        options.compact_files,
+    )
+    .await?;
     reporting.every = Duration::ZERO;
     report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
     if let Reader::Redis(r) = &mut reader {
@@ -593,6 +626,7 @@ async fn flush(
     per_view: &mut [ViewState],
     unacked: &mut Vec<Entry>,
     stats: &mut SourceStats,
+    compact_files: usize,
 ) -> Result<()> {
     for v in per_view.iter_mut() {
         if v.offline.is_empty() {
@@ -601,6 +635,21 @@ async fn flush(
         let batches = std::mem::take(&mut v.offline);
         write_offline(store, v.decoder.view(), batches).await?;
         stats.flushes += 1;
+        v.flushes += 1;
+        if compact_files > 0 && v.flushes >= compact_files {
+            v.flushes = 0;
+            // Not needed for correctness: a failure (another worker merging the same
+            // files at once) is logged, and the next round tries again.
+            match store
+                .offline()
+                .compact_files(v.decoder.view(), compact_files)
+                .await
+            {
+                Ok(s) => stats.files_compacted += s.files_removed,
+                Err(e) => tracing::warn!(view = %v.decoder.view().name, error = %e,
+                                         "offline files not compacted"),
+            }
+        }
     }
     if !unacked.is_empty() {
         reader.ack(unacked).await?;

@@ -92,6 +92,53 @@ impl FeatureStore {
     }
 }
 
+/// What a compaction of one feature view's offline data files did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileCompactStats {
+    pub view: String,
+    /// Day partitions rewritten.
+    pub partitions: u64,
+    /// Small files merged.
+    pub files_removed: u64,
+    /// Files written in their place (one per partition).
+    pub files_written: u64,
+}
+
+impl FeatureStore {
+    /// Merges the data files of every day partition of `views`' offline tables (all
+    /// views when empty) that holds at least `min_files` files — what stream
+    /// micro-batches leave, one file each — into one file per partition (see
+    /// `OfflineStore::compact_files`). Training sets read the same rows before and
+    /// after; the replaced files go with the next `vacuum`.
+    pub async fn compact_files(
+        &self,
+        views: &[String],
+        min_files: usize,
+    ) -> Result<Vec<FileCompactStats>> {
+        let state = self.state()?;
+        FeatureStore::check_views(&state, views)?;
+        let mut out = Vec::new();
+        for (name, record) in &state.feature_views {
+            if !record.def.offline || !(views.is_empty() || views.contains(name)) {
+                continue;
+            }
+            let view = state.resolved_view(name)?;
+            let s = self.offline().compact_files(&view, min_files).await?;
+            if s.files_removed > 0 {
+                tracing::info!(view = %name, files_removed = s.files_removed,
+                               files_written = s.files_written, "offline files compacted");
+            }
+            out.push(FileCompactStats {
+                view: name.clone(),
+                partitions: s.partitions,
+                files_removed: s.files_removed,
+                files_written: s.files_written,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// What a vacuum did for one feature view's offline table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct VacuumStats {

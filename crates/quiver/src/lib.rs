@@ -32,7 +32,7 @@ pub mod stream;
 pub mod testing;
 pub mod write;
 
-pub use compact::{CompactStats, VacuumStats};
+pub use compact::{CompactStats, FileCompactStats, VacuumStats};
 pub use error::{Error, ErrorKind, Result};
 
 /// The default diagnostics filter of quiver's binaries (`QUIVER_LOG` overrides it):

@@ -18,7 +18,8 @@ use quiver_offline::normalize::Origin;
 use crate::common::{batch, ts, Repo};
 
 const MIN: i64 = 60_000_000;
-const DAY: i64 = 1440 * MIN;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
 const KEYS: i64 = 4;
 
 const DEFS: &str = "\
@@ -994,4 +995,65 @@ fn describe_and_status_show_what_the_workers_applied() {
         ok && out.contains("STATE") && out.contains("txn"),
         "{out}{err}"
     );
+}
+
+#[test]
+fn micro_batch_files_are_compacted_and_every_event_kept() {
+    let redis = quiver_redis::testing::standalone();
+    let key = format!("tx-compact-{}", std::process::id());
+    let r = stream_repo(&redis.url(), &key);
+    let now = quiver_core::time::now();
+    history_before(&r, now);
+    let mut conn = quiver_redis::testing::connect(&redis.url());
+    // 40 events of one day (identical pairs included: both are kept), read two at a
+    // time, each pair its own micro-batch.
+    let day_start = now - now.rem_euclid(DAY);
+    let t0 = if now - day_start > 2 * HOUR {
+        now - HOUR
+    } else {
+        day_start - 3 * HOUR
+    };
+    for i in 0..40 {
+        xadd(
+            &mut conn,
+            &key,
+            "data",
+            &json_event(i % 4, t0 - (i / 2) * MIN, 1.0),
+        );
+    }
+    let files = |store: &quiver::FeatureStore| {
+        let view = store.state().unwrap().serving_view("txn").unwrap();
+        let files = store.offline().data_files(&view).block().unwrap();
+        let rows = store.offline().row_count(&view).block().unwrap();
+        (files.len(), rows)
+    };
+    let stats = stream_json(
+        r.path(),
+        &[
+            "--batch-size",
+            "2",
+            "--flush-rows",
+            "2",
+            "--compact-files",
+            "8",
+        ],
+    );
+    // 20 micro-batches of each view; the aggregated view's append a file each, merged
+    // after 8 (8 files) and 16 (the merged one and 8 more), leaving 1 + 4 in the day
+    // and the history's file (the snapshot view's micro-batches rewrite its partition).
+    assert_eq!(stats["flushes"], 40, "{stats}");
+    assert_eq!(stats["files_compacted"], 8 + 9, "{stats}");
+    let store = r.store();
+    let (n, rows) = files(&store);
+    assert_eq!(n, 1 + 5);
+    assert_eq!(rows, 41);
+    let (served, trained) = served_and_trained(&store, now);
+    assert_eq!(served, trained);
+
+    // `quiver compact` merges what is left: one file per day partition.
+    let (ok, out, err) = crate::common::cli(r.path(), &["compact", "--min-files", "2"]);
+    assert!(ok && out.contains("offline files merged"), "{out}{err}");
+    let store = r.store();
+    assert_eq!(files(&store), (2, 41));
+    assert_eq!(served_and_trained(&store, now), (served, trained));
 }
