@@ -116,6 +116,7 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
                             ("redis_stream", format!("{url} {}", x.stream))
                         }
                         Source::Kafka(k) => ("kafka", format!("{} {}", k.brokers, k.topic)),
+                        Source::Push(p) => ("push", format!("history: {}", p.batch_source)),
                     };
                     vec![
                         r.def.name().to_string(),
@@ -489,6 +490,7 @@ async fn stream_freshness(
     let what = match source {
         Source::Kafka(k) => format!("kafka topic {}", k.topic),
         Source::RedisStream(r) => format!("redis stream {}", r.stream),
+        Source::Push(_) => "pushes to the feature server".to_string(),
         Source::File(_) => return Ok(None),
     };
     let online = store.online().await?;

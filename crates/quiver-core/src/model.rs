@@ -75,6 +75,8 @@ pub enum Source {
     RedisStream(RedisStreamSource),
     /// Events of a Kafka topic, read with a consumer group.
     Kafka(KafkaSource),
+    /// Events sent to the feature server (`POST /push`, gRPC `Push`).
+    Push(PushSource),
 }
 
 impl Source {
@@ -83,6 +85,7 @@ impl Source {
         match self {
             Source::File(f) => &f.name,
             Source::RedisStream(r) => &r.name,
+            Source::Push(p) => &p.name,
             Source::Kafka(k) => &k.name,
         }
     }
@@ -91,6 +94,7 @@ impl Source {
         match self {
             Source::File(f) => &f.timestamp_field,
             Source::RedisStream(r) => &r.timestamp_field,
+            Source::Push(p) => &p.timestamp_field,
             Source::Kafka(k) => &k.timestamp_field,
         }
     }
@@ -99,6 +103,7 @@ impl Source {
         match self {
             Source::File(f) => f.created_timestamp_field.as_deref(),
             Source::RedisStream(r) => r.created_timestamp_field.as_deref(),
+            Source::Push(p) => p.created_timestamp_field.as_deref(),
             Source::Kafka(k) => k.created_timestamp_field.as_deref(),
         }
     }
@@ -107,6 +112,7 @@ impl Source {
         match self {
             Source::File(f) => &f.owner,
             Source::RedisStream(r) => &r.owner,
+            Source::Push(p) => &p.owner,
             Source::Kafka(k) => &k.owner,
         }
     }
@@ -115,6 +121,7 @@ impl Source {
         match self {
             Source::File(f) => &f.description,
             Source::RedisStream(r) => &r.description,
+            Source::Push(p) => &p.description,
             Source::Kafka(k) => &k.description,
         }
     }
@@ -124,6 +131,7 @@ impl Source {
         match self {
             Source::File(_) => None,
             Source::RedisStream(r) => Some(&r.batch_source),
+            Source::Push(p) => Some(&p.batch_source),
             Source::Kafka(k) => Some(&k.batch_source),
         }
     }
@@ -132,6 +140,7 @@ impl Source {
         match self {
             Source::File(_) => None,
             Source::RedisStream(r) => r.timestamp_unit,
+            Source::Push(_) => None,
             Source::Kafka(k) => k.timestamp_unit,
         }
     }
@@ -333,6 +342,28 @@ pub struct KafkaSource {
     /// `security.protocol`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
+}
+
+/// Events sent to the feature server (`POST /push` or gRPC `Push` with `push_source`),
+/// written to every feature view over this source: online at once (tile merges or the
+/// newest row), offline when asked. They carry the columns of `batch_source`, the file
+/// source that holds their history offline (as Feast's push sources).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSource {
+    pub name: String,
+    /// The event-time column of pushed rows (a column of `batch_source`).
+    pub timestamp_field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_timestamp_field: Option<String>,
+    /// The file source holding the same events' history.
+    pub batch_source: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
+use quiver::stream;
 use quiver::write::{self, Input, Targets};
+use quiver_core::model::{ResolvedView, Source};
 use quiver_core::value::values_to_array;
 use quiver_core::{DType, Value};
-use quiver_offline::normalize::{key_arrow_type, Origin};
+use quiver_offline::normalize::{key_arrow_type, NormalizedBatch, Origin};
 use quiver_online::Columns;
 
 use crate::api::{self, pb};
@@ -27,20 +29,100 @@ enum Target {
     Both,
 }
 
+/// The request's rows as one view's columns: its join keys, the event time (as text,
+/// parsed by the write path), the creation time if sent, and its features. With
+/// `strict`, a column the view does not use is an error (a push to one view); else it
+/// is left for the source's other views.
+fn view_batch(
+    view: &ResolvedView,
+    source: &Source,
+    columns: &Columns,
+    strict: bool,
+) -> Result<(RecordBatch, String, Option<String>), ApiError> {
+    // The timestamp column may carry the source's name or the stored one.
+    let ts_name = [source.timestamp_field(), "event_timestamp"]
+        .into_iter()
+        .find(|n| columns.get(n).is_some())
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "missing the event time column '{}'",
+                source.timestamp_field()
+            ))
+        })?
+        .to_string();
+    let created_name = [source.created_timestamp_field(), Some("created_timestamp")]
+        .into_iter()
+        .flatten()
+        .find(|n| columns.get(n).is_some())
+        .map(str::to_string);
+
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    let mut add = |name: &str, dtype: &DType, values: &[Value]| -> Result<(), ApiError> {
+        let a = values_to_array(values, dtype)
+            .map_err(|e| ApiError::invalid(format!("column '{name}': {e}")))?;
+        fields.push(Field::new(name, a.data_type().clone(), true));
+        arrays.push(a);
+        Ok(())
+    };
+    let mut used = vec![ts_name.clone()];
+    for k in &view.join_keys {
+        let col = columns
+            .get(&k.name)
+            .ok_or_else(|| ApiError::invalid(format!("missing join key column '{}'", k.name)))?;
+        let t = DType::from_arrow(&key_arrow_type(&k.dtype)).expect("key types map back");
+        add(&k.name, &t, col)?;
+        used.push(k.name.clone());
+    }
+    add(
+        &ts_name,
+        // As text: the write path parses it, rounding a row's time up to the
+        // microsecond (DESIGN §9: no row from after T reaches a read at T).
+        &DType::String,
+        columns.get(&ts_name).expect("found above"),
+    )?;
+    if let Some(c) = &created_name {
+        add(c, &DType::String, columns.get(c).expect("found above"))?;
+        used.push(c.clone());
+    }
+    // A snapshot view's features; an aggregated view's source columns its
+    // aggregations read.
+    for f in &view.features {
+        let (name, dtype) = (f.name.as_str(), &f.dtype);
+        let col = columns.get(name).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "missing column '{name}' of feature view '{}' (send null values for unknown \
+                 ones)",
+                view.name
+            ))
+        })?;
+        add(name, dtype, col)?;
+        used.push(name.to_string());
+    }
+    if strict {
+        if let Some(extra) = columns.names().find(|n| !used.iter().any(|u| u == n)) {
+            return Err(ApiError::invalid(format!(
+                "column '{extra}' is not a join key, time column or feature of feature view \
+                 '{}'",
+                view.name
+            )));
+        }
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok((batch, ts_name, created_name))
+}
+
 impl ServerState {
     /// Serves one `Push` request.
-    #[tracing::instrument(level = "debug", skip_all, fields(view = %req.feature_view, to = %req.to))]
+    #[tracing::instrument(level = "debug", skip_all, fields(view = %req.feature_view, source = %req.push_source, to = %req.to))]
     pub async fn push(&self, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
         let snapshot = self.snapshot()?;
         let state = &snapshot.state;
-        let record = state.view(&req.feature_view).map_err(quiver::Error::from)?;
-        let view = state
-            .resolved_view(&req.feature_view)
-            .map_err(quiver::Error::from)?;
-        let source = state
-            .source(&record.def.source)
-            .map_err(quiver::Error::from)?;
         let target = match req.to.as_str() {
+            // A push source is a stream: its events go where a stream worker writes
+            // them, online and offline.
+            "" if !req.push_source.is_empty() => Target::Both,
             "" | "online" => Target::Online,
             "offline" => Target::Offline,
             "online_and_offline" => Target::Both,
@@ -50,17 +132,52 @@ impl ServerState {
                 )))
             }
         };
-        if target != Target::Offline && !record.def.online {
-            return Err(ApiError::invalid(format!(
-                "feature view '{}' is not served online (online: false)",
-                view.name
-            )));
-        }
-        if target != Target::Online && !record.def.offline {
-            return Err(ApiError::invalid(format!(
-                "feature view '{}' keeps no offline history (offline: false)",
-                view.name
-            )));
+        // The views written: the one named, or every view over the push source.
+        let (source, names): (&Source, Vec<&str>) =
+            match (req.feature_view.as_str(), req.push_source.as_str()) {
+                ("", "") => {
+                    return Err(ApiError::invalid(
+                        "name a 'feature_view' or a 'push_source' to push to",
+                    ))
+                }
+                (v, "") => {
+                    let record = state.view(v).map_err(quiver::Error::from)?;
+                    let source = state
+                        .source(&record.def.source)
+                        .map_err(quiver::Error::from)?;
+                    (&source.def, vec![v])
+                }
+                ("", p) => {
+                    let source = state.source(p).map_err(quiver::Error::from)?;
+                    if !matches!(source.def, Source::Push(_)) {
+                        return Err(ApiError::invalid(format!(
+                            "source '{p}' is not a push source (type: push)"
+                        )));
+                    }
+                    let names: Vec<&str> = state
+                        .feature_views
+                        .iter()
+                        .filter(|(_, r)| r.def.source == p)
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    if names.is_empty() {
+                        return Err(ApiError::invalid(format!(
+                            "no feature view reads push source '{p}'"
+                        )));
+                    }
+                    (&source.def, names)
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "name either a 'feature_view' or a 'push_source', not both",
+                    ))
+                }
+            };
+        if !req.producer.is_empty() && req.push_source.is_empty() {
+            return Err(ApiError::invalid(
+                "'producer' and 'sequence' make pushes to a 'push_source' idempotent; \
+                 a push to a 'feature_view' takes neither",
+            ));
         }
         let columns = Columns::new(
             req.data
@@ -77,100 +194,124 @@ impl ServerState {
                 columns.len()
             )));
         }
-        // The timestamp column may carry the source's name or the stored one.
-        let ts_name = [source.def.timestamp_field(), "event_timestamp"]
-            .into_iter()
-            .find(|n| columns.get(n).is_some())
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "missing the event time column '{}'",
-                    source.def.timestamp_field()
-                ))
-            })?
-            .to_string();
-        let created_name = [
-            source.def.created_timestamp_field(),
-            Some("created_timestamp"),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|n| columns.get(n).is_some())
-        .map(str::to_string);
-
-        let mut fields = Vec::new();
-        let mut arrays: Vec<ArrayRef> = Vec::new();
-        let mut add = |name: &str, dtype: &DType, values: &[Value]| -> Result<(), ApiError> {
-            let a = values_to_array(values, dtype)
-                .map_err(|e| ApiError::invalid(format!("column '{name}': {e}")))?;
-            fields.push(Field::new(name, a.data_type().clone(), true));
-            arrays.push(a);
-            Ok(())
-        };
-        let mut used = vec![ts_name.clone()];
-        for k in &view.join_keys {
-            let col = columns.get(&k.name).ok_or_else(|| {
-                ApiError::invalid(format!("missing join key column '{}'", k.name))
-            })?;
-            let t = DType::from_arrow(&key_arrow_type(&k.dtype)).expect("key types map back");
-            add(&k.name, &t, col)?;
-            used.push(k.name.clone());
+        let now = self.clock.now();
+        let mut prepared = Vec::with_capacity(names.len());
+        for name in &names {
+            let record = state.view(name).map_err(quiver::Error::from)?;
+            if target != Target::Offline && !record.def.online {
+                return Err(ApiError::invalid(format!(
+                    "feature view '{name}' is not served online (online: false)"
+                )));
+            }
+            if target != Target::Online && !record.def.offline {
+                return Err(ApiError::invalid(format!(
+                    "feature view '{name}' keeps no offline history (offline: false)"
+                )));
+            }
+            let view = state.resolved_view(name).map_err(quiver::Error::from)?;
+            if !view.aggregations.is_empty() && target == Target::Online {
+                return Err(ApiError::invalid(format!(
+                    "feature view '{name}' is an aggregated view: its events are written \
+                     offline and online together (to: online_and_offline), so that training \
+                     sets count what is served"
+                )));
+            }
+            let (batch, ts_name, created_name) =
+                view_batch(&view, source, &columns, req.push_source.is_empty())?;
+            let input = Input {
+                timestamp_field: &ts_name,
+                created_field: created_name.as_deref(),
+                origin: Origin {
+                    file: "push request",
+                    first_row: 0,
+                },
+                not_after: Input::not_after(self.store.config(), now),
+            };
+            // Every view's rows are checked before any is written.
+            let batch = write::validate(&view, &batch, &input)?;
+            prepared.push((view, batch));
         }
-        add(
-            &ts_name,
-            // As text: the write path parses it, rounding a row's time up to the
-            // microsecond (DESIGN §9: no row from after T reaches a read at T).
-            &DType::String,
-            columns.get(&ts_name).expect("found above"),
-        )?;
-        if let Some(c) = &created_name {
-            add(c, &DType::String, columns.get(c).expect("found above"))?;
-            used.push(c.clone());
-        }
-        for f in &view.features {
-            let col = columns.get(&f.name).ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "missing feature column '{}' of feature view '{}' (send null values for \
-                     unknown ones)",
-                    f.name, view.name
-                ))
-            })?;
-            add(&f.name, &f.dtype, col)?;
-            used.push(f.name.clone());
-        }
-        if let Some(extra) = columns.names().find(|n| !used.iter().any(|u| u == n)) {
-            return Err(ApiError::invalid(format!(
-                "column '{extra}' is not a join key, time column or feature of feature view '{}'",
-                view.name
-            )));
-        }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let input = Input {
-            timestamp_field: &ts_name,
-            created_field: created_name.as_deref(),
-            origin: Origin {
-                file: "push request",
-                first_row: 0,
-            },
-            not_after: Input::not_after(self.store.config(), self.clock.now()),
-        };
-        let batch = write::validate(&view, &batch, &input)?;
-        let rows = batch.batch.num_rows() as u64;
+        let rows = columns.len() as u64;
         let targets = Targets {
             online: target != Target::Offline,
             offline: target != Target::Online,
         };
-        let stats = write::write(&self.store, &view, vec![batch], targets).await?;
-        let resp = pb::PushResponse {
+        let mut resp = pb::PushResponse {
             rows,
-            written_online: stats.online_written,
-            skipped_online: if targets.online {
-                rows.saturating_sub(stats.online_written)
-            } else {
-                0
-            },
-            written_offline: stats.offline.map_or(0, |o| o.rows_in),
+            ..Default::default()
         };
+        for (view, batch) in prepared {
+            let (online_written, offline) = if req.producer.is_empty() {
+                let stats = write::write(&self.store, &view, vec![batch], targets).await?;
+                (stats.online_written, stats.offline.map_or(0, |o| o.rows_in))
+            } else {
+                self.push_events(&view, batch, &req, targets, now).await?
+            };
+            resp.written_online += online_written;
+            if targets.online {
+                resp.skipped_online += rows.saturating_sub(online_written);
+            }
+            resp.written_offline += offline;
+        }
         Ok(resp)
+    }
+
+    /// Writes a producer's request as stream events: row `i` sits at offset
+    /// `sequence << 32 | i` of partition `push:SOURCE:PRODUCER`, so that a retried
+    /// request finds its events applied (online positions, offline offsets) and changes
+    /// nothing. Returns the rows written online and offline.
+    async fn push_events(
+        &self,
+        view: &ResolvedView,
+        batch: NormalizedBatch,
+        req: &pb::PushRequest,
+        targets: Targets,
+        now: quiver_core::Timestamp,
+    ) -> Result<(u64, u64), ApiError> {
+        let partition: Arc<[u8]> = format!("push:{}:{}", req.push_source, req.producer)
+            .into_bytes()
+            .into();
+        let offsets: Vec<u128> = (0..batch.batch.num_rows() as u128)
+            .map(|i| (req.sequence as u128) << 32 | i)
+            .collect();
+        let mut online = 0;
+        if targets.online {
+            let s = stream::apply_events(
+                &self.store,
+                view,
+                batch.clone(),
+                stream::StreamEvents {
+                    partition: &partition,
+                    offsets: &offsets,
+                },
+                Targets {
+                    online: true,
+                    offline: false,
+                },
+                now,
+            )
+            .await?;
+            // Events applied (an aggregated view), or rows stored (a snapshot view).
+            online = if view.aggregations.is_empty() {
+                s.online_written
+            } else {
+                s.applied
+            };
+        }
+        let mut offline = 0;
+        if targets.offline {
+            let s = stream::write_offline(
+                &self.store,
+                view,
+                vec![stream::OfflineEvents {
+                    rows: batch,
+                    partition,
+                    offsets,
+                }],
+            )
+            .await?;
+            offline = s.rows_in;
+        }
+        Ok((online, offline))
     }
 }

@@ -39,10 +39,10 @@ impl Reader {
                 Reader::Redis(RedisStreamReader::connect(r, consumer, lease).await?)
             }
             Source::Kafka(k) => Reader::Kafka(KafkaReader::connect(k, consumer)?),
-            Source::File(f) => {
+            Source::File(_) | Source::Push(_) => {
                 return Err(Error::Invalid(format!(
-                    "source '{}' is not a stream",
-                    f.name
+                    "source '{}' is not a stream a worker reads",
+                    source.name()
                 )))
             }
         })
@@ -180,14 +180,19 @@ fn stream_sources(
                     .1
                     .push(view);
             }
-            Source::File(_) if views.contains(name) => {
+            Source::File(_) | Source::Push(_) if views.contains(name) => {
                 return Err(Error::Invalid(format!(
-                    "feature view '{name}' reads source '{}', a file source: only views \
-                     over stream sources are fed by `quiver stream`",
-                    source.def.name()
+                    "feature view '{name}' reads source '{}', a {} source: only views \
+                     over stream sources (kafka, redis_stream) are fed by `quiver stream`",
+                    source.def.name(),
+                    if matches!(source.def, Source::Push(_)) {
+                        "push"
+                    } else {
+                        "file"
+                    }
                 )))
             }
-            Source::File(_) => {}
+            Source::File(_) | Source::Push(_) => {}
         }
     }
     if out.is_empty() {

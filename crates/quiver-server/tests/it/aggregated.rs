@@ -164,3 +164,160 @@ fn aggregated_features_are_served_over_http_and_grpc_as_trained() {
     assert_eq!(code, 400, "{text}");
     rt.block_on(server.stop());
 }
+
+/// Over HTTP: `POST /push` of `data` to push source `tx_push`.
+fn push(
+    addr: std::net::SocketAddr,
+    extra: serde_json::Value,
+    data: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut body = json!({"push_source": "tx_push", "data": data});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (code, text) = crate::server::raw(addr, "POST", "/push", &body.to_string());
+    (code, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+#[test]
+fn a_push_source_feeds_every_view_over_it_once_per_producer_sequence() {
+    let repo = Repo::new(
+        r#"
+entities: [{ name: card, join_keys: [card_id] }]
+sources:
+  - { name: tx, type: file, path: data/tx.parquet, timestamp_field: ts }
+  - { name: tx_push, type: push, timestamp_field: ts, batch_source: tx }
+feature_views:
+  - name: card_txn
+    entities: [card]
+    source: tx_push
+    aggregations:
+      - { function: count_star, windows: [1h] }
+      - { column: amount, function: sum, windows: [1h, 1d] }
+  - name: card_last
+    entities: [card]
+    source: tx_push
+    features: [{ name: amount, dtype: float64 }]
+"#,
+    );
+    repo.parquet(
+        "data/tx.parquet",
+        vec![
+            ("card_id", Arc::new(Int64Array::from(vec![1, 2]))),
+            ("ts", ts(vec![10 * MIN, 20 * MIN])),
+            ("amount", Arc::new(Float64Array::from(vec![5.0, 1.0]))),
+        ],
+    );
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    let t = 100 * MIN;
+    store.materialize(0, t).block().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock: Arc<dyn quiver_core::time::Clock> = Arc::new(ManualClock::new(t));
+    let options = ServeOptions {
+        http: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = rt
+        .block_on(Server::start(repo.store(), options, Some(clock)))
+        .unwrap();
+    let addr = server.http_addr;
+    let events = json!({"card_id": [1, 1, 2], "ts": ["1970-01-01T01:20:00Z",
+        "1970-01-01T01:20:00Z", "1970-01-01T01:30:00Z"], "amount": [2.0, 2.0, 3.5]});
+    let (code, v) = push(
+        addr,
+        json!({"producer": "p1", "sequence": 1}),
+        events.clone(),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["rows"], 3, "{v}");
+    assert_eq!(v["written_offline"], 6, "both views: {v}");
+    // A retry of the same request (same producer and sequence) changes nothing.
+    let (code, v) = push(addr, json!({"producer": "p1", "sequence": 1}), events);
+    assert_eq!(code, 200, "{v}");
+    let more = json!({"card_id": [2], "ts": ["1970-01-01T01:35:00Z"], "amount": [0.5]});
+    let (code, v) = push(addr, json!({"producer": "p1", "sequence": 2}), more);
+    assert_eq!(code, 200, "{v}");
+
+    // Bad pushes are refused whole, naming what is wrong.
+    for (extra, data, says) in [
+        (
+            json!({}),
+            json!({"card_id": [3], "ts": ["1970-01-01T01:36:00Z"]}),
+            "missing column 'amount'",
+        ),
+        (
+            json!({"push_source": "tx"}),
+            json!({"card_id": [3]}),
+            "not a push source",
+        ),
+        (
+            json!({"feature_view": "card_last"}),
+            json!({"card_id": [3]}),
+            "not both",
+        ),
+        (
+            json!({"to": "online"}),
+            json!({"card_id": [3], "ts": ["1970-01-01T01:36:00Z"], "amount": [1.0]}),
+            "aggregated view",
+        ),
+    ] {
+        let (code, v) = push(addr, extra, data);
+        assert_eq!(code, 400, "{v}");
+        assert!(v.to_string().contains(says), "{says}: {v}");
+    }
+
+    // Served (every view) = trained at the server's time: each event counted once.
+    let features = [
+        "card_txn:count_star_1h",
+        "card_txn:amount_sum_1h",
+        "card_txn:amount_sum_1d",
+        "card_last:amount",
+    ];
+    let body = json!({"features": features, "entities": {"card_id": [1, 2, 3]}}).to_string();
+    let (code, text) = crate::server::raw(addr, "POST", "/get-online-features", &body);
+    assert_eq!(code, 200, "{text}");
+    let served: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        served["results"][0]["features"]["count_star_1h"], 2,
+        "{served}"
+    );
+    assert_eq!(
+        served["results"][1]["features"]["amount_sum_1d"], 5.0,
+        "{served}"
+    );
+    assert_eq!(served["results"][1]["features"]["amount"], 0.5, "{served}");
+    let labels = batch(vec![
+        ("card_id", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+        ("event_timestamp", ts(vec![t; 3])),
+    ]);
+    let trained = store
+        .historical()
+        .entities(labels)
+        .features(features)
+        .block()
+        .unwrap();
+    for (row, r) in served["results"].as_array().unwrap().iter().enumerate() {
+        for f in features {
+            let name = f.split(':').nth(1).unwrap();
+            let want =
+                quiver_core::value::value_at(trained.column_by_name(name).unwrap().as_ref(), row)
+                    .unwrap();
+            assert_eq!(
+                r["features"][name],
+                serde_json::to_value(&want).unwrap(),
+                "row {row}, {name}"
+            );
+        }
+    }
+    // The aggregated view's table holds each event once (the two alike events of the
+    // first push are two events).
+    let view = store.state().unwrap().serving_view("card_txn").unwrap();
+    assert_eq!(store.offline().row_count(&view).block().unwrap(), 2 + 3 + 1);
+    rt.block_on(server.stop());
+}
