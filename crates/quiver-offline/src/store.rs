@@ -368,7 +368,7 @@ impl OfflineStore {
             target_size: 512 * 1024 * 1024,
         };
         quiver_core::fault::crash_point("compact.before_commit");
-        let committed = CommitBuilder::default()
+        let committed = commit_builder()
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), op)
             .await?;
@@ -545,7 +545,7 @@ impl OfflineStore {
                 .then(|| format!("{EVENT_DATE} IN ('{}')", days.join("', '"))),
         };
         quiver_core::fault::crash_point("ingest.before_commit");
-        let committed = CommitBuilder::default()
+        let committed = commit_builder()
             .with_actions(actions)
             .build(Some(table.snapshot()?), table.log_store(), op)
             .await?;
@@ -1074,6 +1074,15 @@ fn merge_order(
         }
     }
     Ok(out)
+}
+
+/// A commit with Delta's post-commit hook: a checkpoint every `checkpointInterval`
+/// commits (100 by default), so that loading a table written by many small commits
+/// (stream micro-batches, pushes) reads the last checkpoint and the commits after it,
+/// not every commit since the table was created; and expired log files cleaned up as
+/// the table's settings say.
+fn commit_builder() -> CommitBuilder {
+    CommitBuilder::from(deltalake::kernel::transaction::CommitProperties::default())
 }
 
 /// Names of the stored time columns, for readers.

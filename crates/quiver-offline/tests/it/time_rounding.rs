@@ -334,3 +334,46 @@ fn times_outside_years_1_to_9999_are_errors_naming_row_and_column() {
     crate::block_on(store.ingest(&view(), vec![b])).unwrap();
     assert_eq!(crate::block_on(store.row_count(&view())).unwrap(), 2);
 }
+
+/// A table written by many small commits (stream micro-batches, pushes) gets Delta
+/// checkpoints, so that opening it reads one checkpoint and the commits after it
+/// instead of every commit since the table was created.
+#[test]
+fn many_commits_leave_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OfflineStore::open(dir.path()).unwrap();
+    let view = view();
+    crate::block_on(async {
+        for i in 0..101 {
+            let b = normalize_batch(
+                &source(&[(1, i * 1_000, i)]),
+                &view,
+                "event_timestamp",
+                None,
+                &origin("s"),
+            )
+            .unwrap();
+            if i < 50 {
+                store.ingest(&view, vec![b]).await.unwrap();
+            } else {
+                // Stream appends: their offsets are application transactions, which
+                // the checkpoint carries.
+                let (_, at) = store.stream_offsets(&view, &[b"p"]).await.unwrap();
+                let offsets: [(&[u8], u128); 1] = [(b"p", i as u128)];
+                store
+                    .append_events(&view, vec![b.into()], &offsets, at)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let (offsets, _) = crate::block_on(store.stream_offsets(&view, &[b"p"])).unwrap();
+    assert_eq!(offsets, vec![Some(100)]);
+    let log = store.table_path(&view).join("_delta_log");
+    assert!(
+        log.join("00000000000000000099.checkpoint.parquet").exists(),
+        "no checkpoint in {}",
+        log.display()
+    );
+    assert_eq!(crate::block_on(store.row_count(&view)).unwrap(), 101);
+}
