@@ -38,6 +38,7 @@ mod engines;
 mod online;
 mod serve;
 mod stream;
+mod visibility;
 
 #[derive(Parser)]
 struct Cli {
@@ -118,6 +119,32 @@ enum Cmd {
         /// Where the events come from: redis, kafka.
         #[arg(long, value_delimiter = ',', default_value = "kafka,redis")]
         sources: Vec<String>,
+        /// Online stores: embedded, redis.
+        #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
+        online: Vec<String>,
+    },
+    /// End-to-end visibility: events appended to a Redis stream at a steady rate, the
+    /// time until `quiver serve` answers with them counted (`quiver stream` between).
+    Visibility {
+        /// Events per second.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
+        /// Online stores: embedded, redis.
+        #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
+        online: Vec<String>,
+    },
+    /// `POST /push` throughput into the aggregated view of `agg` (a push source).
+    Push {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events per request.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
         /// Online stores: embedded, redis.
         #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
         online: Vec<String>,
@@ -506,6 +533,21 @@ fn main() -> Result<()> {
             rates,
             backends,
         } => serve::bench_serve(secs, &rates, &backends)?,
+        Cmd::Visibility { rate, secs, online } => {
+            for store in &online {
+                visibility::visibility(rate, secs, store)?;
+            }
+        }
+        Cmd::Push {
+            events,
+            batch,
+            conns,
+            online,
+        } => {
+            for store in &online {
+                visibility::push(events, batch, conns, store)?;
+            }
+        }
         Cmd::Stream {
             events,
             batch_size,

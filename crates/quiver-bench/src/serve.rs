@@ -25,14 +25,14 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 pub(crate) const ENTITIES: usize = 10_000;
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// Kills a child process on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -154,7 +154,7 @@ fn write_activity(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn quiver_bin() -> Result<PathBuf> {
+pub(crate) fn quiver_bin() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("QUIVER_BIN") {
         return Ok(p.into());
     }
@@ -169,7 +169,7 @@ fn quiver_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-fn wait_http(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_http(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(mut c) = SyncConn::open(addr) {
@@ -189,7 +189,7 @@ struct Outcome {
 }
 
 /// One blocking keep-alive HTTP/1.1 connection (one load-generator thread each).
-struct SyncConn {
+pub(crate) struct SyncConn {
     r: std::io::BufReader<std::net::TcpStream>,
     w: std::net::TcpStream,
     line: String,
@@ -198,7 +198,7 @@ struct SyncConn {
 }
 
 impl SyncConn {
-    fn open(addr: SocketAddr) -> Result<SyncConn> {
+    pub(crate) fn open(addr: SocketAddr) -> Result<SyncConn> {
         let s = std::net::TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         Ok(SyncConn {
@@ -211,7 +211,7 @@ impl SyncConn {
     }
 
     /// Sends a request and reads the whole response; returns the status.
-    fn request(&mut self, method: &str, path: &str, body: &str) -> Result<u16> {
+    pub(crate) fn request(&mut self, method: &str, path: &str, body: &str) -> Result<u16> {
         use std::io::{BufRead, Read, Write};
         self.head.clear();
         write!(
@@ -241,6 +241,11 @@ impl SyncConn {
         self.body.resize(len, 0);
         self.r.read_exact(&mut self.body)?;
         Ok(status)
+    }
+
+    /// The body of the last response.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -305,7 +310,7 @@ fn drive(
     })
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -20,10 +20,15 @@ use crate::runtime;
 
 const HOUR: i64 = 3_600_000_000;
 
-/// CPU seconds (user + system, every thread) of this process so far, from
-/// `/proc/self/stat` (in clock ticks of 1/100 s, Linux's USER_HZ).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// CPU seconds (user + system, every thread) of this process so far.
+pub(crate) fn cpu_seconds() -> f64 {
+    process_cpu_seconds("self")
+}
+
+/// CPU seconds (user + system, every thread) of process `pid` (or `self`) so far, from
+/// `/proc/PID/stat` (in clock ticks of 1/100 s, Linux's USER_HZ).
+pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) end at its ')'.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -54,7 +59,7 @@ fn events_json(n: usize, now: i64) -> Vec<(String, String)> {
         .collect()
 }
 
-fn definitions(source: &str) -> String {
+pub(crate) fn definitions(source: &str) -> String {
     let mut aggs = String::new();
     for f in ["count", "sum", "mean", "min", "max"] {
         aggs.push_str(&format!(

@@ -167,6 +167,8 @@ pub struct ServerState {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Metrics,
     pub(crate) options: ServeOptions,
+    /// Offline writes of pushes to push sources, committed in groups.
+    pub(crate) offline_commits: crate::push::OfflineCommits,
 }
 
 impl ServerState {
@@ -185,6 +187,7 @@ impl ServerState {
             clock,
             metrics,
             options,
+            offline_commits: Default::default(),
         }))
     }
 

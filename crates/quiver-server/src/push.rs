@@ -4,17 +4,20 @@
 //! written with the same conditional newer-wins write as materialization (online) and
 //! the same merge as an ingest (offline), on the server's runtime.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
 use quiver::stream;
 use quiver::write::{self, Input, Targets};
+use quiver::FeatureStore;
 use quiver_core::model::{ResolvedView, Source};
 use quiver_core::value::values_to_array;
 use quiver_core::{DType, Value};
 use quiver_offline::normalize::{key_arrow_type, NormalizedBatch, Origin};
 use quiver_online::Columns;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{self, pb};
 use crate::core::{ApiError, ServerState};
@@ -300,18 +303,97 @@ impl ServerState {
         }
         let mut offline = 0;
         if targets.offline {
-            let s = stream::write_offline(
-                &self.store,
-                view,
-                vec![stream::OfflineEvents {
-                    rows: batch,
-                    partition,
-                    offsets,
-                }],
-            )
-            .await?;
-            offline = s.rows_in;
+            offline = self
+                .offline_commits
+                .write(
+                    &self.store,
+                    view,
+                    stream::OfflineEvents {
+                        rows: batch,
+                        partition,
+                        offsets,
+                    },
+                )
+                .await?;
         }
         Ok((online, offline))
     }
+}
+
+/// One push request's events waiting for its view's offline writer.
+struct OfflineJob {
+    events: stream::OfflineEvents,
+    done: oneshot::Sender<Result<u64, ApiError>>,
+}
+
+/// Group commit of pushed events to the offline tables: one writer task per view
+/// version takes every request waiting when it is free and writes them in one Delta
+/// commit ([`stream::write_offline`], exactly once per producer and sequence), then
+/// answers each. Concurrent pushes to a view thus share commits instead of each
+/// committing (and conflicting) on its own; a request still returns only once its
+/// events are stored.
+#[derive(Default)]
+pub(crate) struct OfflineCommits {
+    writers: std::sync::Mutex<HashMap<(String, u32), mpsc::UnboundedSender<OfflineJob>>>,
+}
+
+/// The most requests one commit takes.
+const MAX_GROUP: usize = 1024;
+
+impl OfflineCommits {
+    async fn write(
+        &self,
+        store: &FeatureStore,
+        view: &ResolvedView,
+        events: stream::OfflineEvents,
+    ) -> Result<u64, ApiError> {
+        let (done, answer) = oneshot::channel();
+        let mut job = OfflineJob { events, done };
+        {
+            let mut writers = self.writers.lock().expect("not poisoned");
+            let key = (view.name.clone(), view.version);
+            let writer = writers
+                .entry(key)
+                .or_insert_with(|| spawn_writer(store.clone(), view.clone()));
+            if let Err(mpsc::error::SendError(j)) = writer.send(job) {
+                // The writer ended (its runtime is shutting down): start another.
+                job = j;
+                *writer = spawn_writer(store.clone(), view.clone());
+                writer
+                    .send(job)
+                    .map_err(|_| ApiError::internal("the offline writer did not start"))?;
+            }
+        }
+        answer
+            .await
+            .map_err(|_| ApiError::internal("the offline writer stopped"))?
+    }
+}
+
+fn spawn_writer(store: FeatureStore, view: ResolvedView) -> mpsc::UnboundedSender<OfflineJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<OfflineJob>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let mut parts = Vec::with_capacity(jobs.len());
+            let mut answers = Vec::with_capacity(jobs.len());
+            for j in jobs {
+                answers.push((j.events.rows.batch.num_rows() as u64, j.done));
+                parts.push(j.events);
+            }
+            let result = stream::write_offline(&store, &view, parts)
+                .await
+                .map_err(ApiError::from);
+            for (rows, done) in answers {
+                let _ = done.send(result.clone().map(|_| rows));
+            }
+        }
+    });
+    tx
 }
