@@ -107,6 +107,11 @@ pub struct IngestStats {
 #[derive(Clone, Debug)]
 pub struct OfflineStore {
     root: PathBuf,
+    /// Tables loaded before, by directory: a later load reads only the commits made
+    /// since (a stream worker or a feature server commits every few seconds, and
+    /// replaying a table's log from its last checkpoint each time costs more than the
+    /// write).
+    loaded: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, DeltaTable>>>,
 }
 
 impl OfflineStore {
@@ -115,7 +120,10 @@ impl OfflineStore {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(io_err(root.display()))?;
         let root = root.canonicalize().map_err(io_err(root.display()))?;
-        Ok(OfflineStore { root })
+        Ok(OfflineStore {
+            root,
+            loaded: Default::default(),
+        })
     }
 
     /// The directory of a view's table.
@@ -132,12 +140,46 @@ impl OfflineStore {
         })
     }
 
+    /// The table of `view` at its newest version (`None` when it has none).
     async fn load(&self, view: &ResolvedView) -> Result<Option<DeltaTable>> {
-        if !self.table_path(view).join("_delta_log").exists() {
+        let path = self.table_path(view);
+        if !path.join("_delta_log").exists() {
+            self.forget(&path);
             return Ok(None);
         }
-        let table = DeltaTable::try_from_url(self.table_url(view)?).await?;
-        Ok(table.version().map(|_| table))
+        let cached = self
+            .loaded
+            .lock()
+            .expect("not poisoned")
+            .get(&path)
+            .cloned()
+            // Still the same table: the commit it was loaded at is still there (a
+            // table deleted and created again starts over).
+            .filter(|t| {
+                t.version()
+                    .is_some_and(|v| path.join(format!("_delta_log/{v:020}.json")).exists())
+            });
+        let table = match cached {
+            // The commits since it was loaded; a table that was replaced (a log
+            // that no longer continues it) is loaded afresh.
+            Some(mut t) => match t.update_state().await {
+                Ok(()) => t,
+                Err(_) => DeltaTable::try_from_url(self.table_url(view)?).await?,
+            },
+            None => DeltaTable::try_from_url(self.table_url(view)?).await?,
+        };
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        self.loaded
+            .lock()
+            .expect("not poisoned")
+            .insert(path, table.clone());
+        Ok(Some(table))
+    }
+
+    fn forget(&self, path: &Path) {
+        self.loaded.lock().expect("not poisoned").remove(path);
     }
 
     async fn load_or_create(&self, view: &ResolvedView) -> Result<DeltaTable> {
@@ -161,6 +203,12 @@ impl OfflineStore {
             ))
             .with_columns(kernel.fields().cloned())
             .with_partition_columns([EVENT_DATE])
+            // Streams and pushes commit often: a checkpoint every 10 commits keeps what
+            // a load replays short (see `commit_builder`).
+            .with_configuration_property(
+                deltalake::TableProperty::CheckpointInterval,
+                Some(CHECKPOINT_INTERVAL.to_string()),
+            )
             .await?;
         Ok(table)
     }
@@ -1076,8 +1124,11 @@ fn merge_order(
     Ok(out)
 }
 
+/// Commits between two checkpoints of a view's table (Delta's default is 100).
+pub const CHECKPOINT_INTERVAL: u64 = 10;
+
 /// A commit with Delta's post-commit hook: a checkpoint every `checkpointInterval`
-/// commits (100 by default), so that loading a table written by many small commits
+/// commits ([`CHECKPOINT_INTERVAL`] for views' tables, 100 for others), so that loading a table written by many small commits
 /// (stream micro-batches, pushes) reads the last checkpoint and the commits after it,
 /// not every commit since the table was created; and expired log files cleaned up as
 /// the table's settings say.

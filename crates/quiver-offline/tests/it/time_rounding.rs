@@ -371,7 +371,8 @@ fn many_commits_leave_checkpoints() {
     assert_eq!(offsets, vec![Some(100)]);
     let log = store.table_path(&view).join("_delta_log");
     assert!(
-        log.join("00000000000000000099.checkpoint.parquet").exists(),
+        log.join("00000000000000000099.checkpoint.parquet").exists()
+            && log.join("00000000000000000009.checkpoint.parquet").exists(),
         "no checkpoint in {}",
         log.display()
     );
