@@ -1,5 +1,6 @@
 //! The server's shared state and request handling, used by both HTTP and gRPC.
 
+use quiver::freshness::Freshness;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -169,6 +170,8 @@ pub struct ServerState {
     pub(crate) options: ServeOptions,
     /// Offline writes of pushes to push sources, committed in groups.
     pub(crate) offline_commits: crate::push::OfflineCommits,
+    /// What pushes applied online since the last freshness report, by view.
+    pub(crate) push_reports: std::sync::Mutex<std::collections::HashMap<String, Freshness>>,
 }
 
 impl ServerState {
@@ -188,6 +191,7 @@ impl ServerState {
             metrics,
             options,
             offline_commits: Default::default(),
+            push_reports: Default::default(),
         }))
     }
 
@@ -439,6 +443,38 @@ pub struct Server {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How often what pushes applied is added to the views' freshness records.
+const PUSH_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ServerState {
+    /// Adds what pushes applied online since the last call to each view's freshness
+    /// record (see [`quiver::freshness`]), with the rate over the interval.
+    async fn report_pushes(&self) {
+        let taken = std::mem::take(&mut *self.push_reports.lock().expect("not poisoned"));
+        if taken.is_empty() {
+            return;
+        }
+        let Ok(snapshot) = self.snapshot() else {
+            return;
+        };
+        let now = self.clock.now();
+        let seconds = PUSH_REPORT_EVERY.as_secs_f64();
+        for (view, mut by_partition) in taken {
+            for r in by_partition.values_mut() {
+                r.events_per_s = r.applied as f64 / seconds;
+                r.consumer = "feature server".into();
+                r.reported_at = now;
+            }
+            let project = &snapshot.state.project;
+            if let Err(e) =
+                quiver::freshness::report_named(&self.store, project, &view, by_partition).await
+            {
+                tracing::warn!(view = %view, error = %e, "the push freshness report was not stored");
+            }
+        }
+    }
+}
+
 impl Server {
     /// Binds the listeners and starts serving in the current tokio runtime (ports may
     /// be 0 to pick free ones; the bound addresses are in the result).
@@ -504,6 +540,21 @@ impl Server {
                         "registry reload failed (still serving the previous one)"
                     ),
                     Err(e) => tracing::error!(error = %e, "registry reload task failed"),
+                }
+            }
+        }));
+
+        let report_state = state.clone();
+        let mut rx_report = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let stopping = tokio::select! {
+                    _ = tokio::time::sleep(PUSH_REPORT_EVERY) => false,
+                    _ = rx_report.wait_for(|s| *s) => true,
+                };
+                report_state.report_pushes().await;
+                if stopping {
+                    return;
                 }
             }
         }));

@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
 use arrow::datatypes::{Field, Schema};
 use quiver::stream;
 use quiver::write::{self, Input, Targets};
@@ -244,6 +245,14 @@ impl ServerState {
             ..Default::default()
         };
         for (view, batch) in prepared {
+            let newest = batch
+                .batch
+                .column(view.join_keys.len())
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .iter()
+                .copied()
+                .max();
             let (online_written, offline) = if req.producer.is_empty() {
                 let stats = write::write(&self.store, &view, vec![batch], targets).await?;
                 (stats.online_written, stats.offline.map_or(0, |o| o.rows_in))
@@ -255,6 +264,23 @@ impl ServerState {
                 resp.skipped_online += rows.saturating_sub(online_written);
             }
             resp.written_offline += offline;
+            if targets.online {
+                // For `quiver status` / `describe`: reported with the next round.
+                let partition = match (req.push_source.as_str(), req.producer.as_str()) {
+                    ("", _) => format!("push:{}", view.name),
+                    (s, "") => format!("push:{s}"),
+                    (s, p) => format!("push:{s}:{p}"),
+                };
+                let mut reports = self.push_reports.lock().expect("not poisoned");
+                let r = reports
+                    .entry(view.name.clone())
+                    .or_default()
+                    .entry(partition)
+                    .or_default();
+                // Events applied (an aggregated view) or rows stored (a snapshot view).
+                r.applied += online_written;
+                r.newest_event = r.newest_event.max(newest);
+            }
         }
         Ok(resp)
     }

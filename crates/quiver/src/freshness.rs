@@ -86,10 +86,20 @@ pub async fn report(
     view: &ResolvedView,
     by_partition: Freshness,
 ) -> Result<()> {
+    report_named(store, &view.project, &view.name, by_partition).await
+}
+
+/// Adds the reports `by_partition` to the freshness record of view `view` of `project`.
+pub async fn report_named(
+    store: &FeatureStore,
+    project: &str,
+    view: &str,
+    by_partition: Freshness,
+) -> Result<()> {
     if by_partition.is_empty() {
         return Ok(());
     }
-    let (key, field) = location(&view.project, &view.name);
+    let (key, field) = location(project, view);
     let delta = serde_json::to_vec(&by_partition).expect("serializable");
     let tiles = [TileDelta {
         start: 0,

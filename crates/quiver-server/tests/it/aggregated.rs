@@ -320,4 +320,15 @@ feature_views:
     let view = store.state().unwrap().serving_view("card_txn").unwrap();
     assert_eq!(store.offline().row_count(&view).block().unwrap(), 2 + 3 + 1);
     rt.block_on(server.stop());
+    // Stopping reported what the pushes applied (the retry applied nothing).
+    let online = store.online().block().unwrap();
+    let record = quiver::freshness::read(online.as_ref(), "test", "card_txn")
+        .block()
+        .unwrap();
+    let p = &record["push:tx_push:p1"];
+    assert_eq!(p.applied, 4, "{record:?}");
+    assert_eq!(
+        p.newest_event,
+        Some(quiver_core::time::parse_timestamp("1970-01-01T01:35:00Z").unwrap())
+    );
 }
