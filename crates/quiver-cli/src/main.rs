@@ -432,12 +432,13 @@ async fn run(cli: Cli) -> Result<()> {
                 .filter(|v| state.view(v).is_ok_and(|r| r.def.online))
                 .cloned()
                 .collect();
+            // Offline first: it checks the names before anything is done.
+            let files = store.compact_files(&views, min_files).await?;
             let stats = if views.is_empty() || !online.is_empty() {
                 store.compact_online(&online).await?
             } else {
                 Vec::new()
             };
-            let files = store.compact_files(&views, min_files).await?;
             if json {
                 print_json(&serde_json::json!({"online": stats, "offline": files}))
             } else {

@@ -493,8 +493,21 @@ async fn stream_freshness(
         Source::Push(_) => "pushes to the feature server".to_string(),
         Source::File(_) => return Ok(None),
     };
-    let online = store.online().await?;
-    let record = quiver::freshness::read(online.as_ref(), &s.project, name).await?;
+    // Monitoring: an online store that does not answer leaves the rest of the
+    // description standing.
+    let record = match store.online().await {
+        Ok(online) => quiver::freshness::read(online.as_ref(), &s.project, name).await,
+        Err(e) => Err(e),
+    };
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Some(json!({
+                "source": source.name(), "reads": what,
+                "partitions": null, "error": e.to_string(),
+            })))
+        }
+    };
     let partitions: Vec<_> = record
         .iter()
         .map(|(p, r)| {
@@ -541,8 +554,16 @@ struct ViewStatus {
 pub async fn status(store: &FeatureStore, at: Option<Timestamp>, as_json: bool) -> Result<()> {
     let s = store.state()?;
     let now = at.unwrap_or_else(now);
+    // An online store that does not answer: views are judged by what the registry
+    // records (materializations), and the failure is said.
     let online = if s.feature_views.values().any(|v| v.def.online) {
-        Some(store.online().await?)
+        match store.online().await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("warning: the online store does not answer ({e}); stream freshness is not shown");
+                None
+            }
+        }
     } else {
         None
     };
@@ -551,8 +572,13 @@ pub async fn status(store: &FeatureStore, at: Option<Timestamp>, as_json: bool) 
         let mut online_until = v.materialized.as_ref().map(|m| m.end);
         if let Some(o) = &online {
             if v.def.online {
-                let record = quiver::freshness::read(o.as_ref(), &s.project, name).await?;
-                let streamed = record.values().filter_map(|r| r.newest_event).max();
+                let streamed = match quiver::freshness::read(o.as_ref(), &s.project, name).await {
+                    Ok(record) => record.values().filter_map(|r| r.newest_event).max(),
+                    Err(e) => {
+                        eprintln!("warning: view '{name}': {e}");
+                        None
+                    }
+                };
                 online_until = online_until.max(streamed);
             }
         }

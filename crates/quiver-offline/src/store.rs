@@ -339,11 +339,14 @@ impl OfflineStore {
 
     /// Merges the files of every day partition that holds at least `min_files` of them
     /// (stream micro-batches each add one) into one file per partition, sorted as an
-    /// ingest sorts (by key, then times), every row kept. The rewrite is one Delta
-    /// commit (an `OPTIMIZE`, changing no data): readers see the old files or the new
-    /// one, a crash before the commit leaves the old ones, and a concurrent append adds
-    /// files this leaves alone (a concurrent rewrite of the same files makes one of the
-    /// two commits fail). Old files stay for time travel until `vacuum`.
+    /// ingest sorts (by key, then times), every row kept. Only files smaller than
+    /// [`SMALL_FILE_BYTES`] are merged (a compacted day's large file stays). The rewrite
+    /// is one Delta commit (an `OPTIMIZE`): readers see the old files or the new one, a
+    /// crash before the commit leaves the old ones, and of two rewrites of the same
+    /// files from one table version (two compactions, a compaction and an ingest of the
+    /// day) the second commit fails (its removes are marked as changing data, which
+    /// Delta's conflict check looks at); a concurrent append then retries. Old files
+    /// stay for time travel until `vacuum`.
     pub async fn compact_files(
         &self,
         view: &ResolvedView,
@@ -365,7 +368,13 @@ impl OfflineStore {
         };
         let snapshot = table.snapshot()?;
         let mut by_day: std::collections::BTreeMap<i32, Vec<_>> = Default::default();
+        // Only small files are merged: a day compacted before keeps its large file, and
+        // a compaction reads (and holds in memory) at most min_files small files of
+        // each day.
         for f in snapshot.log_data().iter() {
+            if f.size() >= SMALL_FILE_BYTES {
+                continue;
+            }
             if let Some(day) = partition_day(&f.partition_values_map()) {
                 by_day.entry(day).or_default().push(f);
             }
@@ -392,6 +401,15 @@ impl OfflineStore {
             .flatten()
             .collect();
         let order = merge_order(view, &all, &[])?;
+        let rows_read: usize = all.iter().map(|b| b.num_rows()).sum();
+        let rows_kept: usize = order.iter().map(|d| d.1.len()).sum();
+        if rows_kept != rows_read {
+            return Err(Error::Data(format!(
+                "compacting the table of '{}' would keep {rows_kept} of {rows_read} rows; \
+                 nothing was changed",
+                view.name
+            )));
+        }
         let (mut adds, evolved) = self
             .write_ordered(&table, view, &schema, &all, &order)
             .await?;
@@ -408,7 +426,11 @@ impl OfflineStore {
             by_day
                 .values()
                 .flatten()
-                .map(|f| Action::Remove(f.remove_action(false))),
+                // Marked as changing data, so that Delta's conflict check sees them: of two
+                // rewrites of the same files (two compactions, a compaction and an
+                // ingest of the day) from one table version, the second commit fails
+                // instead of storing their rows twice.
+                .map(|f| Action::Remove(f.remove_action(true))),
         );
         let days: Vec<String> = by_day.keys().map(|d| format_day(*d)).collect();
         let op = DeltaOperation::Optimize {
@@ -1124,6 +1146,9 @@ fn merge_order(
     Ok(out)
 }
 
+/// Data files smaller than this are merged by compaction; larger ones are left alone.
+pub const SMALL_FILE_BYTES: i64 = 32 << 20;
+
 /// Commits between two checkpoints of a view's table (Delta's default is 100).
 pub const CHECKPOINT_INTERVAL: u64 = 10;
 
@@ -1133,7 +1158,12 @@ pub const CHECKPOINT_INTERVAL: u64 = 10;
 /// not every commit since the table was created; and expired log files cleaned up as
 /// the table's settings say.
 fn commit_builder() -> CommitBuilder {
-    CommitBuilder::from(deltalake::kernel::transaction::CommitProperties::default())
+    CommitBuilder::from(
+        deltalake::kernel::transaction::CommitProperties::default()
+            // Log files stay: `files_since` reads the table at the version an
+            // incremental materialization last read, however old.
+            .with_cleanup_expired_logs(Some(false)),
+    )
 }
 
 /// Names of the stored time columns, for readers.

@@ -213,6 +213,19 @@ impl ServerState {
                 )));
             }
             let view = state.resolved_view(name).map_err(quiver::Error::from)?;
+            if !view.aggregations.is_empty()
+                && !req.push_source.is_empty()
+                && req.producer.is_empty()
+            {
+                // Without positions its tiles would be recomputed from the offline
+                // table, dropping what producers' pushes applied and have not yet
+                // committed there.
+                return Err(ApiError::invalid(format!(
+                    "feature view '{name}' is an aggregated view: pushes to push source '{}' \
+                     need a 'producer' and a growing 'sequence' (each event is applied once)",
+                    req.push_source
+                )));
+            }
             if !view.aggregations.is_empty() && target == Target::Online {
                 return Err(ApiError::invalid(format!(
                     "feature view '{name}' is an aggregated view: its events are written \
@@ -360,8 +373,11 @@ struct OfflineJob {
 /// events are stored.
 #[derive(Default)]
 pub(crate) struct OfflineCommits {
-    writers: std::sync::Mutex<HashMap<(String, u32), mpsc::UnboundedSender<OfflineJob>>>,
+    writers: std::sync::Mutex<HashMap<WriterKey, mpsc::UnboundedSender<OfflineJob>>>,
 }
+
+/// A view's name, version and stored columns.
+type WriterKey = (String, u32, Vec<quiver_core::model::Feature>);
 
 /// The most requests one commit takes.
 const MAX_GROUP: usize = 1024;
@@ -377,7 +393,8 @@ impl OfflineCommits {
         let mut job = OfflineJob { events, done };
         {
             let mut writers = self.writers.lock().expect("not poisoned");
-            let key = (view.name.clone(), view.version);
+            // A view appended to keeps its version: its columns tell it apart.
+            let key = (view.name.clone(), view.version, view.features.clone());
             let writer = writers
                 .entry(key)
                 .or_insert_with(|| spawn_writer(store.clone(), view.clone()));
@@ -407,17 +424,25 @@ fn spawn_writer(store: FeatureStore, view: ResolvedView) -> mpsc::UnboundedSende
                     Err(_) => break,
                 }
             }
-            let mut parts = Vec::with_capacity(jobs.len());
-            let mut answers = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                answers.push((j.events.rows.batch.num_rows() as u64, j.done));
-                parts.push(j.events);
+            let parts: Vec<_> = jobs.iter().map(|j| j.events.clone()).collect();
+            let result = stream::write_offline(&store, &view, parts).await;
+            if result.is_ok() || jobs.len() == 1 {
+                let result = result.map_err(ApiError::from);
+                for j in jobs {
+                    let rows = j.events.rows.batch.num_rows() as u64;
+                    let _ = j.done.send(result.clone().map(|_| rows));
+                }
+                continue;
             }
-            let result = stream::write_offline(&store, &view, parts)
-                .await
-                .map_err(ApiError::from);
-            for (rows, done) in answers {
-                let _ = done.send(result.clone().map(|_| rows));
+            // One request's rows may be what failed (e.g. two producers' rows equal
+            // after rounding): each is written alone and answered with its own result.
+            for j in jobs {
+                let rows = j.events.rows.batch.num_rows() as u64;
+                let r = stream::write_offline(&store, &view, vec![j.events])
+                    .await
+                    .map(|_| rows)
+                    .map_err(ApiError::from);
+                let _ = j.done.send(r);
             }
         }
     });

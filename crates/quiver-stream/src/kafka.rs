@@ -163,7 +163,7 @@ impl KafkaReader {
         let lags = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, u64)>> {
             let assigned = consumer.assignment()?;
             let position = consumer.position()?;
-            let committed = consumer.committed(Duration::from_secs(5))?;
+            let committed = consumer.committed(Duration::from_secs(1))?;
             let offset = |list: &TopicPartitionList, p: i32| {
                 list.find_partition(&topic, p)
                     .and_then(|e| match e.offset() {
@@ -174,7 +174,7 @@ impl KafkaReader {
             let mut out = Vec::new();
             for e in assigned.elements() {
                 let p = e.partition();
-                let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))?;
+                let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1))?;
                 let at = offset(&position, p)
                     .or_else(|| offset(&committed, p))
                     .unwrap_or(low);

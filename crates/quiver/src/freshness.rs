@@ -22,6 +22,7 @@ use crate::{FeatureStore, Result};
 
 /// What the stream workers report for one partition of a view's stream.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PartitionFreshness {
     /// Events applied online (over all reports).
     pub applied: u64,
@@ -112,7 +113,9 @@ pub async fn report_named(
         tiles: &tiles,
     };
     let merger = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
-        let mut record = stored.map(decode).transpose()?.unwrap_or_default();
+        // A stored record that no longer decodes starts over rather than stopping
+        // every later report.
+        let mut record = stored.and_then(|s| decode(s).ok()).unwrap_or_default();
         for (p, r) in decode(delta)? {
             record.entry(p).or_default().absorb(r);
         }

@@ -262,9 +262,14 @@ feature_views:
             "not both",
         ),
         (
-            json!({"to": "online"}),
+            json!({}),
             json!({"card_id": [3], "ts": ["1970-01-01T01:36:00Z"], "amount": [1.0]}),
-            "aggregated view",
+            "need a 'producer'",
+        ),
+        (
+            json!({"to": "online", "producer": "p1", "sequence": 3}),
+            json!({"card_id": [3], "ts": ["1970-01-01T01:36:00Z"], "amount": [1.0]}),
+            "written offline and online together",
         ),
     ] {
         let (code, v) = push(addr, extra, data);
