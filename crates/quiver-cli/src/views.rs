@@ -109,14 +109,15 @@ pub fn list(store: &FeatureStore, kind: Option<&str>, as_json: bool) -> Result<(
                 .values()
                 .map(|r| {
                     use quiver_core::model::Source;
-                    let (kind, place) = match &r.def {
-                        Source::File(f) => ("file", f.path.clone()),
+                    let kind = r.def.kind();
+                    let place = match &r.def {
+                        Source::File(f) => f.path.clone(),
                         Source::RedisStream(x) => {
                             let url = quiver_core::model::redact_url(&x.url);
-                            ("redis_stream", format!("{url} {}", x.stream))
+                            format!("{url} {}", x.stream)
                         }
-                        Source::Kafka(k) => ("kafka", format!("{} {}", k.brokers, k.topic)),
-                        Source::Push(p) => ("push", format!("history: {}", p.batch_source)),
+                        Source::Kafka(k) => format!("{} {}", k.brokers, k.topic),
+                        Source::Push(p) => format!("history: {}", p.batch_source),
                     };
                     vec![
                         r.def.name().to_string(),

@@ -80,6 +80,15 @@ pub enum Source {
 }
 
 impl Source {
+    /// The source's type as written in definitions (`file`, `kafka`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::RedisStream(_) => "redis_stream",
+            Source::Kafka(_) => "kafka",
+            Source::Push(_) => "push",
+        }
+    }
     /// The source's name.
     pub fn name(&self) -> &str {
         match self {

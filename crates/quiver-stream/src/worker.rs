@@ -185,11 +185,7 @@ fn stream_sources(
                     "feature view '{name}' reads source '{}', a {} source: only views \
                      over stream sources (kafka, redis_stream) are fed by `quiver stream`",
                     source.def.name(),
-                    if matches!(source.def, Source::Push(_)) {
-                        "push"
-                    } else {
-                        "file"
-                    }
+                    source.def.kind()
                 )))
             }
             Source::File(_) | Source::Push(_) => {}
@@ -286,12 +282,9 @@ struct ViewState {
 impl ViewState {
     fn report_of(&mut self, partition: &[u8]) -> &mut PartitionFreshness {
         // Partition names are ASCII (`kafka:TOPIC:N`, `redis:KEY`).
-        let name = String::from_utf8_lossy(partition);
-        if !self.report.contains_key(name.as_ref()) {
-            self.report
-                .insert(name.to_string(), PartitionFreshness::default());
-        }
-        self.report.get_mut(name.as_ref()).expect("inserted above")
+        self.report
+            .entry(String::from_utf8_lossy(partition).into_owned())
+            .or_default()
     }
 }
 
