@@ -131,6 +131,9 @@ enum Cmd {
         rate: f64,
         #[arg(long, default_value_t = 20.0)]
         secs: f64,
+        /// Where the events come from: redis, kafka.
+        #[arg(long, value_delimiter = ',', default_value = "redis,kafka")]
+        sources: Vec<String>,
         /// Online stores: embedded, redis.
         #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
         online: Vec<String>,
@@ -533,9 +536,16 @@ fn main() -> Result<()> {
             rates,
             backends,
         } => serve::bench_serve(secs, &rates, &backends)?,
-        Cmd::Visibility { rate, secs, online } => {
-            for store in &online {
-                visibility::visibility(rate, secs, store)?;
+        Cmd::Visibility {
+            rate,
+            secs,
+            sources,
+            online,
+        } => {
+            for source in &sources {
+                for store in &online {
+                    visibility::visibility(rate, secs, source, store)?;
+                }
             }
         }
         Cmd::Push {

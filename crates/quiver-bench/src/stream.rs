@@ -185,23 +185,30 @@ pub fn run(events: usize, batch_size: usize, source: &str, online: &str) -> Resu
     Ok(())
 }
 
-/// Sends `(key, payload)` messages to a new topic of 4 partitions and waits until the
-/// broker has them all.
-fn kafka_produce(brokers: &str, topic: &str, messages: &[(String, String)]) -> Result<()> {
+/// Creates `topic` with `partitions` partitions.
+pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::ClientConfig;
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
     let rt = runtime()?;
     for r in rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, 4, TopicReplication::Fixed(1))],
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
         &AdminOptions::new(),
     ))? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
     }
+    Ok(())
+}
+
+/// Sends `(key, payload)` messages to a new topic of 4 partitions and waits until the
+/// broker has them all.
+fn kafka_produce(brokers: &str, topic: &str, messages: &[(String, String)]) -> Result<()> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+    create_topic(brokers, topic, 4)?;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")

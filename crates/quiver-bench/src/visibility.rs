@@ -3,7 +3,8 @@
 //! windowed features of `amount` per `entity_id`), over the embedded or the Redis online
 //! store.
 //!
-//! * **visibility** — a producer appends events to a Redis stream at a steady rate
+//! * **visibility** — a producer appends events to a Redis stream or a Kafka topic (4
+//!   partitions) at a steady rate
 //!   (every 10 ms, `rate / 100` events over 100,000 keys); 20 times a second one of them
 //!   is a probe, the first event of a key of its own. A poller asks the server for the
 //!   probes not yet seen (`count_star_1h` of their key, one request each, in turn) and
@@ -111,15 +112,76 @@ fn count_in(body: &[u8]) -> Option<i64> {
     digits.parse().ok()
 }
 
-/// End-to-end visibility at a steady `rate` events/s for `secs` seconds.
-pub fn visibility(rate: f64, secs: f64, online: &str) -> Result<()> {
+/// Where the benchmark appends events: a Redis stream or a Kafka topic.
+enum Producer {
+    Redis(redis::Connection),
+    Kafka(rdkafka::producer::BaseProducer, &'static str),
+}
+
+impl Producer {
+    /// Appends `(key, payload)` events: returns once the stream holds them (Redis), or
+    /// once the client has queued them (Kafka: `linger.ms` 5, sent by its own thread).
+    fn send(&mut self, events: &[(i64, String)]) -> Result<()> {
+        match self {
+            Producer::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                for (_, e) in events {
+                    pipe.cmd("XADD")
+                        .arg("events")
+                        .arg("*")
+                        .arg("data")
+                        .arg(e)
+                        .ignore();
+                }
+                let _: () = pipe.query(conn)?;
+            }
+            Producer::Kafka(p, topic) => {
+                use rdkafka::producer::{BaseRecord, Producer as _};
+                for (k, e) in events {
+                    let key = k.to_string();
+                    p.send(BaseRecord::to(topic).key(&key).payload(e))
+                        .map_err(|(e, _)| e)?;
+                }
+                // Serves delivery reports; the client sends on its own thread.
+                p.poll(Duration::ZERO);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// End-to-end visibility at a steady `rate` events/s for `secs` seconds from `source`
+/// (redis or kafka).
+pub fn visibility(rate: f64, secs: f64, source: &str, online: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let redis = quiver_redis::testing::Server::start(&[]);
-    let source = format!(
-        "type: redis_stream, url: \"{}\", stream: events, start: latest",
-        redis.url()
-    );
-    repo(dir.path(), &source, online, &redis.url())?;
+    let _broker;
+    let (source_def, mut producer) = match source {
+        "redis" => (
+            format!(
+                "type: redis_stream, url: \"{}\", stream: events",
+                redis.url()
+            ),
+            Producer::Redis(quiver_redis::testing::connect(&redis.url())),
+        ),
+        "kafka" => {
+            let broker = quiver_stream::testing::broker();
+            crate::stream::create_topic(broker.brokers(), "events", 4)?;
+            let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", broker.brokers())
+                .set("linger.ms", "5")
+                .set("queue.buffering.max.messages", "1000000")
+                .create()?;
+            let def = format!(
+                "type: kafka, brokers: \"{}\", topic: events",
+                broker.brokers()
+            );
+            _broker = broker;
+            (def, Producer::Kafka(p, "events"))
+        }
+        other => bail!("unknown source {other}: redis or kafka"),
+    };
+    repo(dir.path(), &source_def, online, &redis.url())?;
     let (_server, addr) = serve(dir.path())?;
     let worker = Proc(
         Command::new(quiver_bin()?)
@@ -132,21 +194,25 @@ pub fn visibility(rate: f64, secs: f64, online: &str) -> Result<()> {
             .context("starting quiver stream")?,
     );
     let worker_pid = worker.0.id().to_string();
-    // The worker creates the group at the stream's end: wait for it.
-    let mut conn = quiver_redis::testing::connect(&redis.url());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg("events")
-            .query(&mut conn);
-        if matches!(groups, Ok(redis::Value::Array(ref g)) if !g.is_empty()) {
-            break;
+    let mut poll = SyncConn::open(addr)?;
+    let mut count_of = |key: i64| -> Result<i64> {
+        let body = format!(
+            r#"{{"features":["activity:count_star_1h"],"entities":{{"entity_id":[{key}]}}}}"#
+        );
+        let status = poll.request("POST", "/get-online-features", &body)?;
+        if status != 200 {
+            bail!("the server answered {status}");
         }
-        if Instant::now() > deadline {
-            bail!("the stream worker did not start");
+        Ok(count_in(poll.body()).unwrap_or(0))
+    };
+    // Warm-up: the worker has joined its group once an event is served.
+    let warm = Instant::now();
+    producer.send(&[(999_999, event(999_999, quiver_core::time::now(), 1.0))])?;
+    while count_of(999_999)? < 1 {
+        if warm.elapsed() > Duration::from_secs(60) {
+            bail!("the stream worker did not serve a first event within 60 s");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 
     // Probes appended and not yet seen: (key, when appended).
@@ -199,39 +265,29 @@ pub fn visibility(rate: f64, secs: f64, online: &str) -> Result<()> {
     let start = Instant::now();
     let cpu0 = process_cpu_seconds(&worker_pid);
     let mut sent = 0usize;
+    let mut events = Vec::with_capacity(per_tick + 1);
     for tick in 0..ticks {
         let due = start + Duration::from_millis(10 * tick as u64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         let now = quiver_core::time::now();
-        let mut pipe = redis::pipe();
+        events.clear();
         for _ in 0..per_tick {
             let key: i64 = rng.gen_range(0..100_000);
-            pipe.cmd("XADD")
-                .arg("events")
-                .arg("*")
-                .arg("data")
-                .arg(event(key, now, rng.gen_range(-20.0..200.0)))
-                .ignore();
+            events.push((key, event(key, now, rng.gen_range(-20.0..200.0))));
         }
         let probe = (tick % 5 == 0).then_some(1_000_000 + tick as i64);
         if let Some(key) = probe {
-            pipe.cmd("XADD")
-                .arg("events")
-                .arg("*")
-                .arg("data")
-                .arg(event(key, now, 1.0))
-                .ignore();
+            events.push((key, event(key, now, 1.0)));
         }
-        let _: () = pipe.query(&mut conn)?;
+        let appended = Instant::now();
+        producer.send(&events)?;
         if let Some(key) = probe {
-            pending
-                .lock()
-                .expect("not poisoned")
-                .push((key, Instant::now()));
+            // From when the append began.
+            pending.lock().expect("not poisoned").push((key, appended));
         }
-        sent += per_tick + probe.is_some() as usize;
+        sent += events.len();
     }
     let produced_secs = start.elapsed().as_secs_f64();
     // Wait for the last probes (at most 30 s).
@@ -249,7 +305,7 @@ pub fn visibility(rate: f64, secs: f64, online: &str) -> Result<()> {
     drop(worker);
     seen.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     println!(
-        "visibility, Redis stream → quiver stream → {online} online store → quiver serve: \
+        "visibility, {source} → quiver stream → {online} online store → quiver serve: \
          {sent} events at {:.0}/s for {produced_secs:.1} s (worker CPU {:.0}%); \
          {} probes: append → served p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms{}",
         sent as f64 / produced_secs,

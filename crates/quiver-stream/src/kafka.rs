@@ -37,6 +37,10 @@ impl KafkaReader {
             .set("client.id", consumer)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // Freshness first: a fetch that finds nothing new returns after 100 ms
+            // (librdkafka waits 500 ms), which bounds how long a new event can wait
+            // at a broker that answers only when the wait ends. `options` may change it.
+            .set("fetch.wait.max.ms", "100")
             .set(
                 "auto.offset.reset",
                 match source.start {
