@@ -136,7 +136,7 @@ impl Producer {
                 let _: () = pipe.query(conn)?;
             }
             Producer::Kafka(p, topic) => {
-                use rdkafka::producer::{BaseRecord, Producer as _};
+                use rdkafka::producer::BaseRecord;
                 for (k, e) in events {
                     let key = k.to_string();
                     p.send(BaseRecord::to(topic).key(&key).payload(e))
