@@ -150,6 +150,17 @@ impl Producer {
     }
 }
 
+/// The `count_star_1h` the server serves for `key` (0 when it answers none).
+fn served_count(c: &mut SyncConn, key: i64) -> Result<i64> {
+    let body =
+        format!(r#"{{"features":["activity:count_star_1h"],"entities":{{"entity_id":[{key}]}}}}"#);
+    let status = c.request("POST", "/get-online-features", &body)?;
+    if status != 200 {
+        bail!("the server answered {status}");
+    }
+    Ok(count_in(c.body()).unwrap_or(0))
+}
+
 /// End-to-end visibility at a steady `rate` events/s for `secs` seconds from `source`
 /// (redis or kafka).
 pub fn visibility(rate: f64, secs: f64, source: &str, online: &str) -> Result<()> {
@@ -195,20 +206,10 @@ pub fn visibility(rate: f64, secs: f64, source: &str, online: &str) -> Result<()
     );
     let worker_pid = worker.0.id().to_string();
     let mut poll = SyncConn::open(addr)?;
-    let mut count_of = |key: i64| -> Result<i64> {
-        let body = format!(
-            r#"{{"features":["activity:count_star_1h"],"entities":{{"entity_id":[{key}]}}}}"#
-        );
-        let status = poll.request("POST", "/get-online-features", &body)?;
-        if status != 200 {
-            bail!("the server answered {status}");
-        }
-        Ok(count_in(poll.body()).unwrap_or(0))
-    };
     // Warm-up: the worker has joined its group once an event is served.
     let warm = Instant::now();
     producer.send(&[(999_999, event(999_999, quiver_core::time::now(), 1.0))])?;
-    while count_of(999_999)? < 1 {
+    while served_count(&mut poll, 999_999)? < 1 {
         if warm.elapsed() > Duration::from_secs(60) {
             bail!("the stream worker did not serve a first event within 60 s");
         }
@@ -241,14 +242,7 @@ pub fn visibility(rate: f64, secs: f64, source: &str, online: &str) -> Result<()
                     std::thread::sleep(Duration::from_micros(200));
                     continue;
                 };
-                let body = format!(
-                    r#"{{"features":["activity:count_star_1h"],"entities":{{"entity_id":[{key}]}}}}"#
-                );
-                let status = c.request("POST", "/get-online-features", &body)?;
-                if status != 200 {
-                    bail!("the server answered {status}");
-                }
-                if count_in(c.body()).is_some_and(|n| n >= 1) {
+                if served_count(&mut c, key)? >= 1 {
                     seen_ms.push(at.elapsed().as_secs_f64() * 1e3);
                     pending
                         .lock()
