@@ -8,7 +8,8 @@
 //! comparison.
 //!
 //! Points: `ingest.after_create`, `ingest.before_commit`, `write.after_online_batch`
-//! (after each committed online write batch), `materialize.before_state`.
+//! (after each committed online write batch), `materialize.before_state`,
+//! `compact.before_commit` (offline file compaction, its new files written).
 
 use std::sync::OnceLock;
 

@@ -39,17 +39,20 @@ pub fn cli_steps(repo: &Path, steps: &[&[&str]]) {
     }
 }
 
-/// Runs `quiver ingest` in `repo` stopped at crash point `point` (as a kill -9 there
+/// Runs `quiver ARGS…` in `repo` stopped at crash point `point` (as a kill -9 there
 /// would stop it, see `quiver_core::fault`), and checks that it did not finish.
-pub fn ingest_stopped_at(repo: &Path, point: &str) {
+pub fn stopped_at(repo: &Path, args: &[&str], point: &str) {
     let out = std::process::Command::new(quiver_bin())
         .arg("--repo")
         .arg(repo)
-        .arg("ingest")
+        .args(args)
         .env(quiver_core::fault::CRASH_AT_VAR, point)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the ingest was stopped at {point}");
+    assert!(
+        !out.status.success(),
+        "quiver {args:?} was stopped at {point}"
+    );
 }
 
 /// Stops a running `quiver` process with SIGTERM and checks that it exited 0; returns

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Float64Array, Int64Array};
 use quiver::{FeatureStatus, Value};
 
-use crate::common::{cli, ingest_stopped_at, quiver_bin, ts, Repo, ONE_VIEW};
+use crate::common::{cli, quiver_bin, stopped_at, ts, Repo, ONE_VIEW};
 
 const KEYS: i64 = 300_000;
 const HOUR: i64 = 3_600_000_000;
@@ -118,7 +118,7 @@ fn killed_first_ingest_is_reported_and_the_reingest_materialized_in_full() {
         );
         let store = repo.store();
         store.apply().block().unwrap();
-        ingest_stopped_at(repo.path(), point);
+        stopped_at(repo.path(), &["ingest"], point);
         assert!(
             repo.path().join("data/offline").exists(),
             "{point}: the run got as far as creating the offline table"

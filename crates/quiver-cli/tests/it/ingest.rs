@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, StringArray};
 
-use crate::common::{cli, ingest_stopped_at, ts, ts_opt, Repo, ONE_VIEW};
+use crate::common::{cli, stopped_at, ts, ts_opt, Repo, ONE_VIEW};
 
 const DEFS: &str = "\
 entities:
@@ -339,7 +339,7 @@ fn vacuum_deletes_replaced_and_uncommitted_files_and_keeps_what_is_read() {
         store.ingest().block().unwrap();
     }
     // A re-ingest killed after writing its files, before its commit.
-    ingest_stopped_at(r.path(), "ingest.before_commit");
+    stopped_at(r.path(), &["ingest"], "ingest.before_commit");
     let view = store.state().unwrap().resolved_view("stats").unwrap();
     let live = store.offline().data_files(&view).block().unwrap().len();
     assert_eq!(live, 3, "one file per day partition");

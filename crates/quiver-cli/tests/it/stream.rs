@@ -1050,6 +1050,19 @@ fn micro_batch_files_are_compacted_and_every_event_kept() {
     let (served, trained) = served_and_trained(&store, now);
     assert_eq!(served, trained);
 
+    // A compaction killed before its commit leaves the table as it was.
+    crate::common::stopped_at(
+        r.path(),
+        &["compact", "--min-files", "2"],
+        "compact.before_commit",
+    );
+    let store = r.store();
+    assert_eq!(files(&store), (n, 41));
+    assert_eq!(
+        served_and_trained(&store, now),
+        (served.clone(), trained.clone())
+    );
+
     // `quiver compact` merges what is left: one file per day partition.
     let (ok, out, err) = crate::common::cli(r.path(), &["compact", "--min-files", "2"]);
     assert!(ok && out.contains("offline files merged"), "{out}{err}");
