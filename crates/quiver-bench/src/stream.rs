@@ -6,13 +6,9 @@
 //! among 100,000, 2% null amounts. Per core: events over the process's CPU seconds
 //! while the worker ran (the broker runs in its own process, not counted).
 
-use std::future::IntoFuture;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -122,43 +118,9 @@ pub fn run(events: usize, batch_size: usize, source: &str, online: &str) -> Resu
         }
         other => bail!("unknown source {other}: redis or kafka"),
     };
-    let online_def = match online {
-        "embedded" => "{ type: embedded, path: data/online }".to_string(),
-        "redis" => format!("{{ type: redis, url: \"{}\" }}", redis.url()),
-        other => bail!("unknown online store {other}: embedded or redis"),
-    };
-    std::fs::write(
-        dir.path().join("quiver.yaml"),
-        format!(
-            "project: bench\nregistry: data/registry\n\
-             offline_store: {{ type: delta, path: data/offline }}\n\
-             online_store: {online_def}\n"
-        ),
-    )?;
-    std::fs::write(dir.path().join("features.yaml"), definitions(&source_def))?;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("entity_id", DataType::Int64, false),
-        Field::new(
-            "event_timestamp",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("amount", DataType::Float64, true),
-    ]));
-    let history = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(Int64Array::from(vec![0])),
-            Arc::new(
-                TimestampMicrosecondArray::from(vec![now - 30 * 24 * HOUR]).with_timezone("UTC"),
-            ),
-            Arc::new(Float64Array::from(vec![1.0])),
-        ],
-    )?;
-    quiver_offline::files::write_file(&dir.path().join("history.parquet"), schema, &[history])?;
+    crate::visibility::repo(dir.path(), &source_def, online, &redis.url())?;
     let store = quiver::FeatureStore::open(dir.path())?;
     let rt = runtime()?;
-    rt.block_on(store.apply().into_future())?;
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let options = quiver_stream::WorkerOptions {
         consumer: "bench".into(),

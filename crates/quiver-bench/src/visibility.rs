@@ -35,7 +35,7 @@ const DAY: i64 = 86_400_000_000;
 
 /// Writes the repository (the `agg` view over `source`, history in a one-row file) and
 /// applies it.
-fn repo(dir: &Path, source: &str, online: &str, redis_url: &str) -> Result<()> {
+pub(crate) fn repo(dir: &Path, source: &str, online: &str, redis_url: &str) -> Result<()> {
     let online_def = match online {
         "embedded" => "{ type: embedded, path: data/online }".to_string(),
         "redis" => format!("{{ type: redis, url: \"{redis_url}\" }}"),

@@ -393,13 +393,7 @@ impl OfflineStore {
                     .map(|f| (root.join(f.object_store_path().as_ref()), *day))
             })
             .collect();
-        let all: Vec<RecordBatch> = paths
-            .par_iter()
-            .map(|(p, day)| read_data_file(p, &schema, *day, None))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        let all = read_whole_files(&paths, &schema)?;
         let order = merge_order(view, &all, &[])?;
         let rows_read: usize = all.iter().map(|b| b.num_rows()).sum();
         let rows_kept: usize = order.iter().map(|d| d.1.len()).sum();
@@ -568,13 +562,7 @@ impl OfflineStore {
                 (root.join(f.object_store_path().as_ref()), day)
             })
             .collect();
-        let old: Vec<RecordBatch> = old_paths
-            .par_iter()
-            .map(|(p, day)| read_data_file(p, &schema, *day, None))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        let old = read_whole_files(&old_paths, &schema)?;
         let old_rows: u64 = old.iter().map(|b| b.num_rows() as u64).sum();
         let mut all = old;
         all.extend(new.iter().map(|b| b.batch.clone()));
@@ -1151,6 +1139,21 @@ pub const SMALL_FILE_BYTES: i64 = 32 << 20;
 
 /// Commits between two checkpoints of a view's table (Delta's default is 100).
 pub const CHECKPOINT_INTERVAL: u64 = 10;
+
+/// Every row of the data files `paths` (each with its day partition), read in
+/// parallel, in the order of `paths`.
+fn read_whole_files(
+    paths: &[(PathBuf, i32)],
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    Ok(paths
+        .par_iter()
+        .map(|(p, day)| read_data_file(p, schema, *day, None))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect())
+}
 
 /// A commit with Delta's post-commit hook: a checkpoint every `checkpointInterval`
 /// commits ([`CHECKPOINT_INTERVAL`] for views' tables, 100 for others), so that loading a table written by many small commits

@@ -345,34 +345,23 @@ async fn run_source(
             r = reader.read(options.batch_size, options.block) => r?,
             _ = shutdown.changed() => break,
         };
-        if entries.is_empty() {
-            // Quiet: write what waits.
-            flush(
-                store,
-                &mut reader,
-                &mut per_view,
-                &mut unacked,
-                &mut stats,
-                options.compact_files,
-            )
-            .await?;
-            report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
-            oldest_unacked = None;
-            if options.stop_when_idle && reader.caught_up().await? {
-                break;
-            }
-            continue;
+        // A quiet stream (nothing read) writes what waits.
+        let quiet = entries.is_empty();
+        if !quiet {
+            stats.entries += entries.len() as u64;
+            metrics
+                .entries
+                .get_or_create(&source_labels)
+                .inc_by(entries.len() as u64);
+            apply(store, &entries, source, &mut per_view, &mut stats, metrics).await?;
+            // Kept until acknowledged, without their events.
+            unacked.extend(entries.into_iter().map(|e| Entry { data: None, ..e }));
+            oldest_unacked.get_or_insert_with(Instant::now);
         }
-        stats.entries += entries.len() as u64;
-        metrics
-            .entries
-            .get_or_create(&source_labels)
-            .inc_by(entries.len() as u64);
-        apply(store, &entries, source, &mut per_view, &mut stats, metrics).await?;
-        // Kept until acknowledged, without their events.
-        unacked.extend(entries.into_iter().map(|e| Entry { data: None, ..e }));
-        let since = *oldest_unacked.get_or_insert_with(Instant::now);
-        if unacked.len() >= options.flush_rows || since.elapsed() >= options.flush_interval {
+        let due = quiet
+            || unacked.len() >= options.flush_rows
+            || oldest_unacked.is_some_and(|t| t.elapsed() >= options.flush_interval);
+        if due {
             flush(
                 store,
                 &mut reader,
@@ -384,6 +373,9 @@ async fn run_source(
             .await?;
             report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
             oldest_unacked = None;
+        }
+        if quiet && options.stop_when_idle && reader.caught_up().await? {
+            break;
         }
     }
     flush(

@@ -27,6 +27,39 @@ feature_views:
       - { column: amount, function: last_n, n: 2, windows: [1d] }
 "#;
 
+/// Checks that `served` (a server's answer for cards 1, 2, 3) holds, per feature, what
+/// the training set at `t` holds.
+fn served_as_trained(
+    store: &quiver::FeatureStore,
+    served: &serde_json::Value,
+    features: &[&str],
+    t: i64,
+) {
+    let labels = batch(vec![
+        ("card_id", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+        ("event_timestamp", ts(vec![t; 3])),
+    ]);
+    let trained = store
+        .historical()
+        .entities(labels)
+        .features(features.iter().copied())
+        .block()
+        .unwrap();
+    for (row, r) in served["results"].as_array().unwrap().iter().enumerate() {
+        for f in features {
+            let name = f.split(':').nth(1).unwrap();
+            let want =
+                quiver_core::value::value_at(trained.column_by_name(name).unwrap().as_ref(), row)
+                    .unwrap();
+            assert_eq!(
+                r["features"][name],
+                serde_json::to_value(&want).unwrap(),
+                "row {row}, {name}"
+            );
+        }
+    }
+}
+
 #[test]
 fn aggregated_features_are_served_over_http_and_grpc_as_trained() {
     let repo = Repo::new(DEFS);
@@ -91,29 +124,7 @@ fn aggregated_features_are_served_over_http_and_grpc_as_trained() {
     assert_eq!(v["results"][2]["statuses"]["count_star_1h"], "MISSING");
 
     // The training set at the same time holds the same values.
-    let labels = batch(vec![
-        ("card_id", Arc::new(Int64Array::from(vec![1, 2, 3]))),
-        ("event_timestamp", ts(vec![t; 3])),
-    ]);
-    let trained = store
-        .historical()
-        .entities(labels)
-        .features(features)
-        .block()
-        .unwrap();
-    for (row, r) in v["results"].as_array().unwrap().iter().enumerate() {
-        for f in features {
-            let name = f.split(':').nth(1).unwrap();
-            let want =
-                quiver_core::value::value_at(trained.column_by_name(name).unwrap().as_ref(), row)
-                    .unwrap();
-            assert_eq!(
-                r["features"][name],
-                serde_json::to_value(&want).unwrap(),
-                "row {row}, {name}"
-            );
-        }
-    }
+    served_as_trained(&store, &v, &features, t);
 
     // gRPC answers alike.
     let addr = server.grpc_addr.unwrap();
@@ -297,29 +308,7 @@ feature_views:
         "{served}"
     );
     assert_eq!(served["results"][1]["features"]["amount"], 0.5, "{served}");
-    let labels = batch(vec![
-        ("card_id", Arc::new(Int64Array::from(vec![1, 2, 3]))),
-        ("event_timestamp", ts(vec![t; 3])),
-    ]);
-    let trained = store
-        .historical()
-        .entities(labels)
-        .features(features)
-        .block()
-        .unwrap();
-    for (row, r) in served["results"].as_array().unwrap().iter().enumerate() {
-        for f in features {
-            let name = f.split(':').nth(1).unwrap();
-            let want =
-                quiver_core::value::value_at(trained.column_by_name(name).unwrap().as_ref(), row)
-                    .unwrap();
-            assert_eq!(
-                r["features"][name],
-                serde_json::to_value(&want).unwrap(),
-                "row {row}, {name}"
-            );
-        }
-    }
+    served_as_trained(&store, &served, &features, t);
     // The aggregated view's table holds each event once (the two alike events of the
     // first push are two events).
     let view = store.state().unwrap().serving_view("card_txn").unwrap();
