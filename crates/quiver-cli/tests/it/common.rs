@@ -39,6 +39,15 @@ pub fn cli_steps(repo: &Path, steps: &[&[&str]]) {
     }
 }
 
+/// `quiver --json ARGS…` in `repo`, which must succeed, as JSON.
+pub fn cli_json(repo: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = cli(repo, &all);
+    assert!(ok, "quiver {args:?}: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("quiver {args:?}: {e}: {out}"))
+}
+
 /// Runs `quiver ARGS…` in `repo` stopped at crash point `point` (as a kill -9 there
 /// would stop it, see `quiver_core::fault`), and checks that it did not finish.
 pub fn stopped_at(repo: &Path, args: &[&str], point: &str) {

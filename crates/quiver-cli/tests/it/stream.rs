@@ -935,13 +935,7 @@ fn describe_and_status_show_what_the_workers_applied() {
     }
     stream_json(r.path(), &[]);
 
-    let json = |args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let (ok, out, err) = crate::common::cli(r.path(), &all);
-        assert!(ok, "quiver {args:?}: {out}{err}");
-        serde_json::from_str(&out).unwrap()
-    };
+    let json = |args: &[&str]| crate::common::cli_json(r.path(), args);
     let described = json(&["describe", "txn"]);
     let stream = &described["stream"];
     assert_eq!(stream["source"], "tx_stream", "{described}");

@@ -231,9 +231,7 @@ feature_views:
 
     // What the workers reported: every partition read to its end, every good event
     // applied once (a rebalance may replay some: those count as replayed).
-    let (ok, out, err) = crate::common::cli(r.path(), &["--json", "describe", "txn"]);
-    assert!(ok, "{out}{err}");
-    let described: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let described = crate::common::cli_json(r.path(), &["describe", "txn"]);
     let partitions = described["stream"]["partitions"].as_array().unwrap();
     assert!(partitions.len() > 1, "{described}");
     let applied: i64 = partitions

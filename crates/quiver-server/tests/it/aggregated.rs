@@ -27,6 +27,34 @@ feature_views:
       - { column: amount, function: last_n, n: 2, windows: [1d] }
 "#;
 
+/// Applies, ingests and materializes `repo` up to `t`, and serves it (HTTP, and gRPC
+/// when `grpc`) at a clock standing at `t`.
+fn filled_and_served(
+    repo: &Repo,
+    t: i64,
+    grpc: bool,
+) -> (quiver::FeatureStore, tokio::runtime::Runtime, Server) {
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    store.materialize(0, t).block().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock: Arc<dyn quiver_core::time::Clock> = Arc::new(ManualClock::new(t));
+    let options = ServeOptions {
+        http: "127.0.0.1:0".parse().unwrap(),
+        grpc: grpc.then(|| "127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    };
+    let server = rt
+        .block_on(Server::start(repo.store(), options, Some(clock)))
+        .unwrap();
+    (store, rt, server)
+}
+
 /// Checks that `served` (a server's answer for cards 1, 2, 3) holds, per feature, what
 /// the training set at `t` holds.
 fn served_as_trained(
@@ -79,26 +107,8 @@ fn aggregated_features_are_served_over_http_and_grpc_as_trained() {
             ),
         ],
     );
-    let store = repo.store();
-    store.apply().block().unwrap();
-    store.ingest().block().unwrap();
     let t = 100 * MIN;
-    store.materialize(0, t).block().unwrap();
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let clock: Arc<dyn quiver_core::time::Clock> = Arc::new(ManualClock::new(t));
-    let options = ServeOptions {
-        http: "127.0.0.1:0".parse().unwrap(),
-        grpc: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    };
-    let server = rt
-        .block_on(Server::start(repo.store(), options, Some(clock)))
-        .unwrap();
+    let (store, rt, server) = filled_and_served(&repo, t, true);
     let features = [
         "card_txn:count_star_1h",
         "card_txn:amount_sum_1h",
@@ -219,24 +229,8 @@ feature_views:
             ("amount", Arc::new(Float64Array::from(vec![5.0, 1.0]))),
         ],
     );
-    let store = repo.store();
-    store.apply().block().unwrap();
-    store.ingest().block().unwrap();
     let t = 100 * MIN;
-    store.materialize(0, t).block().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let clock: Arc<dyn quiver_core::time::Clock> = Arc::new(ManualClock::new(t));
-    let options = ServeOptions {
-        http: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let server = rt
-        .block_on(Server::start(repo.store(), options, Some(clock)))
-        .unwrap();
+    let (store, rt, server) = filled_and_served(&repo, t, false);
     let addr = server.http_addr;
     let events = json!({"card_id": [1, 1, 2], "ts": ["1970-01-01T01:20:00Z",
         "1970-01-01T01:20:00Z", "1970-01-01T01:30:00Z"], "amount": [2.0, 2.0, 3.5]});
