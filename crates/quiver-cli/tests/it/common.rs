@@ -67,6 +67,23 @@ pub fn stopped_at(repo: &Path, args: &[&str], point: &str) {
 /// Stops a running `quiver` process with SIGTERM and checks that it exited 0; returns
 /// what it printed.
 pub fn stop_with_sigterm(child: std::process::Child) -> std::process::Output {
+    // A process signalled before it installs its handler (while it starts, on a loaded
+    // machine) dies by the signal: wait until it catches SIGTERM (Linux lists the
+    // signals a process catches in /proc/PID/status, `SigCgt`, a hex mask).
+    let catches_term = || {
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))
+                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            })
+            .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !catches_term() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
