@@ -219,15 +219,38 @@ feature_views:
         "every worker read a share: {stats:?}"
     );
     assert!(read.iter().sum::<i64>() >= total, "{stats:?}");
+    // Two bad events, refused by each view: four dead letters, or more where a
+    // rebalance made a worker read a range again (written again, see README limits).
+    let replayed: i64 = stats.iter().map(|s| s["replayed"].as_i64().unwrap()).sum();
     let dead: i64 = stats
         .iter()
         .map(|s| s["dead_letters"].as_i64().unwrap())
         .sum();
-    assert_eq!(
-        dead,
-        2 * 2,
-        "two bad events, refused by each view: {stats:?}"
-    );
+    assert!(dead == 4 || (dead > 4 && replayed > 0), "{stats:?}");
+    let table = r
+        .store()
+        .offline()
+        .read_table(&quiver_stream::dead_letter_table("tx_stream"))
+        .block()
+        .unwrap();
+    let mut distinct = std::collections::BTreeSet::new();
+    for b in &table {
+        let (views, positions) = (
+            b.column_by_name("feature_view").unwrap(),
+            b.column_by_name("position").unwrap(),
+        );
+        for i in 0..b.num_rows() {
+            distinct.insert((
+                quiver_core::value::value_at(views.as_ref(), i)
+                    .unwrap()
+                    .to_string(),
+                quiver_core::value::value_at(positions.as_ref(), i)
+                    .unwrap()
+                    .to_string(),
+            ));
+        }
+    }
+    assert_eq!(distinct.len(), 2 * 2, "{distinct:?}");
 
     // What the workers reported: every partition read to its end, every good event
     // applied once (a rebalance may replay some: those count as replayed).
