@@ -326,10 +326,7 @@ impl ServerState {
                     partition: &partition,
                     offsets: &offsets,
                 },
-                Targets {
-                    online: true,
-                    offline: false,
-                },
+                Targets::ONLINE,
                 now,
             )
             .await?;

@@ -338,13 +338,16 @@ async fn run_source(
     let mut unacked: Vec<Entry> = Vec::new();
     let mut oldest_unacked: Option<Instant> = None;
     loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let entries = tokio::select! {
-            r = reader.read(options.batch_size, options.block) => r?,
-            _ = shutdown.changed() => break,
+        let entries = if *shutdown.borrow() {
+            None
+        } else {
+            tokio::select! {
+                r = reader.read(options.batch_size, options.block) => Some(r?),
+                _ = shutdown.changed() => None,
+            }
         };
+        let stopping = entries.is_none();
+        let entries = entries.unwrap_or_default();
         // A quiet stream (nothing read) writes what waits.
         let quiet = entries.is_empty();
         if !quiet {
@@ -358,7 +361,9 @@ async fn run_source(
             unacked.extend(entries.into_iter().map(|e| Entry { data: None, ..e }));
             oldest_unacked.get_or_insert_with(Instant::now);
         }
-        let due = quiet
+        let last = stopping || (quiet && options.stop_when_idle && reader.caught_up().await?);
+        let due = last
+            || quiet
             || unacked.len() >= options.flush_rows
             || oldest_unacked.is_some_and(|t| t.elapsed() >= options.flush_interval);
         if due {
@@ -371,24 +376,17 @@ async fn run_source(
                 options.compact_files,
             )
             .await?;
+            if last {
+                // The last report is made whatever its interval.
+                reporting.every = Duration::ZERO;
+            }
             report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
             oldest_unacked = None;
         }
-        if quiet && options.stop_when_idle && reader.caught_up().await? {
+        if last {
             break;
         }
     }
-    flush(
-        store,
-        &mut reader,
-        &mut per_view,
-        &mut unacked,
-        &mut stats,
-        options.compact_files,
-    )
-    .await?;
-    reporting.every = Duration::ZERO;
-    report(store, &mut reader, &mut per_view, &mut reporting, metrics).await?;
     if let Reader::Redis(r) = &mut reader {
         r.release().await?;
     }
@@ -454,10 +452,7 @@ async fn apply(
                         partition,
                         offsets: &offsets,
                     },
-                    Targets {
-                        online: true,
-                        offline: false,
-                    },
+                    Targets::ONLINE,
                     now,
                 )
                 .await?;

@@ -37,6 +37,15 @@ pub struct Targets {
     pub offline: bool,
 }
 
+impl Targets {
+    /// The online store only (stream events, whose offline write comes in
+    /// micro-batches).
+    pub const ONLINE: Targets = Targets {
+        online: true,
+        offline: false,
+    };
+}
+
 /// What a write did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {

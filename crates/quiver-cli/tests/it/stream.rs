@@ -182,10 +182,7 @@ fn two_writers_of_one_partition_count_each_event_once() {
                 };
                 let rows = validate(&view, &batch(cols(&events[from..to])), &input).unwrap();
                 let offsets: Vec<u128> = (from as u128..to as u128).collect();
-                let targets = Targets {
-                    online: true,
-                    offline: false,
-                };
+                let targets = Targets::ONLINE;
                 let events = StreamEvents {
                     partition: b"p0",
                     offsets: &offsets,
@@ -416,9 +413,19 @@ fn xadd(conn: &mut redis::Connection, key: &str, field: &str, payload: &str) {
         .unwrap();
 }
 
-/// Served values at `t` for cards 0..4 next to the training values at `t` (which read
-/// the offline table: history plus the stream's events), as text.
+/// Served values at `t` of views `txn` (every aggregation) and `latest` for cards 0..4
+/// next to the training values at `t` (which read the offline table: history plus the
+/// stream's events), as text.
 fn served_and_trained(store: &quiver::FeatureStore, t: i64) -> (Vec<String>, Vec<String>) {
+    served_and_trained_of(store, 0..4, t)
+}
+
+/// [`served_and_trained`] for `cards`.
+pub(crate) fn served_and_trained_of(
+    store: &quiver::FeatureStore,
+    cards: std::ops::Range<i64>,
+    t: i64,
+) -> (Vec<String>, Vec<String>) {
     let view = store.state().unwrap().serving_view("txn").unwrap();
     let mut features: Vec<String> = view
         .aggregations
@@ -426,7 +433,7 @@ fn served_and_trained(store: &quiver::FeatureStore, t: i64) -> (Vec<String>, Vec
         .map(|a| format!("txn:{}", a.name))
         .collect();
     features.push("latest:amount".into());
-    crate::common::served_and_trained(store, "card", 0..4, &features, t)
+    crate::common::served_and_trained(store, "card", cards, &features, t)
 }
 
 fn stream_json(repo: &std::path::Path, extra: &[&str]) -> serde_json::Value {

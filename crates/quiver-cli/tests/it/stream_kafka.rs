@@ -275,13 +275,7 @@ feature_views:
     let view = store.state().unwrap().serving_view("txn").unwrap();
     // The aggregations, and the newest amount (a snapshot view: its offline table is
     // merged by every worker, whose commits may collide and are made again).
-    let mut features: Vec<String> = view
-        .aggregations
-        .iter()
-        .map(|a| format!("txn:{}", a.name))
-        .collect();
-    features.push("latest:amount".into());
-    let (served, trained) = crate::common::served_and_trained(&store, "card", 0..8, &features, t);
+    let (served, trained) = crate::stream::served_and_trained_of(&store, 0..8, t);
     assert_eq!(served, trained);
     for card in 0..8 {
         let want = format!("card {card} txn:count_star_1h: Int64({})", (N + 400) / 8);
