@@ -35,6 +35,21 @@ if [ -z "${QUIVER_KAFKA_BROKERS:-}" ] && [ ! -x "$TOOLS/bin/tansu" ]; then
   rm -rf "$HOME/.cache/quiver/tansu-build"
 fi
 
+# The Python SDK (python/) builds into a venv outside the clone, with pinned packages
+# from PyPI; the cargo build below compiles it for that interpreter.
+VENV="$HOME/.cache/quiver/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating the Python venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! cmp -s python/requirements-test.txt "$VENV/.requirements"; then
+  echo "==> installing the Python test packages"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r python/requirements-test.txt
+  cp python/requirements-test.txt "$VENV/.requirements"
+fi
+export PYO3_PYTHON="$VENV/bin/python"
+export PYO3_BUILD_EXTENSION_MODULE=1
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -51,3 +66,10 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 echo "==> build (clippy -D warnings) and tests"
 cargo build --workspace --all-targets --locked
 cargo nextest run --workspace --locked --no-fail-fast
+
+# The same build (profile, flags, wrapper) as above: maturin links the extension
+# module and installs it into the venv, editable; pytest runs its tests and executes
+# the quickstart notebook.
+echo "==> Python SDK: maturin develop, pytest"
+VIRTUAL_ENV="$VENV" "$VENV/bin/maturin" develop --locked -m python/Cargo.toml -q
+"$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider

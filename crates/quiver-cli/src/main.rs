@@ -1,7 +1,6 @@
 //! The `quiver` command line: one tokio runtime for the whole process, over the async
 //! library ([`quiver::FeatureStore`]) and the feature server ([`quiver_server`]).
 
-mod demo;
 mod progress;
 mod views;
 
@@ -383,7 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
             .transpose()?
             .unwrap_or_else(now);
         let dir2 = dir.clone();
-        quiver::blocking(move || demo::init(&dir2, anchor)).await?;
+        quiver::blocking(move || quiver::demo::init(&dir2, anchor)).await?;
         println!(
             "Created a feature repository in {} (history up to {}).\nNext: cd {} && quiver apply && quiver ingest",
             dir.display(),

@@ -131,6 +131,9 @@ struct ViewRead {
 #[derive(Clone, Debug)]
 pub struct ReadPlan {
     names: Vec<String>,
+    /// Each output's type; `None` for a feature the served version of its view
+    /// predates (always MISSING).
+    dtypes: Vec<Option<DType>>,
     refs: Vec<FeatureRef>,
     service: Option<(String, u32)>,
     keys: Vec<JoinKey>,
@@ -205,10 +208,13 @@ impl ReadPlan {
             .collect();
         let mut odfvs: Vec<OdfvRead> = Vec::new();
         let mut sources = Vec::with_capacity(refs.len());
+        // Stored outputs' types are filled in once their plan is built.
+        let mut dtypes = Vec::with_capacity(refs.len());
         for r in &refs {
             if !state.is_on_demand(&r.view) {
                 let i = stored.iter().position(|s| s == r).expect("listed above");
                 sources.push(OutputSource::Stored(i));
+                dtypes.push(None);
                 continue;
             }
             let k = match odfvs.iter().position(|o| o.name == r.view) {
@@ -252,6 +258,7 @@ impl ReadPlan {
                     ))
                 })?;
             sources.push(OutputSource::OnDemand(k, j));
+            dtypes.push(Some(def.features[j].dtype.clone()));
         }
         // Stored outputs get internal names; only `names` is shown.
         let mut plan = Self::build(stored, service, true, |name| Ok(state.serving_view(name)?))?;
@@ -263,8 +270,14 @@ impl ReadPlan {
                 OutputSource::OnDemand(k, _) => plan.views.len() + k,
             })
             .collect();
+        for (t, s) in dtypes.iter_mut().zip(&sources) {
+            if let OutputSource::Stored(i) = s {
+                t.clone_from(&plan.dtypes[*i]);
+            }
+        }
         view_names.extend(odfvs.iter().map(|o| o.name.clone()));
         plan.names = names;
+        plan.dtypes = dtypes;
         plan.refs = refs;
         plan.sources = sources;
         plan.odfvs = odfvs;
@@ -305,6 +318,7 @@ impl ReadPlan {
         let mut groups: Vec<KeyGroup> = Vec::new();
         let mut views: Vec<ViewRead> = Vec::new();
         let mut output_view = Vec::with_capacity(refs.len());
+        let mut dtypes = Vec::with_capacity(refs.len());
         for (out, r) in refs.iter().enumerate() {
             let vi = match views.iter().position(|v| v.name == r.view) {
                 Some(vi) => vi,
@@ -373,9 +387,11 @@ impl ReadPlan {
             };
             // The references were checked against the declared definitions; the
             // version served may predate a feature (its reads stay MISSING).
-            if let Some(fi) = views[vi].features.iter().position(|f| *f == r.feature) {
+            let fi = views[vi].features.iter().position(|f| *f == r.feature);
+            if let Some(fi) = fi {
                 views[vi].wanted.push((out, fi));
             }
+            dtypes.push(fi.map(|fi| views[vi].dtypes[fi].clone()));
             output_view.push(vi);
         }
         let fields = views.iter().map(|v| v.field).collect();
@@ -383,6 +399,7 @@ impl ReadPlan {
         let final_view = output_view.clone();
         Ok(ReadPlan {
             names,
+            dtypes,
             refs,
             service,
             keys,
@@ -400,6 +417,12 @@ impl ReadPlan {
     /// Output names of the features, in request order.
     pub fn feature_names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The features' types, in request order (`None`: a feature the served version of
+    /// its view predates, always MISSING).
+    pub fn feature_dtypes(&self) -> &[Option<DType>] {
+        &self.dtypes
     }
 
     /// The features, in request order.

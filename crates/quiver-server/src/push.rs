@@ -7,16 +7,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
+use quiver::push::{self, MAX_PUSH_ROWS};
 use quiver::stream;
 use quiver::write::{self, Input, Targets};
 use quiver::FeatureStore;
 use quiver_core::model::{ResolvedView, Source};
 use quiver_core::value::values_to_array;
-use quiver_core::{DType, Value};
-use quiver_offline::normalize::{key_arrow_type, NormalizedBatch, Origin};
+use quiver_core::DType;
+use quiver_offline::normalize::{NormalizedBatch, Origin};
 use quiver_online::Columns;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,94 +24,39 @@ use crate::api::{self, pb};
 use crate::core::{ApiError, ServerState};
 
 /// Largest number of rows one push may carry.
-pub const MAX_PUSH_ROWS: usize = 100_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    Online,
-    Offline,
-    Both,
-}
-
-/// The request's rows as one view's columns: its join keys, the event time (as text,
-/// parsed by the write path), the creation time if sent, and its features. With
-/// `strict`, a column the view does not use is an error (a push to one view); else it
-/// is left for the source's other views.
+/// The request's rows as one view's columns ([`push::columns_of`]): its join keys, the
+/// event time (as text, parsed by the write path), the creation time if sent, and its
+/// features, each converted to the type the view stores.
 fn view_batch(
     view: &ResolvedView,
     source: &Source,
     columns: &Columns,
     strict: bool,
 ) -> Result<(RecordBatch, String, Option<String>), ApiError> {
-    // The timestamp column may carry the source's name or the stored one.
-    let ts_name = [source.timestamp_field(), "event_timestamp"]
-        .into_iter()
-        .find(|n| columns.get(n).is_some())
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "missing the event time column '{}'",
-                source.timestamp_field()
-            ))
-        })?
-        .to_string();
-    let created_name = [source.created_timestamp_field(), Some("created_timestamp")]
-        .into_iter()
-        .flatten()
-        .find(|n| columns.get(n).is_some())
-        .map(str::to_string);
-
-    let mut fields = Vec::new();
-    let mut arrays: Vec<ArrayRef> = Vec::new();
-    let mut add = |name: &str, dtype: &DType, values: &[Value]| -> Result<(), ApiError> {
-        let a = values_to_array(values, dtype)
+    let names: Vec<&str> = columns.names().collect();
+    let wanted = push::columns_of(view, source, &names, strict)?;
+    let mut fields = Vec::with_capacity(wanted.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(wanted.len());
+    for (name, role) in &wanted {
+        let dtype = match role {
+            push::Role::Key(t) => DType::from_arrow(t).expect("key types map back"),
+            // As text: the write path parses it, rounding a row's time up to the
+            // microsecond (DESIGN §9: no row from after T reaches a read at T).
+            push::Role::Time => DType::String,
+            push::Role::Feature(t) => t.clone(),
+        };
+        let values = columns.get(name).expect("checked by columns_of");
+        let a = values_to_array(values, &dtype)
             .map_err(|e| ApiError::invalid(format!("column '{name}': {e}")))?;
         fields.push(Field::new(name, a.data_type().clone(), true));
         arrays.push(a);
-        Ok(())
-    };
-    let mut used = vec![ts_name.clone()];
-    for k in &view.join_keys {
-        let col = columns
-            .get(&k.name)
-            .ok_or_else(|| ApiError::invalid(format!("missing join key column '{}'", k.name)))?;
-        let t = DType::from_arrow(&key_arrow_type(&k.dtype)).expect("key types map back");
-        add(&k.name, &t, col)?;
-        used.push(k.name.clone());
     }
-    add(
-        &ts_name,
-        // As text: the write path parses it, rounding a row's time up to the
-        // microsecond (DESIGN §9: no row from after T reaches a read at T).
-        &DType::String,
-        columns.get(&ts_name).expect("found above"),
-    )?;
-    if let Some(c) = &created_name {
-        add(c, &DType::String, columns.get(c).expect("found above"))?;
-        used.push(c.clone());
-    }
-    // A snapshot view's features; an aggregated view's source columns its
-    // aggregations read.
-    for f in &view.features {
-        let (name, dtype) = (f.name.as_str(), &f.dtype);
-        let col = columns.get(name).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "missing column '{name}' of feature view '{}' (send null values for unknown \
-                 ones)",
-                view.name
-            ))
-        })?;
-        add(name, dtype, col)?;
-        used.push(name.to_string());
-    }
-    if strict {
-        if let Some(extra) = columns.names().find(|n| !used.iter().any(|u| u == n)) {
-            return Err(ApiError::invalid(format!(
-                "column '{extra}' is not a join key, time column or feature of feature view \
-                 '{}'",
-                view.name
-            )));
-        }
-    }
+    let k = view.join_keys.len();
+    let ts_name = wanted[k].0.clone();
+    let created_name = wanted
+        .get(k + 1)
+        .filter(|(_, r)| *r == push::Role::Time)
+        .map(|(n, _)| n.clone());
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok((batch, ts_name, created_name))
@@ -122,67 +67,13 @@ impl ServerState {
     #[tracing::instrument(level = "debug", skip_all, fields(view = %req.feature_view, source = %req.push_source, to = %req.to))]
     pub async fn push(&self, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
         let snapshot = self.snapshot()?;
-        let state = &snapshot.state;
-        let target = match req.to.as_str() {
-            // A push source is a stream: its events go where a stream worker writes
-            // them, online and offline.
-            "" if !req.push_source.is_empty() => Target::Both,
-            "" | "online" => Target::Online,
-            "offline" => Target::Offline,
-            "online_and_offline" => Target::Both,
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "'to' is {other:?}: expected online, offline or online_and_offline"
-                )))
-            }
+        let target = push::PushTarget {
+            feature_view: &req.feature_view,
+            push_source: &req.push_source,
+            producer: &req.producer,
+            to: &req.to,
         };
-        // The views written: the one named, or every view over the push source.
-        let (source, names): (&Source, Vec<&str>) =
-            match (req.feature_view.as_str(), req.push_source.as_str()) {
-                ("", "") => {
-                    return Err(ApiError::invalid(
-                        "name a 'feature_view' or a 'push_source' to push to",
-                    ))
-                }
-                (v, "") => {
-                    let record = state.view(v).map_err(quiver::Error::from)?;
-                    let source = state
-                        .source(&record.def.source)
-                        .map_err(quiver::Error::from)?;
-                    (&source.def, vec![v])
-                }
-                ("", p) => {
-                    let source = state.source(p).map_err(quiver::Error::from)?;
-                    if !matches!(source.def, Source::Push(_)) {
-                        return Err(ApiError::invalid(format!(
-                            "source '{p}' is not a push source (type: push)"
-                        )));
-                    }
-                    let names: Vec<&str> = state
-                        .feature_views
-                        .iter()
-                        .filter(|(_, r)| r.def.source == p)
-                        .map(|(n, _)| n.as_str())
-                        .collect();
-                    if names.is_empty() {
-                        return Err(ApiError::invalid(format!(
-                            "no feature view reads push source '{p}'"
-                        )));
-                    }
-                    (&source.def, names)
-                }
-                _ => {
-                    return Err(ApiError::invalid(
-                        "name either a 'feature_view' or a 'push_source', not both",
-                    ))
-                }
-            };
-        if !req.producer.is_empty() && req.push_source.is_empty() {
-            return Err(ApiError::invalid(
-                "'producer' and 'sequence' make pushes to a 'push_source' idempotent; \
-                 a push to a 'feature_view' takes neither",
-            ));
-        }
+        let plan = push::plan(&snapshot.state, &target)?;
         let columns = Columns::new(
             req.data
                 .iter()
@@ -199,42 +90,10 @@ impl ServerState {
             )));
         }
         let now = self.clock.now();
-        let mut prepared = Vec::with_capacity(names.len());
-        for name in &names {
-            let record = state.view(name).map_err(quiver::Error::from)?;
-            if target != Target::Offline && !record.def.online {
-                return Err(ApiError::invalid(format!(
-                    "feature view '{name}' is not served online (online: false)"
-                )));
-            }
-            if target != Target::Online && !record.def.offline {
-                return Err(ApiError::invalid(format!(
-                    "feature view '{name}' keeps no offline history (offline: false)"
-                )));
-            }
-            let view = state.resolved_view(name).map_err(quiver::Error::from)?;
-            if !view.aggregations.is_empty()
-                && !req.push_source.is_empty()
-                && req.producer.is_empty()
-            {
-                // Without positions its tiles would be recomputed from the offline
-                // table, dropping what producers' pushes applied and have not yet
-                // committed there.
-                return Err(ApiError::invalid(format!(
-                    "feature view '{name}' is an aggregated view: pushes to push source '{}' \
-                     need a 'producer' and a growing 'sequence' (each event is applied once)",
-                    req.push_source
-                )));
-            }
-            if !view.aggregations.is_empty() && target == Target::Online {
-                return Err(ApiError::invalid(format!(
-                    "feature view '{name}' is an aggregated view: its events are written \
-                     offline and online together (to: online_and_offline), so that training \
-                     sets count what is served"
-                )));
-            }
+        let mut prepared = Vec::with_capacity(plan.views.len());
+        for view in &plan.views {
             let (batch, ts_name, created_name) =
-                view_batch(&view, source, &columns, req.push_source.is_empty())?;
+                view_batch(view, plan.source, &columns, req.push_source.is_empty())?;
             let input = Input {
                 timestamp_field: &ts_name,
                 created_field: created_name.as_deref(),
@@ -245,32 +104,21 @@ impl ServerState {
                 not_after: Input::not_after(self.store.config(), now),
             };
             // Every view's rows are checked before any is written.
-            let batch = write::validate(&view, &batch, &input)?;
-            prepared.push((view, batch));
+            prepared.push(write::validate(view, &batch, &input)?);
         }
         let rows = columns.len() as u64;
-        let targets = Targets {
-            online: target != Target::Offline,
-            offline: target != Target::Online,
-        };
+        let targets = plan.targets;
         let mut resp = pb::PushResponse {
             rows,
             ..Default::default()
         };
-        for (view, batch) in prepared {
-            let newest = batch
-                .batch
-                .column(view.join_keys.len())
-                .as_primitive::<TimestampMicrosecondType>()
-                .values()
-                .iter()
-                .copied()
-                .max();
+        for (view, batch) in plan.views.iter().zip(prepared) {
+            let newest = push::newest(view, &batch);
             let (online_written, offline) = if req.producer.is_empty() {
-                let stats = write::write(&self.store, &view, vec![batch], targets).await?;
+                let stats = write::write(&self.store, view, vec![batch], targets).await?;
                 (stats.online_written, stats.offline.map_or(0, |o| o.rows_in))
             } else {
-                self.push_events(&view, batch, &req, targets, now).await?
+                self.push_events(view, batch, &req, targets, now).await?
             };
             resp.written_online += online_written;
             if targets.online {
@@ -279,11 +127,7 @@ impl ServerState {
             resp.written_offline += offline;
             if targets.online {
                 // For `quiver status` / `describe`: reported with the next round.
-                let partition = match (req.push_source.as_str(), req.producer.as_str()) {
-                    ("", _) => format!("push:{}", view.name),
-                    (s, "") => format!("push:{s}"),
-                    (s, p) => format!("push:{s}:{p}"),
-                };
+                let partition = push::partition(&target, &view.name);
                 let mut reports = self.push_reports.lock().expect("not poisoned");
                 let r = reports
                     .entry(view.name.clone())
@@ -298,10 +142,10 @@ impl ServerState {
         Ok(resp)
     }
 
-    /// Writes a producer's request as stream events: row `i` sits at offset
-    /// `sequence << 32 | i` of partition `push:SOURCE:PRODUCER`, so that a retried
-    /// request finds its events applied (online positions, offline offsets) and changes
-    /// nothing. Returns the rows written online and offline.
+    /// Writes a producer's request as stream events ([`push::offsets`]), so that a
+    /// retried request finds its events applied (online positions, offline offsets)
+    /// and changes nothing; offline through the view's group-commit writer. Returns the
+    /// rows written online and offline.
     async fn push_events(
         &self,
         view: &ResolvedView,
@@ -313,29 +157,11 @@ impl ServerState {
         let partition: Arc<[u8]> = format!("push:{}:{}", req.push_source, req.producer)
             .into_bytes()
             .into();
-        let offsets: Vec<u128> = (0..batch.batch.num_rows() as u128)
-            .map(|i| (req.sequence as u128) << 32 | i)
-            .collect();
+        let offsets = push::offsets(req.sequence, batch.batch.num_rows());
         let mut online = 0;
         if targets.online {
-            let s = stream::apply_events(
-                &self.store,
-                view,
-                batch.clone(),
-                stream::StreamEvents {
-                    partition: &partition,
-                    offsets: &offsets,
-                },
-                Targets::ONLINE,
-                now,
-            )
-            .await?;
-            // Events applied (an aggregated view), or rows stored (a snapshot view).
-            online = if view.aggregations.is_empty() {
-                s.online_written
-            } else {
-                s.applied
-            };
+            online =
+                push::apply_online(&self.store, view, &batch, &partition, &offsets, now).await?;
         }
         let mut offline = 0;
         if targets.offline {

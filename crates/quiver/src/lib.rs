@@ -18,6 +18,7 @@
 //! ```
 
 pub mod compact;
+pub mod demo;
 pub mod error;
 pub mod freshness;
 pub mod historical;
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod io;
 pub mod materialize;
 pub mod online;
+pub mod push;
 pub mod snapshot;
 pub mod store;
 pub mod stream;
@@ -43,6 +45,7 @@ pub use historical::HistoricalBuilder;
 pub use ingest::IngestBuilder;
 pub use materialize::{MaterializeBuilder, MaterializeStats};
 pub use online::{OnlineBuilder, OnlineResult, OnlineRow};
+pub use push::{PushBuilder, PushStats};
 pub use quiver_core::{DType, Duration, FeatureStatus, Timestamp, Value};
 pub use quiver_online::{Columns, ReadPlan, Vectors};
 pub use snapshot::Snapshot;

@@ -384,6 +384,11 @@ impl FeatureStore {
         crate::OnlineBuilder::new(self.clone())
     }
 
+    /// Starts a push of `rows` (name a feature view or a push source on the builder).
+    pub fn push(&self, rows: arrow::array::RecordBatch) -> crate::PushBuilder {
+        crate::PushBuilder::new(self.clone(), rows)
+    }
+
     /// Errors when `views` names a view that does not exist.
     pub(crate) fn check_views(state: &RegistryState, views: &[String]) -> Result<()> {
         for v in views {

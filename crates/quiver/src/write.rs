@@ -44,6 +44,16 @@ impl Targets {
         online: true,
         offline: false,
     };
+    /// The offline store only.
+    pub const OFFLINE: Targets = Targets {
+        online: false,
+        offline: true,
+    };
+    /// Both stores.
+    pub const BOTH: Targets = Targets {
+        online: true,
+        offline: true,
+    };
 }
 
 /// What a write did.

@@ -1,4 +1,5 @@
-//! `quiver init`: a working repository with deterministic demo data.
+//! The demo repository (`quiver init`; `quiver.init_demo` in Python): a working
+//! repository with deterministic demo data.
 //!
 //! The demo is a ride-hailing company: drivers with hourly statistics, customers with
 //! daily profiles, a (driver, customer) view of trips taken together, read from a CSV
@@ -19,7 +20,7 @@ use quiver_core::time::{Timestamp, MICROS_PER_SECOND};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use quiver::{Error, Result};
+use crate::{Error, Result};
 
 const HOUR: i64 = 3600 * MICROS_PER_SECOND;
 const DAY: i64 = 24 * HOUR;

@@ -1,0 +1,150 @@
+"""Types round-trip through push, offline and online: int, float, str, bool, list,
+timestamp; nulls stay None (never NaN or zero)."""
+
+import datetime as dt
+import textwrap
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import quiver
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 3, 1, 8, tzinfo=UTC)
+
+FEATURES = textwrap.dedent(
+    """\
+    entities:
+      - name: user
+        join_keys: [{ name: user_id, dtype: int64 }]
+    sources:
+      - name: profile_history
+        type: file
+        path: data/profile.parquet
+        timestamp_field: ts
+      - name: profile_push
+        type: push
+        timestamp_field: ts
+        batch_source: profile_history
+    feature_views:
+      - name: profile
+        entities: [user]
+        source: profile_push
+        ttl: 30d
+        features:
+          - { name: age, dtype: int32 }
+          - { name: visits, dtype: int64 }
+          - { name: score, dtype: float64 }
+          - { name: ratio, dtype: float32 }
+          - { name: city, dtype: string }
+          - { name: active, dtype: bool }
+          - { name: tags, dtype: list<string> }
+          - { name: last_seen, dtype: timestamp }
+    """
+)
+
+SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("age", pa.int32()),
+        ("visits", pa.int64()),
+        ("score", pa.float64()),
+        ("ratio", pa.float32()),
+        ("city", pa.string()),
+        ("active", pa.bool_()),
+        ("tags", pa.list_(pa.string())),
+        ("last_seen", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+ROWS = [
+    dict(user_id=1, ts=T0, age=31, visits=2**40, score=0.1, ratio=0.5, city="Lyon",
+         active=True, tags=["a", "b"], last_seen=T0 - dt.timedelta(microseconds=1)),
+    dict(user_id=2, ts=T0, age=None, visits=None, score=None, ratio=None, city=None,
+         active=None, tags=None, last_seen=None),
+    dict(user_id=3, ts=T0, age=-7, visits=0, score=-0.0, ratio=1e-3, city="",
+         active=False, tags=[], last_seen=dt.datetime(1969, 12, 31, 23, 59, tzinfo=UTC)),
+]
+
+
+@pytest.fixture()
+def typed(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "quiver.yaml").write_text(
+        "project: typed\nregistry: data/registry\n"
+        "offline_store: { type: delta, path: data/offline }\n"
+        "online_store: { type: embedded, path: data/online }\n"
+    )
+    (tmp_path / "features.yaml").write_text(FEATURES)
+    pq.write_table(pa.Table.from_pylist(ROWS[:1], schema=SCHEMA), tmp_path / "data/profile.parquet")
+    store = quiver.FeatureStore(tmp_path)
+    store.apply()
+    return store
+
+
+NAMES = ["age", "visits", "score", "ratio", "city", "active", "tags", "last_seen"]
+
+
+def expected(row, name):
+    v = row[name]
+    if name == "ratio" and v is not None:
+        return float(pa.scalar(v, pa.float32()).as_py())
+    return v
+
+
+def test_values_round_trip_online_and_offline(typed):
+    table = pa.Table.from_pylist(ROWS, schema=SCHEMA)
+    out = typed.push("profile_push", table)
+    assert out["rows"] == 3 and out["written_online"] == 3 and out["written_offline"] == 3
+
+    refs = [f"profile:{n}" for n in NAMES]
+    served = typed.get_online_features(
+        refs, [{"user_id": 1}, {"user_id": 2}, {"user_id": 3}], at=T0
+    )
+    d = served.to_dict()
+    for i, row in enumerate(ROWS):
+        for name in NAMES:
+            assert d[name][i] == expected(row, name), (i, name)
+    assert served.statuses()["age"] == ["PRESENT"] * 3
+    # Null stays None, never NaN or zero, in every output form.
+    assert all(d[n][1] is None for n in NAMES)
+    arrow = served.to_arrow()
+    assert arrow.schema.field("age").type == pa.int32()
+    assert arrow.schema.field("tags").type == pa.list_(pa.field("item", pa.string()))
+    assert arrow.column("score").null_count == 1
+
+    entity_df = pa.table({"user_id": [1, 2, 3], "event_timestamp": [T0] * 3})
+    trained = typed.get_historical_features(entity_df, refs).to_arrow()
+    for name in NAMES:
+        assert trained.column(name).to_pylist() == d[name], name
+    pol = typed.get_historical_features(entity_df, refs).to_polars()
+    assert pol["age"].to_list() == [31, None, -7]
+    assert pol["score"].null_count() == 1 and not pol["score"].is_nan().any()
+
+
+def test_pandas_push_and_feast_write_calls(typed):
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "user_id": [7],
+            "ts": [pd.Timestamp("2026-03-01 09:00")],  # naive: UTC
+            "age": pd.array([40], dtype="int32"),
+            "visits": [3],
+            "score": [2.5],
+            "ratio": pd.array([0.25], dtype="float32"),
+            "city": ["Oslo"],
+            "active": [True],
+            "tags": [["x"]],
+            "last_seen": [pd.Timestamp("2026-03-01 08:00", tz="Europe/Oslo")],
+        }
+    )
+    assert typed.write_to_online_store("profile", df)["written_online"] == 1
+    assert typed.write_to_offline_store("profile", df)["written_offline"] == 1
+    at = dt.datetime(2026, 3, 1, 10, tzinfo=UTC)
+    d = typed.get_online_features(["profile:last_seen", "profile:score"],
+                                  [{"user_id": 7}], at=at).to_dict()
+    assert d["last_seen"] == [dt.datetime(2026, 3, 1, 7, tzinfo=UTC)]
+    assert d["score"] == [2.5]
