@@ -65,11 +65,14 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 echo "==> build (clippy -D warnings) and tests"
 cargo build --workspace --all-targets --locked
-cargo nextest run --workspace --locked --no-fail-fast
+# The Python tests run even when a Rust test failed; the script fails if either did.
+status=0
+cargo nextest run --workspace --locked --no-fail-fast || status=$?
 
 # The same build (profile, flags, wrapper) as above: maturin links the extension
 # module and installs it into the venv, editable; pytest runs its tests and executes
 # the quickstart notebook.
 echo "==> Python SDK: maturin develop, pytest"
 VIRTUAL_ENV="$VENV" "$VENV/bin/maturin" develop --locked -m python/Cargo.toml -q
-"$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
+"$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider || status=$?
+exit "$status"

@@ -252,7 +252,8 @@ feature_views:
     // Bad pushes are refused whole, naming what is wrong.
     for (extra, data, says) in [
         (
-            json!({}),
+            // (Without a producer, the aggregated view's rule is named first.)
+            json!({"producer": "p9", "sequence": 1}),
             json!({"card_id": [3], "ts": ["1970-01-01T01:36:00Z"]}),
             "missing column 'amount'",
         ),
