@@ -46,8 +46,10 @@ where
     let out = py.detach(|| {
         runtime().block_on(async {
             let mut fut = std::pin::pin!(fut);
-            let mut tick = tokio::time::interval(SIGNAL_CHECK);
-            tick.tick().await;
+            // The first check after one period: an interval's immediate first tick
+            // still waits for the timer wheel (about a millisecond).
+            let start = tokio::time::Instant::now() + SIGNAL_CHECK;
+            let mut tick = tokio::time::interval_at(start, SIGNAL_CHECK);
             loop {
                 tokio::select! {
                     r = &mut fut => return Ok::<_, PyErr>(r),
@@ -62,6 +64,18 @@ where
         Ok(r) => r.map_err(|e| Python::attach(|py| to_py_err(py, e))),
         Err(e) => Err(e),
     }
+}
+
+/// Runs a short call (an online read: bounded work, no signal checks) with the GIL
+/// released.
+fn run_short<T: Send, F>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    F: IntoFuture<Output = quiver::Result<T>>,
+    F::IntoFuture: Send,
+{
+    let fut = fut.into_future();
+    py.detach(|| runtime().block_on(fut))
+        .map_err(|e| Python::attach(|py| to_py_err(py, e)))
 }
 
 /// A Python exception class of `quiver.errors`.
@@ -303,7 +317,7 @@ impl Store {
         let at = at.unwrap_or_else(quiver_core::time::now);
         let store = self.inner.clone();
         let p = plan.clone();
-        let (entities, vectors) = run(py, async move {
+        let (entities, vectors) = run_short(py, async move {
             let online = store.online().await?;
             let v = p
                 .execute_with(online.as_ref(), &entities, &context, at)
