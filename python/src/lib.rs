@@ -548,30 +548,27 @@ impl OnlineResponse {
             }
             out.set_item(name, list)?;
         }
-        let (n, rows) = (self.vectors.n_features, self.vectors.rows());
-        for (j, name) in self.plan.feature_names().iter().enumerate() {
-            let list = PyList::empty(py);
-            for i in 0..rows {
-                list.append(to_py(py, &self.vectors.values[i * n + j])?)?;
-            }
-            out.set_item(name, list)?;
-        }
+        self.per_feature(py, &out, |py, i| to_py(py, &self.vectors.values[i]))?;
         Ok(out)
     }
 
     /// `{feature: [status per row]}`: PRESENT, MISSING, OUTSIDE_TTL or INVALID.
     fn statuses<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.per_feature(py, |py, i| {
+        let out = PyDict::new(py);
+        self.per_feature(py, &out, |py, i| {
             Ok(PyString::new(py, self.vectors.statuses[i].as_str()).into_any())
-        })
+        })?;
+        Ok(out)
     }
 
     /// `{feature: [event time per row (aware UTC datetime) or None]}`.
     fn event_timestamps<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.per_feature(py, |py, i| match self.vectors.event_timestamps[i] {
+        let out = PyDict::new(py);
+        self.per_feature(py, &out, |py, i| match self.vectors.event_timestamps[i] {
             Some(t) => timestamp(py, t),
             None => Ok(py.None().into_bound(py)),
-        })
+        })?;
+        Ok(out)
     }
 
     /// The rows as an Arrow record batch: join keys, then each feature typed as
@@ -590,12 +587,13 @@ impl OnlineResponse {
 }
 
 impl OnlineResponse {
+    /// Adds `{feature: [cell(row * n_features + feature) per row]}` to `out`.
     fn per_feature<'py>(
         &self,
         py: Python<'py>,
+        out: &Bound<'py, PyDict>,
         cell: impl Fn(Python<'py>, usize) -> PyResult<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        let out = PyDict::new(py);
+    ) -> PyResult<()> {
         let (n, rows) = (self.vectors.n_features, self.vectors.rows());
         for (j, name) in self.plan.feature_names().iter().enumerate() {
             let list = PyList::empty(py);
@@ -604,7 +602,7 @@ impl OnlineResponse {
             }
             out.set_item(name, list)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn batch(&self) -> quiver::Result<RecordBatch> {

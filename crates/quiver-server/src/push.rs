@@ -154,9 +154,12 @@ impl ServerState {
         targets: Targets,
         now: quiver_core::Timestamp,
     ) -> Result<(u64, u64), ApiError> {
-        let partition: Arc<[u8]> = format!("push:{}:{}", req.push_source, req.producer)
-            .into_bytes()
-            .into();
+        let target = push::PushTarget {
+            push_source: &req.push_source,
+            producer: &req.producer,
+            ..Default::default()
+        };
+        let partition: Arc<[u8]> = push::partition(&target, &view.name).into_bytes().into();
         let offsets = push::offsets(req.sequence, batch.batch.num_rows());
         let mut online = 0;
         if targets.online {
