@@ -13,6 +13,11 @@ fi
 if ! "$VENV/bin/python" -c "import feast, maturin" 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "feast[duckdb]==0.67.0" maturin==1.16.0
 fi
-VIRTUAL_ENV="$VENV" PYO3_PYTHON="$VENV/bin/python" PYO3_BUILD_EXTENSION_MODULE=1 \
-  "$VENV/bin/maturin" develop --release --locked -m python/Cargo.toml -q
-exec "$VENV/bin/python" crates/quiver-bench/python/feast_side_by_side.py "$@"
+# A wheel installed as such (not `maturin develop`, whose editable install would load
+# whatever extension module the test suite last built in python/quiver).
+WHEELS="$(mktemp -d)"
+trap 'rm -rf "$WHEELS"' EXIT
+PYO3_PYTHON="$VENV/bin/python" PYO3_BUILD_EXTENSION_MODULE=1 \
+  "$VENV/bin/maturin" build --release --locked -m python/Cargo.toml -o "$WHEELS" -q
+"$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$WHEELS"/*.whl
+"$VENV/bin/python" crates/quiver-bench/python/feast_side_by_side.py "$@"
