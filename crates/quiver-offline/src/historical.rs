@@ -349,7 +349,6 @@ fn view_columns(
             if want.is_empty() {
                 return Ok(None);
             }
-            want.sort_unstable();
             let batches = read_data_file(&f.path, &schema, 0, Some(&feature_names))?;
             let Some(b0) = batches.first() else {
                 return Err(Error::Data(format!(
