@@ -69,10 +69,14 @@ cargo build --workspace --all-targets --locked
 status=0
 cargo nextest run --workspace --locked --no-fail-fast || status=$?
 
-# The same build (profile, flags, wrapper) as above: maturin links the extension
-# module and installs it into the venv, editable; pytest runs its tests and executes
-# the quickstart notebook.
-echo "==> Python SDK: maturin develop, pytest"
-VIRTUAL_ENV="$VENV" "$VENV/bin/maturin" develop --locked -m python/Cargo.toml -q
+# The build above linked the extension module (python/, for the venv's interpreter);
+# it is installed into the venv as `maturin develop` would, editable: the module next
+# to the package's sources, a .pth file naming them. (maturin itself would build the
+# crate alone, with other features of shared dependencies: minutes more on a fresh
+# machine.) pytest then runs the package's tests and executes the quickstart notebook.
+echo "==> Python SDK: install into $VENV, pytest"
+cp "$CARGO_TARGET_DIR/debug/lib_quiver.so" python/quiver/_quiver.abi3.so
+"$VENV/bin/python" -c 'import pathlib, site, sys
+pathlib.Path(site.getsitepackages()[0], "quiver-dev.pth").write_text(sys.argv[1] + "\n")' "$PWD/python"
 "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider || status=$?
 exit "$status"
