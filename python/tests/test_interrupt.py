@@ -47,3 +47,35 @@ def test_ctrl_c_interrupts_a_long_call(demo_path):
     child.wait(timeout=60)
     assert outcome == "interrupted", f"the call ran to its end ({seconds} s of {full} s)"
     assert float(seconds) < full, (seconds, full)
+
+
+def test_the_gil_is_released_while_rust_works(store):
+    """Another Python thread runs during a long call: the longest pause it sees is a
+    small part of the call (were the GIL held, it would wait for the whole call)."""
+    import threading
+
+    import numpy as np
+    import pandas as pd
+
+    n = 1_000_000
+    df = pd.DataFrame({"driver_id": 1001 + np.arange(n) % 100,
+                       "event_timestamp": pd.Timestamp("2026-01-05 12:30", tz="UTC")})
+    table = __import__("pyarrow").Table.from_pandas(df, preserve_index=False)
+    done = threading.Event()
+    took = []
+
+    def call():
+        t = time.perf_counter()
+        store.get_historical_features(table, ["driver_hourly_stats:conv_rate"])
+        took.append(time.perf_counter() - t)
+        done.set()
+
+    worker = threading.Thread(target=call)
+    last, longest = time.perf_counter(), 0.0
+    worker.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+        time.sleep(0.001)
+    worker.join()
+    assert longest < took[0] / 2, (longest, took[0])
