@@ -325,6 +325,10 @@ class OnlineResponse:
     def feature_names(self) -> List[str]:
         return self._native.feature_names()
 
+    @property
+    def join_keys(self) -> List[str]:
+        return self._native.join_keys()
+
     def all_present(self) -> bool:
         return self._native.all_present()
 

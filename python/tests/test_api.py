@@ -140,6 +140,7 @@ def test_online_reads(store):
     assert resp.to_arrow().schema.field("avg_daily_trips").type == pa.int64()
     assert resp.to_polars().shape == (3, 3)
     assert resp.feature_names == ["conv_rate", "avg_daily_trips"] and len(resp) == 3
+    assert resp.join_keys == ["driver_id"]
     assert not resp.all_present()
 
 

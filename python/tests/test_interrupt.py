@@ -46,7 +46,6 @@ def test_ctrl_c_interrupts_a_long_call(demo_path):
     outcome, seconds = child.stdout.readline().split()
     child.wait(timeout=60)
     assert outcome == "interrupted", f"the call ran to its end ({seconds} s of {full} s)"
-    assert float(seconds) < full, (seconds, full)
 
 
 def test_the_gil_is_released_while_rust_works(store):
