@@ -82,6 +82,9 @@ impl IntKeyIndex {
     /// ([`NO_GROUP`] where `valid` is false). Sorting (key, label) pairs once is much
     /// faster than a search per label when the labels are many.
     pub fn from_labels(keys: &[i64], valid: impl Fn(usize) -> bool) -> (Self, Vec<u32>) {
+        if let Some(dense) = Self::from_dense_labels(keys, &valid) {
+            return dense;
+        }
         let mut pairs: Vec<(i64, u32)> = keys
             .iter()
             .enumerate()
@@ -98,6 +101,48 @@ impl IntKeyIndex {
             groups[i as usize] = (uniq.len() - 1) as u32;
         }
         (IntKeyIndex::with_table(uniq), groups)
+    }
+
+    /// [`from_labels`](Self::from_labels) for dense keys (a range at most
+    /// [`DENSE_FACTOR`] times the labels, as sequential ids): the keys present are
+    /// marked in a table over their range, which then numbers them in order — linear,
+    /// where sorting every (key, label) pair is not. `None` when the keys are sparse.
+    fn from_dense_labels(keys: &[i64], valid: &impl Fn(usize) -> bool) -> Option<(Self, Vec<u32>)> {
+        let (mut min, mut max, mut n) = (i64::MAX, i64::MIN, 0u64);
+        for (i, &k) in keys.iter().enumerate() {
+            if valid(i) {
+                (min, max, n) = (min.min(k), max.max(k), n + 1);
+            }
+        }
+        let range = usize::try_from(max as i128 - min as i128 + 1).ok()?;
+        if n == 0 || range as u64 > (n * DENSE_FACTOR).max(1024) {
+            return None;
+        }
+        let mut slot_group = vec![NO_GROUP; range];
+        for (i, &k) in keys.iter().enumerate() {
+            if valid(i) {
+                slot_group[(k - min) as usize] = 0;
+            }
+        }
+        let mut uniq = Vec::new();
+        for (slot, g) in slot_group.iter_mut().enumerate() {
+            if *g != NO_GROUP {
+                *g = uniq.len() as u32;
+                uniq.push(min + slot as i64);
+            }
+        }
+        let groups = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                if valid(i) {
+                    slot_group[(k - min) as usize]
+                } else {
+                    NO_GROUP
+                }
+            })
+            .collect();
+        Some((IntKeyIndex::with_table(uniq), groups))
     }
 
     /// The index of sorted, distinct `keys`, with a direct table when they are dense.
@@ -270,8 +315,11 @@ impl LabelIndex {
         times: &[Timestamp],
         valid: impl Fn(usize) -> bool,
     ) -> (IntKeyIndex, LabelIndex) {
-        if let Some(dense) = Self::from_dense_int_labels(keys, times, &valid) {
-            return dense;
+        // Dense keys (sequential ids): each label's group without a sort, then
+        // `new`'s counting sort by group.
+        if let Some((index, groups)) = IntKeyIndex::from_dense_labels(keys, &valid) {
+            let labels = LabelIndex::new(&groups, times, index.len());
+            return (index, labels);
         }
         let mut triples: Vec<(i64, Timestamp, u32)> = keys
             .iter()
@@ -309,80 +357,6 @@ impl LabelIndex {
         )
     }
 
-    /// [`from_int_labels`](Self::from_int_labels) for dense keys (a range at most
-    /// [`DENSE_FACTOR`] times their number, as sequential ids): a counting sort by key,
-    /// then each key's few labels by time — linear, where sorting every (key, time,
-    /// row) is not. `None` when the keys are sparse.
-    fn from_dense_int_labels(
-        keys: &[i64],
-        times: &[Timestamp],
-        valid: &impl Fn(usize) -> bool,
-    ) -> Option<(IntKeyIndex, LabelIndex)> {
-        let (mut min, mut max, mut n) = (i64::MAX, i64::MIN, 0usize);
-        for (i, &k) in keys.iter().enumerate() {
-            if valid(i) {
-                (min, max, n) = (min.min(k), max.max(k), n + 1);
-            }
-        }
-        let range = usize::try_from(max as i128 - min as i128 + 1).ok()?;
-        if n == 0 || range as u64 > (n as u64 * DENSE_FACTOR).max(1024) {
-            return None;
-        }
-        // Labels per key slot, then each slot's first position in `order`.
-        let mut next = vec![0u32; range];
-        for (i, &k) in keys.iter().enumerate() {
-            if valid(i) {
-                next[(k - min) as usize] += 1;
-            }
-        }
-        let mut uniq = Vec::new();
-        let mut offsets = vec![0u32];
-        let mut pos = 0u32;
-        for (slot, c) in next.iter_mut().enumerate() {
-            if *c > 0 {
-                uniq.push(min + slot as i64);
-                let count = *c;
-                *c = pos;
-                pos += count;
-                offsets.push(pos);
-            }
-        }
-        // Rows in order within a key; a stable sort by time then orders them by (time,
-        // row), as the sort of (key, time, row) does.
-        let mut order = vec![0u32; n];
-        for (i, &k) in keys.iter().enumerate() {
-            if valid(i) {
-                let slot = &mut next[(k - min) as usize];
-                order[*slot as usize] = i as u32;
-                *slot += 1;
-            }
-        }
-        for w in offsets.windows(2) {
-            let (a, b) = (w[0] as usize, w[1] as usize);
-            if b - a > 1 {
-                order[a..b].sort_by_key(|&i| times[i as usize]);
-            }
-        }
-        let sorted_times = order.iter().map(|&i| times[i as usize]).collect();
-        Some((
-            IntKeyIndex::with_table(uniq),
-            LabelIndex {
-                n_labels: keys.len(),
-                offsets,
-                order,
-                times: sorted_times,
-            },
-        ))
-    }
-
-    /// Sorts candidates by (group, time, creation time, location). They arrive as a
-    /// few runs already in that order (each data file is sorted by key and time, and
-    /// groups follow key order), which a merge sort finds and merges in near-linear
-    /// time where a quicksort would sort them again.
-    fn sort_candidates(&self, candidates: &mut [Candidate]) {
-        candidates.par_sort_by_key(|c| (c.group, c.ts, c.created, c.loc));
-    }
-
     /// The number of label rows.
     pub fn len(&self) -> usize {
         self.n_labels
@@ -412,7 +386,10 @@ impl LabelIndex {
     /// greatest (event time, creation time, location) at or before the label time,
     /// if it lies within `ttl` of the label time; [`NO_MATCH`] otherwise.
     pub fn resolve(&self, mut candidates: Vec<Candidate>, ttl: Duration) -> Vec<u64> {
-        self.sort_candidates(&mut candidates);
+        // Candidates arrive as a few runs already in this order (each data file is
+        // sorted by key and time, and groups follow key order): a merge sort finds and
+        // merges them in near-linear time where a quicksort would sort them again.
+        candidates.par_sort_by_key(|c| (c.group, c.ts, c.created, c.loc));
         let mut out = vec![NO_MATCH; self.n_labels];
         let mut i = 0;
         while i < candidates.len() {
@@ -489,12 +466,30 @@ mod tests {
             prop_assert_eq!(idx.is_dense(), dense);
             // Sparse keys with more than one distinct value never get a table.
             prop_assert!(!(spread > 1 && uniq.len() > 1 && idx.is_dense()));
+            // The reference: one sort of every valid (key, time, row).
+            let mut triples: Vec<(i64, i64, u32)> = (0..keys.len())
+                .filter(|&i| valid(i))
+                .map(|i| (keys[i], times[i], i as u32))
+                .collect();
+            triples.sort_unstable();
+            let mut offsets = vec![0u32];
+            for (p, w) in triples.windows(2).enumerate() {
+                if w[0].0 != w[1].0 {
+                    offsets.push(p as u32 + 1);
+                }
+            }
+            if !triples.is_empty() {
+                offsets.push(triples.len() as u32);
+            }
+            prop_assert_eq!(&idx.keys, &uniq);
+            prop_assert_eq!(&index.offsets, &offsets);
+            prop_assert_eq!(&index.order, &triples.iter().map(|t| t.2).collect::<Vec<_>>());
+            prop_assert_eq!(&index.times, &triples.iter().map(|t| t.1).collect::<Vec<_>>());
+            // The two-step build gives the same index.
             let (b_idx, groups) = IntKeyIndex::from_labels(&keys, valid);
             let b_index = LabelIndex::new(&groups, &times, b_idx.len());
             prop_assert_eq!(&idx.keys, &b_idx.keys);
-            prop_assert_eq!(&index.offsets, &b_index.offsets);
             prop_assert_eq!(&index.order, &b_index.order);
-            prop_assert_eq!(&index.times, &b_index.times);
             let mut hint = 0;
             for p in probes {
                 let k = p * spread - 7;
