@@ -648,6 +648,8 @@ fn init_demo(py: Python<'_>, path: std::path::PathBuf, anchor: Option<i64>) -> P
 
 #[pymodule]
 fn _quiver(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Warnings to stderr; QUIVER_LOG chooses more (as for the CLI).
+    quiver::init_diagnostics();
     m.add_class::<Store>()?;
     m.add_class::<OnlineResponse>()?;
     m.add_function(wrap_pyfunction!(init_demo, m)?)?;

@@ -436,13 +436,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // Phase timings and other diagnostics: QUIVER_LOG=quiver_offline=debug.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiver::DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    quiver::init_diagnostics();
     match cli.cmd {
         Cmd::Pit {
             scale: s,

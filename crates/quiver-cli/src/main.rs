@@ -227,13 +227,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics go to stderr, filtered by QUIVER_LOG (e.g. `QUIVER_LOG=quiver=debug`).
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiver::DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    quiver::init_diagnostics();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -41,6 +41,21 @@ pub use error::{Error, ErrorKind, Result};
 /// warnings of quiver's own crates only; libraries' internal logs stay quiet.
 pub const DEFAULT_LOG_FILTER: &str = "quiver=warn,quiver_cli=warn,quiver_server=warn,\
 quiver_offline=warn,quiver_online=warn,quiver_redis=warn,quiver_registry=warn";
+
+/// Sends diagnostics to stderr, filtered by `QUIVER_LOG` (e.g. `QUIVER_LOG=quiver=debug`,
+/// or `quiver_offline=debug` for a retrieval's phase timings), else by
+/// [`DEFAULT_LOG_FILTER`]; colours only on a terminal. For binaries and the Python
+/// module; does nothing when the process already has a subscriber.
+pub fn init_diagnostics() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 pub use historical::HistoricalBuilder;
 pub use ingest::IngestBuilder;
 pub use materialize::{MaterializeBuilder, MaterializeStats};
