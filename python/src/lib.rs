@@ -656,3 +656,9 @@ fn _quiver(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
+
+/// The module's allocations keep their memory between calls: a retrieval's large
+/// buffers would otherwise go back to the system after each call and fault in again
+/// on the next (a fifth of a 400k-row retrieval's time with the system allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
