@@ -11,14 +11,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::array::{BooleanBufferBuilder, PrimitiveArray};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch};
 use arrow::buffer::NullBuffer;
-use arrow::compute::{concat, concat_batches, take};
-use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema,
-    TimestampMicrosecondType,
-};
+use arrow::compute::{concat_batches, interleave};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
@@ -88,28 +84,45 @@ fn resident_mib() -> String {
     format!("{} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Writes each part's values (in `wanted` order) to their labels' positions: the
-/// fast path for primitive columns.
-fn scatter<'a, T: ArrowPrimitiveType>(
-    n: usize,
-    parts: impl Iterator<Item = (&'a dyn Array, &'a [(u32, u32)])>,
-) -> ArrayRef {
-    let mut values = vec![T::Native::default(); n];
-    let mut valid = BooleanBufferBuilder::new(n);
-    valid.append_n(n, false);
-    for (array, wanted) in parts {
-        let a = array.as_primitive::<T>();
-        for (pos, &(_, label)) in wanted.iter().enumerate() {
-            if a.is_valid(pos) {
-                values[label as usize] = a.value(pos);
-                valid.set_bit(label as usize, true);
-            }
+/// Reads columns `cols` of each file `f` where `wanted[f]` (none of the others), one
+/// task per (file, column): a file's columns decode in parallel, so one large file
+/// does not hold up a pass. Each file's batches hold `cols` in order.
+fn read_columns(
+    files: &[DataFile],
+    wanted: &[bool],
+    schema: &SchemaRef,
+    cols: &[&str],
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let tasks: Vec<(usize, &str)> = (0..files.len())
+        .filter(|&f| wanted[f])
+        .flat_map(|f| cols.iter().map(move |&c| (f, c)))
+        .collect();
+    let mut parts: Vec<Vec<RecordBatch>> = tasks
+        .par_iter()
+        .map(|&(f, c)| read_data_file(&files[f].path, schema, 0, Some(&[c])))
+        .collect::<Result<_>>()?;
+    let mut out = vec![Vec::new(); files.len()];
+    let mut parts = parts.drain(..);
+    for (f, batches) in out.iter_mut().enumerate().filter(|(f, _)| wanted[*f]) {
+        let columns: Vec<Vec<RecordBatch>> = parts.by_ref().take(cols.len()).collect();
+        let n = columns.first().map_or(0, Vec::len);
+        if columns.iter().any(|c| c.len() != n) {
+            return Err(Error::Data(format!(
+                "{}: the columns' batches differ",
+                files[f].path.display()
+            )));
+        }
+        for b in 0..n {
+            let arrays: Vec<ArrayRef> = columns.iter().map(|c| c[b].column(0).clone()).collect();
+            let fields: Vec<Field> = cols
+                .iter()
+                .zip(&arrays)
+                .map(|(c, a)| Field::new(*c, a.data_type().clone(), true))
+                .collect();
+            batches.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?);
         }
     }
-    Arc::new(PrimitiveArray::<T>::new(
-        values.into(),
-        Some(NullBuffer::new(valid.finish())),
-    ))
+    Ok(out)
 }
 
 /// Rows per block of the first pass (see there).
@@ -232,7 +245,11 @@ fn view_columns(
         })
         .collect::<Result<_>>()?;
     let n = labels.num_rows();
-    let valid = |i: usize| key_cols.iter().all(|c| c.is_valid(i));
+    // A label with a null key matches nothing.
+    let nulls = key_cols.iter().fold(None, |acc: Option<NullBuffer>, c| {
+        NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
+    });
+    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
     let (lookup, label_index) =
         if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
             let keys = key_cols[0].as_primitive::<Int64Type>();
@@ -264,158 +281,149 @@ fn view_columns(
     pass1_cols.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
     let schema = table_schema(view);
     let ttl = view.ttl;
-    let candidates: Vec<Vec<Candidate>> = files
-        .par_iter()
+    let all = vec![true; files.len()];
+    let read = read_columns(files, &all, &schema, &pass1_cols)?;
+    phases.mark("pass 1 (read)");
+    // One task per batch; the batches' candidates, in file and row order, are sorted
+    // runs (one per file) for `resolve`.
+    let units: Vec<(usize, u64, &RecordBatch)> = read
+        .iter()
         .enumerate()
-        .map(|(fi, f)| -> Result<Vec<Candidate>> {
-            let batches = read_data_file(&f.path, &schema, 0, Some(&pass1_cols))?;
+        .flat_map(|(fi, batches)| {
+            let mut row0 = 0u64;
+            batches.iter().map(move |b| {
+                let unit = (fi, row0, b);
+                row0 += b.num_rows() as u64;
+                unit
+            })
+        })
+        .collect();
+    let candidates: Vec<Vec<Candidate>> = units
+        .par_iter()
+        .map(|&(fi, row0, b)| -> Result<Vec<Candidate>> {
             let mut out = Vec::new();
-            let mut row0: u64 = 0;
             let mut hint = 0usize;
             let mut buf = Vec::new();
             // Rows go in blocks: first every row's group, then the label check. Lookups
             // of one block do not depend on each other, so their cache misses overlap.
             let mut block = [NO_GROUP; PASS1_BLOCK];
-            for b in batches {
-                let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-                let created = b
-                    .column(nkeys + 1)
-                    .as_primitive::<TimestampMicrosecondType>();
-                let rows = b.num_rows();
-                for start in (0..rows).step_by(PASS1_BLOCK) {
-                    let end = (start + PASS1_BLOCK).min(rows);
-                    let groups = &mut block[..end - start];
-                    match &lookup {
-                        KeyLookup::Int(idx) => {
-                            let keys =
-                                &b.column(0).as_primitive::<Int64Type>().values()[start..end];
-                            for (g, &k) in groups.iter_mut().zip(keys) {
-                                *g = idx.find_from(k, &mut hint).unwrap_or(NO_GROUP);
-                            }
-                        }
-                        KeyLookup::Bytes(idx) => {
-                            for (g, r) in groups.iter_mut().zip(start..end) {
-                                buf.clear();
-                                for k in 0..nkeys {
-                                    encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
-                                }
-                                *g = idx.get(&buf).unwrap_or(NO_GROUP);
-                            }
+            let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+            let created = b
+                .column(nkeys + 1)
+                .as_primitive::<TimestampMicrosecondType>();
+            let rows = b.num_rows();
+            for start in (0..rows).step_by(PASS1_BLOCK) {
+                let end = (start + PASS1_BLOCK).min(rows);
+                let groups = &mut block[..end - start];
+                match &lookup {
+                    KeyLookup::Int(idx) => {
+                        let keys = &b.column(0).as_primitive::<Int64Type>().values()[start..end];
+                        for (g, &k) in groups.iter_mut().zip(keys) {
+                            *g = idx.find_from(k, &mut hint).unwrap_or(NO_GROUP);
                         }
                     }
-                    for (&group, r) in groups.iter().zip(start..end) {
-                        if group == NO_GROUP {
-                            continue;
-                        }
-                        let t = ts.value(r);
-                        if label_index.may_match(group, t, ttl) {
-                            out.push(Candidate {
-                                group,
-                                ts: t,
-                                created: if created.is_null(r) {
-                                    NO_CREATED
-                                } else {
-                                    created.value(r)
-                                },
-                                loc: ((fi as u64) << 32) | (row0 + r as u64),
-                            });
+                    KeyLookup::Bytes(idx) => {
+                        for (g, r) in groups.iter_mut().zip(start..end) {
+                            buf.clear();
+                            for k in 0..nkeys {
+                                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+                            }
+                            *g = idx.get(&buf).unwrap_or(NO_GROUP);
                         }
                     }
                 }
-                row0 += b.num_rows() as u64;
+                for (&group, r) in groups.iter().zip(start..end) {
+                    if group == NO_GROUP {
+                        continue;
+                    }
+                    let t = ts.value(r);
+                    if label_index.may_match(group, t, ttl) {
+                        out.push(Candidate {
+                            group,
+                            ts: t,
+                            created: if created.is_null(r) {
+                                NO_CREATED
+                            } else {
+                                created.value(r)
+                            },
+                            loc: ((fi as u64) << 32) | (row0 + r as u64),
+                        });
+                    }
+                }
             }
             Ok(out)
         })
         .collect::<Result<_>>()?;
+    drop(read);
     let candidates: Vec<Candidate> = candidates.concat();
     phases.mark("pass 1 (keys, times)");
     let locs = label_index.resolve(candidates, ttl);
     drop(label_index);
     phases.mark("resolve");
 
-    // Pass 2: gather the winning rows' features, file by file.
-    let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
-    for (label, &loc) in locs.iter().enumerate() {
-        if loc != NO_MATCH {
-            wanted[(loc >> 32) as usize].push(((loc & 0xffff_ffff) as u32, label as u32));
-        }
+    // Pass 2: read the feature columns of the files holding winners, then one
+    // `interleave` per column picks each label's value straight from the file's
+    // batches (the last source, one null row, stands for no match).
+    let mut needed = vec![false; files.len()];
+    for &loc in locs.iter().filter(|&&l| l != NO_MATCH) {
+        needed[(loc >> 32) as usize] = true;
     }
-    drop(locs);
     let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
-    let gathered: Vec<Option<Vec<ArrayRef>>> = files
-        .par_iter()
-        .zip(wanted.par_iter_mut())
-        .map(|(f, want)| -> Result<Option<Vec<ArrayRef>>> {
-            if want.is_empty() {
-                return Ok(None);
-            }
-            let batches = read_data_file(&f.path, &schema, 0, Some(&feature_names))?;
-            let Some(b0) = batches.first() else {
-                return Err(Error::Data(format!(
-                    "{}: data file is empty",
-                    f.path.display()
-                )));
-            };
-            let all = concat_batches(&b0.schema(), &batches)?;
-            let idx = UInt32Array::from_iter_values(want.iter().map(|w| w.0));
-            let cols = feature_names
+    let read = read_columns(files, &needed, &schema, &feature_names)?;
+    phases.mark("pass 2 (read)");
+    // Each file's batches: the first's source number, and where each starts in the file.
+    let mut first_source = Vec::with_capacity(files.len());
+    let mut batch_starts: Vec<Vec<u64>> = Vec::with_capacity(files.len());
+    let mut n_sources = 0;
+    for batches in &read {
+        first_source.push(n_sources);
+        n_sources += batches.len();
+        let mut start = 0u64;
+        batch_starts.push(
+            batches
                 .iter()
-                .zip(&feature_types)
-                .map(|(name, dt)| {
-                    let c = all.column_by_name(name).ok_or_else(|| {
+                .map(|b| {
+                    let s = start;
+                    start += b.num_rows() as u64;
+                    s
+                })
+                .collect(),
+        );
+    }
+    let null_source = (n_sources, 0);
+    let picks: Vec<(usize, usize)> = locs
+        .par_iter()
+        .map(|&loc| {
+            if loc == NO_MATCH {
+                return null_source;
+            }
+            let (f, row) = ((loc >> 32) as usize, loc & 0xffff_ffff);
+            let starts = &batch_starts[f];
+            let b = starts.partition_point(|&s| s <= row) - 1;
+            (first_source[f] + b, (row - starts[b]) as usize)
+        })
+        .collect();
+    drop(locs);
+    let out = feature_names
+        .par_iter()
+        .zip(&feature_types)
+        .map(|(name, dt)| -> Result<ArrayRef> {
+            let mut sources: Vec<ArrayRef> = Vec::with_capacity(n_sources + 1);
+            for (f, batches) in files.iter().zip(&read) {
+                for b in batches {
+                    let c = b.column_by_name(name).ok_or_else(|| {
                         Error::Data(format!("{}: no column '{name}'", f.path.display()))
                     })?;
-                    let c = take(c.as_ref(), &idx, None)?;
-                    if c.data_type() != dt {
-                        return Ok(arrow::compute::cast(&c, dt)?);
-                    }
-                    Ok(c)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Some(cols))
-        })
-        .collect::<Result<_>>()?;
-
-    phases.mark("pass 2 (gather)");
-    // The winners of all files, concatenated in file order, then one `take` per
-    // column puts each label's value in place (a null index for no match).
-    let n_labels = labels.num_rows();
-    let out = feature_types
-        .par_iter()
-        .enumerate()
-        .map(|(c, dt)| -> Result<ArrayRef> {
-            let parts = || {
-                gathered
-                    .iter()
-                    .zip(&wanted)
-                    .filter_map(|(g, w)| g.as_ref().map(|cols| (cols[c].as_ref(), w.as_slice())))
-            };
-            Ok(match dt {
-                DataType::Float64 => scatter::<Float64Type>(n_labels, parts()),
-                DataType::Float32 => scatter::<Float32Type>(n_labels, parts()),
-                DataType::Int64 => scatter::<Int64Type>(n_labels, parts()),
-                DataType::Int32 => scatter::<Int32Type>(n_labels, parts()),
-                // Other types: concatenate the winners in file order and `take`
-                // each label's value (a null index where nothing matched).
-                _ => {
-                    let mut index: Vec<Option<u32>> = vec![None; n_labels];
-                    let mut offset = 0u32;
-                    let mut arrays: Vec<&dyn Array> = Vec::new();
-                    for (array, w) in parts() {
-                        for (pos, &(_, label)) in w.iter().enumerate() {
-                            index[label as usize] = Some(offset + pos as u32);
-                        }
-                        offset += w.len() as u32;
-                        arrays.push(array);
-                    }
-                    let all = if arrays.is_empty() {
-                        new_null_array(dt, 0)
+                    sources.push(if c.data_type() == dt {
+                        c.clone()
                     } else {
-                        concat(&arrays)?
-                    };
-                    take(all.as_ref(), &UInt32Array::from(index), None)?
+                        arrow::compute::cast(c, dt)?
+                    });
                 }
-            })
+            }
+            sources.push(new_null_array(dt, 1));
+            let sources: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+            Ok(interleave(&sources, &picks)?)
         })
         .collect::<Result<Vec<_>>>()?;
     phases.mark("assemble");

@@ -310,3 +310,102 @@ fn entity_with_two_join_keys_through_csv_in_and_out() {
         lines[5]
     );
 }
+
+/// Files of several batches (the reader's 64k rows) over several day partitions, with a
+/// text feature: each label's row found by a sorted reference.
+#[test]
+fn large_files_of_several_batches_match_a_reference() {
+    use rand::{Rng, SeedableRng};
+    const DAY: i64 = 86_400 * S;
+    const ROWS: usize = 300_000;
+    const USERS: i64 = 5_000;
+    let repo = Repo::new(
+        "\
+entities:
+  - name: user
+    join_keys: [user_id]
+sources:
+  - { name: a, type: file, path: data/a.parquet, timestamp_field: ts }
+feature_views:
+  - name: va
+    entities: [user]
+    source: a
+    ttl: 1d
+    features:
+      - { name: n, dtype: int64 }
+      - { name: s, dtype: string }
+",
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Three days of rows (three files of 100,000), times whole seconds.
+    let rows: Vec<(i64, i64)> = (0..ROWS)
+        .map(|_| (rng.gen_range(0..USERS), rng.gen_range(0..3 * 86_400) * S))
+        .collect();
+    repo.parquet(
+        "data/a.parquet",
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            ),
+            ("ts", ts(rows.iter().map(|r| r.1).collect())),
+            ("n", Arc::new(Int64Array::from_iter_values(0..ROWS as i64))),
+            (
+                "s",
+                Arc::new(StringArray::from_iter_values(
+                    (0..ROWS).map(|i| format!("row {i}")),
+                )),
+            ),
+        ],
+    );
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    // Reference: each user's rows by (time, row); the last at or before t wins.
+    let mut by_user: Vec<Vec<(i64, usize)>> = vec![Vec::new(); USERS as usize];
+    for (i, &(u, t)) in rows.iter().enumerate() {
+        by_user[u as usize].push((t, i));
+    }
+    for v in &mut by_user {
+        v.sort_unstable();
+    }
+    let labels: Vec<(i64, i64)> = (0..20_000)
+        .map(|_| {
+            (
+                rng.gen_range(0..USERS + 10),
+                rng.gen_range(0..4 * 86_400) * S + S / 2,
+            )
+        })
+        .collect();
+    let out = store
+        .historical()
+        .entities(batch(vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(labels.iter().map(|l| l.0))),
+            ),
+            ("event_timestamp", ts(labels.iter().map(|l| l.1).collect())),
+        ]))
+        .features(["va:n", "va:s"])
+        .block()
+        .unwrap();
+    let n = out.column_by_name("n").unwrap().as_primitive::<Int64Type>();
+    let s = out.column_by_name("s").unwrap().as_string::<i32>();
+    let mut matched = 0;
+    for (i, &(u, t)) in labels.iter().enumerate() {
+        let want = by_user
+            .get(u as usize)
+            .and_then(|v| v[..v.partition_point(|r| r.0 <= t)].last())
+            .filter(|r| r.0 >= t - DAY)
+            .map(|r| r.1);
+        match want {
+            None => assert!(n.is_null(i) && s.is_null(i), "label {i}: expected nothing"),
+            Some(row) => {
+                matched += 1;
+                assert_eq!(n.value(i), row as i64, "label {i}");
+                assert_eq!(s.value(i), format!("row {row}"), "label {i}");
+            }
+        }
+    }
+    assert!(matched > 10_000, "only {matched} labels matched");
+}
