@@ -6,15 +6,20 @@
 //!    ([`IntKeyIndex`] for a single integer key, [`BytesKeyIndex`] for any other key),
 //! 2. builds a [`LabelIndex`] from the labels' groups and times,
 //! 3. streams feature rows (in any order, from any number of files), keeps those for
-//!    which [`LabelIndex::may_match`] holds as [`Candidate`]s with an opaque location,
+//!    which [`LabelIndex::slot`] finds a label as [`Candidate`]s with an opaque
+//!    location,
 //! 4. calls [`LabelIndex::resolve`], which returns per label the location of the row
 //!    the time contract selects, or none.
 //!
 //! Step 3 prunes every row that cannot be the answer for any label (no label of its key
 //! at or after it within the TTL), so memory grows with the labels and the rows that
-//! matter, not with the whole history. Step 4 sorts the surviving candidates and merges
-//! them with each key's labels in time order: linear after the sort, whatever the skew.
+//! matter, not with the whole history. A kept row's *slot* is the first label of its
+//! key at or after it (labels in (group, time) order): the row can answer that label
+//! and every later one of the key, no earlier one. Step 4 keeps the greatest row per
+//! slot, then sweeps each key's labels in time order carrying the greatest row so far:
+//! linear in candidates and labels, with no sort, whatever the skew.
 
+use rayon::iter::{IntoParallelRefIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
 use crate::contract::within_ttl;
@@ -28,8 +33,9 @@ pub const NO_MATCH: u64 = u64::MAX;
 /// A feature row that may be the answer for some label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
-    /// The key group (from the key index).
-    pub group: u32,
+    /// The first label, in (group, time) order, that the row can answer
+    /// ([`LabelIndex::slot`]).
+    pub slot: u32,
     /// The row's event time.
     pub ts: Timestamp,
     /// The row's creation time, [`crate::contract::NO_CREATED`] when absent.
@@ -253,6 +259,34 @@ impl BytesKeyIndex {
     }
 }
 
+/// Calls `f(start, part)` on each group's part of `items` (`offsets[g]..offsets[g + 1]`,
+/// `start` being `offsets[g]`), groups split between rayon's threads.
+fn for_each_group<T: Send>(
+    items: &mut [T],
+    offsets: &[u32],
+    f: &(impl Fn(usize, &mut [T]) + Sync),
+) {
+    /// Groups below which one thread does the rest.
+    const SEQUENTIAL: usize = 8192;
+    let groups = offsets.len().saturating_sub(1);
+    let base = offsets.first().copied().unwrap_or(0);
+    if groups <= SEQUENTIAL {
+        for w in offsets.windows(2) {
+            f(
+                w[0] as usize,
+                &mut items[(w[0] - base) as usize..(w[1] - base) as usize],
+            );
+        }
+        return;
+    }
+    let mid = groups / 2;
+    let (a, b) = items.split_at_mut((offsets[mid] - base) as usize);
+    rayon::join(
+        || for_each_group(a, &offsets[..=mid], f),
+        || for_each_group(b, &offsets[mid..], f),
+    );
+}
+
 /// Labels grouped by key group and sorted by time within each group.
 #[derive(Clone, Debug)]
 pub struct LabelIndex {
@@ -292,13 +326,12 @@ impl LabelIndex {
         }
         // Counting sort kept row order within a group; a stable sort by time keeps it
         // for equal times.
-        for g in 0..n_groups {
-            let (a, b) = (offsets[g] as usize, offsets[g + 1] as usize);
-            if b - a > 1 {
-                order[a..b].sort_by_key(|&i| times[i as usize]);
+        for_each_group(&mut order, &offsets, &|_, labels: &mut [u32]| {
+            if labels.len() > 1 {
+                labels.sort_by_key(|&i| times[i as usize]);
             }
-        }
-        let sorted_times = order.iter().map(|&i| times[i as usize]).collect();
+        });
+        let sorted_times = order.par_iter().map(|&i| times[i as usize]).collect();
         LabelIndex {
             n_labels,
             offsets,
@@ -373,51 +406,51 @@ impl LabelIndex {
         &self.times[self.offsets[g] as usize..self.offsets[g + 1] as usize]
     }
 
-    /// Whether a row of `group` with event time `ts` can be the answer for some label:
-    /// there is a label time `T ≥ ts` with the row within `ttl` of it.
+    /// The slot of a row of `group` with event time `ts`: the first label of the group
+    /// at or after `ts` (by position in (group, time) order), when the row is within
+    /// `ttl` of it; `None` when the row can answer no label.
     #[inline]
-    pub fn may_match(&self, group: u32, ts: Timestamp, ttl: Duration) -> bool {
+    pub fn slot(&self, group: u32, ts: Timestamp, ttl: Duration) -> Option<u32> {
         let times = self.group_times(group);
         let p = times.partition_point(|&t| t < ts);
-        p < times.len() && within_ttl(ts, times[p], ttl)
+        (p < times.len() && within_ttl(ts, times[p], ttl))
+            .then(|| self.offsets[group as usize] + p as u32)
     }
 
     /// Applies the snapshot rule: for each label, the location of the row with the
     /// greatest (event time, creation time, location) at or before the label time,
     /// if it lies within `ttl` of the label time; [`NO_MATCH`] otherwise.
-    pub fn resolve(&self, mut candidates: Vec<Candidate>, ttl: Duration) -> Vec<u64> {
-        // Candidates arrive as a few runs already in this order (each data file is
-        // sorted by key and time, and groups follow key order): a merge sort finds and
-        // merges them in near-linear time where a quicksort would sort them again.
-        candidates.par_sort_by_key(|c| (c.group, c.ts, c.created, c.loc));
+    pub fn resolve<'a>(
+        &self,
+        candidates: impl IntoIterator<Item = &'a Candidate>,
+        ttl: Duration,
+    ) -> Vec<u64> {
+        // The greatest candidate per slot (`NO_MATCH`: none).
+        let mut best = vec![(Timestamp::MIN, Timestamp::MIN, NO_MATCH); self.order.len()];
+        for c in candidates {
+            let b = &mut best[c.slot as usize];
+            if b.2 == NO_MATCH || (c.ts, c.created, c.loc) > *b {
+                *b = (c.ts, c.created, c.loc);
+            }
+        }
+        // Each group's labels in time order: the greatest row of the slots so far is
+        // the greatest at or before the label (groups in parallel, in place).
+        for_each_group(&mut best, &self.offsets, &|start, group| {
+            let mut so_far = (Timestamp::MIN, Timestamp::MIN, NO_MATCH);
+            for (k, b) in (start..).zip(group.iter_mut()) {
+                if b.2 != NO_MATCH && (so_far.2 == NO_MATCH || *b > so_far) {
+                    so_far = *b;
+                }
+                b.2 = if so_far.2 != NO_MATCH && within_ttl(so_far.0, self.times[k], ttl) {
+                    so_far.2
+                } else {
+                    NO_MATCH
+                };
+            }
+        });
         let mut out = vec![NO_MATCH; self.n_labels];
-        let mut i = 0;
-        while i < candidates.len() {
-            let g = candidates[i].group;
-            let mut end = i;
-            while end < candidates.len() && candidates[end].group == g {
-                end += 1;
-            }
-            let rows = &candidates[i..end];
-            let (a, b) = (
-                self.offsets[g as usize] as usize,
-                self.offsets[g as usize + 1] as usize,
-            );
-            let mut j = 0;
-            let mut best: Option<&Candidate> = None;
-            for k in a..b {
-                let t = self.times[k];
-                while j < rows.len() && rows[j].ts <= t {
-                    best = Some(&rows[j]);
-                    j += 1;
-                }
-                if let Some(row) = best {
-                    if within_ttl(row.ts, t, ttl) {
-                        out[self.order[k] as usize] = row.loc;
-                    }
-                }
-            }
-            i = end;
+        for (&label, b) in self.order.iter().zip(&best) {
+            out[label as usize] = b.2;
         }
         out
     }
@@ -502,6 +535,42 @@ mod tests {
     }
 
     #[test]
+    fn for_each_group_gives_each_group_its_range_once() {
+        // Groups of 0 to 4 items, enough of them to be split between threads.
+        let sizes: Vec<u32> = (0..50_000u32)
+            .map(|g| g.wrapping_mul(2_654_435_761) % 5)
+            .collect();
+        let mut offsets = vec![0u32];
+        for s in &sizes {
+            offsets.push(offsets.last().unwrap() + s);
+        }
+        let mut items: Vec<u64> = Vec::new();
+        for (g, &s) in sizes.iter().enumerate() {
+            items.extend(std::iter::repeat_n(g as u64, s as usize));
+        }
+        for_each_group(&mut items, &offsets, &|start, group: &mut [u64]| {
+            assert!(group.iter().all(|&x| x == group[0]), "one group per call");
+            let g = offsets.partition_point(|&o| (o as usize) <= start) - 1;
+            assert!(
+                group.is_empty() || group[0] == g as u64,
+                "group {g} starts at {start}"
+            );
+            group.iter_mut().for_each(|x| *x += 1 << 32);
+        });
+        let mut i = 0;
+        for (g, &s) in sizes.iter().enumerate() {
+            for _ in 0..s {
+                assert_eq!(
+                    items[i],
+                    (1 << 32) + g as u64,
+                    "item {i} visited once, in group {g}"
+                );
+                i += 1;
+            }
+        }
+    }
+
+    #[test]
     fn int_index_from_labels() {
         let (idx, groups) = IntKeyIndex::from_labels(&[5, 1, 5, 9, 1], |i| i != 3);
         assert_eq!(idx.len(), 2);
@@ -547,7 +616,7 @@ mod tests {
             .zip(label_times)
             .map(|(&g, &t)| {
                 rows.iter()
-                    .filter(|r| r.group == g && r.ts <= t)
+                    .filter(|r| r.slot == g && r.ts <= t)
                     .max_by_key(|r| (r.ts, r.created, r.loc))
                     .filter(|r| within_ttl(r.ts, t, ttl))
                     .map_or(NO_MATCH, |r| r.loc)
@@ -565,12 +634,14 @@ mod tests {
             let ttl = Duration::from_micros(ttl);
             let groups: Vec<u32> = labels.iter().map(|l| if l.0 == 5 { NO_GROUP } else { l.0 }).collect();
             let times: Vec<i64> = labels.iter().map(|l| l.1).collect();
+            // (group, time, created, location); `slot` holds the group for the reference.
             let rows: Vec<Candidate> = rows.iter().enumerate().map(|(i, r)| Candidate {
-                group: r.0.min(4), ts: r.1, created: r.2, loc: i as u64 }).collect();
+                slot: r.0.min(4), ts: r.1, created: r.2, loc: i as u64 }).collect();
             let index = LabelIndex::new(&groups, &times, 5);
-            let kept: Vec<Candidate> = rows.iter().copied()
-                .filter(|r| index.may_match(r.group, r.ts, ttl)).collect();
-            let got = index.resolve(kept, ttl);
+            let kept: Vec<Candidate> = rows.iter()
+                .filter_map(|r| Some(Candidate { slot: index.slot(r.slot, r.ts, ttl)?, ..*r }))
+                .collect();
+            let got = index.resolve(&kept, ttl);
             prop_assert_eq!(got, reference(&groups, &times, &rows, ttl));
         }
     }

@@ -284,8 +284,7 @@ fn view_columns(
     let all = vec![true; files.len()];
     let read = read_columns(files, &all, &schema, &pass1_cols)?;
     phases.mark("pass 1 (read)");
-    // One task per batch; the batches' candidates, in file and row order, are sorted
-    // runs (one per file) for `resolve`.
+    // One task per batch.
     let units: Vec<(usize, u64, &RecordBatch)> = read
         .iter()
         .enumerate()
@@ -337,9 +336,9 @@ fn view_columns(
                         continue;
                     }
                     let t = ts.value(r);
-                    if label_index.may_match(group, t, ttl) {
+                    if let Some(slot) = label_index.slot(group, t, ttl) {
                         out.push(Candidate {
-                            group,
+                            slot,
                             ts: t,
                             created: if created.is_null(r) {
                                 NO_CREATED
@@ -355,9 +354,9 @@ fn view_columns(
         })
         .collect::<Result<_>>()?;
     drop(read);
-    let candidates: Vec<Candidate> = candidates.concat();
     phases.mark("pass 1 (keys, times)");
-    let locs = label_index.resolve(candidates, ttl);
+    let locs = label_index.resolve(candidates.iter().flatten(), ttl);
+    drop(candidates);
     drop(label_index);
     phases.mark("resolve");
 
