@@ -12,9 +12,13 @@
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{BooleanBufferBuilder, PrimitiveArray};
 use arrow::buffer::NullBuffer;
 use arrow::compute::{concat_batches, interleave};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema,
+    SchemaRef, TimestampMicrosecondType,
+};
 use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
@@ -84,45 +88,72 @@ fn resident_mib() -> String {
     format!("{} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Reads columns `cols` of each file `f` where `wanted[f]` (none of the others), one
-/// task per (file, column): a file's columns decode in parallel, so one large file
-/// does not hold up a pass. Each file's batches hold `cols` in order.
-fn read_columns(
-    files: &[DataFile],
-    wanted: &[bool],
+/// Reads columns `cols` of one data file, each column decoding on its own task (so
+/// that one large file does not hold up a pass); the batches hold `cols` in order.
+fn read_file_columns(
+    file: &DataFile,
     schema: &SchemaRef,
     cols: &[&str],
-) -> Result<Vec<Vec<RecordBatch>>> {
-    let tasks: Vec<(usize, &str)> = (0..files.len())
-        .filter(|&f| wanted[f])
-        .flat_map(|f| cols.iter().map(move |&c| (f, c)))
-        .collect();
-    let mut parts: Vec<Vec<RecordBatch>> = tasks
+) -> Result<Vec<RecordBatch>> {
+    let columns: Vec<Vec<RecordBatch>> = cols
         .par_iter()
-        .map(|&(f, c)| read_data_file(&files[f].path, schema, 0, Some(&[c])))
+        .map(|&c| read_data_file(&file.path, schema, 0, Some(&[c])))
         .collect::<Result<_>>()?;
-    let mut out = vec![Vec::new(); files.len()];
-    let mut parts = parts.drain(..);
-    for (f, batches) in out.iter_mut().enumerate().filter(|(f, _)| wanted[*f]) {
-        let columns: Vec<Vec<RecordBatch>> = parts.by_ref().take(cols.len()).collect();
-        let n = columns.first().map_or(0, Vec::len);
-        if columns.iter().any(|c| c.len() != n) {
-            return Err(Error::Data(format!(
-                "{}: the columns' batches differ",
-                files[f].path.display()
-            )));
-        }
-        for b in 0..n {
+    let n = columns.first().map_or(0, Vec::len);
+    if columns.iter().any(|c| c.len() != n) {
+        return Err(Error::Data(format!(
+            "{}: the columns' batches differ",
+            file.path.display()
+        )));
+    }
+    (0..n)
+        .map(|b| {
             let arrays: Vec<ArrayRef> = columns.iter().map(|c| c[b].column(0).clone()).collect();
             let fields: Vec<Field> = cols
                 .iter()
                 .zip(&arrays)
                 .map(|(c, a)| Field::new(*c, a.data_type().clone(), true))
                 .collect();
-            batches.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?);
+            Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+        })
+        .collect()
+}
+
+/// The first row of each batch within the file.
+fn batch_starts(batches: &[RecordBatch]) -> Vec<u64> {
+    let mut start = 0u64;
+    batches
+        .iter()
+        .map(|b| {
+            let s = start;
+            start += b.num_rows() as u64;
+            s
+        })
+        .collect()
+}
+
+/// Writes each part's values (in `wanted` order) to their labels' positions: the
+/// fast path for primitive columns.
+fn scatter<'a, T: ArrowPrimitiveType>(
+    n: usize,
+    parts: impl Iterator<Item = (&'a dyn Array, &'a [(u32, u32)])>,
+) -> ArrayRef {
+    let mut values = vec![T::Native::default(); n];
+    let mut valid = BooleanBufferBuilder::new(n);
+    valid.append_n(n, false);
+    for (array, wanted) in parts {
+        let a = array.as_primitive::<T>();
+        for (pos, &(_, label)) in wanted.iter().enumerate() {
+            if a.is_valid(pos) {
+                values[label as usize] = a.value(pos);
+                valid.set_bit(label as usize, true);
+            }
         }
     }
-    Ok(out)
+    Arc::new(PrimitiveArray::<T>::new(
+        values.into(),
+        Some(NullBuffer::new(valid.finish())),
+    ))
 }
 
 /// Rows per block of the first pass (see there).
@@ -281,148 +312,162 @@ fn view_columns(
     pass1_cols.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
     let schema = table_schema(view);
     let ttl = view.ttl;
-    let all = vec![true; files.len()];
-    let read = read_columns(files, &all, &schema, &pass1_cols)?;
-    phases.mark("pass 1 (read)");
-    // One task per batch.
-    let units: Vec<(usize, u64, &RecordBatch)> = read
-        .iter()
-        .enumerate()
-        .flat_map(|(fi, batches)| {
-            let mut row0 = 0u64;
-            batches.iter().map(move |b| {
-                let unit = (fi, row0, b);
-                row0 += b.num_rows() as u64;
-                unit
-            })
-        })
-        .collect();
-    let candidates: Vec<Vec<Candidate>> = units
-        .par_iter()
-        .map(|&(fi, row0, b)| -> Result<Vec<Candidate>> {
-            let mut out = Vec::new();
-            let mut hint = 0usize;
-            let mut buf = Vec::new();
-            // Rows go in blocks: first every row's group, then the label check. Lookups
-            // of one block do not depend on each other, so their cache misses overlap.
-            let mut block = [NO_GROUP; PASS1_BLOCK];
-            let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
-            let created = b
-                .column(nkeys + 1)
-                .as_primitive::<TimestampMicrosecondType>();
-            let rows = b.num_rows();
-            for start in (0..rows).step_by(PASS1_BLOCK) {
-                let end = (start + PASS1_BLOCK).min(rows);
-                let groups = &mut block[..end - start];
-                match &lookup {
-                    KeyLookup::Int(idx) => {
-                        let keys = &b.column(0).as_primitive::<Int64Type>().values()[start..end];
-                        for (g, &k) in groups.iter_mut().zip(keys) {
-                            *g = idx.find_from(k, &mut hint).unwrap_or(NO_GROUP);
-                        }
-                    }
-                    KeyLookup::Bytes(idx) => {
-                        for (g, r) in groups.iter_mut().zip(start..end) {
-                            buf.clear();
-                            for k in 0..nkeys {
-                                encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
-                            }
-                            *g = idx.get(&buf).unwrap_or(NO_GROUP);
-                        }
+    // A file at a time per thread (its columns in parallel, then its batches), so that
+    // memory holds a few files' keys and times, not the whole table's.
+    let scan = |fi: usize, row0: u64, b: &RecordBatch| -> Result<Vec<Candidate>> {
+        let mut out = Vec::new();
+        let mut hint = 0usize;
+        let mut buf = Vec::new();
+        // Rows go in blocks: first every row's group, then the label check. Lookups
+        // of one block do not depend on each other, so their cache misses overlap.
+        let mut block = [NO_GROUP; PASS1_BLOCK];
+        let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+        let created = b
+            .column(nkeys + 1)
+            .as_primitive::<TimestampMicrosecondType>();
+        let rows = b.num_rows();
+        for start in (0..rows).step_by(PASS1_BLOCK) {
+            let end = (start + PASS1_BLOCK).min(rows);
+            let groups = &mut block[..end - start];
+            match &lookup {
+                KeyLookup::Int(idx) => {
+                    let keys = &b.column(0).as_primitive::<Int64Type>().values()[start..end];
+                    for (g, &k) in groups.iter_mut().zip(keys) {
+                        *g = idx.find_from(k, &mut hint).unwrap_or(NO_GROUP);
                     }
                 }
-                for (&group, r) in groups.iter().zip(start..end) {
-                    if group == NO_GROUP {
-                        continue;
-                    }
-                    let t = ts.value(r);
-                    if let Some(slot) = label_index.slot(group, t, ttl) {
-                        out.push(Candidate {
-                            slot,
-                            ts: t,
-                            created: if created.is_null(r) {
-                                NO_CREATED
-                            } else {
-                                created.value(r)
-                            },
-                            loc: ((fi as u64) << 32) | (row0 + r as u64),
-                        });
+                KeyLookup::Bytes(idx) => {
+                    for (g, r) in groups.iter_mut().zip(start..end) {
+                        buf.clear();
+                        for k in 0..nkeys {
+                            encode_key_part(b.column(k).as_ref(), r, &mut buf)?;
+                        }
+                        *g = idx.get(&buf).unwrap_or(NO_GROUP);
                     }
                 }
             }
-            Ok(out)
+            for (&group, r) in groups.iter().zip(start..end) {
+                if group == NO_GROUP {
+                    continue;
+                }
+                let t = ts.value(r);
+                if let Some(slot) = label_index.slot(group, t, ttl) {
+                    out.push(Candidate {
+                        slot,
+                        ts: t,
+                        created: if created.is_null(r) {
+                            NO_CREATED
+                        } else {
+                            created.value(r)
+                        },
+                        loc: ((fi as u64) << 32) | (row0 + r as u64),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    };
+    let candidates: Vec<Vec<Vec<Candidate>>> = files
+        .par_iter()
+        .enumerate()
+        .map(|(fi, f)| -> Result<Vec<Vec<Candidate>>> {
+            let batches = read_file_columns(f, &schema, &pass1_cols)?;
+            let starts = batch_starts(&batches);
+            batches
+                .par_iter()
+                .zip(&starts)
+                .map(|(b, &row0)| scan(fi, row0, b))
+                .collect()
         })
         .collect::<Result<_>>()?;
-    drop(read);
     phases.mark("pass 1 (keys, times)");
-    let locs = label_index.resolve(candidates.iter().flatten(), ttl);
+    let locs = label_index.resolve(candidates.iter().flatten().flatten(), ttl);
     drop(candidates);
     drop(label_index);
     phases.mark("resolve");
 
-    // Pass 2: read the feature columns of the files holding winners, then one
-    // `interleave` per column picks each label's value straight from the file's
-    // batches (the last source, one null row, stands for no match).
-    let mut needed = vec![false; files.len()];
-    for &loc in locs.iter().filter(|&&l| l != NO_MATCH) {
-        needed[(loc >> 32) as usize] = true;
+    // Pass 2: gather the winning rows' features, a file at a time per thread (its
+    // columns decoded in parallel, its winners picked from its batches).
+    let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
+    for (label, &loc) in locs.iter().enumerate() {
+        if loc != NO_MATCH {
+            wanted[(loc >> 32) as usize].push(((loc & 0xffff_ffff) as u32, label as u32));
+        }
     }
-    let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
-    let read = read_columns(files, &needed, &schema, &feature_names)?;
-    phases.mark("pass 2 (read)");
-    // Each file's batches: the first's source number, and where each starts in the file.
-    let mut first_source = Vec::with_capacity(files.len());
-    let mut batch_starts: Vec<Vec<u64>> = Vec::with_capacity(files.len());
-    let mut n_sources = 0;
-    for batches in &read {
-        first_source.push(n_sources);
-        n_sources += batches.len();
-        let mut start = 0u64;
-        batch_starts.push(
-            batches
-                .iter()
-                .map(|b| {
-                    let s = start;
-                    start += b.num_rows() as u64;
-                    s
-                })
-                .collect(),
-        );
-    }
-    let null_source = (n_sources, 0);
-    let picks: Vec<(usize, usize)> = locs
-        .par_iter()
-        .map(|&loc| {
-            if loc == NO_MATCH {
-                return null_source;
-            }
-            let (f, row) = ((loc >> 32) as usize, loc & 0xffff_ffff);
-            let starts = &batch_starts[f];
-            let b = starts.partition_point(|&s| s <= row) - 1;
-            (first_source[f] + b, (row - starts[b]) as usize)
-        })
-        .collect();
     drop(locs);
-    let out = feature_names
+    let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
+    let gathered: Vec<Option<Vec<ArrayRef>>> = files
         .par_iter()
-        .zip(&feature_types)
-        .map(|(name, dt)| -> Result<ArrayRef> {
-            let mut sources: Vec<ArrayRef> = Vec::with_capacity(n_sources + 1);
-            for (f, batches) in files.iter().zip(&read) {
-                for b in batches {
-                    let c = b.column_by_name(name).ok_or_else(|| {
-                        Error::Data(format!("{}: no column '{name}'", f.path.display()))
-                    })?;
-                    sources.push(if c.data_type() == dt {
-                        c.clone()
-                    } else {
-                        arrow::compute::cast(c, dt)?
-                    });
-                }
+        .zip(&wanted)
+        .map(|(f, want)| -> Result<Option<Vec<ArrayRef>>> {
+            if want.is_empty() {
+                return Ok(None);
             }
-            sources.push(new_null_array(dt, 1));
-            let sources: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
-            Ok(interleave(&sources, &picks)?)
+            let batches = read_file_columns(f, &schema, &feature_names)?;
+            let starts = batch_starts(&batches);
+            let picks: Vec<(usize, usize)> = want
+                .iter()
+                .map(|&(row, _)| {
+                    let b = starts.partition_point(|&s| s <= row as u64) - 1;
+                    (b, (row as u64 - starts[b]) as usize)
+                })
+                .collect();
+            let cols = (0..feature_names.len())
+                .into_par_iter()
+                .map(|c| -> Result<ArrayRef> {
+                    let dt = &feature_types[c];
+                    let sources: Vec<ArrayRef> = batches
+                        .iter()
+                        .map(|b| {
+                            let a = b.column(c);
+                            if a.data_type() == dt {
+                                Ok(a.clone())
+                            } else {
+                                arrow::compute::cast(a, dt)
+                            }
+                        })
+                        .collect::<std::result::Result<_, _>>()?;
+                    let sources: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+                    Ok(interleave(&sources, &picks)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Some(cols))
+        })
+        .collect::<Result<_>>()?;
+    phases.mark("pass 2 (gather)");
+    // Each file's winners (in `wanted` order) go to their labels: a scatter for
+    // primitive columns; for others an interleave in label order, where one null row
+    // stands for no match.
+    let n_labels = labels.num_rows();
+    let out = feature_types
+        .par_iter()
+        .enumerate()
+        .map(|(c, dt)| -> Result<ArrayRef> {
+            let parts = || {
+                gathered
+                    .iter()
+                    .zip(&wanted)
+                    .filter_map(|(g, w)| g.as_ref().map(|cols| (cols[c].as_ref(), w.as_slice())))
+            };
+            Ok(match dt {
+                DataType::Float64 => scatter::<Float64Type>(n_labels, parts()),
+                DataType::Float32 => scatter::<Float32Type>(n_labels, parts()),
+                DataType::Int64 => scatter::<Int64Type>(n_labels, parts()),
+                DataType::Int32 => scatter::<Int32Type>(n_labels, parts()),
+                _ => {
+                    let null = new_null_array(dt, 1);
+                    let mut sources: Vec<&dyn Array> = Vec::new();
+                    let mut index = vec![(0usize, 0usize); n_labels];
+                    for (array, w) in parts() {
+                        for (pos, &(_, label)) in w.iter().enumerate() {
+                            index[label as usize] = (sources.len() + 1, pos);
+                        }
+                        sources.push(array);
+                    }
+                    sources.insert(0, null.as_ref());
+                    interleave(&sources, &index)?
+                }
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     phases.mark("assemble");
