@@ -431,7 +431,8 @@ fn request_columns(plan: &ReadPlan, rows: &Bound<'_, PyAny>) -> PyResult<(Column
 }
 
 /// A Python value as a value of `dtype` (ints, floats, strings, bytes, bools; numpy
-/// scalars through their Python protocols). The message says what was wrong.
+/// scalars through their Python protocols; timestamps as the package reads any time —
+/// datetime, pandas, numpy, ISO text; lists of these). The message says what was wrong.
 fn to_value(v: &Bound<'_, PyAny>, dtype: &DType) -> Result<Value, String> {
     if v.is_none() {
         return Ok(Value::Null);
@@ -469,6 +470,26 @@ fn to_value(v: &Bound<'_, PyAny>, dtype: &DType) -> Result<Value, String> {
         }
         DType::Bytes if v.is_instance_of::<PyBytes>() => {
             Value::Bytes(v.extract().map_err(|_| wrong())?)
+        }
+        // Numbers are not times (their unit would be a guess).
+        DType::Timestamp if !v.is_instance_of::<PyInt>() && !v.is_instance_of::<PyFloat>() => {
+            let micros = v
+                .py()
+                .import("quiver")
+                .and_then(|m| m.getattr("_micros"))
+                .and_then(|f| f.call1((v, "")))
+                .and_then(|t| t.extract::<i64>())
+                .map_err(|_| wrong())?;
+            Value::Timestamp(micros)
+        }
+        DType::List(item) if !v.is_instance_of::<PyString>() && !v.is_instance_of::<PyBytes>() => {
+            let items = v.try_iter().map_err(|_| wrong())?;
+            let mut out = Vec::new();
+            for (i, x) in items.enumerate() {
+                let x = x.map_err(|_| wrong())?;
+                out.push(to_value(&x, item).map_err(|e| format!("item {}: {e}", i + 1))?);
+            }
+            Value::List(out)
         }
         _ => return Err(wrong()),
     })

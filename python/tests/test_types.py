@@ -41,6 +41,18 @@ FEATURES = textwrap.dedent(
           - { name: active, dtype: bool }
           - { name: tags, dtype: list<string> }
           - { name: last_seen, dtype: timestamp }
+    request_sources:
+      - name: visit
+        schema:
+          - { name: seen_at, dtype: timestamp }
+          - { name: wanted, dtype: list<string> }
+    on_demand_feature_views:
+      - name: visit_context
+        sources: [request: visit, profile]
+        features:
+          - { name: seen_after_last, dtype: bool, expr: "seen_at > last_seen" }
+          - { name: seen, dtype: timestamp, expr: "seen_at" }
+          - { name: wanted_tags, dtype: list<string>, expr: "wanted" }
     """
 )
 
@@ -148,3 +160,48 @@ def test_pandas_push_and_feast_write_calls(typed):
                                   [{"user_id": 7}], at=at).to_dict()
     assert d["last_seen"] == [dt.datetime(2026, 3, 1, 7, tzinfo=UTC)]
     assert d["score"] == [2.5]
+
+
+def test_request_fields_of_timestamp_and_list_types(typed):
+    """Online request data of every type the registry declares: timestamps (aware,
+    naive = UTC, pandas, numpy, ISO text) and lists, as offline entity-row columns."""
+    import numpy as np
+    import pandas as pd
+
+    typed.push("profile_push", pa.Table.from_pylist(ROWS, schema=SCHEMA))
+    refs = ["visit_context:seen_after_last", "visit_context:seen", "visit_context:wanted_tags"]
+    seen = [T0 - dt.timedelta(hours=1), T0.replace(tzinfo=None), pd.Timestamp(T0),
+            np.datetime64("2026-03-01T08:00:00.000001"), "2026-03-01T09:00:00+01:00"]
+    want = [T0 - dt.timedelta(hours=1), T0, T0, T0 + dt.timedelta(microseconds=1), T0]
+    rows = [{"user_id": 1, "seen_at": s, "wanted": ["a", "z"] if i else None}
+            for i, s in enumerate(seen)]
+    d = typed.get_online_features(refs, rows, at=T0).to_dict()
+    assert d["seen"] == want
+    # last_seen of user 1 is T0 - 1 µs: one hour before is not after it, T0 is.
+    assert d["seen_after_last"] == [False, True, True, True, True]
+    assert d["wanted_tags"] == [None] + [["a", "z"]] * 4
+    # The same values as a training set's entity-row columns.
+    entity_df = pa.table({
+        "user_id": [1] * 5,
+        "event_timestamp": [T0] * 5,
+        "seen_at": pa.array(want, pa.timestamp("us", tz="UTC")),
+        "wanted": pa.array([None] + [["a", "z"]] * 4, pa.list_(pa.string())),
+    })
+    trained = typed.get_historical_features(entity_df, refs).to_arrow().to_pydict()
+    assert trained["seen_after_last"] == d["seen_after_last"]
+    assert trained["seen"] == d["seen"]
+    assert trained["wanted_tags"] == d["wanted_tags"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seen_at", "yesterday", "expected timestamp"),
+    ("seen_at", 1234, "expected timestamp"),
+    ("wanted", "ab", "expected list<string>"),
+    ("wanted", [1, 2], "expected string"),
+])
+def test_request_fields_of_the_wrong_type_are_named(typed, field, value, message):
+    from quiver.errors import ValidationError
+
+    row = {"user_id": 1, "seen_at": T0, "wanted": ["a"], field: value}
+    with pytest.raises(ValidationError, match=f"{field}.*{message}"):
+        typed.get_online_features(["visit_context:seen"], [row], at=T0)
