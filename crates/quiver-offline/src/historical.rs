@@ -88,19 +88,22 @@ fn resident_mib() -> String {
     format!("{} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Reads columns `cols` of one data file, each column decoding on its own task (so
-/// that one large file does not hold up a pass); the batches hold `cols` in order.
+/// Reads columns `cols` of one data file, split between rayon's threads (each part of
+/// the columns decoded by its own reader, so that one large file does not hold up a
+/// pass, and a file's footer parsed at most once per thread); the batches hold `cols`
+/// in order.
 fn read_file_columns(
     file: &DataFile,
     schema: &SchemaRef,
     cols: &[&str],
 ) -> Result<Vec<RecordBatch>> {
-    let columns: Vec<Vec<RecordBatch>> = cols
-        .par_iter()
-        .map(|&c| read_data_file(&file.path, schema, 0, Some(&[c])))
+    let per_part = cols.len().div_ceil(rayon::current_num_threads()).max(1);
+    let parts: Vec<Vec<RecordBatch>> = cols
+        .par_chunks(per_part)
+        .map(|part| read_data_file(&file.path, schema, 0, Some(part)))
         .collect::<Result<_>>()?;
-    let n = columns.first().map_or(0, Vec::len);
-    if columns.iter().any(|c| c.len() != n) {
+    let n = parts.first().map_or(0, Vec::len);
+    if parts.iter().any(|p| p.len() != n) {
         return Err(Error::Data(format!(
             "{}: the columns' batches differ",
             file.path.display()
@@ -108,7 +111,18 @@ fn read_file_columns(
     }
     (0..n)
         .map(|b| {
-            let arrays: Vec<ArrayRef> = columns.iter().map(|c| c[b].column(0).clone()).collect();
+            let arrays: Vec<ArrayRef> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    parts[i / per_part][b]
+                        .column_by_name(c)
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::Data(format!("{}: no column '{c}'", file.path.display()))
+                        })
+                })
+                .collect::<Result<_>>()?;
             let fields: Vec<Field> = cols
                 .iter()
                 .zip(&arrays)
