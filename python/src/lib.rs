@@ -471,6 +471,8 @@ fn to_value(v: &Bound<'_, PyAny>, dtype: &DType) -> Result<Value, String> {
         DType::Bytes if v.is_instance_of::<PyBytes>() => {
             Value::Bytes(v.extract().map_err(|_| wrong())?)
         }
+        // pandas' and numpy's "not a time" is a missing value, as in their frames.
+        DType::Timestamp if is_not_a_time(v) => Value::Null,
         // Numbers are not times (their unit would be a guess).
         DType::Timestamp if !v.is_instance_of::<PyInt>() && !v.is_instance_of::<PyFloat>() => {
             let micros = v
@@ -493,6 +495,15 @@ fn to_value(v: &Bound<'_, PyAny>, dtype: &DType) -> Result<Value, String> {
         }
         _ => return Err(wrong()),
     })
+}
+
+/// Whether `v` is pandas' `NaT` or a numpy `datetime64('NaT')`.
+fn is_not_a_time(v: &Bound<'_, PyAny>) -> bool {
+    let Ok(name) = v.get_type().name() else {
+        return false;
+    };
+    let name = name.to_string();
+    (name == "NaTType" || name == "datetime64") && v.str().is_ok_and(|s| s == "NaT")
 }
 
 /// A Python object of a value.

@@ -180,6 +180,10 @@ def test_request_fields_of_timestamp_and_list_types(typed):
     # last_seen of user 1 is T0 - 1 µs: one hour before is not after it, T0 is.
     assert d["seen_after_last"] == [False, True, True, True, True]
     assert d["wanted_tags"] == [None] + [["a", "z"]] * 4
+    # pandas' and numpy's "not a time" are missing values.
+    rows = [{"user_id": 1, "seen_at": pd.NaT}, {"user_id": 1, "seen_at": np.datetime64("NaT")}]
+    d_nat = typed.get_online_features(refs, rows, at=T0).to_dict()
+    assert d_nat["seen"] == [None, None] and d_nat["seen_after_last"] == [None, None]
     # The same values as a training set's entity-row columns.
     entity_df = pa.table({
         "user_id": [1] * 5,
