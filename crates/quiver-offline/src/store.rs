@@ -626,13 +626,22 @@ impl OfflineStore {
         Vec<deltalake::kernel::Add>,
         Option<deltalake::kernel::Metadata>,
     )> {
-        // Keys, times and numbers are mostly distinct per row: dictionary pages cost
-        // time at write and read and save little, so only text columns use them.
+        // Keys and numbers are mostly distinct per row: dictionary pages cost time at
+        // write and read and save little, so only text columns use them — and the two
+        // time columns, which batch pipelines stamp with a few times per run (a
+        // dictionary turns their pages into small indexes; distinct times fall back to
+        // plain pages once the dictionary page is full).
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(256 * 1024));
         for f in schema.fields() {
-            if !matches!(f.data_type(), DataType::Utf8 | DataType::Binary) {
+            let times = [
+                crate::normalize::EVENT_TIMESTAMP,
+                crate::normalize::CREATED_TIMESTAMP,
+            ];
+            if !matches!(f.data_type(), DataType::Utf8 | DataType::Binary)
+                && !times.contains(&f.name().as_str())
+            {
                 props =
                     props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
             }
