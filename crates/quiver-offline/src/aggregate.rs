@@ -26,7 +26,7 @@ use quiver_core::time::Timestamp;
 use quiver_core::value::{values_to_array, Value};
 use rayon::prelude::*;
 
-use crate::normalize::{cast_key, to_timestamps, Origin, Rounding};
+use crate::normalize::{cast_key, created_at, to_timestamps, Origin, Rounding};
 use crate::{Error, OfflineStore, Result};
 
 impl OfflineStore {
@@ -485,16 +485,6 @@ struct Grouped {
     ts: Vec<Timestamp>,
     created: Vec<Timestamp>,
     perm: Vec<u32>,
-}
-
-/// The creation time of an event as it sorts: [`quiver_core::contract::NO_CREATED`]
-/// when there is none.
-fn created_at(c: &arrow::array::TimestampMicrosecondArray, row: usize) -> Timestamp {
-    if c.is_null(row) {
-        quiver_core::contract::NO_CREATED
-    } else {
-        c.value(row)
-    }
 }
 
 /// One value per event of `events` (the batches' concatenation), each batch's part

@@ -19,7 +19,6 @@ use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema,
     SchemaRef, TimestampMicrosecondType,
 };
-use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
 use quiver_core::pit::{BytesKeyIndex, Candidate, IntKeyIndex, LabelIndex, NO_GROUP, NO_MATCH};
@@ -27,7 +26,8 @@ use quiver_core::time::Timestamp;
 use rayon::prelude::*;
 
 use crate::normalize::{
-    cast_key, table_schema, to_timestamps, Origin, Rounding, CREATED_TIMESTAMP, EVENT_TIMESTAMP,
+    cast_key, created_at, table_schema, to_timestamps, Origin, Rounding, CREATED_TIMESTAMP,
+    EVENT_TIMESTAMP,
 };
 use crate::store::{read_data_file, DataFile, OfflineStore};
 use crate::{Error, Result};
@@ -369,11 +369,7 @@ fn view_columns(
                     out.push(Candidate {
                         slot,
                         ts: t,
-                        created: if created.is_null(r) {
-                            NO_CREATED
-                        } else {
-                            created.value(r)
-                        },
+                        created: created_at(created, r),
                         loc: ((fi as u64) << 32) | (row0 + r as u64),
                     });
                 }

@@ -34,6 +34,20 @@ pub const CREATED_TIMESTAMP: &str = "created_timestamp";
 /// Name of the day-partition column.
 pub const EVENT_DATE: &str = "event_date";
 
+/// The creation time of row `row` as the time contract orders it:
+/// [`quiver_core::contract::NO_CREATED`] when there is none.
+#[inline]
+pub fn created_at(
+    created: &arrow::array::TimestampMicrosecondArray,
+    row: usize,
+) -> quiver_core::Timestamp {
+    if created.is_null(row) {
+        quiver_core::contract::NO_CREATED
+    } else {
+        created.value(row)
+    }
+}
+
 /// The version (event and creation time) of row `row` of a batch in the stored form of
 /// a view with `nkeys` join keys.
 pub fn stored_version(
@@ -50,11 +64,7 @@ pub fn stored_version(
         .as_primitive::<TimestampMicrosecondType>();
     quiver_core::contract::RowVersion {
         event_ts: ts.value(row),
-        created_ts: if created.is_null(row) {
-            quiver_core::contract::NO_CREATED
-        } else {
-            created.value(row)
-        },
+        created_ts: created_at(created, row),
     }
 }
 

@@ -1079,11 +1079,7 @@ fn merge_order(
                 sub: sub.map_or(0, |s| (s[r][0] as u32) << 16 | s[r][1] as u32),
                 key,
                 ts: t,
-                created: if created.is_null(r) {
-                    NO_CREATED
-                } else {
-                    created.value(r)
-                },
+                created: crate::normalize::created_at(created, r),
                 batch: bi as u32,
                 row: r as u32,
             });
