@@ -433,6 +433,10 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The allocator of the `quiver` binary, so that figures are those of the CLI.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // Phase timings and other diagnostics: QUIVER_LOG=quiver_offline=debug.
