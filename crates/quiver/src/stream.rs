@@ -19,7 +19,7 @@
 //! that group's tiles, which no read uses any more; one that no group keeps is counted in
 //! [`StreamStats::late`] and logged, and still written offline.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
@@ -136,9 +136,23 @@ pub async fn apply_events(
     Ok(stats)
 }
 
-/// A key's merge into one layer: (index of the key, its newest offset, the position
-/// read before (which the merge follows), its encoded tiles as (start, IR bytes)).
-type KeyTiles = (usize, u128, Option<u128>, Vec<(Timestamp, Vec<u8>)>);
+/// A key's merge into one layer: the key's index, its newest offset, the position read
+/// before (which the merge follows), and its tiles' range in [`LayerTiles::tiles`].
+struct KeyTiles {
+    key: usize,
+    newest: u128,
+    follows: Option<u128>,
+    tiles: std::ops::Range<usize>,
+}
+
+/// The tiles built for one layer: per key its merge, the tiles as (start, range of
+/// their IR bytes in `bytes`), the bytes back to back.
+#[derive(Default)]
+struct LayerTiles {
+    keys: Vec<KeyTiles>,
+    tiles: Vec<(Timestamp, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+}
 
 /// One tile layer of a group: its online field and its tile length (the hop, or a day).
 struct Layer {
@@ -195,12 +209,16 @@ async fn merge_events(
     let mut replayed = vec![true; batch.num_rows()];
     let mut values: Vec<Input<'_>> = Vec::new();
     let columns = crate::write::group_columns(view, &groups);
+    // One key's tiles while they are built: (start, index into `pool`), the IRs kept
+    // between keys with their buffers.
+    let mut building: Vec<(Timestamp, usize)> = Vec::new();
+    let mut pool: Vec<Vec<Ir>> = Vec::new();
     // Built from the positions read, merged (every group in one call) only where they
     // are still stored (compare-and-set); keys another writer moved on meanwhile are
     // built again from the positions it left (its events then count as replays).
     let mut attempt = 0;
     loop {
-        let mut all: Vec<(Vec<Layer>, Vec<Vec<KeyTiles>>)> = Vec::new();
+        let mut all: Vec<(Vec<Layer>, Vec<LayerTiles>)> = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             let oldest = crate::compact::oldest_tile(view, g, now);
             let layers: Vec<Layer> = std::iter::once(Layer {
@@ -212,16 +230,15 @@ async fn merge_events(
                 length: Duration::from_micros(DAY),
             }))
             .collect();
-            // Per layer, per key: the encoded tiles and the key's newest offset.
-            let mut built: Vec<Vec<KeyTiles>> = Vec::new();
+            let mut built: Vec<LayerTiles> = Vec::new();
             for layer in &layers {
                 let stored = retrying(retry_for, || {
                     online.stream_positions(&key_refs, layer.field, events.partition)
                 })
                 .await?;
-                let mut of_layer = Vec::new();
+                let mut of_layer = LayerTiles::default();
                 for (ki, rows) in rows_of.iter().enumerate() {
-                    let mut tiles: BTreeMap<Timestamp, Vec<Ir>> = BTreeMap::new();
+                    building.clear();
                     let mut newest: Option<u128> = None;
                     for &r in rows {
                         let offset = events.offsets[r];
@@ -246,15 +263,36 @@ async fn merge_events(
                             });
                         }
                         let order: Order = stored_version(batch, nkeys, r).into();
-                        let irs = tiles
-                            .entry(align(t, layer.length))
-                            .or_insert_with(|| g.layout.empty());
-                        g.layout.update(irs, &values, order);
+                        let start = align(t, layer.length);
+                        let slot = match building.iter().find(|(s, _)| *s == start) {
+                            Some(&(_, slot)) => slot,
+                            None => {
+                                let slot = building.len();
+                                if pool.len() == slot {
+                                    pool.push(Vec::new());
+                                }
+                                g.layout.reset(&mut pool[slot]);
+                                building.push((start, slot));
+                                slot
+                            }
+                        };
+                        g.layout.update(&mut pool[slot], &values, order);
                         applied[r] = true;
                     }
                     if let Some(newest) = newest {
-                        let encoded = g.layout.encode_tiles(&tiles);
-                        of_layer.push((ki, newest, stored[ki], encoded));
+                        building.sort_unstable_by_key(|(start, _)| *start);
+                        let first = of_layer.tiles.len();
+                        for &(start, slot) in &building {
+                            let at = of_layer.bytes.len();
+                            g.layout.encode(&pool[slot], &mut of_layer.bytes);
+                            of_layer.tiles.push((start, at..of_layer.bytes.len()));
+                        }
+                        of_layer.keys.push(KeyTiles {
+                            key: ki,
+                            newest,
+                            follows: stored[ki],
+                            tiles: first..of_layer.tiles.len(),
+                        });
                     }
                 }
                 built.push(of_layer);
@@ -305,46 +343,40 @@ async fn merge_events(
 /// from its view field.
 async fn merge_groups(
     groups: &[TileGroup],
-    all: &[(Vec<Layer>, Vec<Vec<KeyTiles>>)],
+    all: &[(Vec<Layer>, Vec<LayerTiles>)],
     keys: &[&[u8]],
     events: StreamEvents<'_>,
     online: &dyn OnlineStore,
     retry_for: std::time::Duration,
 ) -> Result<quiver_online::MergeStats> {
-    let deltas: Vec<Vec<Vec<Vec<TileDelta<'_>>>>> = all
+    // Every layer's deltas in one list, each key's merge taking its range of it.
+    let deltas: Vec<TileDelta<'_>> = all
         .iter()
-        .map(|(_, built)| {
-            built
-                .iter()
-                .map(|of_layer| {
-                    of_layer
-                        .iter()
-                        .map(|(_, _, _, tiles)| {
-                            tiles
-                                .iter()
-                                .map(|(start, ir)| TileDelta { start: *start, ir })
-                                .collect()
-                        })
-                        .collect()
-                })
-                .collect()
+        .flat_map(|(_, built)| built)
+        .flat_map(|layer| {
+            layer.tiles.iter().map(|(start, ir)| TileDelta {
+                start: *start,
+                ir: &layer.bytes[ir.clone()],
+            })
         })
         .collect();
     let mut merges = Vec::new();
-    for ((layers, built), deltas) in all.iter().zip(&deltas) {
-        for ((layer, of_layer), deltas) in layers.iter().zip(built).zip(deltas) {
-            for ((ki, newest, follows, _), tiles) in of_layer.iter().zip(deltas) {
+    let mut base = 0;
+    for (layers, built) in all {
+        for (layer, of_layer) in layers.iter().zip(built) {
+            for k in &of_layer.keys {
                 merges.push(KeyMerge {
-                    key: keys[*ki],
+                    key: keys[k.key],
                     view: layer.field,
                     position: Some(StreamPosition {
                         partition: events.partition,
-                        offset: *newest,
-                        follows: Some(*follows),
+                        offset: k.newest,
+                        follows: Some(k.follows),
                     }),
-                    tiles,
+                    tiles: &deltas[base + k.tiles.start..base + k.tiles.end],
                 });
             }
+            base += of_layer.tiles.len();
         }
     }
     if merges.is_empty() {

@@ -23,6 +23,11 @@ const LIMB_MASK: i64 = (1 << LIMB_BITS) - 1;
 /// Adds before the carries must be propagated.
 const ADDS_BEFORE_CARRY: u32 = 1 << 30;
 
+thread_local! {
+    /// The copy [`ExactSum::encode`] normalizes.
+    static ENCODE_SCRATCH: std::cell::RefCell<ExactSum> = std::cell::RefCell::new(ExactSum::default());
+}
+
 /// An exact sum of f64 values.
 #[derive(Clone, Debug, Default)]
 pub struct ExactSum {
@@ -267,7 +272,20 @@ impl ExactSum {
         put_uvarint(out, self.pos_inf);
         put_uvarint(out, self.neg_inf);
         put_uvarint(out, self.nan);
-        let mut n = self.clone();
+        // Normalized in a copy kept per thread: a tile merge encodes several sums per
+        // tile, and a fresh copy each time would allocate.
+        ENCODE_SCRATCH.with_borrow_mut(|n| {
+            n.lo = self.lo;
+            n.pending = self.pending;
+            n.limbs.clear();
+            n.limbs.extend_from_slice(&self.limbs);
+            n.encode_limbs(out);
+        });
+    }
+
+    /// The limbs' part of [`Self::encode`]; normalizes `self` first.
+    fn encode_limbs(&mut self, out: &mut Vec<u8>) {
+        let n = self;
         n.normalize();
         let negative = n.limbs.last().is_some_and(|&t| t < 0);
         if negative {

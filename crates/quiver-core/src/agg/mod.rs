@@ -400,6 +400,24 @@ impl Aggregation {
         }
     }
 
+    /// Makes `ir` the IR of no events ([`Self::empty`]), keeping its buffers when it is
+    /// of this aggregation's kind.
+    pub fn reset(&self, ir: &mut Ir) {
+        match ir {
+            Ir::FloatSum { sum, count } if matches!(self.empty(), Ir::FloatSum { .. }) => {
+                sum.clear();
+                *count = 0;
+            }
+            Ir::Moments { s1, s2, count } if matches!(self.empty(), Ir::Moments { .. }) => {
+                s1.clear();
+                s2.clear();
+                *count = 0;
+            }
+            Ir::Events(kept) if matches!(self.empty(), Ir::Events(_)) => kept.clear(),
+            _ => *ir = self.empty(),
+        }
+    }
+
     /// How many events first/last (1) and their lists (n) keep.
     fn keep(&self) -> usize {
         match self.function {

@@ -488,6 +488,33 @@ fn decoding_into_a_used_ir_equals_a_fresh_decode() {
     }
 }
 
+/// A reset IR equals a fresh empty one whatever it held, of any aggregation, and
+/// updates after it as a fresh one does.
+#[test]
+fn a_reset_ir_is_an_empty_one() {
+    let all = aggregations();
+    for agg in &all {
+        for other in &all {
+            let mut ir = other.empty();
+            for x in [1e300, -3.5, 0.25] {
+                other.update(&mut ir, Input::Float(x), Order::default());
+            }
+            agg.reset(&mut ir);
+            assert_eq!(
+                ir,
+                agg.empty(),
+                "{} after {}",
+                agg.function(),
+                other.function()
+            );
+            let mut fresh = agg.empty();
+            agg.update(&mut ir, Input::Float(2.5), Order::default());
+            agg.update(&mut fresh, Input::Float(2.5), Order::default());
+            assert_eq!(ir, fresh, "{} after {}", agg.function(), other.function());
+        }
+    }
+}
+
 #[test]
 fn output_names_follow_one_pattern() {
     let f64t = DType::Float64;

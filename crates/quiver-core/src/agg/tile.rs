@@ -25,6 +25,17 @@ impl TileLayout {
         self.aggregations.iter().map(|a| a.empty()).collect()
     }
 
+    /// Makes `irs` an empty tile's IRs ([`Self::empty`]), keeping their buffers.
+    pub fn reset(&self, irs: &mut Vec<Ir>) {
+        irs.truncate(self.aggregations.len());
+        for (a, ir) in self.aggregations.iter().zip(irs.iter_mut()) {
+            a.reset(ir);
+        }
+        for a in &self.aggregations[irs.len()..] {
+            irs.push(a.empty());
+        }
+    }
+
     /// Adds one event; `values[i]` is aggregation i's column value.
     pub fn update(&self, irs: &mut [Ir], values: &[Input<'_>], order: Order) {
         for ((a, ir), v) in self.aggregations.iter().zip(irs).zip(values) {
@@ -51,12 +62,20 @@ impl TileLayout {
     /// length.
     pub fn encode(&self, irs: &[Ir], out: &mut Vec<u8>) {
         put_uvarint(out, irs.len() as u64);
-        let mut one = Vec::new();
         for (a, ir) in self.aggregations.iter().zip(irs) {
-            one.clear();
-            a.encode(ir, &mut one);
-            put_uvarint(out, one.len() as u64);
-            out.extend_from_slice(&one);
+            // The IR goes straight after a one-byte length, moved along in the rare
+            // case that its length takes more bytes.
+            let at = out.len();
+            out.push(0);
+            a.encode(ir, out);
+            let len = out.len() - at - 1;
+            if len < 0x80 {
+                out[at] = len as u8;
+            } else {
+                let mut prefix = Vec::with_capacity(10);
+                put_uvarint(&mut prefix, len as u64);
+                out.splice(at..at + 1, prefix);
+            }
         }
     }
 
@@ -77,6 +96,19 @@ impl TileLayout {
         bytes: &'a [u8],
         parts: &mut Vec<&'a [u8]>,
     ) -> Result<(), FinalizeError> {
+        self.for_each_part(bytes, |_, part| {
+            parts.push(part);
+            Ok(())
+        })
+    }
+
+    /// Calls `f(slot, bytes)` for each IR of a tile's bytes, in slot order, after
+    /// checking that the tile holds this layout's number of IRs.
+    fn for_each_part<'a>(
+        &self,
+        bytes: &'a [u8],
+        mut f: impl FnMut(usize, &'a [u8]) -> Result<(), FinalizeError>,
+    ) -> Result<(), FinalizeError> {
         let bad = || FinalizeError("a stored tile does not decode".into());
         let mut input = bytes;
         let n = get_uvarint(&mut input).ok_or_else(bad)? as usize;
@@ -87,12 +119,12 @@ impl TileLayout {
                 self.aggregations.len()
             )));
         }
-        for _ in 0..n {
+        for slot in 0..n {
             let len = get_uvarint(&mut input).ok_or_else(bad)? as usize;
             if input.len() < len {
                 return Err(bad());
             }
-            parts.push(&input[..len]);
+            f(slot, &input[..len])?;
             input = &input[len..];
         }
         if !input.is_empty() {
@@ -101,28 +133,46 @@ impl TileLayout {
         Ok(())
     }
 
-    /// Appends `merge(stored, delta)`: the online store's tile merge.
+    /// Appends `merge(stored, delta)`: the online store's tile merge. A tile not stored
+    /// yet takes the delta's bytes as they are (merging into empty IRs is the identity,
+    /// and encodings are canonical) once they are checked to split into this layout's
+    /// IRs; otherwise both are decoded into IRs kept per thread, merged and encoded.
     pub fn merge_bytes(
         &self,
         stored: Option<&[u8]>,
         delta: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), FinalizeError> {
-        let mut irs = match stored {
-            Some(s) => self.decode(s)?,
-            None => self.empty(),
+        let Some(stored) = stored else {
+            self.for_each_part(delta, |_, _| Ok(()))?;
+            out.extend_from_slice(delta);
+            return Ok(());
         };
-        for ((a, ir), d) in self
-            .aggregations
-            .iter()
-            .zip(&mut irs)
-            .zip(self.decode(delta)?)
-        {
-            a.merge(ir, &d);
-        }
-        self.encode(&irs, out);
-        Ok(())
+        MERGE_SCRATCH.with_borrow_mut(|(irs, other)| {
+            self.decode_all_into(stored, irs)?;
+            self.decode_all_into(delta, other)?;
+            for ((a, ir), d) in self.aggregations.iter().zip(irs.iter_mut()).zip(&*other) {
+                a.merge(ir, d);
+            }
+            self.encode(&irs[..self.aggregations.len()], out);
+            Ok(())
+        })
     }
+
+    /// Decodes a tile's bytes into `irs` (grown as needed), reusing their buffers.
+    fn decode_all_into(&self, bytes: &[u8], irs: &mut Vec<Ir>) -> Result<(), FinalizeError> {
+        while irs.len() < self.aggregations.len() {
+            irs.push(Ir::Count(0));
+        }
+        self.for_each_part(bytes, |slot, part| {
+            self.aggregations[slot].decode_into(part, &mut irs[slot])
+        })
+    }
+}
+
+thread_local! {
+    /// [`TileLayout::merge_bytes`]'s decoded IRs, kept between calls with their buffers.
+    static MERGE_SCRATCH: std::cell::RefCell<(Vec<Ir>, Vec<Ir>)> = Default::default();
 }
 
 /// The tile starts a read at `t` needs for windows up to `longest`: from
@@ -635,6 +685,72 @@ mod tests {
                 .collect();
             prop_assert_eq!(got, want);
         }
+    }
+
+    /// IRs longer than 127 bytes take a longer length prefix; a tile not stored yet
+    /// stores the delta's bytes; a merge into a stored tile equals the merge of the
+    /// decoded IRs, also when the thread's scratch IRs last held another layout's.
+    #[test]
+    fn tile_bytes_of_long_irs_round_trip_and_merge() {
+        let (layout, _) = layout();
+        let f = DType::Float64;
+        let long = TileLayout {
+            aggregations: vec![
+                Aggregation::new(
+                    Function::LastN,
+                    Some(&f),
+                    Params {
+                        n: Some(40),
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+                Aggregation::new(Function::Sum, Some(&f), Params::default()).unwrap(),
+            ],
+        };
+        let tile = |from: i64, to: i64| {
+            let mut irs = long.empty();
+            for i in from..to {
+                let order = Order {
+                    event_ts: i * MINUTE,
+                    created_ts: 0,
+                    position: i as u128,
+                };
+                let x = Input::Float(i as f64 * 1e300 / 3.0);
+                long.update(&mut irs, &[x, x], order);
+            }
+            irs
+        };
+        let (a, b) = (tile(0, 30), tile(30, 70));
+        let mut bytes_a = Vec::new();
+        long.encode(&a, &mut bytes_a);
+        assert!(bytes_a.len() > 2 * 128, "{}", bytes_a.len());
+        assert_eq!(long.decode(&bytes_a).unwrap(), a);
+        let mut bytes_b = Vec::new();
+        long.encode(&b, &mut bytes_b);
+
+        let mut out = vec![7u8]; // existing bytes stay
+        long.merge_bytes(None, &bytes_a, &mut out).unwrap();
+        assert_eq!(&out[1..], &bytes_a[..]);
+        assert!(long.merge_bytes(None, &bytes_a[1..], &mut out).is_err());
+
+        // Another layout's merge first, so that the scratch IRs are of other kinds.
+        let mut other = Vec::new();
+        layout.encode(&layout.empty(), &mut other);
+        layout
+            .merge_bytes(Some(&other), &other, &mut Vec::new())
+            .unwrap();
+        let mut merged = Vec::new();
+        long.merge_bytes(Some(&bytes_a), &bytes_b, &mut merged)
+            .unwrap();
+        let mut want = a.clone();
+        for ((agg, ir), d) in long.aggregations.iter().zip(&mut want).zip(&b) {
+            agg.merge(ir, d);
+        }
+        assert_eq!(long.decode(&merged).unwrap(), want);
+        let mut want_bytes = Vec::new();
+        long.encode(&want, &mut want_bytes);
+        assert_eq!(merged, want_bytes);
     }
 
     #[test]
