@@ -64,6 +64,17 @@ pub struct TileDelta<'a> {
     pub start: Timestamp,
     /// The IR to merge into the stored one.
     pub ir: &'a [u8],
+    /// The tile layer (an aggregated view's field) of the tile when it is not the
+    /// merge's [`KeyMerge::view`]: one merge covers every tile layer of an aggregated
+    /// view (its tile groups, their day tiles), whose stream position is kept once.
+    pub layer: Option<FieldId>,
+}
+
+impl TileDelta<'_> {
+    /// The tile layer of this delta in `merge`.
+    pub fn layer_in(&self, merge: &KeyMerge<'_>) -> FieldId {
+        self.layer.unwrap_or(merge.view)
+    }
 }
 
 /// Merges into the tiles of one (entity key, aggregated view).
@@ -71,7 +82,8 @@ pub struct TileDelta<'a> {
 pub struct KeyMerge<'a> {
     /// The full entity key ([`crate::entity_key`]).
     pub key: &'a [u8],
-    /// The aggregated view: its online field id.
+    /// The aggregated view: the online field id of its stream position, and of its
+    /// tiles unless they name their layer ([`TileDelta::layer`]).
     pub view: FieldId,
     /// The last stream position these deltas include. When given and the position
     /// stored for (key, view, partition) is at or past it, the merge is a replay and
@@ -294,7 +306,7 @@ impl KeyMergePlan {
         let mut fields = Vec::new();
         for m in merges {
             for t in m.tiles {
-                fields.push(MergeField::Tile(tile_field(&m.view, t.start)));
+                fields.push(MergeField::Tile(tile_field(&t.layer_in(m), t.start)));
             }
             if let Some(p) = &m.position {
                 fields.push(MergeField::Position(position_field(&m.view, p.partition)));
@@ -348,13 +360,14 @@ impl KeyMergePlan {
                 }
             }
             for t in m.tiles {
-                let i = self.index(&MergeField::Tile(tile_field(&m.view, t.start)));
+                let layer = t.layer_in(m);
+                let i = self.index(&MergeField::Tile(tile_field(&layer, t.start)));
                 let begin = match &current[i] {
                     Current::Stored => {
                         let begin = out.values.len();
                         merger
-                            .merge_for(&m.view, stored[i], t.ir, &mut out.values)
-                            .map_err(|e| merge_failed(m, t.start, e))?;
+                            .merge_for(&layer, stored[i], t.ir, &mut out.values)
+                            .map_err(|e| merge_failed(m, &layer, t.start, e))?;
                         begin
                     }
                     Current::New(r) => {
@@ -363,8 +376,8 @@ impl KeyMergePlan {
                         scratch.extend_from_slice(&out.values[r.clone()]);
                         let begin = out.values.len();
                         merger
-                            .merge_for(&m.view, Some(&scratch), t.ir, &mut out.values)
-                            .map_err(|e| merge_failed(m, t.start, e))?;
+                            .merge_for(&layer, Some(&scratch), t.ir, &mut out.values)
+                            .map_err(|e| merge_failed(m, &layer, t.start, e))?;
                         begin
                     }
                 };
@@ -389,10 +402,10 @@ impl KeyMergePlan {
 }
 
 /// A merger's error, with the tile it failed on.
-fn merge_failed(m: &KeyMerge<'_>, start: Timestamp, e: Error) -> Error {
+fn merge_failed(m: &KeyMerge<'_>, layer: &FieldId, start: Timestamp, e: Error) -> Error {
     let at = format!(
         "cannot merge the tile at {start} of view {} under key {:?}",
-        hex(&m.view),
+        hex(layer),
         String::from_utf8_lossy(m.key)
     );
     match e {
@@ -476,14 +489,27 @@ mod tests {
     fn a_plan_applies_in_order_and_skips_replays() {
         let view = *b"view-id!";
         let t1 = [
-            TileDelta { start: 0, ir: b"a" },
             TileDelta {
+                layer: None,
+                start: 0,
+                ir: b"a",
+            },
+            TileDelta {
+                layer: None,
                 start: 10,
                 ir: b"b",
             },
-            TileDelta { start: 0, ir: b"c" },
+            TileDelta {
+                layer: None,
+                start: 0,
+                ir: b"c",
+            },
         ];
-        let t2 = [TileDelta { start: 0, ir: b"d" }];
+        let t2 = [TileDelta {
+            layer: None,
+            start: 0,
+            ir: b"d",
+        }];
         let pos = |offset| {
             Some(StreamPosition {
                 partition: b"p0",
@@ -569,7 +595,11 @@ mod tests {
     #[test]
     fn a_merge_following_a_position_is_a_compare_and_set() {
         let view = [1u8; 8];
-        let ir = [TileDelta { start: 0, ir: b"x" }];
+        let ir = [TileDelta {
+            layer: None,
+            start: 0,
+            ir: b"x",
+        }];
         let merge = |offset: u128, follows: Option<Option<u128>>| KeyMerge {
             key: b"k",
             view,

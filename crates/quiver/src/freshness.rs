@@ -103,6 +103,7 @@ pub async fn report_named(
     let (key, field) = location(project, view);
     let delta = serde_json::to_vec(&by_partition).expect("serializable");
     let tiles = [TileDelta {
+        layer: None,
         start: 0,
         ir: &delta,
     }];

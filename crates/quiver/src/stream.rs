@@ -4,14 +4,17 @@
 //! (see [`crate::write::validate`]) → online (tile merges for an aggregated view, the
 //! conditional newest-row write for a snapshot view) → offline merge.
 //!
-//! **Exactly-once effect.** Each tile layer of an aggregated view (a tile group's hop
-//! tiles, and its day tiles when it keeps them) stores, per entity key and partition,
-//! the last offset it applied, in the same atomic write as the tiles. A batch first reads
-//! those positions and leaves out every event at or before its key's position, then
-//! merges the rest with the key's newest offset as the new position (a merge whose
-//! position is not past the stored one is skipped by the store). So a replay — a worker
-//! that died before committing its consumer offsets, a rewind — changes no value,
-//! however the replayed range is cut into batches. Snapshot rows need no positions: the
+//! **Exactly-once effect.** An aggregated view stores, per entity key and partition,
+//! the last offset it applied, in the same atomic write as the tiles of all its layers
+//! (its tile groups' hop tiles, and their day tiles when they keep them): one merge per
+//! key covers every layer. A batch first reads those positions and leaves out every
+//! event at or before its key's position, then merges the rest with the key's newest
+//! offset as the new position (a merge whose position is not past the stored one is
+//! skipped by the store). So a replay — a worker that died before committing its
+//! consumer offsets, a rewind — changes no value, however the replayed range is cut into
+//! batches. The position is kept under the first tile group's hop field (earlier
+//! versions kept one per layer, always equal, as every layer of a key was merged in one
+//! atomic write; that first one is the one read). Snapshot rows need no positions: the
 //! online write never replaces a newer row, and an equal one rewrites the same bytes.
 //!
 //! **Late events.** An event older than the oldest tile a group keeps (the view's
@@ -136,8 +139,8 @@ pub async fn apply_events(
     Ok(stats)
 }
 
-/// A key's merge into one layer: the key's index, its newest offset, the position read
-/// before (which the merge follows), and its tiles' range in [`LayerTiles::tiles`].
+/// A key's merge: the key's index, its newest offset, the position read before (which
+/// the merge follows), and its tiles' range in [`BuiltTiles::tiles`].
 struct KeyTiles {
     key: usize,
     newest: u128,
@@ -145,17 +148,19 @@ struct KeyTiles {
     tiles: std::ops::Range<usize>,
 }
 
-/// The tiles built for one layer: per key its merge, the tiles as (start, range of
-/// their IR bytes in `bytes`), the bytes back to back.
+/// The tiles built from a batch: per key its merge, the tiles as (layer, start, range
+/// of their IR bytes in `bytes`), the bytes back to back.
 #[derive(Default)]
-struct LayerTiles {
+struct BuiltTiles {
     keys: Vec<KeyTiles>,
-    tiles: Vec<(Timestamp, std::ops::Range<usize>)>,
+    tiles: Vec<([u8; 8], Timestamp, std::ops::Range<usize>)>,
     bytes: Vec<u8>,
 }
 
-/// One tile layer of a group: its online field and its tile length (the hop, or a day).
+/// One tile layer of a group: the group's index, its online field and its tile length
+/// (the hop, or a day).
 struct Layer {
+    group: usize,
     field: [u8; 8],
     length: Duration,
 }
@@ -213,93 +218,112 @@ async fn merge_events(
     // between keys with their buffers.
     let mut building: Vec<(Timestamp, usize)> = Vec::new();
     let mut pool: Vec<Vec<Ir>> = Vec::new();
-    // Built from the positions read, merged (every group in one call) only where they
-    // are still stored (compare-and-set); keys another writer moved on meanwhile are
-    // built again from the positions it left (its events then count as replays).
-    let mut attempt = 0;
-    loop {
-        let mut all: Vec<(Vec<Layer>, Vec<LayerTiles>)> = Vec::new();
-        for (gi, g) in groups.iter().enumerate() {
-            let oldest = crate::compact::oldest_tile(view, g, now);
-            let layers: Vec<Layer> = std::iter::once(Layer {
+    let layers: Vec<Layer> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(gi, g)| {
+            std::iter::once(Layer {
+                group: gi,
                 field: g.field,
                 length: g.hop,
             })
             .chain(g.day_field.map(|field| Layer {
+                group: gi,
                 field,
                 length: Duration::from_micros(DAY),
             }))
-            .collect();
-            let mut built: Vec<LayerTiles> = Vec::new();
+        })
+        .collect();
+    let oldest: Vec<Timestamp> = groups
+        .iter()
+        .map(|g| crate::compact::oldest_tile(view, g, now))
+        .collect();
+    let position_field = groups[0].field;
+    // Built from the positions read, merged (every layer in one call) only where they
+    // are still stored (compare-and-set); keys another writer moved on meanwhile are
+    // built again from the positions it left (its events then count as replays).
+    let mut attempt = 0;
+    loop {
+        let stored = retrying(retry_for, || {
+            online.stream_positions(&key_refs, position_field, events.partition)
+        })
+        .await?;
+        let mut built = BuiltTiles::default();
+        let mut fresh: Vec<usize> = Vec::new();
+        for (ki, rows) in rows_of.iter().enumerate() {
+            // The key's events past its stored position.
+            fresh.clear();
+            fresh.extend(
+                rows.iter()
+                    .copied()
+                    .filter(|&r| stored[ki].is_none_or(|s| events.offsets[r] > s)),
+            );
+            let Some(newest) = fresh.iter().map(|&r| events.offsets[r]).max() else {
+                continue;
+            };
+            let first = built.tiles.len();
             for layer in &layers {
-                let stored = retrying(retry_for, || {
-                    online.stream_positions(&key_refs, layer.field, events.partition)
-                })
-                .await?;
-                let mut of_layer = LayerTiles::default();
-                for (ki, rows) in rows_of.iter().enumerate() {
-                    building.clear();
-                    let mut newest: Option<u128> = None;
-                    for &r in rows {
-                        let offset = events.offsets[r];
-                        if stored[ki].is_some_and(|s| offset <= s) {
-                            continue;
-                        }
-                        replayed[r] = false;
-                        newest = Some(newest.map_or(offset, |n| n.max(offset)));
-                        let t = ts.value(r);
-                        if t < oldest {
-                            late[r] = true;
-                            continue;
-                        }
-                        values.clear();
-                        for ci in &columns[gi] {
-                            values.push(match ci {
-                                Some(ci) => quiver_offline::aggregate::input_at(
-                                    batch.column(*ci).as_ref(),
-                                    r,
-                                ),
-                                None => Input::Null,
-                            });
-                        }
-                        let order: Order = stored_version(batch, nkeys, r).into();
-                        let start = align(t, layer.length);
-                        let slot = match building.iter().find(|(s, _)| *s == start) {
-                            Some(&(_, slot)) => slot,
-                            None => {
-                                let slot = building.len();
-                                if pool.len() == slot {
-                                    pool.push(Vec::new());
-                                }
-                                g.layout.reset(&mut pool[slot]);
-                                building.push((start, slot));
-                                slot
-                            }
-                        };
-                        g.layout.update(&mut pool[slot], &values, order);
-                        applied[r] = true;
+                let (gi, g) = (layer.group, &groups[layer.group]);
+                building.clear();
+                for &r in &fresh {
+                    replayed[r] = false;
+                    let t = ts.value(r);
+                    if t < oldest[gi] {
+                        late[r] = true;
+                        continue;
                     }
-                    if let Some(newest) = newest {
-                        building.sort_unstable_by_key(|(start, _)| *start);
-                        let first = of_layer.tiles.len();
-                        for &(start, slot) in &building {
-                            let at = of_layer.bytes.len();
-                            g.layout.encode(&pool[slot], &mut of_layer.bytes);
-                            of_layer.tiles.push((start, at..of_layer.bytes.len()));
-                        }
-                        of_layer.keys.push(KeyTiles {
-                            key: ki,
-                            newest,
-                            follows: stored[ki],
-                            tiles: first..of_layer.tiles.len(),
+                    values.clear();
+                    for ci in &columns[gi] {
+                        values.push(match ci {
+                            Some(ci) => {
+                                quiver_offline::aggregate::input_at(batch.column(*ci).as_ref(), r)
+                            }
+                            None => Input::Null,
                         });
                     }
+                    let order: Order = stored_version(batch, nkeys, r).into();
+                    let start = align(t, layer.length);
+                    let slot = match building.iter().find(|(s, _)| *s == start) {
+                        Some(&(_, slot)) => slot,
+                        None => {
+                            let slot = building.len();
+                            if pool.len() == slot {
+                                pool.push(Vec::new());
+                            }
+                            g.layout.reset(&mut pool[slot]);
+                            building.push((start, slot));
+                            slot
+                        }
+                    };
+                    g.layout.update(&mut pool[slot], &values, order);
+                    applied[r] = true;
                 }
-                built.push(of_layer);
+                building.sort_unstable_by_key(|(start, _)| *start);
+                for &(start, slot) in &building {
+                    let at = built.bytes.len();
+                    g.layout.encode(&pool[slot], &mut built.bytes);
+                    built
+                        .tiles
+                        .push((layer.field, start, at..built.bytes.len()));
+                }
             }
-            all.push((layers, built));
+            built.keys.push(KeyTiles {
+                key: ki,
+                newest,
+                follows: stored[ki],
+                tiles: first..built.tiles.len(),
+            });
         }
-        let merged = merge_groups(&groups, &all, &key_refs, events, online, retry_for).await?;
+        let merged = merge_keys(
+            &groups,
+            &built,
+            position_field,
+            &key_refs,
+            events,
+            online,
+            retry_for,
+        )
+        .await?;
         stats.online_written += merged.tiles;
         if merged.conflicts == 0 {
             break;
@@ -337,48 +361,42 @@ async fn merge_events(
     Ok(())
 }
 
-/// Writes every group's layers in one `merge_tiles` call (one transaction of the
-/// embedded store, one round trip per key group on Redis): each key's merge carries its
-/// newest offset and the position it follows, and the merger takes each tile's layout
-/// from its view field.
-async fn merge_groups(
+/// Writes the built tiles of every layer in one `merge_tiles` call (one transaction of
+/// the embedded store, one round trip per key group on Redis): one merge per key, with
+/// its newest offset and the position it follows, its tiles naming their layers; the
+/// merger takes each tile's layout from its layer.
+async fn merge_keys(
     groups: &[TileGroup],
-    all: &[(Vec<Layer>, Vec<LayerTiles>)],
+    built: &BuiltTiles,
+    position_field: [u8; 8],
     keys: &[&[u8]],
     events: StreamEvents<'_>,
     online: &dyn OnlineStore,
     retry_for: std::time::Duration,
 ) -> Result<quiver_online::MergeStats> {
-    // Every layer's deltas in one list, each key's merge taking its range of it.
-    let deltas: Vec<TileDelta<'_>> = all
+    let deltas: Vec<TileDelta<'_>> = built
+        .tiles
         .iter()
-        .flat_map(|(_, built)| built)
-        .flat_map(|layer| {
-            layer.tiles.iter().map(|(start, ir)| TileDelta {
-                start: *start,
-                ir: &layer.bytes[ir.clone()],
-            })
+        .map(|(layer, start, ir)| TileDelta {
+            start: *start,
+            ir: &built.bytes[ir.clone()],
+            layer: Some(*layer),
         })
         .collect();
-    let mut merges = Vec::new();
-    let mut base = 0;
-    for (layers, built) in all {
-        for (layer, of_layer) in layers.iter().zip(built) {
-            for k in &of_layer.keys {
-                merges.push(KeyMerge {
-                    key: keys[k.key],
-                    view: layer.field,
-                    position: Some(StreamPosition {
-                        partition: events.partition,
-                        offset: k.newest,
-                        follows: Some(k.follows),
-                    }),
-                    tiles: &deltas[base + k.tiles.start..base + k.tiles.end],
-                });
-            }
-            base += of_layer.tiles.len();
-        }
-    }
+    let merges: Vec<KeyMerge<'_>> = built
+        .keys
+        .iter()
+        .map(|k| KeyMerge {
+            key: keys[k.key],
+            view: position_field,
+            position: Some(StreamPosition {
+                partition: events.partition,
+                offset: k.newest,
+                follows: Some(k.follows),
+            }),
+            tiles: &deltas[k.tiles.clone()],
+        })
+        .collect();
     if merges.is_empty() {
         return Ok(quiver_online::MergeStats::default());
     }

@@ -672,7 +672,11 @@ pub async fn write_tiles(
                 .iter()
                 .map(|(_, t)| {
                     t.iter()
-                        .map(|(s, ir)| TileDelta { start: *s, ir })
+                        .map(|(s, ir)| TileDelta {
+                            layer: None,
+                            start: *s,
+                            ir,
+                        })
                         .collect()
                 })
                 .collect();

@@ -105,7 +105,7 @@ proptest! {
                     layout.merge_bytes(stored, d, out)
                         .map_err(|e| quiver_online::Error::Invalid(e.0))
                 };
-                let tiles = [quiver_online::tiles::TileDelta { start: align(order.event_ts, g.hop), ir: &delta }];
+                let tiles = [quiver_online::tiles::TileDelta { layer: None, start: align(order.event_ts, g.hop), ir: &delta }];
                 let merge = quiver_online::tiles::KeyMerge { key: &key, view: g.field, position: None, tiles: &tiles };
                 online.merge_tiles(&[merge], &merger).block().unwrap();
             }

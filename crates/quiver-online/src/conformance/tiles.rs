@@ -69,7 +69,11 @@ impl TileMerger for FailOn {
 fn tiles<'a>(deltas: &[(Timestamp, &'a [u8])]) -> Vec<TileDelta<'a>> {
     deltas
         .iter()
-        .map(|&(start, ir)| TileDelta { start, ir })
+        .map(|&(start, ir)| TileDelta {
+            layer: None,
+            start,
+            ir,
+        })
         .collect()
 }
 
@@ -352,6 +356,7 @@ pub async fn merges_apply_in_order(store: &dyn OnlineStore) {
     // Large IRs, every byte value.
     let big: Vec<u8> = (0..300_000usize).map(|i| (i * 7 + i / 256) as u8).collect();
     let t = [TileDelta {
+        layer: None,
         start: 1_700_000_000_000_000,
         ir: &big,
     }];
@@ -398,6 +403,7 @@ pub async fn tiles_do_not_mix(store: &dyn OnlineStore) {
         .iter()
         .map(|d| {
             [TileDelta {
+                layer: None,
                 start: 0,
                 ir: &d[0],
             }]
@@ -407,6 +413,7 @@ pub async fn tiles_do_not_mix(store: &dyn OnlineStore) {
         .iter()
         .map(|d| {
             [TileDelta {
+                layer: None,
                 start: 0,
                 ir: &d[1],
             }]
@@ -534,7 +541,11 @@ pub async fn replays_are_no_ops(store: &dyn OnlineStore) {
     let (k, other) = (ns.key("e", 1), ns.key("e", 2));
     let (p0, p1): (&[u8], &[u8]) = (b"topic/0", b"topic/1");
     let one = Count::ir(1);
-    let t = [TileDelta { start: 0, ir: &one }];
+    let t = [TileDelta {
+        layer: None,
+        start: 0,
+        ir: &one,
+    }];
     let merge = |key, view, position| KeyMerge {
         key,
         view,
@@ -697,7 +708,11 @@ pub async fn delete_tiles_before_is_per_view(store: &dyn OnlineStore) {
     let one = Count::ir(1);
     let t: Vec<TileDelta<'_>> = starts
         .iter()
-        .map(|&start| TileDelta { start, ir: &one })
+        .map(|&start| TileDelta {
+            layer: None,
+            start,
+            ir: &one,
+        })
         .collect();
     let p: &[u8] = b"partition";
     let mut merges = Vec::new();
@@ -761,6 +776,7 @@ pub async fn delete_tiles_before_is_per_view(store: &dyn OnlineStore) {
         .await;
     // A new merge into a deleted tile starts from nothing.
     let t = [TileDelta {
+        layer: None,
         start: -300,
         ir: &one,
     }];
@@ -803,7 +819,11 @@ pub async fn concurrent_merges_lose_no_update(store: &Arc<dyn OnlineStore>) {
             let amount = Count::ir(task + 1);
             let t: Vec<TileDelta<'_>> = starts
                 .iter()
-                .map(|&start| TileDelta { start, ir: &amount })
+                .map(|&start| TileDelta {
+                    layer: None,
+                    start,
+                    ir: &amount,
+                })
                 .collect();
             let partition = format!("partition-{task}").into_bytes();
             for round in 1..=ROUNDS as u128 {
@@ -975,7 +995,11 @@ async fn readers_see_whole_merges(
             let one = Count::ir(1);
             let t: Vec<TileDelta<'_>> = starts
                 .iter()
-                .map(|&start| TileDelta { start, ir: &one })
+                .map(|&start| TileDelta {
+                    layer: None,
+                    start,
+                    ir: &one,
+                })
                 .collect();
             let merges: Vec<KeyMerge<'_>> = keys
                 .iter()

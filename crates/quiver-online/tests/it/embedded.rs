@@ -517,7 +517,11 @@ async fn a_store_without_tile_databases_opens_and_gains_them() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.read(&[&key], &[F]).await.unwrap(), vec![Some(row)]);
     let one = count(1);
-    let t = [TileDelta { start: 0, ir: &one }];
+    let t = [TileDelta {
+        layer: None,
+        start: 0,
+        ir: &one,
+    }];
     let m = [KeyMerge {
         key: &key,
         view: F,
@@ -541,6 +545,7 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
     let keys = [int_key("p", "e", 1), long];
     let one = count(1);
     let t = [TileDelta {
+        layer: None,
         start: 300,
         ir: &one,
     }];
@@ -582,6 +587,7 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
         add(stored, delta, out)
     };
     let boom = [TileDelta {
+        layer: None,
         start: 300,
         ir: b"boom",
     }];

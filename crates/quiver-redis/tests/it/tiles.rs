@@ -71,6 +71,7 @@ async fn merges_write_the_shared_layout_into_the_entity_hash() {
     let (view, k) = (field(&p, 0), key(&p, 1));
     let ir = Count::ir(3);
     let t = [TileDelta {
+        layer: None,
         start: -300_000_000,
         ir: &ir,
     }];
@@ -145,7 +146,11 @@ async fn a_merge_that_loses_a_race_reads_and_merges_again() {
         // The node that owns the key (on a cluster, ask any node where it lives).
         let url = url.unwrap_or_else(|| owner(&config.cluster[0], &redis_key(&k)));
         let one = Count::ir(1);
-        let t = [TileDelta { start: 0, ir: &one }];
+        let t = [TileDelta {
+            layer: None,
+            start: 0,
+            ir: &one,
+        }];
         let m = [KeyMerge {
             key: &k,
             view,
@@ -207,7 +212,11 @@ async fn merges_give_up_after_a_bounded_number_of_attempts() {
     let p = project("giveup");
     let (view, k) = (field(&p, 0), key(&p, 1));
     let one = Count::ir(1);
-    let t = [TileDelta { start: 0, ir: &one }];
+    let t = [TileDelta {
+        layer: None,
+        start: 0,
+        ir: &one,
+    }];
     let m = [KeyMerge {
         key: &k,
         view,
@@ -246,8 +255,13 @@ async fn tile_deletes_bump_the_version() {
     let (view, k) = (field(&p, 0), key(&p, 1));
     let one = Count::ir(1);
     let t = [
-        TileDelta { start: 0, ir: &one },
         TileDelta {
+            layer: None,
+            start: 0,
+            ir: &one,
+        },
+        TileDelta {
+            layer: None,
             start: 600,
             ir: &one,
         },
@@ -295,7 +309,11 @@ async fn merge_scripts_are_reloaded_after_a_flush() {
             .expect("SCRIPT FLUSH");
     };
     let one = Count::ir(1);
-    let t = [TileDelta { start: 0, ir: &one }];
+    let t = [TileDelta {
+        layer: None,
+        start: 0,
+        ir: &one,
+    }];
     let m = [KeyMerge {
         key: &k,
         view,
