@@ -12,9 +12,13 @@
 //! offset as the new position (a merge whose position is not past the stored one is
 //! skipped by the store). So a replay — a worker that died before committing its
 //! consumer offsets, a rewind — changes no value, however the replayed range is cut into
-//! batches. The position is kept under the first tile group's hop field (earlier
-//! versions kept one per layer, always equal, as every layer of a key was merged in one
-//! atomic write; that first one is the one read). Snapshot rows need no positions: the
+//! batches. The position is kept under the view's own online field, which a changed
+//! tile group's definition leaves as it is (so a rewind after a change counts no event
+//! twice in the unchanged groups; a changed group starts with fresh tiles, which a
+//! materialization fills from the offline table). Versions before kept one position per
+//! tile layer, always equal (every layer of a key was merged in one atomic write): for a
+//! key without a position of the view, the first group's hop layer's is read instead.
+//! Snapshot rows need no positions: the
 //! online write never replaces a newer row, and an equal one rewrites the same bytes.
 //!
 //! **Late events.** An event older than the oldest tile a group keeps (the view's
@@ -238,7 +242,12 @@ async fn merge_events(
         .iter()
         .map(|g| crate::compact::oldest_tile(view, g, now))
         .collect();
-    let position_field = groups[0].field;
+    // The view's own field: unlike a tile group's, it does not change when a group's
+    // definition does, so the other groups keep their exactly-once effect.
+    let position_field = view.online_field();
+    // Where versions before it kept the position (one per tile layer, all equal): the
+    // first group's hop layer, read for keys that have no position of the view yet.
+    let legacy_field = groups[0].field;
     // Built from the positions read, merged (every layer in one call) only where they
     // are still stored (compare-and-set); keys another writer moved on meanwhile are
     // built again from the positions it left (its events then count as replays).
@@ -248,16 +257,25 @@ async fn merge_events(
             online.stream_positions(&key_refs, position_field, events.partition)
         })
         .await?;
+        let legacy = legacy_positions(
+            online,
+            &key_refs,
+            &stored,
+            legacy_field,
+            events.partition,
+            retry_for,
+        )
+        .await?;
         let mut built = BuiltTiles::default();
         let mut fresh: Vec<usize> = Vec::new();
         for (ki, rows) in rows_of.iter().enumerate() {
             // The key's events past its stored position.
             fresh.clear();
-            fresh.extend(
-                rows.iter()
-                    .copied()
-                    .filter(|&r| stored[ki].is_none_or(|s| events.offsets[r] > s)),
-            );
+            fresh.extend(rows.iter().copied().filter(|&r| {
+                stored[ki]
+                    .or(legacy[ki])
+                    .is_none_or(|s| events.offsets[r] > s)
+            }));
             let Some(newest) = fresh.iter().map(|&r| events.offsets[r]).max() else {
                 continue;
             };
@@ -359,6 +377,40 @@ async fn merge_events(
         );
     }
     Ok(())
+}
+
+/// The positions kept by versions that stored one per tile layer, under `field`, of the
+/// keys with no position of the view (`stored`); `None` for the others. Those positions
+/// are no longer written, so the merge's compare-and-set stays on the view's position.
+async fn legacy_positions(
+    online: &dyn OnlineStore,
+    keys: &[&[u8]],
+    stored: &[Option<u128>],
+    field: [u8; 8],
+    partition: &[u8],
+    retry_for: std::time::Duration,
+) -> Result<Vec<Option<u128>>> {
+    let missing: Vec<&[u8]> = keys
+        .iter()
+        .zip(stored)
+        .filter(|(_, s)| s.is_none())
+        .map(|(k, _)| *k)
+        .collect();
+    let mut out = vec![None; keys.len()];
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let found = retrying(retry_for, || {
+        online.stream_positions(&missing, field, partition)
+    })
+    .await?;
+    let mut found = found.into_iter();
+    for (o, s) in out.iter_mut().zip(stored) {
+        if s.is_none() {
+            *o = found.next().flatten();
+        }
+    }
+    Ok(out)
 }
 
 /// Writes the built tiles of every layer in one `merge_tiles` call (one transaction of

@@ -1071,3 +1071,171 @@ fn micro_batch_files_are_compacted_and_every_event_kept() {
     assert_eq!(files(&store), (2, 41));
     assert_eq!(served_and_trained(&store, now), (served, trained));
 }
+
+/// A changed definition of one tile group (here the shortest hop's, which gets a new
+/// online field) keeps the stream's exactly-once effect for the others: a rewind after
+/// the change replays a range whose events the unchanged groups already hold, and their
+/// values stay those of each event counted once.
+#[test]
+fn a_rewind_after_one_group_changes_counts_no_event_twice_in_the_others() {
+    const BEFORE: &str = "\
+entities: [{ name: user, join_keys: [user_id] }]
+sources: [{ name: ev, type: file, path: data/ev.parquet, timestamp_field: ts }]
+feature_views:
+  - name: w
+    entities: [user]
+    source: ev
+    aggregations:
+      - { function: count_star, windows: [30m] }
+      - { column: x, function: sum, windows: [2d] }
+";
+    let r = Repo::new(BEFORE);
+    let events: Vec<Ev> = (0..60).map(|i| (i % 3, i * 7, Some(i as f64))).collect();
+    let cols = |evs: &[Ev]| {
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
+            ),
+            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
+            (
+                "x",
+                Arc::new(Float64Array::from(
+                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )) as _,
+            ),
+        ]
+    };
+    r.parquet("data/ev.parquet", cols(&events));
+    let now = 421 * MIN;
+    let stream_all = |store: &quiver::FeatureStore| {
+        let view = store.state().unwrap().serving_view("w").unwrap();
+        let input = Input {
+            timestamp_field: "ts",
+            created_field: None,
+            origin: Origin {
+                file: "stream",
+                first_row: 1,
+            },
+            not_after: i64::MAX,
+        };
+        let rows = validate(&view, &batch(cols(&events)), &input).unwrap();
+        let offsets: Vec<u128> = (0..events.len() as u128).collect();
+        let events = StreamEvents {
+            partition: b"p0",
+            offsets: &offsets,
+        };
+        apply_events(store, &view, rows, events, Targets::ONLINE, now)
+            .block()
+            .unwrap()
+    };
+    let store = r.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    assert_eq!(stream_all(&store).applied, events.len() as u64);
+    let sum = ["w:x_sum_2d".to_string()];
+    let before = crate::common::served_and_trained(&store, "user_id", 0..KEYS, &sum, now);
+    assert_eq!(before.0, before.1);
+
+    // The 30-minute group gains an aggregation; the 2-day one is unchanged.
+    r.write(
+        "features.yaml",
+        &format!("{BEFORE}      - {{ column: x, function: max, windows: [30m] }}\n"),
+    );
+    let store = r.store();
+    store.apply().block().unwrap();
+    let replay = stream_all(&store);
+    assert_eq!(replay.replayed, events.len() as u64, "{replay:?}");
+    let after = crate::common::served_and_trained(&store, "user_id", 0..KEYS, &sum, now);
+    assert_eq!(after.0, after.1);
+}
+
+/// A store written by versions that kept the stream position per tile layer (the first
+/// group's hop layer holding it, as every layer did): a replay of what it applied is
+/// left out, and events past it are applied and recorded under the view's position.
+#[test]
+fn positions_kept_per_tile_layer_by_earlier_versions_still_stop_replays() {
+    use quiver_online::tiles::{KeyMerge, StreamPosition};
+    let r = Repo::new(DEFS);
+    let events: Vec<Ev> = (0..40).map(|i| (i % 3, i * 5, Some(i as f64))).collect();
+    let cols = |evs: &[Ev]| {
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
+            ),
+            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
+            (
+                "x",
+                Arc::new(Float64Array::from(
+                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
+                )) as _,
+            ),
+        ]
+    };
+    r.parquet("data/ev.parquet", cols(&events));
+    let store = r.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    let view = store.state().unwrap().serving_view("w").unwrap();
+    let groups = view.tile_groups().unwrap();
+    // Offsets 0..30 applied by an earlier version: its position under the first
+    // group's hop field for every key (its tiles do not matter here).
+    let online = store.online().block().unwrap();
+    let keys: Vec<Vec<u8>> = (0..KEYS)
+        .map(|k| {
+            let mut part = Vec::new();
+            let col = Int64Array::from(vec![k]);
+            quiver_core::encoding::encode_key_part(&col, 0, &mut part).unwrap();
+            quiver_online::entity_key(&view.project, &view.entity_set(), &part)
+        })
+        .collect();
+    let merges: Vec<KeyMerge<'_>> = keys
+        .iter()
+        .map(|k| KeyMerge {
+            key: k,
+            view: groups[0].field,
+            position: Some(StreamPosition {
+                partition: b"p0",
+                offset: 29,
+                follows: None,
+            }),
+            tiles: &[],
+        })
+        .collect();
+    let merger = |_: Option<&[u8]>, d: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(d);
+        Ok(())
+    };
+    online.merge_tiles(&merges, &merger).block().unwrap();
+
+    let apply = |from: usize, to: usize| {
+        let input = Input {
+            timestamp_field: "ts",
+            created_field: None,
+            origin: Origin {
+                file: "stream",
+                first_row: from + 1,
+            },
+            not_after: i64::MAX,
+        };
+        let rows = validate(&view, &batch(cols(&events[from..to])), &input).unwrap();
+        let offsets: Vec<u128> = (from as u128..to as u128).collect();
+        let events = StreamEvents {
+            partition: b"p0",
+            offsets: &offsets,
+        };
+        apply_events(&store, &view, rows, events, Targets::ONLINE, 250 * MIN)
+            .block()
+            .unwrap()
+    };
+    let s = apply(20, 35);
+    assert_eq!((s.replayed, s.applied), (10, 5), "{s:?}");
+    let s = apply(0, 40);
+    assert_eq!((s.replayed, s.applied), (35, 5), "{s:?}");
+    let p = online
+        .stream_positions(&[&keys[0]], view.online_field(), b"p0")
+        .block()
+        .unwrap();
+    assert_eq!(p, vec![Some(39)]);
+}
