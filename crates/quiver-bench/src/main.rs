@@ -114,7 +114,7 @@ enum Cmd {
         #[arg(long, default_value_t = 500_000)]
         events: usize,
         /// Events read per call (as `quiver stream --batch-size`).
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 20000)]
         batch_size: usize,
         /// Where the events come from: redis, kafka.
         #[arg(long, value_delimiter = ',', default_value = "kafka,redis")]

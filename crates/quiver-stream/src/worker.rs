@@ -120,7 +120,7 @@ impl Default for WorkerOptions {
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "quiver".into()),
                 std::process::id()
             ),
-            batch_size: 5_000,
+            batch_size: 20_000,
             block: Duration::from_millis(200),
             flush_rows: 100_000,
             flush_interval: Duration::from_secs(5),
