@@ -161,10 +161,8 @@ struct BuiltTiles {
     bytes: Vec<u8>,
 }
 
-/// One tile layer of a group: the group's index, its online field and its tile length
-/// (the hop, or a day).
+/// One tile layer of a group: its online field and its tile length (the hop, or a day).
 struct Layer {
-    group: usize,
     field: [u8; 8],
     length: Duration,
 }
@@ -218,24 +216,23 @@ async fn merge_events(
     let mut replayed = vec![true; batch.num_rows()];
     let mut values: Vec<Input<'_>> = Vec::new();
     let columns = crate::write::group_columns(view, &groups);
-    // One key's tiles while they are built: (start, index into `pool`), the IRs kept
-    // between keys with their buffers.
-    let mut building: Vec<(Timestamp, usize)> = Vec::new();
+    // One key's tiles of a group while they are built, per layer of the group: (start,
+    // index into `pool`), the IRs kept between keys with their buffers.
+    let mut building: [Vec<(Timestamp, usize)>; 2] = Default::default();
     let mut pool: Vec<Vec<Ir>> = Vec::new();
-    let layers: Vec<Layer> = groups
+    // Each group's layers: its hop tiles, and its day tiles when it keeps them.
+    let layers: Vec<Vec<Layer>> = groups
         .iter()
-        .enumerate()
-        .flat_map(|(gi, g)| {
+        .map(|g| {
             std::iter::once(Layer {
-                group: gi,
                 field: g.field,
                 length: g.hop,
             })
             .chain(g.day_field.map(|field| Layer {
-                group: gi,
                 field,
                 length: Duration::from_micros(DAY),
             }))
+            .collect()
         })
         .collect();
     let oldest: Vec<Timestamp> = groups
@@ -267,24 +264,27 @@ async fn merge_events(
         )
         .await?;
         let mut built = BuiltTiles::default();
-        let mut fresh: Vec<usize> = Vec::new();
+        // The key's events past its stored position, each with its order.
+        let mut fresh: Vec<(usize, Order)> = Vec::new();
         for (ki, rows) in rows_of.iter().enumerate() {
-            // The key's events past its stored position.
             fresh.clear();
-            fresh.extend(rows.iter().copied().filter(|&r| {
-                stored[ki]
-                    .or(legacy[ki])
-                    .is_none_or(|s| events.offsets[r] > s)
-            }));
-            let Some(newest) = fresh.iter().map(|&r| events.offsets[r]).max() else {
+            let position = stored[ki].or(legacy[ki]);
+            for &r in rows {
+                if position.is_none_or(|s| events.offsets[r] > s) {
+                    replayed[r] = false;
+                    fresh.push((r, stored_version(batch, nkeys, r).into()));
+                }
+            }
+            let Some(newest) = fresh.iter().map(|&(r, _)| events.offsets[r]).max() else {
                 continue;
             };
             let first = built.tiles.len();
-            for layer in &layers {
-                let (gi, g) = (layer.group, &groups[layer.group]);
-                building.clear();
-                for &r in &fresh {
-                    replayed[r] = false;
+            for (gi, g) in groups.iter().enumerate() {
+                let mut used = 0;
+                for b in &mut building {
+                    b.clear();
+                }
+                for &(r, order) in &fresh {
                     let t = ts.value(r);
                     if t < oldest[gi] {
                         late[r] = true;
@@ -299,30 +299,33 @@ async fn merge_events(
                             None => Input::Null,
                         });
                     }
-                    let order: Order = stored_version(batch, nkeys, r).into();
-                    let start = align(t, layer.length);
-                    let slot = match building.iter().find(|(s, _)| *s == start) {
-                        Some(&(_, slot)) => slot,
-                        None => {
-                            let slot = building.len();
-                            if pool.len() == slot {
-                                pool.push(Vec::new());
+                    for (layer, building) in layers[gi].iter().zip(&mut building) {
+                        let start = align(t, layer.length);
+                        let slot = match building.iter().find(|(s, _)| *s == start) {
+                            Some(&(_, slot)) => slot,
+                            None => {
+                                if pool.len() == used {
+                                    pool.push(Vec::new());
+                                }
+                                g.layout.reset(&mut pool[used]);
+                                building.push((start, used));
+                                used += 1;
+                                used - 1
                             }
-                            g.layout.reset(&mut pool[slot]);
-                            building.push((start, slot));
-                            slot
-                        }
-                    };
-                    g.layout.update(&mut pool[slot], &values, order);
+                        };
+                        g.layout.update(&mut pool[slot], &values, order);
+                    }
                     applied[r] = true;
                 }
-                building.sort_unstable_by_key(|(start, _)| *start);
-                for &(start, slot) in &building {
-                    let at = built.bytes.len();
-                    g.layout.encode(&pool[slot], &mut built.bytes);
-                    built
-                        .tiles
-                        .push((layer.field, start, at..built.bytes.len()));
+                for (layer, building) in layers[gi].iter().zip(&mut building) {
+                    building.sort_unstable_by_key(|(start, _)| *start);
+                    for &(start, slot) in building.iter() {
+                        let at = built.bytes.len();
+                        g.layout.encode(&pool[slot], &mut built.bytes);
+                        built
+                            .tiles
+                            .push((layer.field, start, at..built.bytes.len()));
+                    }
                 }
             }
             built.keys.push(KeyTiles {
