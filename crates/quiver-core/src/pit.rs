@@ -19,7 +19,11 @@
 //! slot, then sweeps each key's labels in time order carrying the greatest row so far:
 //! linear in candidates and labels, with no sort, whatever the skew.
 
-use rayon::iter::{IntoParallelRefIterator, ParallelIterator};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::iter::{
+    IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, ParallelIterator,
+};
 use rayon::slice::ParallelSliceMut;
 
 use crate::contract::within_ttl;
@@ -419,20 +423,34 @@ impl LabelIndex {
 
     /// Applies the snapshot rule: for each label, the location of the row with the
     /// greatest (event time, creation time, location) at or before the label time,
-    /// if it lies within `ttl` of the label time; [`NO_MATCH`] otherwise.
-    pub fn resolve<'a>(
+    /// if it lies within `ttl` of the label time; [`NO_MATCH`] otherwise. The
+    /// candidates come in batches (e.g. one per file batch); large inputs are resolved
+    /// in parallel.
+    pub fn resolve(&self, batches: &[&[Candidate]], ttl: Duration) -> Vec<u64> {
+        self.resolve_with(batches, ttl, PARALLEL_MIN)
+    }
+
+    /// [`Self::resolve`], on one thread below `parallel_min` candidates (or labels).
+    fn resolve_with(
         &self,
-        candidates: impl IntoIterator<Item = &'a Candidate>,
+        batches: &[&[Candidate]],
         ttl: Duration,
+        parallel_min: usize,
     ) -> Vec<u64> {
+        let total: usize = batches.iter().map(|b| b.len()).sum();
         // The greatest candidate per slot (`NO_MATCH`: none).
-        let mut best = vec![(Timestamp::MIN, Timestamp::MIN, NO_MATCH); self.order.len()];
-        for c in candidates {
-            let b = &mut best[c.slot as usize];
-            if b.2 == NO_MATCH || (c.ts, c.created, c.loc) > *b {
-                *b = (c.ts, c.created, c.loc);
+        let mut best = if total < parallel_min {
+            let mut best = vec![(Timestamp::MIN, Timestamp::MIN, NO_MATCH); self.order.len()];
+            for c in batches.iter().copied().flatten() {
+                let b = &mut best[c.slot as usize];
+                if b.2 == NO_MATCH || (c.ts, c.created, c.loc) > *b {
+                    *b = (c.ts, c.created, c.loc);
+                }
             }
-        }
+            best
+        } else {
+            self.best_in_parallel(batches)
+        };
         // Each group's labels in time order: the greatest row of the slots so far is
         // the greatest at or before the label (groups in parallel, in place).
         for_each_group(&mut best, &self.offsets, &|start, group| {
@@ -448,13 +466,71 @@ impl LabelIndex {
                 };
             }
         });
-        let mut out = vec![NO_MATCH; self.n_labels];
-        for (&label, b) in self.order.iter().zip(&best) {
-            out[label as usize] = b.2;
+        if self.n_labels < parallel_min {
+            let mut out = vec![NO_MATCH; self.n_labels];
+            for (&label, b) in self.order.iter().zip(&best) {
+                out[label as usize] = b.2;
+            }
+            return out;
         }
-        out
+        // Each label's match to its place, in parallel (labels are distinct).
+        let out: Vec<AtomicU64> = (0..self.n_labels)
+            .into_par_iter()
+            .map(|_| AtomicU64::new(NO_MATCH))
+            .collect();
+        self.order
+            .par_iter()
+            .zip(&best)
+            .for_each(|(&label, b)| out[label as usize].store(b.2, Ordering::Relaxed));
+        out.into_iter().map(AtomicU64::into_inner).collect()
+    }
+
+    /// The greatest candidate per slot, batches in parallel: each slot holds the
+    /// (batch, index) of its greatest candidate so far, replaced by compare-and-swap
+    /// (candidates are distinct in location, so the result does not depend on the
+    /// order).
+    fn best_in_parallel(&self, batches: &[&[Candidate]]) -> Vec<(Timestamp, Timestamp, u64)> {
+        const NONE: u64 = u64::MAX;
+        let at = |packed: u64| &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize];
+        let slots: Vec<AtomicU64> = (0..self.order.len())
+            .into_par_iter()
+            .map(|_| AtomicU64::new(NONE))
+            .collect();
+        batches.par_iter().enumerate().for_each(|(bi, batch)| {
+            for (i, c) in batch.iter().enumerate() {
+                let me = (bi as u64) << 32 | i as u64;
+                let cell = &slots[c.slot as usize];
+                let mut cur = cell.load(Ordering::Relaxed);
+                loop {
+                    if cur != NONE {
+                        let o = at(cur);
+                        if (o.ts, o.created, o.loc) >= (c.ts, c.created, c.loc) {
+                            break;
+                        }
+                    }
+                    match cell.compare_exchange_weak(cur, me, Ordering::Relaxed, Ordering::Relaxed)
+                    {
+                        Ok(_) => break,
+                        Err(now) => cur = now,
+                    }
+                }
+            }
+        });
+        slots
+            .into_par_iter()
+            .map(|s| match s.into_inner() {
+                NONE => (Timestamp::MIN, Timestamp::MIN, NO_MATCH),
+                p => {
+                    let c = at(p);
+                    (c.ts, c.created, c.loc)
+                }
+            })
+            .collect()
     }
 }
+
+/// Candidates (or labels) below which [`LabelIndex::resolve`] stays on one thread.
+const PARALLEL_MIN: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {
@@ -641,8 +717,12 @@ mod tests {
             let kept: Vec<Candidate> = rows.iter()
                 .filter_map(|r| Some(Candidate { slot: index.slot(r.slot, r.ts, ttl)?, ..*r }))
                 .collect();
-            let got = index.resolve(&kept, ttl);
-            prop_assert_eq!(got, reference(&groups, &times, &rows, ttl));
+            let want = reference(&groups, &times, &rows, ttl);
+            prop_assert_eq!(index.resolve(&[&kept], ttl), want.clone());
+            // In parallel, the candidates cut into batches (one empty).
+            let cut = kept.len() / 3;
+            let batches: [&[Candidate]; 4] = [&kept[..cut], &[], &kept[cut..2 * cut], &kept[2 * cut..]];
+            prop_assert_eq!(index.resolve_with(&batches, ttl, 0), want);
         }
     }
 }

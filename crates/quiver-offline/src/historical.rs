@@ -391,7 +391,9 @@ fn view_columns(
         })
         .collect::<Result<_>>()?;
     phases.mark("pass 1 (keys, times)");
-    let locs = label_index.resolve(candidates.iter().flatten().flatten(), ttl);
+    let batches: Vec<&[Candidate]> = candidates.iter().flatten().map(Vec::as_slice).collect();
+    let locs = label_index.resolve(&batches, ttl);
+    drop(batches);
     drop(candidates);
     drop(label_index);
     phases.mark("resolve");
