@@ -7,12 +7,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arrow::array::ArrayRef;
 use arrow::array::{Array, AsArray, Float64Array, Int64Array};
 use proptest::prelude::*;
-use quiver::stream::{apply_events, StreamEvents};
+use quiver::stream::{apply_events, StreamEvents, StreamStats};
 use quiver::testing::Block;
 use quiver::write::{validate, Input, Targets};
 use quiver::Value;
+use quiver_core::model::ResolvedView;
+use quiver_offline::normalize::NormalizedBatch;
 use quiver_offline::normalize::Origin;
 
 use crate::common::{batch, ts, Repo};
@@ -41,6 +44,57 @@ feature_views:
 /// (user, minute, x)
 type Ev = (i64, i64, Option<f64>);
 
+/// The columns of events: `user_id`, `ts` (the minute), `x`.
+fn cols(evs: &[Ev]) -> Vec<(&'static str, ArrayRef)> {
+    vec![
+        (
+            "user_id",
+            Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
+        ),
+        ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
+        (
+            "x",
+            Arc::new(Float64Array::from(
+                evs.iter().map(|e| e.2).collect::<Vec<_>>(),
+            )) as _,
+        ),
+    ]
+}
+
+/// `evs` as `view`'s validated rows, the first numbered `first_row` in messages.
+fn validated(view: &ResolvedView, evs: &[Ev], first_row: usize) -> NormalizedBatch {
+    let input = Input {
+        timestamp_field: "ts",
+        created_field: None,
+        origin: Origin {
+            file: "stream",
+            first_row,
+        },
+        not_after: i64::MAX,
+    };
+    validate(view, &batch(cols(evs)), &input).unwrap()
+}
+
+/// Applies `evs[from..to]`, at offsets `from..to` of partition `p0`, to `view` online.
+fn apply_range(
+    store: &quiver::FeatureStore,
+    view: &ResolvedView,
+    evs: &[Ev],
+    from: usize,
+    to: usize,
+    now: i64,
+) -> StreamStats {
+    let rows = validated(view, &evs[from..to], from + 1);
+    let offsets: Vec<u128> = (from as u128..to as u128).collect();
+    let events = StreamEvents {
+        partition: b"p0",
+        offsets: &offsets,
+    };
+    apply_events(store, view, rows, events, Targets::ONLINE, now)
+        .block()
+        .unwrap()
+}
+
 fn event() -> impl Strategy<Value = Ev> {
     (
         0..KEYS - 1, // the last key never has events
@@ -65,11 +119,6 @@ proptest! {
         after in 0i64..3000,
     ) {
         let r = Repo::new(DEFS);
-        let cols = |evs: &[Ev]| vec![
-            ("user_id", Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _),
-            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
-            ("x", Arc::new(Float64Array::from(evs.iter().map(|e| e.2).collect::<Vec<_>>())) as _),
-        ];
         // The history offline (what training reads); the stream writes online only.
         r.parquet("data/ev.parquet", cols(&events));
         let store = r.store();
@@ -78,19 +127,9 @@ proptest! {
         let view = store.state().unwrap().serving_view("w").unwrap();
         let last = events.iter().map(|e| e.1).max().unwrap() + 1;
         let now = last * MIN;
-        let targets = Targets { online: true, offline: false };
         let (mut at, mut delivered, mut applied, mut replayed, mut late) = (0usize, 0u64, 0u64, 0u64, 0u64);
         let apply = |from: usize, to: usize| {
-            let part = &events[from..to];
-            let b = batch(cols(part));
-            let input = Input { timestamp_field: "ts", created_field: None,
-                                origin: Origin { file: "stream", first_row: from + 1 },
-                                not_after: i64::MAX };
-            let normalized = validate(&view, &b, &input).unwrap();
-            let offsets: Vec<u128> = (from as u128..to as u128).collect();
-            let s = apply_events(&store, &view, normalized,
-                                 StreamEvents { partition: b"p0", offsets: &offsets }, targets, now)
-                .block().unwrap();
+            let s = apply_range(&store, &view, &events, from, to, now);
             (s.events, s.applied, s.replayed, s.late)
         };
         for (len, rewind) in steps {
@@ -144,21 +183,6 @@ fn two_writers_of_one_partition_count_each_event_once() {
     let events: Vec<Ev> = (0..240)
         .map(|i| (i % 3, (i * 37) % 120, Some(i as f64)))
         .collect();
-    let cols = |evs: &[Ev]| {
-        vec![
-            (
-                "user_id",
-                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
-            ),
-            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
-            (
-                "x",
-                Arc::new(Float64Array::from(
-                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
-                )) as _,
-            ),
-        ]
-    };
     r.parquet("data/ev.parquet", cols(&events));
     let store = r.store();
     store.apply().block().unwrap();
@@ -171,16 +195,7 @@ fn two_writers_of_one_partition_count_each_event_once() {
             let mut from = 0;
             while from < events.len() {
                 let to = (from + step).min(events.len());
-                let input = Input {
-                    timestamp_field: "ts",
-                    created_field: None,
-                    origin: Origin {
-                        file: "stream",
-                        first_row: from + 1,
-                    },
-                    not_after: i64::MAX,
-                };
-                let rows = validate(&view, &batch(cols(&events[from..to])), &input).unwrap();
+                let rows = validated(&view, &events[from..to], from + 1);
                 let offsets: Vec<u128> = (from as u128..to as u128).collect();
                 let targets = Targets::ONLINE;
                 let events = StreamEvents {
@@ -217,42 +232,16 @@ fn two_writers_of_one_partition_count_each_event_once() {
 fn offline_micro_batches_store_each_offset_once() {
     use quiver::stream::{write_offline, OfflineEvents};
     let r = Repo::new(DEFS);
-    let cols = |evs: &[Ev]| {
-        vec![
-            (
-                "user_id",
-                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
-            ),
-            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
-            (
-                "x",
-                Arc::new(Float64Array::from(
-                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
-                )) as _,
-            ),
-        ]
-    };
     // Every event alike: key 0, minute 1, x 2.0.
     let events: Vec<Ev> = vec![(0, 1, Some(2.0)); 20];
     r.parquet("data/ev.parquet", cols(&events[..1]));
     let store = r.store();
     store.apply().block().unwrap();
     let view = store.state().unwrap().serving_view("w").unwrap();
-    let part = |from: usize, to: usize| {
-        let input = Input {
-            timestamp_field: "ts",
-            created_field: None,
-            origin: Origin {
-                file: "stream",
-                first_row: 1,
-            },
-            not_after: i64::MAX,
-        };
-        OfflineEvents {
-            rows: validate(&view, &batch(cols(&events[from..to])), &input).unwrap(),
-            partition: b"p0".to_vec().into(),
-            offsets: (from as u128..to as u128).collect(),
-        }
+    let part = |from: usize, to: usize| OfflineEvents {
+        rows: validated(&view, &events[from..to], 1),
+        partition: b"p0".to_vec().into(),
+        offsets: (from as u128..to as u128).collect(),
     };
     let rows = || store.offline().row_count(&view).block().unwrap();
     write_offline(&store, &view, vec![part(0, 10), part(5, 15)])
@@ -278,21 +267,6 @@ fn concurrent_offline_micro_batches_all_land() {
     let r = Repo::new(&format!(
         "{DEFS}  - name: snap\n    entities: [user]\n    source: ev\n    features: [{{ name: x, dtype: float64 }}]\n"
     ));
-    let cols = |evs: &[Ev]| {
-        vec![
-            (
-                "user_id",
-                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
-            ),
-            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
-            (
-                "x",
-                Arc::new(Float64Array::from(
-                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
-                )) as _,
-            ),
-        ]
-    };
     r.parquet("data/ev.parquet", cols(&[(0, 0, Some(1.0))]));
     let store = r.store();
     store.apply().block().unwrap();
@@ -301,17 +275,8 @@ fn concurrent_offline_micro_batches_all_land() {
         let part = |p: &str, k: i64, round: i64| {
             // 10 events of key k on one day, on minutes 0..10, the round's offsets.
             let evs: Vec<Ev> = (0..10).map(|m| (k, m, Some(m as f64))).collect();
-            let input = Input {
-                timestamp_field: "ts",
-                created_field: None,
-                origin: Origin {
-                    file: "stream",
-                    first_row: 1,
-                },
-                not_after: i64::MAX,
-            };
             OfflineEvents {
-                rows: validate(&view, &batch(cols(&evs)), &input).unwrap(),
+                rows: validated(&view, &evs, 1),
                 partition: p.as_bytes().to_vec().into(),
                 offsets: (round as u128 * 10..round as u128 * 10 + 10).collect(),
             }
@@ -1091,43 +1056,11 @@ feature_views:
 ";
     let r = Repo::new(BEFORE);
     let events: Vec<Ev> = (0..60).map(|i| (i % 3, i * 7, Some(i as f64))).collect();
-    let cols = |evs: &[Ev]| {
-        vec![
-            (
-                "user_id",
-                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
-            ),
-            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
-            (
-                "x",
-                Arc::new(Float64Array::from(
-                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
-                )) as _,
-            ),
-        ]
-    };
     r.parquet("data/ev.parquet", cols(&events));
     let now = 421 * MIN;
     let stream_all = |store: &quiver::FeatureStore| {
         let view = store.state().unwrap().serving_view("w").unwrap();
-        let input = Input {
-            timestamp_field: "ts",
-            created_field: None,
-            origin: Origin {
-                file: "stream",
-                first_row: 1,
-            },
-            not_after: i64::MAX,
-        };
-        let rows = validate(&view, &batch(cols(&events)), &input).unwrap();
-        let offsets: Vec<u128> = (0..events.len() as u128).collect();
-        let events = StreamEvents {
-            partition: b"p0",
-            offsets: &offsets,
-        };
-        apply_events(store, &view, rows, events, Targets::ONLINE, now)
-            .block()
-            .unwrap()
+        apply_range(store, &view, &events, 0, events.len(), now)
     };
     let store = r.store();
     store.apply().block().unwrap();
@@ -1158,21 +1091,6 @@ fn positions_kept_per_tile_layer_by_earlier_versions_still_stop_replays() {
     use quiver_online::tiles::{KeyMerge, StreamPosition};
     let r = Repo::new(DEFS);
     let events: Vec<Ev> = (0..40).map(|i| (i % 3, i * 5, Some(i as f64))).collect();
-    let cols = |evs: &[Ev]| {
-        vec![
-            (
-                "user_id",
-                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))) as _,
-            ),
-            ("ts", ts(evs.iter().map(|e| e.1 * MIN).collect())),
-            (
-                "x",
-                Arc::new(Float64Array::from(
-                    evs.iter().map(|e| e.2).collect::<Vec<_>>(),
-                )) as _,
-            ),
-        ]
-    };
     r.parquet("data/ev.parquet", cols(&events));
     let store = r.store();
     store.apply().block().unwrap();
@@ -1209,26 +1127,7 @@ fn positions_kept_per_tile_layer_by_earlier_versions_still_stop_replays() {
     };
     online.merge_tiles(&merges, &merger).block().unwrap();
 
-    let apply = |from: usize, to: usize| {
-        let input = Input {
-            timestamp_field: "ts",
-            created_field: None,
-            origin: Origin {
-                file: "stream",
-                first_row: from + 1,
-            },
-            not_after: i64::MAX,
-        };
-        let rows = validate(&view, &batch(cols(&events[from..to])), &input).unwrap();
-        let offsets: Vec<u128> = (from as u128..to as u128).collect();
-        let events = StreamEvents {
-            partition: b"p0",
-            offsets: &offsets,
-        };
-        apply_events(&store, &view, rows, events, Targets::ONLINE, 250 * MIN)
-            .block()
-            .unwrap()
-    };
+    let apply = |from: usize, to: usize| apply_range(&store, &view, &events, from, to, 250 * MIN);
     let s = apply(20, 35);
     assert_eq!((s.replayed, s.applied), (10, 5), "{s:?}");
     let s = apply(0, 40);
