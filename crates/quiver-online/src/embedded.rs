@@ -462,7 +462,7 @@ impl EmbeddedStore {
                     .put(&mut wtxn, &keys[*i], outcome.value(c))
                     .map_err(|e| store_err("cannot write", e))?;
             }
-            stats.add(outcome.stats);
+            stats.add_key(&outcome, &order[range]);
         }
         wtxn.commit()
             .map_err(|e| store_err("cannot commit a merge", e))?;

@@ -94,7 +94,7 @@ pub struct KeyMerge<'a> {
 }
 
 /// What a `merge_tiles` call did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
     /// [`KeyMerge`]s applied.
     pub applied: u64,
@@ -108,16 +108,34 @@ pub struct MergeStats {
     /// [`KeyMerge`]s not applied because the stored position was no longer the one they
     /// follow ([`StreamPosition::follows`]) and not at or past theirs.
     pub conflicts: u64,
+    /// The indices (into the call's merges, in no particular order) of the merges
+    /// skipped or not applied as conflicts: a writer that counts what it applied
+    /// builds those again from the positions stored now.
+    pub left_out: Vec<usize>,
 }
 
 impl MergeStats {
-    /// Adds `other` to these counts.
+    /// Adds `other` to these counts (and its merges left out to these).
     pub fn add(&mut self, other: MergeStats) {
         self.applied += other.applied;
         self.skipped += other.skipped;
         self.tiles += other.tiles;
         self.retries += other.retries;
         self.conflicts += other.conflicts;
+        self.left_out.extend(other.left_out);
+    }
+
+    /// Adds a key's [`KeyMergeOutcome`] whose merges were the call's merges
+    /// `indices` (in the order given to [`KeyMergePlan::apply`]).
+    pub fn add_key(&mut self, outcome: &KeyMergeOutcome, indices: &[usize]) {
+        let s = &outcome.stats;
+        self.applied += s.applied;
+        self.skipped += s.skipped;
+        self.tiles += s.tiles;
+        self.retries += s.retries;
+        self.conflicts += s.conflicts;
+        self.left_out
+            .extend(outcome.left_out.iter().map(|&j| indices[j]));
     }
 }
 
@@ -282,8 +300,11 @@ pub struct KeyMergeOutcome {
     pub changed: Vec<(usize, std::ops::Range<usize>)>,
     /// The new values, back to back.
     pub values: Vec<u8>,
-    /// What the requests did.
+    /// What the requests did (its `left_out` empty: see below).
     pub stats: MergeStats,
+    /// The positions, among the requests given to [`KeyMergePlan::apply`], of those
+    /// skipped or not applied as conflicts.
+    pub left_out: Vec<usize>,
 }
 
 impl KeyMergeOutcome {
@@ -342,7 +363,7 @@ impl KeyMergePlan {
         let mut current = vec![Current::Stored; self.fields.len()];
         let mut out = KeyMergeOutcome::default();
         let mut scratch = Vec::new();
-        for m in merges {
+        for (j, m) in merges.into_iter().enumerate() {
             if let Some(p) = &m.position {
                 let i = self.index(&MergeField::Position(position_field(&m.view, p.partition)));
                 let value = match &current[i] {
@@ -352,10 +373,12 @@ impl KeyMergePlan {
                 let stored_offset = value.map(|v| decode_position(v, p.partition)).transpose()?;
                 if stored_offset.is_some_and(|o| o >= p.offset) {
                     out.stats.skipped += 1;
+                    out.left_out.push(j);
                     continue;
                 }
                 if p.follows.is_some_and(|f| f != stored_offset) {
                     out.stats.conflicts += 1;
+                    out.left_out.push(j);
                     continue;
                 }
             }
@@ -556,7 +579,13 @@ mod tests {
                 tiles: 4,
                 retries: 0,
                 conflicts: 0,
+                left_out: vec![],
             }
+        );
+        assert_eq!(
+            out.left_out,
+            vec![1],
+            "the replay within the call is left out"
         );
         let value_of = |f: MergeField| {
             let i = plan.fields().iter().position(|x| *x == f).unwrap();

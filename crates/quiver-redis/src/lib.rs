@@ -102,7 +102,7 @@ use quiver_core::encoding::row_version;
 use quiver_core::Timestamp;
 use quiver_online::tiles::{
     decode_position, group_by_key, parse_tile_field, position_field, tile_field, validate_merges,
-    KeyMergePlan,
+    KeyMergeOutcome, KeyMergePlan,
 };
 use quiver_online::{
     Capabilities, Cells, Error, FieldId, KeyMerge, MergeStats, OnlineStore, OnlineWrite, Result,
@@ -1197,7 +1197,7 @@ impl OnlineStore for RedisStore {
             let answers = self.run(&reads, "merge failed").await?;
             // 2. Merge in memory; 3. compare-and-set what changed.
             let mut writes: Vec<Cmd> = Vec::new();
-            let mut writing: Vec<(usize, MergeStats)> = Vec::new();
+            let mut writing: Vec<(usize, KeyMergeOutcome)> = Vec::new();
             for (&g, answer) in pending.iter().zip(answers) {
                 let plan = &plans[g];
                 let values = self.hmget_values(answer, 1 + plan.fields().len(), "merge failed")?;
@@ -1205,7 +1205,7 @@ impl OnlineStore for RedisStore {
                 let outcome = plan.apply(group(g), &stored, merger)?;
                 if outcome.changed.is_empty() {
                     // Nothing to write (every request a replay): the read decided it.
-                    stats.add(outcome.stats);
+                    stats.add_key(&outcome, &order[groups[g].clone()]);
                     continue;
                 }
                 let mut cmd = redis::cmd("EVALSHA");
@@ -1218,13 +1218,13 @@ impl OnlineStore for RedisStore {
                     cmd.arg(plan.fields()[*i].as_bytes()).arg(outcome.value(c));
                 }
                 writes.push(cmd);
-                writing.push((g, outcome.stats));
+                writing.push((g, outcome));
             }
             let answers = self.run(&writes, "merge failed").await?;
             let mut conflicts = Vec::new();
-            for ((g, s), answer) in writing.into_iter().zip(answers) {
+            for ((g, outcome), answer) in writing.into_iter().zip(answers) {
                 match answer {
-                    Value::Int(1) => stats.add(s),
+                    Value::Int(1) => stats.add_key(&outcome, &order[groups[g].clone()]),
                     Value::Int(0) => conflicts.push(g),
                     other => {
                         return Err(self.err(

@@ -247,16 +247,19 @@ async fn merge_events(
     let legacy_field = groups[0].field;
     // Built from the positions read, merged (every layer in one call) only where they
     // are still stored (compare-and-set); keys another writer moved on meanwhile are
-    // built again from the positions it left (its events then count as replays).
+    // built again from the positions it left (its events then count as replays), the
+    // others kept as they were.
+    let mut pending: Vec<usize> = (0..keys.len()).collect();
     let mut attempt = 0;
     loop {
+        let pending_keys: Vec<&[u8]> = pending.iter().map(|&ki| key_refs[ki]).collect();
         let stored = retrying(retry_for, || {
-            online.stream_positions(&key_refs, position_field, events.partition)
+            online.stream_positions(&pending_keys, position_field, events.partition)
         })
         .await?;
         let legacy = legacy_positions(
             online,
-            &key_refs,
+            &pending_keys,
             &stored,
             legacy_field,
             events.partition,
@@ -266,9 +269,10 @@ async fn merge_events(
         let mut built = BuiltTiles::default();
         // The key's events past its stored position, each with its order.
         let mut fresh: Vec<(usize, Order)> = Vec::new();
-        for (ki, rows) in rows_of.iter().enumerate() {
+        for (pi, &ki) in pending.iter().enumerate() {
+            let rows = &rows_of[ki];
             fresh.clear();
-            let position = stored[ki].or(legacy[ki]);
+            let position = stored[pi].or(legacy[pi]);
             for &r in rows {
                 if position.is_none_or(|s| events.offsets[r] > s) {
                     replayed[r] = false;
@@ -331,7 +335,7 @@ async fn merge_events(
             built.keys.push(KeyTiles {
                 key: ki,
                 newest,
-                follows: stored[ki],
+                follows: stored[pi],
                 tiles: first..built.tiles.len(),
             });
         }
@@ -346,8 +350,18 @@ async fn merge_events(
         )
         .await?;
         stats.online_written += merged.tiles;
-        if merged.conflicts == 0 {
+        if merged.left_out.is_empty() {
             break;
+        }
+        // Keys whose merge was left out (another writer moved their position since it
+        // was read) are built again from the position stored now, their events'
+        // accounting started over (those the other writer applied become replays).
+        pending = merged.left_out.iter().map(|&m| built.keys[m].key).collect();
+        pending.sort_unstable();
+        for &ki in &pending {
+            for &r in &rows_of[ki] {
+                (applied[r], late[r], replayed[r]) = (false, false, true);
+            }
         }
         attempt += 1;
         if attempt == 16 {

@@ -192,7 +192,7 @@ fn two_writers_of_one_partition_count_each_event_once() {
     let write = |step: usize| {
         let (store, view, events) = (store.clone(), view.clone(), events.clone());
         async move {
-            let mut from = 0;
+            let (mut from, mut applied) = (0, 0);
             while from < events.len() {
                 let to = (from + step).min(events.len());
                 let rows = validated(&view, &events[from..to], from + 1);
@@ -202,18 +202,21 @@ fn two_writers_of_one_partition_count_each_event_once() {
                     partition: b"p0",
                     offsets: &offsets,
                 };
-                apply_events(&store, &view, rows, events, targets, now)
+                let s = apply_events(&store, &view, rows, events, targets, now)
                     .await
                     .unwrap();
+                applied += s.applied;
                 from = to;
             }
+            applied
         }
     };
-    quiver::testing::runtime().block_on(async {
+    let applied = quiver::testing::runtime().block_on(async {
         let (a, b) = (tokio::spawn(write(7)), tokio::spawn(write(11)));
-        a.await.unwrap();
-        b.await.unwrap();
+        a.await.unwrap() + b.await.unwrap()
     });
+    // The two writers' statistics count each event applied once between them.
+    assert_eq!(applied, events.len() as u64);
     let names: Vec<String> = view
         .aggregations
         .iter()

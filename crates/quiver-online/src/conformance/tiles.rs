@@ -628,18 +628,54 @@ pub async fn replays_are_no_ops(store: &dyn OnlineStore) {
             &Count,
         )
         .await;
+    let mut left_out = s.left_out.clone();
+    left_out.sort_unstable();
+    if left_out != [1, 2] {
+        ns.fail(
+            store,
+            format_args!("positions 20, 20, 19, 21: left out {left_out:?}, expected [1, 2]"),
+        );
+    }
     ns.expect_merge_stats(store, s, 2, 2, 2, "positions 20, 20, 19, 21 in one call");
+
+    // A merge following a position no longer stored is a conflict, left out; one
+    // following the stored one applies.
+    let follow = |offset, follows| {
+        Some(StreamPosition {
+            partition: p0,
+            offset,
+            follows: Some(follows),
+        })
+    };
+    let s = ns
+        .merge(
+            store,
+            &[
+                merge(&other, v, at(p0, 2)),
+                merge(&k, v, follow(30, Some(20))),
+                merge(&k, v, follow(31, Some(21))),
+            ],
+            &Count,
+        )
+        .await;
+    if (s.conflicts, s.left_out.as_slice()) != (1, &[1][..]) {
+        ns.fail(
+            store,
+            format_args!("a merge following a stale position: {s:?}, expected merge 1 left out"),
+        );
+    }
+    ns.expect_merge_stats(store, s, 2, 0, 2, "merges following a position");
+    ns.expect_position(store, &k, v, p0, Some(31), "after following 21")
+        .await;
     ns.expect_tiles(
         store,
         &[&k],
         v,
         &[0],
-        &[Some(&count(7))],
-        "after 20, 20, 19, 21",
+        &[Some(&count(8))],
+        "after 20, 20, 19, 21 and 31",
     )
     .await;
-    ns.expect_position(store, &k, v, p0, Some(21), "after 20, 20, 19, 21")
-        .await;
 
     // Numeric order over all 128 bits (not byte order of a little-endian encoding).
     let big = [

@@ -173,6 +173,7 @@ async fn a_merge_that_loses_a_race_reads_and_merges_again() {
                 tiles: 1,
                 retries: 1,
                 conflicts: 0,
+                left_out: vec![],
             },
             "cluster: {cluster}"
         );
