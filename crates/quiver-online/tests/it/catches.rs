@@ -138,21 +138,26 @@ impl MemStore {
         }
     }
 
-    /// Applies one request to `t`.
+    /// Applies request `i` of the call, `m`, to `t`.
     fn apply(
         &self,
         t: &mut Tiles,
+        i: usize,
         m: &KeyMerge<'_>,
         merger: &dyn TileMerger,
     ) -> Result<MergeStats> {
         let mut stats = MergeStats::default();
         if let Some(p) = &m.position {
             let pk = self.position_key(m.key, m.view, p.partition);
-            if t.positions
-                .get(&pk)
-                .is_some_and(|&s| self.is_replay(s, p.offset))
-            {
+            let stored = t.positions.get(&pk).copied();
+            if stored.is_some_and(|s| self.is_replay(s, p.offset)) {
                 stats.skipped = 1;
+                stats.left_out.push(i);
+                return Ok(stats);
+            }
+            if p.follows.is_some_and(|f| f != stored) {
+                stats.conflicts = 1;
+                stats.left_out.push(i);
                 return Ok(stats);
             }
         }
@@ -293,9 +298,9 @@ impl OnlineStore for MemStore {
             Flaw::LosesConcurrentUpdates => {
                 // Each request merged on a copy taken under the lock, written back under it
                 // later: what another writer stored in between is lost.
-                for m in merges {
+                for (i, m) in merges.iter().enumerate() {
                     let mut copy = self.tiles.lock().unwrap().clone();
-                    let s = self.apply(&mut copy, m, merger)?;
+                    let s = self.apply(&mut copy, i, m, merger)?;
                     let mut t = self.tiles.lock().unwrap();
                     for d in m.tiles {
                         let k = self.tile_key(m.key, m.view, d.start);
@@ -309,15 +314,15 @@ impl OnlineStore for MemStore {
             }
             Flaw::PartialKeyOnFailure => {
                 let mut t = self.tiles.lock().unwrap();
-                for m in merges {
-                    stats.add(self.apply(&mut t, m, merger)?);
+                for (i, m) in merges.iter().enumerate() {
+                    stats.add(self.apply(&mut t, i, m, merger)?);
                 }
             }
             Flaw::ClaimsAtomicBatches => {
-                for m in merges {
+                for (i, m) in merges.iter().enumerate() {
                     let mut t = self.tiles.lock().unwrap();
                     let mut copy = t.clone();
-                    stats.add(self.apply(&mut copy, m, merger)?);
+                    stats.add(self.apply(&mut copy, i, m, merger)?);
                     *t = copy;
                 }
             }
@@ -325,8 +330,8 @@ impl OnlineStore for MemStore {
                 // The whole call on a copy, swapped in at the end: atomic batches.
                 let mut t = self.tiles.lock().unwrap();
                 let mut copy = t.clone();
-                for m in merges {
-                    stats.add(self.apply(&mut copy, m, merger)?);
+                for (i, m) in merges.iter().enumerate() {
+                    stats.add(self.apply(&mut copy, i, m, merger)?);
                 }
                 *t = copy;
             }
