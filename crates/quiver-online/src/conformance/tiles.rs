@@ -728,6 +728,48 @@ pub async fn replays_are_no_ops(store: &dyn OnlineStore) {
         "a position without tiles",
     )
     .await;
+
+    // A merge whose tiles name their layers (an aggregated view's tile groups): each
+    // tile goes to its layer, the one position is the merge's view's, and a replay
+    // leaves every layer as it is.
+    let (x, y) = (ns.field(2), ns.field(3));
+    let layered = [
+        TileDelta {
+            layer: Some(x),
+            start: 0,
+            ir: &one,
+        },
+        TileDelta {
+            layer: Some(y),
+            start: 60,
+            ir: &one,
+        },
+        TileDelta {
+            layer: None,
+            start: 0,
+            ir: &one,
+        },
+    ];
+    for (offset, applied, context) in [(5, 1, "layered merge at 5"), (5, 0, "its replay")] {
+        let m = [KeyMerge {
+            key: &other,
+            view: w,
+            position: at(p2, offset),
+            tiles: &layered,
+        }];
+        let s = ns.merge(store, &m, &Count).await;
+        ns.expect_merge_stats(store, s, applied, 1 - applied, 3 * applied, context);
+        ns.expect_tiles(store, &[&other], x, &[0], &[Some(&count(1))], context)
+            .await;
+        ns.expect_tiles(store, &[&other], y, &[60], &[Some(&count(1))], context)
+            .await;
+        ns.expect_tiles(store, &[&other], w, &[0], &[Some(&count(1))], context)
+            .await;
+        ns.expect_position(store, &other, w, p2, Some(5), context)
+            .await;
+        ns.expect_position(store, &other, x, p2, None, context)
+            .await;
+    }
 }
 
 /// `delete_tiles_before(view, cutoff)` deletes exactly the tiles of that view starting

@@ -166,7 +166,7 @@ impl MemStore {
             deltas.reverse();
         }
         for d in deltas {
-            let tk = self.tile_key(m.key, m.view, d.start);
+            let tk = self.tile_key(m.key, d.layer_in(m), d.start);
             let mut out = Vec::new();
             merger.merge(t.irs.get(&tk).map(Vec::as_slice), d.ir, &mut out)?;
             if self.flaw == Flaw::LosesConcurrentUpdates {
@@ -303,7 +303,7 @@ impl OnlineStore for MemStore {
                     let s = self.apply(&mut copy, i, m, merger)?;
                     let mut t = self.tiles.lock().unwrap();
                     for d in m.tiles {
-                        let k = self.tile_key(m.key, m.view, d.start);
+                        let k = self.tile_key(m.key, d.layer_in(m), d.start);
                         if let Some(v) = copy.irs.remove(&k) {
                             t.irs.insert(k, v);
                         }
