@@ -128,14 +128,10 @@ impl MergeStats {
     /// Adds a key's [`KeyMergeOutcome`] whose merges were the call's merges
     /// `indices` (in the order given to [`KeyMergePlan::apply`]).
     pub fn add_key(&mut self, outcome: &KeyMergeOutcome, indices: &[usize]) {
-        let s = &outcome.stats;
-        self.applied += s.applied;
-        self.skipped += s.skipped;
-        self.tiles += s.tiles;
-        self.retries += s.retries;
-        self.conflicts += s.conflicts;
-        self.left_out
-            .extend(outcome.left_out.iter().map(|&j| indices[j]));
+        self.add(MergeStats {
+            left_out: outcome.left_out.iter().map(|&j| indices[j]).collect(),
+            ..outcome.stats.clone()
+        });
     }
 }
 
