@@ -21,15 +21,8 @@ use crate::common::{batch, ts, Repo};
 const MIN: i64 = 60_000_000;
 const KEYS: i64 = 4;
 
-const DEFS: &str = "\
-entities: [{ name: user, join_keys: [user_id] }]
-sources: [{ name: ev, type: file, path: data/ev.parquet, timestamp_field: ts }]
-feature_views:
-  - name: w
-    entities: [user]
-    source: ev
-    aggregations:
-      - { function: count_star, windows: [10m, 30m] }
+const DEFS: &str = crate::common::user_events_view!(
+    "      - { function: count_star, windows: [10m, 30m] }
       - { column: x, function: count, windows: [30m] }
       - { column: x, function: sum, windows: [10m, 60m] }
       - { column: x, function: mean, windows: [30m] }
@@ -40,7 +33,8 @@ feature_views:
       - { column: x, function: first_n, n: 2, windows: [60m] }
       - { column: x, function: count_distinct, windows: [60m] }
       - { column: x, function: approx_percentile, percentile: 0.5, windows: [60m] }
-";
+"
+);
 
 /// (user, minute, x)
 type Ev = (i64, i64, Option<f64>);

@@ -5,6 +5,24 @@ use std::path::Path;
 
 pub use quiver::testing::*;
 
+/// Definitions of feature view `w` over `user` events (`user_id`, `ts`, `x` in
+/// `data/ev.parquet`) with the given aggregation lines (a string literal).
+macro_rules! user_events_view {
+    ($aggregations:literal) => {
+        concat!(
+            "entities: [{ name: user, join_keys: [user_id] }]\n",
+            "sources: [{ name: ev, type: file, path: data/ev.parquet, timestamp_field: ts }]\n",
+            "feature_views:\n",
+            "  - name: w\n",
+            "    entities: [user]\n",
+            "    source: ev\n",
+            "    aggregations:\n",
+            $aggregations
+        )
+    };
+}
+pub(crate) use user_events_view;
+
 /// The path of the built `quiver` binary.
 pub fn quiver_bin() -> &'static str {
     env!("CARGO_BIN_EXE_quiver")

@@ -25,21 +25,15 @@ const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
 const KEYS: i64 = 4;
 
-const DEFS: &str = "\
-entities: [{ name: user, join_keys: [user_id] }]
-sources: [{ name: ev, type: file, path: data/ev.parquet, timestamp_field: ts }]
-feature_views:
-  - name: w
-    entities: [user]
-    source: ev
-    aggregations:
-      - { function: count_star, windows: [30m, 3d] }
+const DEFS: &str = crate::common::user_events_view!(
+    "      - { function: count_star, windows: [30m, 3d] }
       - { column: x, function: sum, windows: [1h, 2d] }
       - { column: x, function: mean, windows: [2d] }
       - { column: x, function: max, windows: [3d] }
       - { column: x, function: last, windows: [1d] }
       - { column: x, function: approx_percentile, percentile: 0.5, windows: [2d] }
-";
+"
+);
 
 /// (user, minute, x)
 type Ev = (i64, i64, Option<f64>);
@@ -1046,17 +1040,11 @@ fn micro_batch_files_are_compacted_and_every_event_kept() {
 /// values stay those of each event counted once.
 #[test]
 fn a_rewind_after_one_group_changes_counts_no_event_twice_in_the_others() {
-    const BEFORE: &str = "\
-entities: [{ name: user, join_keys: [user_id] }]
-sources: [{ name: ev, type: file, path: data/ev.parquet, timestamp_field: ts }]
-feature_views:
-  - name: w
-    entities: [user]
-    source: ev
-    aggregations:
-      - { function: count_star, windows: [30m] }
+    const BEFORE: &str = crate::common::user_events_view!(
+        "      - { function: count_star, windows: [30m] }
       - { column: x, function: sum, windows: [2d] }
-";
+"
+    );
     let r = Repo::new(BEFORE);
     let events: Vec<Ev> = (0..60).map(|i| (i % 3, i * 7, Some(i as f64))).collect();
     r.parquet("data/ev.parquet", cols(&events));
