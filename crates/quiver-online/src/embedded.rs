@@ -437,6 +437,10 @@ impl EmbeddedStore {
             .write_txn()
             .map_err(|e| store_err("cannot begin a merge", e))?;
         let mut keys: Vec<Vec<u8>> = Vec::new();
+        // Per field of a key: its stored value as read (`None`: absent, or a tile not
+        // read yet), and whether the field is a tile that was found stored.
+        let mut stored: Vec<Option<std::ops::Range<usize>>> = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
         for range in groups {
             let group = || order[range.clone()].iter().map(|&i| &merges[i]);
             let plan = KeyMergePlan::new(group());
@@ -446,19 +450,58 @@ impl EmbeddedStore {
             for (k, f) in keys.iter_mut().zip(plan.fields()) {
                 storage_key(entity, f.as_bytes(), k);
             }
-            let outcome = {
-                let mut stored = Vec::with_capacity(keys.len());
-                for (k, f) in keys.iter().zip(plan.fields()) {
-                    let v = self
-                        .db_of(f)
+            // The positions decide which merges apply, so they are read first. Tiles are
+            // written as if absent, in one lookup each (most tiles a stream writes are
+            // new ones: the current hop); where one turns out stored, the key is merged
+            // again from what is stored and those tiles rewritten. Either way the values
+            // are those of a read of every field, then a write of the changed ones.
+            held.clear();
+            stored.clear();
+            for (k, f) in keys.iter().zip(plan.fields()) {
+                let v = match f {
+                    MergeField::Position(_) => self
+                        .shared
+                        .positions
                         .get(&wtxn, k)
-                        .map_err(|e| store_err("cannot read", e))?;
-                    stored.push(v);
-                }
-                plan.apply(group(), &stored, merger)?
+                        .map_err(|e| store_err("cannot read", e))?,
+                    MergeField::Tile(_) => None,
+                };
+                stored.push(v.map(|v| {
+                    held.extend_from_slice(v);
+                    held.len() - v.len()..held.len()
+                }));
+            }
+            let as_read = |stored: &[Option<std::ops::Range<usize>>], held: &[u8]| {
+                let values: Vec<Option<&[u8]>> =
+                    stored.iter().map(|r| r.clone().map(|r| &held[r])).collect();
+                plan.apply(group(), &values, merger)
             };
+            let mut outcome = as_read(&stored, &held)?;
+            let mut found = false;
             for (c, (i, _)) in outcome.changed.iter().enumerate() {
-                self.db_of(&plan.fields()[*i])
+                if let MergeField::Tile(_) = plan.fields()[*i] {
+                    // LMDB's values are valid until the next write: copied at once.
+                    if let Some(v) = self
+                        .shared
+                        .tiles
+                        .get_or_put(&mut wtxn, &keys[*i], outcome.value(c))
+                        .map_err(|e| store_err("cannot write", e))?
+                    {
+                        held.extend_from_slice(v);
+                        stored[*i] = Some(held.len() - v.len()..held.len());
+                        found = true;
+                    }
+                }
+            }
+            if found {
+                outcome = as_read(&stored, &held)?;
+            }
+            for (c, (i, _)) in outcome.changed.iter().enumerate() {
+                let field = &plan.fields()[*i];
+                if matches!(field, MergeField::Tile(_)) && stored[*i].is_none() {
+                    continue; // inserted above, with the value the merge gives again
+                }
+                self.db_of(field)
                     .put(&mut wtxn, &keys[*i], outcome.value(c))
                     .map_err(|e| store_err("cannot write", e))?;
             }
