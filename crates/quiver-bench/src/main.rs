@@ -122,6 +122,10 @@ enum Cmd {
         /// Online stores: embedded, redis.
         #[arg(long, value_delimiter = ',', default_value = "embedded,redis")]
         online: Vec<String>,
+        /// The events' times: over the last hour out of order, or in order as a live
+        /// stream of 10,000 events/s.
+        #[arg(long, value_enum, default_value = "hour")]
+        event_times: stream::EventTimes,
     },
     /// End-to-end visibility: events appended to a Redis stream at a steady rate, the
     /// time until `quiver serve` answers with them counted (`quiver stream` between).
@@ -561,10 +565,11 @@ fn main() -> Result<()> {
             batch_size,
             sources,
             online,
+            event_times,
         } => {
             for source in &sources {
                 for store in &online {
-                    stream::run(events, batch_size, source, store)?;
+                    stream::run(events, batch_size, source, store, event_times)?;
                 }
             }
         }

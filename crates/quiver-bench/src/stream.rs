@@ -2,8 +2,10 @@
 //! benchmark (19 windowed features of `amount` per `entity_id`), through the whole
 //! `quiver stream` worker (read, decode JSON, validate, merge tiles online with stream
 //! positions, append offline, acknowledge), run in this process until the stream is
-//! read to its end. The events are produced first (not timed): over the last hour, keys
-//! among 100,000, 2% null amounts. Per core: events over the process's CPU seconds
+//! read to its end. The events are produced first (not timed): keys among 100,000, 2%
+//! null amounts, event times either uniformly over the last hour, out of order (`hour`:
+//! a key's events fall in different 5-minute tiles, the costliest case), or in time
+//! order as a live stream of 10,000 events/s ending now (`live`). Per core: events over the process's CPU seconds
 //! while the worker ran (the broker runs in its own process, not counted).
 
 use std::time::Instant;
@@ -33,12 +35,25 @@ pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn events_json(n: usize, now: i64) -> Vec<(String, String)> {
+/// How the benchmark's events are spread in event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventTimes {
+    /// Uniformly over the last hour, in random order.
+    Hour,
+    /// In time order, 10,000 events per second, the last one now.
+    Live,
+}
+
+fn events_json(n: usize, now: i64, times: EventTimes) -> Vec<(String, String)> {
     let mut rng = StdRng::seed_from_u64(7);
     (0..n)
-        .map(|_| {
+        .map(|i| {
             let key: i64 = rng.gen_range(0..100_000);
-            let t = now - rng.gen_range(0..HOUR);
+            let t = match times {
+                EventTimes::Hour => now - rng.gen_range(0..HOUR),
+                // 100 µs apart: 10,000 events per second.
+                EventTimes::Live => now - (n - 1 - i) as i64 * 100,
+            };
             let amount = if rng.gen_bool(0.02) {
                 "null".to_string()
             } else {
@@ -79,12 +94,18 @@ pub(crate) fn definitions(source: &str) -> String {
 }
 
 /// Runs the benchmark: `events` events from `source` (redis or kafka) into the
-/// `online` store (embedded or redis).
-pub fn run(events: usize, batch_size: usize, source: &str, online: &str) -> Result<()> {
+/// `online` store (embedded or redis), their event times spread as `times` says.
+pub fn run(
+    events: usize,
+    batch_size: usize,
+    source: &str,
+    online: &str,
+    times: EventTimes,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let redis = quiver_redis::testing::Server::start(&[]);
     let now = quiver_core::time::now();
-    let messages = events_json(events, now);
+    let messages = events_json(events, now, times);
     let _broker;
     let source_def = match source {
         "redis" => {
@@ -138,8 +159,9 @@ pub fn run(events: usize, batch_size: usize, source: &str, online: &str) -> Resu
         bail!("{} of {events} events applied: {s:?}", s.applied);
     }
     println!(
-        "stream {source} → tiles ({online} online store), batches of {batch_size}: {events} events in {secs:.2} s = {:.0} events/s; \
+        "stream {source} → tiles ({online} online store), batches of {batch_size}, event times {}: {events} events in {secs:.2} s = {:.0} events/s; \
          CPU {cpu:.2} s = {:.0} events/s per core; {} offline writes",
+        format!("{times:?}").to_lowercase(),
         events as f64 / secs,
         events as f64 / cpu,
         s.flushes
