@@ -615,6 +615,74 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
     );
 }
 
+/// A merge writes a tile not stored yet before it meets the key's stored ones: when
+/// merging into a stored tile then fails, the tile written first is gone with the call
+/// (and a call that succeeds merges into the stored tile, not over it).
+#[tokio::test]
+async fn a_merge_failing_on_a_stored_tile_leaves_no_new_tile_of_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let key = int_key("p", "e", 1);
+    let one = count(1);
+    let first = [TileDelta {
+        layer: None,
+        start: 300,
+        ir: &one,
+    }];
+    let merge = |tiles| KeyMerge {
+        key: &key,
+        view: G,
+        position: None,
+        tiles,
+    };
+    store.merge_tiles(&[merge(&first)], &add).await.unwrap();
+    // New tiles before (0) and after (600) the stored one (300).
+    let both = [
+        TileDelta {
+            layer: None,
+            start: 0,
+            ir: &one,
+        },
+        TileDelta {
+            layer: None,
+            start: 300,
+            ir: &one,
+        },
+        TileDelta {
+            layer: None,
+            start: 600,
+            ir: &one,
+        },
+    ];
+    let refuse_stored = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
+        if stored.is_some() {
+            return Err(quiver_online::Error::Invalid("stored tile refused".into()));
+        }
+        add(stored, delta, out)
+    };
+    let e = store
+        .merge_tiles(&[merge(&both)], &refuse_stored)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("stored tile refused"), "{e}");
+    assert_eq!(
+        store.read_tiles(&[&key], G, &[0, 300, 600]).await.unwrap(),
+        vec![None, Some(one.to_vec()), None].into(),
+        "nothing of the failed call is stored"
+    );
+    let s = store.merge_tiles(&[merge(&both)], &add).await.unwrap();
+    assert_eq!((s.applied, s.tiles), (1, 3));
+    assert_eq!(
+        store.read_tiles(&[&key], G, &[0, 300, 600]).await.unwrap(),
+        vec![
+            Some(one.to_vec()),
+            Some(count(2).to_vec()),
+            Some(one.to_vec())
+        ]
+        .into()
+    );
+}
+
 #[test]
 fn store_errors_keep_the_backend_error_as_their_source() {
     let dir = tempfile::tempdir().unwrap();
