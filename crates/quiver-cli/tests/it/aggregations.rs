@@ -350,6 +350,9 @@ fn scenario(repo: Repo) {
         first,
         "a backfill ending inside a tile keeps it whole"
     );
+    // The CLI wrote the registry: look at it now (a store notices another process's
+    // write within REGISTRY_RECHECK, so a read just after may still see the last one).
+    store.refresh().unwrap();
     let mark = store.state().unwrap().feature_views["card_txn"]
         .materialized
         .as_ref()
