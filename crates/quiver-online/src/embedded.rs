@@ -437,8 +437,8 @@ impl EmbeddedStore {
             .write_txn()
             .map_err(|e| store_err("cannot begin a merge", e))?;
         let mut keys: Vec<Vec<u8>> = Vec::new();
-        // Per field of a key: its stored value as read (`None`: absent, or a tile not
-        // read yet), and whether the field is a tile that was found stored.
+        // Per field of a key: where its stored value is in `held` (`None`: absent, or
+        // a tile not looked up yet).
         let mut stored: Vec<Option<std::ops::Range<usize>>> = Vec::new();
         let mut held: Vec<u8> = Vec::new();
         for range in groups {

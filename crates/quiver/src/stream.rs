@@ -294,15 +294,7 @@ async fn merge_events(
                         late[r] = true;
                         continue;
                     }
-                    values.clear();
-                    for ci in &columns[gi] {
-                        values.push(match ci {
-                            Some(ci) => {
-                                quiver_offline::aggregate::input_at(batch.column(*ci).as_ref(), r)
-                            }
-                            None => Input::Null,
-                        });
-                    }
+                    crate::write::group_inputs(batch, &columns[gi], r, &mut values);
                     for (layer, building) in layers[gi].iter().zip(&mut building) {
                         let start = align(t, layer.length);
                         let slot = match building.iter().find(|(s, _)| *s == start) {

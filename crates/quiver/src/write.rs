@@ -497,6 +497,21 @@ pub(crate) fn group_columns(
         .collect()
 }
 
+/// Row `r`'s inputs to a tile group's slots into `out` (cleared first): the values of
+/// the slots' `columns` in `batch` ([`group_columns`]), null for count_star.
+pub(crate) fn group_inputs<'a>(
+    batch: &'a RecordBatch,
+    columns: &[Option<usize>],
+    r: usize,
+    out: &mut Vec<quiver_core::agg::Input<'a>>,
+) {
+    out.clear();
+    out.extend(columns.iter().map(|ci| match ci {
+        Some(ci) => quiver_offline::aggregate::input_at(batch.column(*ci).as_ref(), r),
+        None => quiver_core::agg::Input::Null,
+    }));
+}
+
 /// Tiles written per `merge_tiles` call.
 const TILE_BATCH: usize = 5_000;
 
@@ -562,15 +577,7 @@ pub async fn write_tiles(
                         continue; // day tiles are merged from the hop tiles below
                     }
                     let g = &groups[gi];
-                    values.clear();
-                    for ci in &column_index[gi] {
-                        values.push(match ci {
-                            Some(ci) => {
-                                quiver_offline::aggregate::input_at(b.column(*ci).as_ref(), r)
-                            }
-                            None => Input::Null,
-                        });
-                    }
+                    group_inputs(b, &column_index[gi], r, &mut values);
                     let tiles = match per_layer[li].get_mut(buf.as_slice()) {
                         Some(t) => t,
                         None => per_layer[li].entry(buf.clone()).or_default(),

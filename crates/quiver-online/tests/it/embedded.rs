@@ -478,6 +478,15 @@ fn count(n: u64) -> [u8; 8] {
     n.to_le_bytes()
 }
 
+/// A delta of the merge's own view (no layer named) at `start`.
+fn tile(start: i64, ir: &[u8]) -> TileDelta<'_> {
+    TileDelta {
+        layer: None,
+        start,
+        ir,
+    }
+}
+
 fn add(stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>) -> quiver_online::Result<()> {
     let v = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
     out.extend_from_slice(&count(stored.map_or(0, v) + v(delta)));
@@ -517,11 +526,7 @@ async fn a_store_without_tile_databases_opens_and_gains_them() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.read(&[&key], &[F]).await.unwrap(), vec![Some(row)]);
     let one = count(1);
-    let t = [TileDelta {
-        layer: None,
-        start: 0,
-        ir: &one,
-    }];
+    let t = [tile(0, &one)];
     let m = [KeyMerge {
         key: &key,
         view: F,
@@ -544,11 +549,7 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
     long.resize(600, b'x');
     let keys = [int_key("p", "e", 1), long];
     let one = count(1);
-    let t = [TileDelta {
-        layer: None,
-        start: 300,
-        ir: &one,
-    }];
+    let t = [tile(300, &one)];
     let merges: Vec<KeyMerge<'_>> = keys
         .iter()
         .map(|key| KeyMerge {
@@ -586,11 +587,7 @@ async fn tiles_and_positions_persist_and_a_failed_call_leaves_nothing() {
         }
         add(stored, delta, out)
     };
-    let boom = [TileDelta {
-        layer: None,
-        start: 300,
-        ir: b"boom",
-    }];
+    let boom = [tile(300, b"boom")];
     let calls = [
         KeyMerge {
             key: &keys[0],
@@ -624,11 +621,7 @@ async fn a_merge_failing_on_a_stored_tile_leaves_no_new_tile_of_the_call() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let key = int_key("p", "e", 1);
     let one = count(1);
-    let first = [TileDelta {
-        layer: None,
-        start: 300,
-        ir: &one,
-    }];
+    let first = [tile(300, &one)];
     let merge = |tiles| KeyMerge {
         key: &key,
         view: G,
@@ -637,23 +630,7 @@ async fn a_merge_failing_on_a_stored_tile_leaves_no_new_tile_of_the_call() {
     };
     store.merge_tiles(&[merge(&first)], &add).await.unwrap();
     // New tiles before (0) and after (600) the stored one (300).
-    let both = [
-        TileDelta {
-            layer: None,
-            start: 0,
-            ir: &one,
-        },
-        TileDelta {
-            layer: None,
-            start: 300,
-            ir: &one,
-        },
-        TileDelta {
-            layer: None,
-            start: 600,
-            ir: &one,
-        },
-    ];
+    let both = [tile(0, &one), tile(300, &one), tile(600, &one)];
     let refuse_stored = |stored: Option<&[u8]>, delta: &[u8], out: &mut Vec<u8>| {
         if stored.is_some() {
             return Err(quiver_online::Error::Invalid("stored tile refused".into()));
