@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const INSTALL_HINT: &str = "the Kafka tests run a real broker: install it with \
-     `cargo install tansu --locked --features dynostore,libsql --root ~/.cache/quiver/tools` \
+     `cargo install tansu --version 0.6.0 --locked --features dynostore --root ~/.cache/quiver/tools` \
      (scripts/test.sh does), or point QUIVER_KAFKA_BROKERS at a running one";
 
 /// The broker binary: `$QUIVER_TANSU`, else `~/.cache/quiver/tools/bin/tansu`, else
