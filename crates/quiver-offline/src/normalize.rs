@@ -23,6 +23,7 @@ pub use quiver_core::time::Rounding;
 use quiver_core::time::{
     self as time, day_of, parse_timestamp, parse_timestamp_nanos, round_micros, MICROS_PER_DAY,
 };
+use rayon::prelude::*;
 
 use crate::files::is_plain_integer;
 use crate::{Error, Result};
@@ -137,6 +138,9 @@ pub fn to_timestamps(
     to_timestamps_nanos(col, name, origin, required, rounding).map(|(t, _)| t)
 }
 
+/// Rows from which a time column is converted on rayon's threads.
+const PARALLEL_ROWS: usize = 1 << 16;
+
 /// Like [`to_timestamps`], also returning per row the nanoseconds (0..1000) past the
 /// whole microsecond of the source time, when some row has them.
 fn to_timestamps_nanos(
@@ -147,17 +151,33 @@ fn to_timestamps_nanos(
     rounding: Rounding,
 ) -> Result<(TimestampMicrosecondArray, Option<Vec<u16>>)> {
     let mut sub: Option<Vec<u16>> = None;
+    let mut in_range_checked = false;
     let out: TimestampMicrosecondArray = match col.data_type() {
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             let a = col.as_primitive::<TimestampNanosecondType>();
-            let mut values = Vec::with_capacity(a.len());
-            for (i, &ns) in a.values().iter().enumerate() {
-                let r = ns.rem_euclid(1_000) as u16;
-                if r != 0 && a.is_valid(i) {
-                    sub.get_or_insert_with(|| vec![0; a.len()])[i] = r;
+            let ns = a.values();
+            // Without a branch per row (label columns run to millions of rows); the
+            // nanoseconds past the microsecond are gathered only when some row has them.
+            let up = i64::from(rounding == Rounding::Up);
+            let micros = |&n: &i64| {
+                let floor = n.div_euclid(1_000);
+                floor + (up & i64::from(n != floor * 1_000))
+            };
+            let values: Vec<i64> = if ns.len() >= PARALLEL_ROWS {
+                ns.par_iter().map(micros).collect()
+            } else {
+                ns.iter().map(micros).collect()
+            };
+            if ns.iter().any(|&n| n % 1_000 != 0) {
+                let s = sub.insert(vec![0; a.len()]);
+                for (i, &n) in ns.iter().enumerate() {
+                    if a.is_valid(i) {
+                        s[i] = n.rem_euclid(1_000) as u16;
+                    }
                 }
-                values.push(round_micros(ns.div_euclid(1_000), r, rounding));
             }
+            // Nanoseconds in an i64 span 1677–2262: always within the years stored.
+            in_range_checked = true;
             TimestampMicrosecondArray::new(values.into(), a.nulls().cloned())
         }
         DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
@@ -204,7 +224,11 @@ fn to_timestamps_nanos(
         let row = (0..out.len()).find(|&i| out.is_null(i)).unwrap_or(0);
         return Err(origin.err(row, name, "timestamp is null"));
     }
-    if let Some(row) = (0..out.len()).find(|&i| out.is_valid(i) && !time::in_range(out.value(i))) {
+    let out_of_range = |i: usize| out.is_valid(i) && !time::in_range(out.value(i));
+    if let Some(row) = (!in_range_checked)
+        .then(|| (0..out.len()).find(|&i| out_of_range(i)))
+        .flatten()
+    {
         return Err(origin.err(
             row,
             name,
