@@ -328,14 +328,22 @@ impl LabelIndex {
                 *slot += 1;
             }
         }
-        // Counting sort kept row order within a group; a stable sort by time keeps it
-        // for equal times.
-        for_each_group(&mut order, &offsets, &|_, labels: &mut [u32]| {
-            if labels.len() > 1 {
-                labels.sort_by_key(|&i| times[i as usize]);
-            }
-        });
-        let sorted_times = order.par_iter().map(|&i| times[i as usize]).collect();
+        // Counting sort kept row order within a group, so sorting a group's (time, row)
+        // pairs is the stable sort by time — without reading each time through its row
+        // in every comparison.
+        let mut pairs: Vec<(Timestamp, u32)> =
+            order.par_iter().map(|&i| (times[i as usize], i)).collect();
+        drop(order);
+        for_each_group(
+            &mut pairs,
+            &offsets,
+            &|_, group: &mut [(Timestamp, u32)]| {
+                if !group.is_sorted() {
+                    group.sort_unstable();
+                }
+            },
+        );
+        let (sorted_times, order) = pairs.into_par_iter().unzip();
         LabelIndex {
             n_labels,
             offsets,
@@ -352,11 +360,8 @@ impl LabelIndex {
         times: &[Timestamp],
         valid: impl Fn(usize) -> bool,
     ) -> (IntKeyIndex, LabelIndex) {
-        // Dense keys (sequential ids): each label's group without a sort, then
-        // `new`'s counting sort by group.
-        if let Some((index, groups)) = IntKeyIndex::from_dense_labels(keys, &valid) {
-            let labels = LabelIndex::new(&groups, times, index.len());
-            return (index, labels);
+        if let Some(dense) = Self::from_dense_int_labels(keys, times, &valid) {
+            return dense;
         }
         let mut triples: Vec<(i64, Timestamp, u32)> = keys
             .iter()
@@ -392,6 +397,73 @@ impl LabelIndex {
                 times: sorted_times,
             },
         )
+    }
+
+    /// [`Self::from_int_labels`] for dense keys (a range at most [`DENSE_FACTOR`] times
+    /// the labels, as sequential ids): one counting sort over the key range puts each
+    /// label's (time, row) at its place among its key's labels — in row order, so that
+    /// sorting a key's pairs is the stable sort by time — with no sort across keys and
+    /// no per-label group array. `None` when the keys are sparse.
+    fn from_dense_int_labels(
+        keys: &[i64],
+        times: &[Timestamp],
+        valid: &impl Fn(usize) -> bool,
+    ) -> Option<(IntKeyIndex, LabelIndex)> {
+        let (mut min, mut max, mut n) = (i64::MAX, i64::MIN, 0u64);
+        for (i, &k) in keys.iter().enumerate() {
+            if valid(i) {
+                (min, max, n) = (min.min(k), max.max(k), n + 1);
+            }
+        }
+        let range = usize::try_from(max as i128 - min as i128 + 1).ok()?;
+        if n == 0 || range as u64 > (n * DENSE_FACTOR).max(1024) {
+            return None;
+        }
+        // Labels per key (at its slot + 1), then each present key's first position.
+        let mut next = vec![0u32; range + 1];
+        for (i, &k) in keys.iter().enumerate() {
+            if valid(i) {
+                next[(k - min) as usize + 1] += 1;
+            }
+        }
+        let mut uniq = Vec::new();
+        let mut offsets = vec![0u32];
+        for slot in 0..range {
+            let count = next[slot + 1];
+            next[slot + 1] += next[slot];
+            if count > 0 {
+                uniq.push(min + slot as i64);
+                offsets.push(next[slot + 1]);
+            }
+        }
+        let mut pairs = vec![(0 as Timestamp, 0u32); n as usize];
+        for (i, (&k, &t)) in keys.iter().zip(times).enumerate() {
+            if valid(i) {
+                let at = &mut next[(k - min) as usize];
+                pairs[*at as usize] = (t, i as u32);
+                *at += 1;
+            }
+        }
+        drop(next);
+        for_each_group(
+            &mut pairs,
+            &offsets,
+            &|_, group: &mut [(Timestamp, u32)]| {
+                if !group.is_sorted() {
+                    group.sort_unstable();
+                }
+            },
+        );
+        let (sorted_times, order) = pairs.into_par_iter().unzip();
+        Some((
+            IntKeyIndex::with_table(uniq),
+            LabelIndex {
+                n_labels: keys.len(),
+                offsets,
+                order,
+                times: sorted_times,
+            },
+        ))
     }
 
     /// The number of label rows.
