@@ -30,7 +30,7 @@ def run(demo_path, **env):
 
 def test_quiver_log_shows_phase_timings_on_stderr(demo_path):
     err = run(demo_path, QUIVER_LOG="quiver_offline=debug")
-    assert "historical retrieval" in err and 'phase="label index"' in err, err
+    assert "historical retrieval" in err and 'phase="label index' in err, err
     # Not a terminal: no colour codes.
     assert "\x1b[" not in err
 

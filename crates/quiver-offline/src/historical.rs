@@ -29,7 +29,7 @@ use crate::normalize::{
     cast_key, created_at, table_schema, to_timestamps, Origin, Rounding, CREATED_TIMESTAMP,
     EVENT_TIMESTAMP,
 };
-use crate::store::{read_data_file, DataFile, OfflineStore};
+use crate::store::{data_file_footer, read_data_file_columns, DataFile, OfflineStore};
 use crate::{Error, Result};
 
 /// The features wanted from one view, with their output column names.
@@ -88,49 +88,56 @@ fn resident_mib() -> String {
     format!("{} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Reads columns `cols` of one data file, split between rayon's threads (each part of
-/// the columns decoded by its own reader, so that one large file does not hold up a
-/// pass, and a file's footer parsed at most once per thread); the batches hold `cols`
-/// in order.
+/// Reads columns `cols` of one data file, split between rayon's threads: each unit of
+/// work — a row group, or part of its columns when the row groups are fewer than the
+/// threads — is decoded by its own reader from a footer parsed once, so that one large
+/// file or row group does not hold up a pass. The batches hold `cols` in order.
 fn read_file_columns(
     file: &DataFile,
     schema: &SchemaRef,
     cols: &[&str],
 ) -> Result<Vec<RecordBatch>> {
-    let per_part = cols.len().div_ceil(rayon::current_num_threads()).max(1);
-    let parts: Vec<Vec<RecordBatch>> = cols
-        .par_chunks(per_part)
-        .map(|part| read_data_file(&file.path, schema, 0, Some(part)))
+    let footer = data_file_footer(&file.path)?;
+    let row_groups = footer.metadata().num_row_groups();
+    let units_per_group = (2 * rayon::current_num_threads())
+        .div_ceil(row_groups.max(1))
+        .clamp(1, cols.len().max(1));
+    let per_unit = cols.len().div_ceil(units_per_group).max(1);
+    let units: Vec<(usize, &[&str])> = (0..row_groups)
+        .flat_map(|rg| cols.chunks(per_unit).map(move |part| (rg, part)))
+        .collect();
+    let parts: Vec<Vec<RecordBatch>> = units
+        .par_iter()
+        .map(|&(rg, part)| read_data_file_columns(&file.path, &footer, schema, part, &[rg]))
         .collect::<Result<_>>()?;
-    let n = parts.first().map_or(0, Vec::len);
-    if parts.iter().any(|p| p.len() != n) {
-        return Err(Error::Data(format!(
-            "{}: the columns' batches differ",
-            file.path.display()
-        )));
+    // Each row group's units (consecutive, columns in order) batch alike: batch b of
+    // the row group is batch b of each unit, side by side.
+    let per_group = cols.chunks(per_unit).len().max(1);
+    let mut out = Vec::new();
+    for (group, group_units) in parts.chunks(per_group).zip(units.chunks(per_group)) {
+        let n = group.first().map_or(0, Vec::len);
+        if group.iter().any(|p| p.len() != n) {
+            return Err(Error::Data(format!(
+                "{}: the columns' batches differ",
+                file.path.display()
+            )));
+        }
+        for b in 0..n {
+            let mut fields: Vec<Field> = Vec::with_capacity(cols.len());
+            let mut arrays: Vec<ArrayRef> = Vec::with_capacity(cols.len());
+            for (unit, &(_, part)) in group.iter().zip(group_units) {
+                for c in part {
+                    let a = unit[b].column_by_name(c).ok_or_else(|| {
+                        Error::Data(format!("{}: no column '{c}'", file.path.display()))
+                    })?;
+                    fields.push(Field::new(*c, a.data_type().clone(), true));
+                    arrays.push(a.clone());
+                }
+            }
+            out.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?);
+        }
     }
-    (0..n)
-        .map(|b| {
-            let arrays: Vec<ArrayRef> = cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    parts[i / per_part][b]
-                        .column_by_name(c)
-                        .cloned()
-                        .ok_or_else(|| {
-                            Error::Data(format!("{}: no column '{c}'", file.path.display()))
-                        })
-                })
-                .collect::<Result<_>>()?;
-            let fields: Vec<Field> = cols
-                .iter()
-                .zip(&arrays)
-                .map(|(c, a)| Field::new(*c, a.data_type().clone(), true))
-                .collect();
-            Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
-        })
-        .collect()
+    Ok(out)
 }
 
 /// The first row of each batch within the file.
@@ -255,6 +262,55 @@ fn join(req: &HistoricalRequest, files: &[Vec<DataFile>]) -> Result<RecordBatch>
     )?)
 }
 
+/// The key index and label index of the labels for `view`'s join keys.
+fn label_index(
+    view: &ResolvedView,
+    labels: &RecordBatch,
+    times: &[Timestamp],
+) -> Result<(KeyLookup, LabelIndex)> {
+    let key_cols: Vec<ArrayRef> = view
+        .join_keys
+        .iter()
+        .map(|k| {
+            let c = labels.column_by_name(&k.name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the entity rows have no column '{}', a join key of feature view '{}'",
+                    k.name, view.name
+                ))
+            })?;
+            cast_key(c, k)
+        })
+        .collect::<Result<_>>()?;
+    let n = labels.num_rows();
+    // A label with a null key matches nothing.
+    let nulls = key_cols.iter().fold(None, |acc: Option<NullBuffer>, c| {
+        NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
+    });
+    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    Ok(
+        if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
+            let keys = key_cols[0].as_primitive::<Int64Type>();
+            let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
+            (KeyLookup::Int(idx), labels)
+        } else {
+            let mut idx = BytesKeyIndex::new();
+            let mut buf = Vec::new();
+            let mut groups = vec![NO_GROUP; n];
+            for (i, g) in groups.iter_mut().enumerate() {
+                if valid(i) {
+                    buf.clear();
+                    for c in &key_cols {
+                        encode_key_part(c.as_ref(), i, &mut buf)?;
+                    }
+                    *g = idx.insert(&buf);
+                }
+            }
+            let labels = LabelIndex::new(&groups, times, idx.len());
+            (KeyLookup::Bytes(idx), labels)
+        },
+    )
+}
+
 fn view_columns(
     req: &ViewRequest,
     files: &[DataFile],
@@ -276,48 +332,6 @@ fn view_columns(
                 })
         })
         .collect::<Result<_>>()?;
-    let key_cols: Vec<ArrayRef> = view
-        .join_keys
-        .iter()
-        .map(|k| {
-            let c = labels.column_by_name(&k.name).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "the entity rows have no column '{}', a join key of feature view '{}'",
-                    k.name, view.name
-                ))
-            })?;
-            cast_key(c, k)
-        })
-        .collect::<Result<_>>()?;
-    let n = labels.num_rows();
-    // A label with a null key matches nothing.
-    let nulls = key_cols.iter().fold(None, |acc: Option<NullBuffer>, c| {
-        NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
-    });
-    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
-    let (lookup, label_index) =
-        if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
-            let keys = key_cols[0].as_primitive::<Int64Type>();
-            let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
-            (KeyLookup::Int(idx), labels)
-        } else {
-            let mut idx = BytesKeyIndex::new();
-            let mut buf = Vec::new();
-            let mut groups = vec![NO_GROUP; n];
-            for (i, g) in groups.iter_mut().enumerate() {
-                if valid(i) {
-                    buf.clear();
-                    for c in &key_cols {
-                        encode_key_part(c.as_ref(), i, &mut buf)?;
-                    }
-                    *g = idx.insert(&buf);
-                }
-            }
-            let labels = LabelIndex::new(&groups, times, idx.len());
-            (KeyLookup::Bytes(idx), labels)
-        };
-    phases.mark("label index");
-
     if files.len() >= 1 << 31 {
         return Err(Error::Invalid("too many data files".into()));
     }
@@ -326,10 +340,38 @@ fn view_columns(
     pass1_cols.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
     let schema = table_schema(view);
     let ttl = view.ttl;
-    // A file at a time per thread (its columns in parallel, then its batches), so that
-    // memory holds a few files' keys and times, not the whole table's.
+    let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
+    let read_pass1 = |f: &DataFile| read_file_columns(f, &schema, &pass1_cols);
+    // The labels are indexed (mostly on one thread) while the first files are decoded:
+    // their keys and times, and their features too, which pass 2 then need not read
+    // (a file holding rows that can answer labels nearly always holds some winners;
+    // these are at most one file per thread).
+    let head = files.len().min(rayon::current_num_threads());
+    let (index, head_batches) = rayon::join(
+        || label_index(view, labels, times),
+        || {
+            files[..head]
+                .par_iter()
+                .map(|f| {
+                    let (keys, features) = rayon::join(
+                        || read_pass1(f),
+                        || read_file_columns(f, &schema, &feature_names),
+                    );
+                    Ok((keys?, features?))
+                })
+                .collect::<Result<Vec<_>>>()
+        },
+    );
+    let (lookup, label_index) = index?;
+    let (head_batches, head_features): (Vec<_>, Vec<_>) = head_batches?.into_iter().unzip();
+    let mut decoded: Vec<Option<Vec<RecordBatch>>> = head_features.into_iter().map(Some).collect();
+    decoded.resize(files.len(), None);
+    phases.mark("label index (the first files decoded meanwhile)");
     let scan = |fi: usize, row0: u64, b: &RecordBatch| -> Result<Vec<Candidate>> {
-        let mut out = Vec::new();
+        // Room for every row (a batch's worth: 2 MiB at most), so that a batch whose
+        // rows all answer labels is not copied while growing; returned to the allocator
+        // below when few do.
+        let mut out = Vec::with_capacity(b.num_rows());
         let mut hint = 0usize;
         let mut buf = Vec::new();
         // Rows go in blocks: first every row's group, then the label check. Lookups
@@ -375,21 +417,33 @@ fn view_columns(
                 }
             }
         }
+        if out.len() < out.capacity() / 2 {
+            out.shrink_to_fit();
+        }
         Ok(out)
     };
-    let candidates: Vec<Vec<Vec<Candidate>>> = files
-        .par_iter()
+    let scan_file = |fi: usize, batches: Vec<RecordBatch>| -> Result<Vec<Vec<Candidate>>> {
+        let starts = batch_starts(&batches);
+        batches
+            .par_iter()
+            .zip(&starts)
+            .map(|(b, &row0)| scan(fi, row0, b))
+            .collect()
+    };
+    let mut candidates: Vec<Vec<Vec<Candidate>>> = head_batches
+        .into_par_iter()
         .enumerate()
-        .map(|(fi, f)| -> Result<Vec<Vec<Candidate>>> {
-            let batches = read_file_columns(f, &schema, &pass1_cols)?;
-            let starts = batch_starts(&batches);
-            batches
-                .par_iter()
-                .zip(&starts)
-                .map(|(b, &row0)| scan(fi, row0, b))
-                .collect()
-        })
+        .map(|(fi, batches)| scan_file(fi, batches))
         .collect::<Result<_>>()?;
+    // Then a file at a time per thread (its columns in parallel, then its batches), so
+    // that memory holds a few files' keys and times, not the whole table's.
+    candidates.extend(
+        files[head..]
+            .par_iter()
+            .enumerate()
+            .map(|(i, f)| scan_file(head + i, read_pass1(f)?))
+            .collect::<Result<Vec<_>>>()?,
+    );
     phases.mark("pass 1 (keys, times)");
     let batches: Vec<&[Candidate]> = candidates.iter().flatten().map(Vec::as_slice).collect();
     let locs = label_index.resolve(&batches, ttl);
@@ -399,7 +453,8 @@ fn view_columns(
     phases.mark("resolve");
 
     // Pass 2: gather the winning rows' features, a file at a time per thread (its
-    // columns decoded in parallel, its winners picked from its batches).
+    // columns decoded in parallel unless decoded with the first files, its winners
+    // picked from its batches).
     let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
     for (label, &loc) in locs.iter().enumerate() {
         if loc != NO_MATCH {
@@ -407,15 +462,18 @@ fn view_columns(
         }
     }
     drop(locs);
-    let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
     let gathered: Vec<Option<Vec<ArrayRef>>> = files
         .par_iter()
         .zip(&wanted)
-        .map(|(f, want)| -> Result<Option<Vec<ArrayRef>>> {
+        .zip(decoded)
+        .map(|((f, want), decoded)| -> Result<Option<Vec<ArrayRef>>> {
             if want.is_empty() {
                 return Ok(None);
             }
-            let batches = read_file_columns(f, &schema, &feature_names)?;
+            let batches = match decoded {
+                Some(batches) => batches,
+                None => read_file_columns(f, &schema, &feature_names)?,
+            };
             let starts = batch_starts(&batches);
             let picks: Vec<(usize, usize)> = want
                 .iter()
@@ -484,4 +542,104 @@ fn view_columns(
         .collect::<Result<Vec<_>>>()?;
     phases.mark("assemble");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    /// A file of several row groups (and several batches in one of them), its columns
+    /// stored in another order than asked and one asked for missing: the split read
+    /// gives the rows in file order, the columns in the order asked, the missing one
+    /// as nulls — for any number of columns asked.
+    #[test]
+    fn split_reads_give_the_files_rows_and_the_columns_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        let n = 150_000i64;
+        let stored = RecordBatch::try_from_iter([
+            (
+                "b",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| i as f64 / 2.0),
+                )) as ArrayRef,
+            ),
+            (
+                "a",
+                Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+            ),
+            (
+                "s",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("r{i}")),
+                )) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        // Row groups of 70,000, 70,000 and 10,000 rows; batches of 64k within them.
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(70_000))
+            .build();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            stored.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&stored).unwrap();
+        w.close().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Float64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("late", DataType::Float64, true),
+        ]));
+        let file = DataFile { path, day: None };
+        let asks: [&[&str]; 4] = [
+            &["a"],
+            &["a", "b"],
+            &["s", "late", "a"],
+            &["late", "b", "s", "a"],
+        ];
+        for cols in asks {
+            let batches = read_file_columns(&file, &schema, cols).unwrap();
+            assert!(batches.len() >= 3, "{cols:?}: {} batches", batches.len());
+            let names: Vec<String> = batches[0]
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            assert_eq!(names, cols, "{cols:?}");
+            let all = concat_batches(&batches[0].schema(), &batches).unwrap();
+            assert_eq!(all.num_rows(), n as usize, "{cols:?}");
+            for (i, c) in cols.iter().enumerate() {
+                let col = all.column(i);
+                match *c {
+                    "a" => assert_eq!(
+                        col.as_primitive::<Int64Type>().values().to_vec(),
+                        (0..n).collect::<Vec<_>>()
+                    ),
+                    "b" => assert!(col
+                        .as_primitive::<Float64Type>()
+                        .values()
+                        .iter()
+                        .enumerate()
+                        .all(|(r, &v)| v == r as f64 / 2.0)),
+                    "s" => assert!(col
+                        .as_string::<i32>()
+                        .iter()
+                        .enumerate()
+                        .all(|(r, v)| v == Some(format!("r{r}").as_str()))),
+                    _ => assert_eq!(col.null_count(), n as usize, "{c}"),
+                }
+            }
+        }
+        // A column neither in the file nor nullable in the view is an error naming it.
+        let err = read_file_columns(&file, &schema, &["a", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("no column 'nope'"), "{err}");
+    }
 }

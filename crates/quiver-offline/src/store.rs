@@ -32,7 +32,9 @@ use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -850,6 +852,13 @@ fn format_day(day: i32) -> String {
     quiver_core::time::format_timestamp(day as i64 * MICROS_PER_DAY)[..10].to_string()
 }
 
+/// Rows per batch read from a data file.
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Data(format!("{}: corrupt data file: {e}", path.display()))
+}
+
 /// Reads a data file of a view's table as stored batches (the day column restored).
 /// `projection` limits the columns read to those names (the day column is then
 /// omitted).
@@ -859,57 +868,16 @@ pub fn read_data_file(
     day: i32,
     projection: Option<&[&str]>,
 ) -> Result<Vec<RecordBatch>> {
-    let file = std::fs::File::open(path).map_err(io_err(path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::Data(format!("{}: corrupt data file: {e}", path.display())))?
-        .with_batch_size(64 * 1024);
-    // A feature appended to the view after a file was written is not in it: it reads
-    // as null (only nullable columns, i.e. features and the creation time, may be
-    // missing).
-    let missing_ok = |name: &str| schema.field_with_name(name).is_ok_and(|f| f.is_nullable());
     if let Some(cols) = projection {
-        let pschema = builder.parquet_schema();
-        let roots = pschema.root_schema().get_fields();
-        let mut idx = Vec::with_capacity(cols.len());
-        let mut all_present = true;
-        for c in cols {
-            match roots.iter().position(|f| f.name() == *c) {
-                Some(i) => idx.push(i),
-                None if missing_ok(c) => all_present = false,
-                None => return Err(Error::Data(format!("{}: no column '{c}'", path.display()))),
-            }
-        }
-        let mask = ProjectionMask::roots(pschema, idx);
-        let reader = builder.with_projection(mask).build()?;
-        return reader
-            .map(|b| {
-                let b = b.map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
-                if all_present {
-                    return Ok(b);
-                }
-                let (fields, cols): (Vec<Field>, Vec<ArrayRef>) = cols
-                    .iter()
-                    .map(|c| match b.column_by_name(c) {
-                        Some(a) => (Field::new(*c, a.data_type().clone(), true), a.clone()),
-                        None => {
-                            let t = schema.field_with_name(c).expect("checked").data_type();
-                            (
-                                Field::new(*c, t.clone(), true),
-                                new_null_array(t, b.num_rows()),
-                            )
-                        }
-                    })
-                    .unzip();
-                let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
-                Ok(RecordBatch::try_new_with_options(
-                    Arc::new(Schema::new(fields)),
-                    cols,
-                    &options,
-                )?)
-            })
-            .collect();
+        let footer = data_file_footer(path)?;
+        let all: Vec<usize> = (0..footer.metadata().num_row_groups()).collect();
+        return read_data_file_columns(path, &footer, schema, cols, &all);
     }
-    let reader = builder.build()?;
+    let file = std::fs::File::open(path).map_err(io_err(path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| corrupt(path, e))?
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()?;
     let mut out = Vec::new();
     for b in reader {
         let b = b.map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
@@ -922,7 +890,7 @@ pub fn read_data_file(
             match b.column_by_name(f.name()) {
                 Some(c) if c.data_type() == f.data_type() => cols.push(c.clone()),
                 Some(c) => cols.push(arrow::compute::cast(c, f.data_type())?),
-                None if missing_ok(f.name()) => {
+                None if missing_ok(schema, f.name()) => {
                     cols.push(new_null_array(f.data_type(), b.num_rows()))
                 }
                 None => {
@@ -937,6 +905,77 @@ pub fn read_data_file(
         out.push(RecordBatch::try_new(schema.clone(), cols)?);
     }
     Ok(out)
+}
+
+/// Whether column `name` may be absent from a data file: a feature appended to the view
+/// after the file was written is not in it and reads as null (only nullable columns,
+/// i.e. features and the creation time, may be missing).
+fn missing_ok(schema: &arrow::datatypes::SchemaRef, name: &str) -> bool {
+    schema.field_with_name(name).is_ok_and(|f| f.is_nullable())
+}
+
+/// A data file's footer, parsed once for several reads of its row groups and columns
+/// ([`read_data_file_columns`]).
+pub fn data_file_footer(path: &Path) -> Result<ArrowReaderMetadata> {
+    let file = std::fs::File::open(path).map_err(io_err(path.display()))?;
+    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| corrupt(path, e))
+}
+
+/// Reads columns `cols` of row groups `row_groups` of the data file at `path`, whose
+/// footer is `footer`; the batches hold `cols` in order (a column the file lacks, see
+/// [`missing_ok`], as nulls).
+pub fn read_data_file_columns(
+    path: &Path,
+    footer: &ArrowReaderMetadata,
+    schema: &arrow::datatypes::SchemaRef,
+    cols: &[&str],
+    row_groups: &[usize],
+) -> Result<Vec<RecordBatch>> {
+    let pschema = footer.metadata().file_metadata().schema_descr();
+    let roots = pschema.root_schema().get_fields();
+    let mut idx = Vec::with_capacity(cols.len());
+    let mut all_present = true;
+    for c in cols {
+        match roots.iter().position(|f| f.name() == *c) {
+            Some(i) => idx.push(i),
+            None if missing_ok(schema, c) => all_present = false,
+            None => return Err(Error::Data(format!("{}: no column '{c}'", path.display()))),
+        }
+    }
+    let mask = ProjectionMask::roots(pschema, idx);
+    let file = std::fs::File::open(path).map_err(io_err(path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer.clone())
+        .with_batch_size(READ_BATCH_ROWS)
+        .with_row_groups(row_groups.to_vec())
+        .with_projection(mask)
+        .build()?;
+    reader
+        .map(|b| {
+            let b = b.map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+            if all_present {
+                return Ok(b);
+            }
+            let (fields, cols): (Vec<Field>, Vec<ArrayRef>) = cols
+                .iter()
+                .map(|c| match b.column_by_name(c) {
+                    Some(a) => (Field::new(*c, a.data_type().clone(), true), a.clone()),
+                    None => {
+                        let t = schema.field_with_name(c).expect("checked").data_type();
+                        (
+                            Field::new(*c, t.clone(), true),
+                            new_null_array(t, b.num_rows()),
+                        )
+                    }
+                })
+                .unzip();
+            let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            Ok(RecordBatch::try_new_with_options(
+                Arc::new(Schema::new(fields)),
+                cols,
+                &options,
+            )?)
+        })
+        .collect()
 }
 
 /// Sort entry of the merge: day, key, times, then position (later batches win).
