@@ -682,6 +682,7 @@ fn init_demo(py: Python<'_>, path: std::path::PathBuf, anchor: Option<i64>) -> P
 fn _quiver(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Warnings to stderr; QUIVER_LOG chooses more (as for the CLI).
     quiver::init_diagnostics();
+    keep_freed_memory();
     m.add_class::<Store>()?;
     m.add_class::<OnlineResponse>()?;
     m.add_function(wrap_pyfunction!(init_demo, m)?)?;
@@ -694,3 +695,27 @@ fn _quiver(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// on the next (a fifth of a 400k-row retrieval's time with the system allocator).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` of the mimalloc built here (`mimalloc.h`, v3: the 16th
+/// option), which the Rust bindings do not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the system 10 s after its last use, not mimalloc's 1 s:
+/// notebook calls come seconds apart, and a retrieval after a pause otherwise faults
+/// all its buffers in again (6,000 page faults instead of 400 for 400k labels here,
+/// and 64 ms instead of 39 ms in `scripts/bench-python.sh`). 10 s is jemalloc's default
+/// decay; `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: reads and sets an integer option, which mimalloc allows at any time. The
+    // option is set only if it holds purge_delay's default, so that a mimalloc whose
+    // options are numbered otherwise is left as it is.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == 1_000 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000);
+        }
+    }
+}
