@@ -118,16 +118,7 @@ impl IntKeyIndex {
     /// marked in a table over their range, which then numbers them in order — linear,
     /// where sorting every (key, label) pair is not. `None` when the keys are sparse.
     fn from_dense_labels(keys: &[i64], valid: &impl Fn(usize) -> bool) -> Option<(Self, Vec<u32>)> {
-        let (mut min, mut max, mut n) = (i64::MAX, i64::MIN, 0u64);
-        for (i, &k) in keys.iter().enumerate() {
-            if valid(i) {
-                (min, max, n) = (min.min(k), max.max(k), n + 1);
-            }
-        }
-        let range = usize::try_from(max as i128 - min as i128 + 1).ok()?;
-        if n == 0 || range as u64 > (n * DENSE_FACTOR).max(1024) {
-            return None;
-        }
+        let (min, range, _) = dense_range(keys, valid)?;
         let mut slot_group = vec![NO_GROUP; range];
         for (i, &k) in keys.iter().enumerate() {
             if valid(i) {
@@ -226,6 +217,19 @@ impl IntKeyIndex {
             None
         }
     }
+}
+
+/// The smallest valid key, the range of the valid keys and their number, when the
+/// range is at most [`DENSE_FACTOR`] times their number (or 1024); `None` otherwise.
+fn dense_range(keys: &[i64], valid: &impl Fn(usize) -> bool) -> Option<(i64, usize, u64)> {
+    let (mut min, mut max, mut n) = (i64::MAX, i64::MIN, 0u64);
+    for (i, &k) in keys.iter().enumerate() {
+        if valid(i) {
+            (min, max, n) = (min.min(k), max.max(k), n + 1);
+        }
+    }
+    let range = usize::try_from(max as i128 - min as i128 + 1).ok()?;
+    (n > 0 && range as u64 <= (n * DENSE_FACTOR).max(1024)).then_some((min, range, n))
 }
 
 /// Keys of any type, by their [`crate::encoding`] bytes; groups in insertion order.
@@ -331,25 +335,10 @@ impl LabelIndex {
         // Counting sort kept row order within a group, so sorting a group's (time, row)
         // pairs is the stable sort by time — without reading each time through its row
         // in every comparison.
-        let mut pairs: Vec<(Timestamp, u32)> =
+        let pairs: Vec<(Timestamp, u32)> =
             order.par_iter().map(|&i| (times[i as usize], i)).collect();
         drop(order);
-        for_each_group(
-            &mut pairs,
-            &offsets,
-            &|_, group: &mut [(Timestamp, u32)]| {
-                if !group.is_sorted() {
-                    group.sort_unstable();
-                }
-            },
-        );
-        let (sorted_times, order) = pairs.into_par_iter().unzip();
-        LabelIndex {
-            n_labels,
-            offsets,
-            order,
-            times: sorted_times,
-        }
+        LabelIndex::from_grouped_pairs(n_labels, offsets, pairs)
     }
 
     /// Builds the key index and the label index of labels keyed by one integer in one
@@ -409,16 +398,7 @@ impl LabelIndex {
         times: &[Timestamp],
         valid: &impl Fn(usize) -> bool,
     ) -> Option<(IntKeyIndex, LabelIndex)> {
-        let (mut min, mut max, mut n) = (i64::MAX, i64::MIN, 0u64);
-        for (i, &k) in keys.iter().enumerate() {
-            if valid(i) {
-                (min, max, n) = (min.min(k), max.max(k), n + 1);
-            }
-        }
-        let range = usize::try_from(max as i128 - min as i128 + 1).ok()?;
-        if n == 0 || range as u64 > (n * DENSE_FACTOR).max(1024) {
-            return None;
-        }
+        let (min, range, n) = dense_range(keys, valid)?;
         // Labels per key (at its slot + 1), then each present key's first position.
         let mut next = vec![0u32; range + 1];
         for (i, &k) in keys.iter().enumerate() {
@@ -445,6 +425,20 @@ impl LabelIndex {
             }
         }
         drop(next);
+        Some((
+            IntKeyIndex::with_table(uniq),
+            LabelIndex::from_grouped_pairs(keys.len(), offsets, pairs),
+        ))
+    }
+
+    /// The index of labels whose (time, row) pairs are grouped (`offsets`), each group
+    /// in row order: sorting a group's pairs is then the stable sort by time (none
+    /// where a group is in order already).
+    fn from_grouped_pairs(
+        n_labels: usize,
+        offsets: Vec<u32>,
+        mut pairs: Vec<(Timestamp, u32)>,
+    ) -> Self {
         for_each_group(
             &mut pairs,
             &offsets,
@@ -454,16 +448,13 @@ impl LabelIndex {
                 }
             },
         );
-        let (sorted_times, order) = pairs.into_par_iter().unzip();
-        Some((
-            IntKeyIndex::with_table(uniq),
-            LabelIndex {
-                n_labels: keys.len(),
-                offsets,
-                order,
-                times: sorted_times,
-            },
-        ))
+        let (times, order) = pairs.into_par_iter().unzip();
+        LabelIndex {
+            n_labels,
+            offsets,
+            order,
+            times,
+        }
     }
 
     /// The number of label rows.
