@@ -433,7 +433,7 @@ impl LabelIndex {
 
     /// The index of labels whose (time, row) pairs are grouped (`offsets`), each group
     /// in row order: sorting a group's pairs is then the stable sort by time (none
-    /// where a group is in order already).
+    /// where a group is in order already, a reversal where its times decrease).
     fn from_grouped_pairs(
         n_labels: usize,
         offsets: Vec<u32>,
@@ -443,7 +443,11 @@ impl LabelIndex {
             &mut pairs,
             &offsets,
             &|_, group: &mut [(Timestamp, u32)]| {
-                if !group.is_sorted() {
+                if group.is_sorted_by(|a, b| a.0 > b.0) {
+                    // Times strictly decreasing (labels listed newest first): reversed,
+                    // they increase with no two equal, as the stable sort puts them.
+                    group.reverse();
+                } else if !group.is_sorted() {
                     group.sort_unstable();
                 }
             },
