@@ -702,9 +702,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Freed memory goes back to the system 10 s after its last use, not mimalloc's 1 s:
 /// notebook calls come seconds apart, and a retrieval after a pause otherwise faults
-/// all its buffers in again (6,000 page faults instead of 400 for 400k labels here,
-/// and 64 ms instead of 39 ms in `scripts/bench-python.sh`). 10 s is jemalloc's default
-/// decay; `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+/// its buffers in again (BENCHMARKS.md, "Fourth pass": 400k labels 0.5 s after the
+/// previous call, 12,600–14,400 page faults on every other call against a few hundred;
+/// `scripts/bench-python.sh`, after Feast's turn, 0.064 s against 0.039 s). 10 s is
+/// jemalloc's default decay; `MIMALLOC_PURGE_DELAY` in the environment still decides
+/// when set.
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
