@@ -19,6 +19,7 @@ use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema,
     SchemaRef, TimestampMicrosecondType,
 };
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
 use quiver_core::pit::{BytesKeyIndex, Candidate, IntKeyIndex, LabelIndex, NO_GROUP, NO_MATCH};
@@ -90,14 +91,15 @@ fn resident_mib() -> String {
 
 /// Reads columns `cols` of one data file, split between rayon's threads: each unit of
 /// work — a row group, or part of its columns when the row groups are fewer than the
-/// threads — is decoded by its own reader from a footer parsed once, so that one large
-/// file or row group does not hold up a pass. The batches hold `cols` in order.
+/// threads — is decoded by its own reader from the file's `footer` (parsed once), so
+/// that one large file or row group does not hold up a pass. The batches hold `cols`
+/// in order.
 fn read_file_columns(
     file: &DataFile,
+    footer: &ArrowReaderMetadata,
     schema: &SchemaRef,
     cols: &[&str],
 ) -> Result<Vec<RecordBatch>> {
-    let footer = data_file_footer(&file.path)?;
     let row_groups = footer.metadata().num_row_groups();
     let units_per_group = (2 * rayon::current_num_threads())
         .div_ceil(row_groups.max(1))
@@ -108,7 +110,7 @@ fn read_file_columns(
         .collect();
     let parts: Vec<Vec<RecordBatch>> = units
         .par_iter()
-        .map(|&(rg, part)| read_data_file_columns(&file.path, &footer, schema, part, &[rg]))
+        .map(|&(rg, part)| read_data_file_columns(&file.path, footer, schema, part, &[rg]))
         .collect::<Result<_>>()?;
     // Each row group's units (consecutive, columns in order) batch alike: batch b of
     // the row group is batch b of each unit, side by side.
@@ -341,7 +343,8 @@ fn view_columns(
     let schema = table_schema(view);
     let ttl = view.ttl;
     let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
-    let read_pass1 = |f: &DataFile| read_file_columns(f, &schema, &pass1_cols);
+    let read_pass1 =
+        |f: &DataFile| read_file_columns(f, &data_file_footer(&f.path)?, &schema, &pass1_cols);
     // The labels are indexed (mostly on one thread) while the first files are decoded:
     // their keys and times, and their features too, which pass 2 then need not read
     // (a file holding rows that can answer labels nearly always holds some winners;
@@ -353,9 +356,10 @@ fn view_columns(
             files[..head]
                 .par_iter()
                 .map(|f| {
+                    let footer = data_file_footer(&f.path)?;
                     let (keys, features) = rayon::join(
-                        || read_pass1(f),
-                        || read_file_columns(f, &schema, &feature_names),
+                        || read_file_columns(f, &footer, &schema, &pass1_cols),
+                        || read_file_columns(f, &footer, &schema, &feature_names),
                     );
                     Ok((keys?, features?))
                 })
@@ -368,10 +372,7 @@ fn view_columns(
     decoded.resize(files.len(), None);
     phases.mark("label index (the first files decoded meanwhile)");
     let scan = |fi: usize, row0: u64, b: &RecordBatch| -> Result<Vec<Candidate>> {
-        // Room for every row (a batch's worth: 2 MiB at most), so that a batch whose
-        // rows all answer labels is not copied while growing; returned to the allocator
-        // below when few do.
-        let mut out = Vec::with_capacity(b.num_rows());
+        let mut out = Vec::new();
         let mut hint = 0usize;
         let mut buf = Vec::new();
         // Rows go in blocks: first every row's group, then the label check. Lookups
@@ -416,9 +417,6 @@ fn view_columns(
                     });
                 }
             }
-        }
-        if out.len() < out.capacity() / 2 {
-            out.shrink_to_fit();
         }
         Ok(out)
     };
@@ -472,7 +470,7 @@ fn view_columns(
             }
             let batches = match decoded {
                 Some(batches) => batches,
-                None => read_file_columns(f, &schema, &feature_names)?,
+                None => read_file_columns(f, &data_file_footer(&f.path)?, &schema, &feature_names)?,
             };
             let starts = batch_starts(&batches);
             let picks: Vec<(usize, usize)> = want
@@ -605,7 +603,8 @@ mod tests {
             &["late", "b", "s", "a"],
         ];
         for cols in asks {
-            let batches = read_file_columns(&file, &schema, cols).unwrap();
+            let footer = data_file_footer(&file.path).unwrap();
+            let batches = read_file_columns(&file, &footer, &schema, cols).unwrap();
             assert!(batches.len() >= 3, "{cols:?}: {} batches", batches.len());
             let names: Vec<String> = batches[0]
                 .schema()
@@ -639,7 +638,8 @@ mod tests {
             }
         }
         // A column neither in the file nor nullable in the view is an error naming it.
-        let err = read_file_columns(&file, &schema, &["a", "nope"]).unwrap_err();
+        let footer = data_file_footer(&file.path).unwrap();
+        let err = read_file_columns(&file, &footer, &schema, &["a", "nope"]).unwrap_err();
         assert!(err.to_string().contains("no column 'nope'"), "{err}");
     }
 }

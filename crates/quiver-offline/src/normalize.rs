@@ -151,7 +151,8 @@ fn to_timestamps_nanos(
     rounding: Rounding,
 ) -> Result<(TimestampMicrosecondArray, Option<Vec<u16>>)> {
     let mut sub: Option<Vec<u16>> = None;
-    let mut in_range_checked = false;
+    // Whether the type cannot hold a time outside the years stored.
+    let mut always_in_range = false;
     let out: TimestampMicrosecondArray = match col.data_type() {
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             let a = col.as_primitive::<TimestampNanosecondType>();
@@ -176,8 +177,8 @@ fn to_timestamps_nanos(
                     }
                 }
             }
-            // Nanoseconds in an i64 span 1677–2262: always within the years stored.
-            in_range_checked = true;
+            // Nanoseconds in an i64 span 1677–2262.
+            always_in_range = true;
             TimestampMicrosecondArray::new(values.into(), a.nulls().cloned())
         }
         DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
@@ -224,11 +225,12 @@ fn to_timestamps_nanos(
         let row = (0..out.len()).find(|&i| out.is_null(i)).unwrap_or(0);
         return Err(origin.err(row, name, "timestamp is null"));
     }
-    let out_of_range = |i: usize| out.is_valid(i) && !time::in_range(out.value(i));
-    if let Some(row) = (!in_range_checked)
-        .then(|| (0..out.len()).find(|&i| out_of_range(i)))
-        .flatten()
-    {
+    let out_of_range = if always_in_range {
+        None
+    } else {
+        (0..out.len()).find(|&i| out.is_valid(i) && !time::in_range(out.value(i)))
+    };
+    if let Some(row) = out_of_range {
         return Err(origin.err(
             row,
             name,

@@ -795,7 +795,7 @@ fn read_files_in_range(
 ) -> Result<Vec<RecordBatch>> {
     let batches = files
         .par_iter()
-        .map(|f| read_data_file(&f.path, schema, f.day.unwrap_or_default(), None))
+        .map(|f| read_data_file(&f.path, schema, f.day.unwrap_or_default()))
         .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::new();
     for b in batches.into_iter().flatten() {
@@ -860,19 +860,12 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Reads a data file of a view's table as stored batches (the day column restored).
-/// `projection` limits the columns read to those names (the day column is then
-/// omitted).
+/// [`read_data_file_columns`] reads some columns of some row groups.
 pub fn read_data_file(
     path: &Path,
     schema: &arrow::datatypes::SchemaRef,
     day: i32,
-    projection: Option<&[&str]>,
 ) -> Result<Vec<RecordBatch>> {
-    if let Some(cols) = projection {
-        let footer = data_file_footer(path)?;
-        let all: Vec<usize> = (0..footer.metadata().num_row_groups()).collect();
-        return read_data_file_columns(path, &footer, schema, cols, &all);
-    }
     let file = std::fs::File::open(path).map_err(io_err(path.display()))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| corrupt(path, e))?
@@ -1192,7 +1185,7 @@ fn read_whole_files(
 ) -> Result<Vec<RecordBatch>> {
     Ok(paths
         .par_iter()
-        .map(|(p, day)| read_data_file(p, schema, *day, None))
+        .map(|(p, day)| read_data_file(p, schema, *day))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .flatten()
