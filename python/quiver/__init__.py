@@ -132,7 +132,7 @@ def _arrow(data: Any, what: str) -> Any:
     """
     mod = type(data).__module__.split(".")[0]
     if mod == "pandas":
-        return pa.Table.from_pandas(data, preserve_index=False)
+        return _from_pandas(data, what)
     if isinstance(data, pa.RecordBatch):
         return pa.Table.from_batches([data])
     if hasattr(data, "__arrow_c_stream__"):
@@ -145,6 +145,56 @@ def _arrow(data: Any, what: str) -> Any:
         f"{what}: expected a pandas or polars DataFrame, a pyarrow Table or another object "
         f"with __arrow_c_stream__, got {type(data).__name__}"
     )
+
+
+def _from_pandas(df: Any, what: str = "data frame") -> pa.Table:
+    """A pandas DataFrame as an Arrow table, as ``pa.Table.from_pandas`` makes it (index
+    dropped), but its datetime columns taken as the int64 values pandas holds (NaT as
+    null) rather than element by element: pyarrow's own path checks each value and
+    takes most of the conversion's time (2.2 of 2.5 ms with 400k rows)."""
+    import numpy as np
+
+    names = list(df.columns)
+    if len(set(names)) != len(names):
+        dupes = sorted({str(n) for n in df.columns[df.columns.duplicated()]})
+        raise ValidationError(f"{what}: duplicate column names {dupes}")
+    dtypes = list(df.dtypes)
+    times = {
+        n
+        for n, dtype in zip(names, dtypes)
+        if isinstance(n, str)
+        and (isinstance(dtype, np.dtype) and dtype.kind == "M"
+             or type(dtype).__name__ == "DatetimeTZDtype")
+    }
+    try:
+        if not times:
+            return pa.Table.from_pandas(df, preserve_index=False)
+        others = [n for n in names if n not in times]
+        rest = pa.Table.from_pandas(df, preserve_index=False, columns=others) if others else None
+    except (ValueError, TypeError) as e:  # pyarrow's ArrowInvalid, ArrowTypeError
+        raise ValidationError(f"{what}: {e}") from e
+    columns = []
+    for name, dtype in zip(names, dtypes):
+        if name not in times:
+            columns.append(rest.column(str(name)))
+            continue
+        arrow_type = _ARROW_TIME_TYPES.get(dtype)
+        if arrow_type is None:
+            # The type pyarrow gives the column (unit, zone), from no rows.
+            arrow_type = pa.array(df[name].iloc[:0]).type
+            _ARROW_TIME_TYPES[dtype] = arrow_type
+        values = df[name].array
+        if values.tz is not None:
+            values = values.tz_convert(None)  # the UTC values pandas holds, not a copy
+        ints = np.asarray(values).view(np.int64)
+        nat = ints == np.iinfo(np.int64).min
+        array = pa.array(ints, mask=nat if nat.any() else None).view(arrow_type)
+        columns.append(pa.chunked_array([array]))
+    return pa.Table.from_arrays(columns, names=[str(n) for n in names])
+
+
+# The Arrow type of each pandas datetime dtype met (they are few).
+_ARROW_TIME_TYPES: Dict[Any, Any] = {}
 
 
 def _features(features: Any, feature_service: Any) -> tuple:

@@ -209,3 +209,59 @@ def test_request_fields_of_the_wrong_type_are_named(typed, field, value, message
     row = {"user_id": 1, "seen_at": T0, "wanted": ["a"], field: value}
     with pytest.raises(ValidationError, match=f"{field}.*{message}"):
         typed.get_online_features(["visit_context:seen"], [row], at=T0)
+
+
+def _frames():
+    import numpy as np
+    import pandas as pd
+
+    n = 1000
+    hours = pd.date_range("2026-01-01", periods=n, freq="h")
+    every_7th_missing = np.arange(n) % 7 != 0
+    return {
+        "naive ns": pd.DataFrame({"k": np.arange(n), "t": hours}),
+        "utc": pd.DataFrame({"t": hours.tz_localize("UTC"), "k": np.arange(n)}),
+        "zone, NaT, strings": pd.DataFrame({
+            "s": ["a"] * n,
+            "t": pd.Series(hours.tz_localize("Europe/Paris")).where(every_7th_missing),
+            "x": np.linspace(0, 1, n),
+        }),
+        "µs, nullable ints": pd.DataFrame({
+            "t": pd.Series(hours).astype("datetime64[us]"),
+            "k": pd.array(np.arange(n), dtype="Int64"),
+        }),
+        "fixed offset": pd.DataFrame(
+            {"t": hours.tz_localize(dt.timezone(dt.timedelta(hours=2)))}
+        ),
+        "seconds, zoned": pd.DataFrame({
+            "t": pd.Series(hours.tz_localize("America/New_York")).astype(
+                "datetime64[s, America/New_York]"
+            )
+        }),
+        "sliced, index dropped": pd.DataFrame({"k": np.arange(n), "t": hours}).iloc[::3],
+        "two time columns": pd.DataFrame({"a": hours, "b": hours.tz_localize("Asia/Tokyo")}),
+        "all NaT": pd.DataFrame({"t": pd.Series([pd.NaT] * 3, dtype="datetime64[ns]")}),
+        "names not strings": pd.DataFrame({1: np.arange(3), 2: hours[:3]}),
+        "some names not strings": pd.DataFrame({"t": hours[:3], 5: np.arange(3)}),
+    }
+
+
+@pytest.mark.parametrize("name", list(_frames()))
+def test_pandas_frames_convert_as_pyarrow_converts_them(name):
+    """Entity frames cross as pyarrow's own conversion would make them (types, zones,
+    units, NaT as null, index dropped): datetime columns take a faster path."""
+    df = _frames()[name]
+    ours = quiver._from_pandas(df)
+    theirs = pa.Table.from_pandas(df, preserve_index=False)
+    assert ours.schema.remove_metadata() == theirs.schema.remove_metadata()
+    assert ours.replace_schema_metadata(None).equals(theirs.replace_schema_metadata(None))
+
+
+def test_pandas_frames_pyarrow_cannot_take_raise_validation_errors():
+    import pandas as pd
+
+    with pytest.raises(quiver.ValidationError, match=r"entity_df: duplicate column names \['a'\]"):
+        quiver._from_pandas(pd.DataFrame([[1, 2]], columns=["a", "a"]), "entity_df")
+    mixed = pd.DataFrame({"k": [1, "x"], "t": pd.Timestamp(0)})
+    with pytest.raises(quiver.ValidationError, match="entity_df: .*column k"):
+        quiver._from_pandas(mixed, "entity_df")
