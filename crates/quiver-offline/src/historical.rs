@@ -11,9 +11,9 @@
 
 use std::sync::Arc;
 
+use arrow::array::PrimitiveArray;
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch};
-use arrow::array::{BooleanBufferBuilder, PrimitiveArray};
-use arrow::buffer::NullBuffer;
+use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer};
 use arrow::compute::{concat_batches, interleave};
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema,
@@ -30,7 +30,9 @@ use crate::normalize::{
     cast_key, created_at, table_schema, to_timestamps, Origin, Rounding, CREATED_TIMESTAMP,
     EVENT_TIMESTAMP,
 };
-use crate::store::{data_file_footer, read_data_file_columns, DataFile, OfflineStore};
+use crate::store::{
+    data_file_footer, read_data_file_columns, DataFile, OfflineStore, READ_BATCH_ROWS,
+};
 use crate::{Error, Result};
 
 /// The features wanted from one view, with their output column names.
@@ -142,40 +144,67 @@ fn read_file_columns(
     Ok(out)
 }
 
-/// The first row of each batch within the file.
-fn batch_starts(batches: &[RecordBatch]) -> Vec<u64> {
-    let mut start = 0u64;
-    batches
-        .iter()
-        .map(|b| {
-            let s = start;
-            start += b.num_rows() as u64;
-            s
-        })
-        .collect()
+/// Bits of a location that hold the row within its batch.
+const BATCH_ROW_BITS: u32 = 16;
+const _: () = assert!(READ_BATCH_ROWS <= 1 << BATCH_ROW_BITS);
+
+/// A candidate row's location: its file, its batch in the file (as read), its row in
+/// the batch — in the order of rows in the file, for the snapshot rule's tie-break,
+/// and addressing the row in the feature columns' batches (read alike) without a
+/// search.
+fn location(file: usize, batch: usize, row: usize) -> u64 {
+    ((file as u64) << 32) | ((batch as u64) << BATCH_ROW_BITS) | row as u64
 }
 
-/// Writes each part's values (in `wanted` order) to their labels' positions: the
-/// fast path for primitive columns.
+/// (batch, row) of a location's low half.
+fn batch_row(low: u32) -> (usize, usize) {
+    (
+        (low >> BATCH_ROW_BITS) as usize,
+        (low & ((1 << BATCH_ROW_BITS) - 1)) as usize,
+    )
+}
+
+/// A file's winning rows, each as (its location's low half, its label), in label order.
+type Winners = [(u32, u32)];
+
+/// Labels per task of [`scatter`] (a multiple of 64: tasks own whole validity words).
+const SCATTER_CHUNK: usize = 64 * 1024;
+
+/// Writes each part's values (in `wanted` order, which is label order) to their
+/// labels' positions: the fast path for primitive columns, in parallel over ranges of
+/// labels.
 fn scatter<'a, T: ArrowPrimitiveType>(
     n: usize,
-    parts: impl Iterator<Item = (&'a dyn Array, &'a [(u32, u32)])>,
+    parts: impl Iterator<Item = (&'a dyn Array, &'a Winners)>,
 ) -> ArrayRef {
+    let parts: Vec<(&PrimitiveArray<T>, &Winners)> =
+        parts.map(|(a, w)| (a.as_primitive::<T>(), w)).collect();
     let mut values = vec![T::Native::default(); n];
-    let mut valid = BooleanBufferBuilder::new(n);
-    valid.append_n(n, false);
-    for (array, wanted) in parts {
-        let a = array.as_primitive::<T>();
-        for (pos, &(_, label)) in wanted.iter().enumerate() {
-            if a.is_valid(pos) {
-                values[label as usize] = a.value(pos);
-                valid.set_bit(label as usize, true);
+    let mut valid = vec![0u64; n.div_ceil(64)];
+    values
+        .par_chunks_mut(SCATTER_CHUNK)
+        .zip(valid.par_chunks_mut(SCATTER_CHUNK / 64))
+        .enumerate()
+        .for_each(|(chunk, (values, valid))| {
+            let first = (chunk * SCATTER_CHUNK) as u32;
+            let end = first as u64 + values.len() as u64;
+            for &(a, wanted) in &parts {
+                let from = wanted.partition_point(|&(_, label)| label < first);
+                let to = from + wanted[from..].partition_point(|&(_, l)| (l as u64) < end);
+                let nulls = a.nulls().filter(|n| n.null_count() > 0);
+                for (pos, &(_, label)) in (from..to).zip(&wanted[from..to]) {
+                    if nulls.is_none_or(|n| n.is_valid(pos)) {
+                        let at = (label - first) as usize;
+                        values[at] = a.value(pos);
+                        valid[at / 64] |= 1 << (at % 64);
+                    }
+                }
             }
-        }
-    }
+        });
+    let valid = BooleanBuffer::new(Buffer::from_vec(valid), 0, n);
     Arc::new(PrimitiveArray::<T>::new(
         values.into(),
-        Some(NullBuffer::new(valid.finish())),
+        Some(NullBuffer::new(valid)),
     ))
 }
 
@@ -371,7 +400,7 @@ fn view_columns(
     let mut decoded: Vec<Option<Vec<RecordBatch>>> = head_features.into_iter().map(Some).collect();
     decoded.resize(files.len(), None);
     phases.mark("label index (the first files decoded meanwhile)");
-    let scan = |fi: usize, row0: u64, b: &RecordBatch| -> Result<Vec<Candidate>> {
+    let scan = |fi: usize, bi: usize, b: &RecordBatch| -> Result<Vec<Candidate>> {
         let mut out = Vec::new();
         let mut hint = 0usize;
         let mut buf = Vec::new();
@@ -413,7 +442,7 @@ fn view_columns(
                         slot,
                         ts: t,
                         created: created_at(created, r),
-                        loc: ((fi as u64) << 32) | (row0 + r as u64),
+                        loc: location(fi, bi, r),
                     });
                 }
             }
@@ -421,11 +450,16 @@ fn view_columns(
         Ok(out)
     };
     let scan_file = |fi: usize, batches: Vec<RecordBatch>| -> Result<Vec<Vec<Candidate>>> {
-        let starts = batch_starts(&batches);
+        if batches.len() > 1 << (32 - BATCH_ROW_BITS) {
+            return Err(Error::Invalid(format!(
+                "{}: too many rows in one data file",
+                files[fi].path.display()
+            )));
+        }
         batches
             .par_iter()
-            .zip(&starts)
-            .map(|(b, &row0)| scan(fi, row0, b))
+            .enumerate()
+            .map(|(bi, b)| scan(fi, bi, b))
             .collect()
     };
     let mut candidates: Vec<Vec<Vec<Candidate>>> = head_batches
@@ -453,10 +487,14 @@ fn view_columns(
     // Pass 2: gather the winning rows' features, a file at a time per thread (its
     // columns decoded in parallel unless decoded with the first files, its winners
     // picked from its batches).
-    let mut wanted: Vec<Vec<(u32, u32)>> = vec![Vec::new(); files.len()];
+    let mut counts = vec![0usize; files.len()];
+    for &loc in locs.iter().filter(|&&l| l != NO_MATCH) {
+        counts[(loc >> 32) as usize] += 1;
+    }
+    let mut wanted: Vec<Vec<(u32, u32)>> = counts.iter().map(|&c| Vec::with_capacity(c)).collect();
     for (label, &loc) in locs.iter().enumerate() {
         if loc != NO_MATCH {
-            wanted[(loc >> 32) as usize].push(((loc & 0xffff_ffff) as u32, label as u32));
+            wanted[(loc >> 32) as usize].push((loc as u32, label as u32));
         }
     }
     drop(locs);
@@ -472,14 +510,23 @@ fn view_columns(
                 Some(batches) => batches,
                 None => read_file_columns(f, &data_file_footer(&f.path)?, &schema, &feature_names)?,
             };
-            let starts = batch_starts(&batches);
+            // The feature columns are read in the batches pass 1 read the keys in.
+            let rows: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+            let mut in_range = true;
             let picks: Vec<(usize, usize)> = want
                 .iter()
-                .map(|&(row, _)| {
-                    let b = starts.partition_point(|&s| s <= row as u64) - 1;
-                    (b, (row as u64 - starts[b]) as usize)
+                .map(|&(low, _)| {
+                    let (b, r) = batch_row(low);
+                    in_range &= rows.get(b).is_some_and(|&n| r < n);
+                    (b, r)
                 })
                 .collect();
+            if !in_range {
+                return Err(Error::Data(format!(
+                    "{}: the feature columns' batches differ from the keys'",
+                    f.path.display()
+                )));
+            }
             let cols = (0..feature_names.len())
                 .into_par_iter()
                 .map(|c| -> Result<ArrayRef> {

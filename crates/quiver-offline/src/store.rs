@@ -853,7 +853,7 @@ fn format_day(day: i32) -> String {
 }
 
 /// Rows per batch read from a data file.
-const READ_BATCH_ROWS: usize = 64 * 1024;
+pub(crate) const READ_BATCH_ROWS: usize = 64 * 1024;
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Data(format!("{}: corrupt data file: {e}", path.display()))

@@ -409,3 +409,87 @@ feature_views:
     }
     assert!(matched > 10_000, "only {matched} labels matched");
 }
+
+/// Histories larger than a read batch and labels more than a scatter task holds: a
+/// day's file of two batches (120k rows) next to one of one, 200k labels (unknown
+/// entities, labels before any row, null values), checked row by row against the
+/// answer the data is built to give.
+#[test]
+fn large_histories_and_many_labels_join_row_for_row() {
+    const USERS: i64 = 60_000;
+    const H: i64 = 3_600 * S;
+    const DAY: i64 = 24 * H;
+    let repo = Repo::new(&defs("0"));
+    // Row j: user j / 3, at day 0 10:00, day 1 10:00 or day 1 12:00; x null every 7th.
+    let rows = 3 * USERS;
+    let at = |j: i64| [10 * H, DAY + 10 * H, DAY + 12 * H][(j % 3) as usize];
+    let x = |j: i64| (j % 7 != 0).then_some(j as f64 * 0.5);
+    repo.parquet(
+        "data/a.parquet",
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values((0..rows).map(|j| j / 3))),
+            ),
+            ("ts", ts((0..rows).map(at).collect())),
+            ("created", ts_opt(vec![None; rows as usize])),
+            (
+                "x",
+                Arc::new(Float64Array::from((0..rows).map(x).collect::<Vec<_>>())),
+            ),
+            ("n", Arc::new(Int64Array::from_iter_values(0..rows))),
+        ],
+    );
+    repo.parquet(
+        "data/b.parquet",
+        vec![
+            ("user_id", Arc::new(Int64Array::from(vec![0]))),
+            ("item", Arc::new(StringArray::from(vec!["p"]))),
+            ("ts", ts(vec![0])),
+            ("y", Arc::new(Float64Array::from(vec![0.0]))),
+        ],
+    );
+    let store = repo.store();
+    store.apply().block().unwrap();
+    store.ingest().block().unwrap();
+    // Label i: a user (some unknown) at 09:00 (before any row), 11:00, day 1 11:00 or
+    // day 1 13:00.
+    let labels = 200_000i64;
+    let user = |i: i64| (i * 7_919) % (USERS + 1_000);
+    let label_at = |i: i64| [9 * H, 11 * H, DAY + 11 * H, DAY + 13 * H][(i % 4) as usize];
+    let entity_rows = batch(vec![
+        (
+            "user_id",
+            Arc::new(Int64Array::from_iter_values((0..labels).map(user))),
+        ),
+        ("event_timestamp", ts((0..labels).map(label_at).collect())),
+    ]);
+    let out = store
+        .historical()
+        .entities(entity_rows)
+        .features(["va:x", "va:n"])
+        .block()
+        .unwrap();
+    assert_eq!(out.num_rows(), labels as usize);
+    let xs = out
+        .column_by_name("x")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let ns = out.column_by_name("n").unwrap().as_primitive::<Int64Type>();
+    for i in 0..labels {
+        let (u, k) = (user(i), i as usize);
+        // The row answering: none before 10:00 or for an unknown user; else the
+        // user's latest row at or before the label.
+        let j = (u < USERS && i % 4 != 0).then(|| 3 * u + (i % 4 - 1));
+        assert_eq!(ns.is_valid(k), j.is_some(), "label {i}: user {u}");
+        if let Some(j) = j {
+            assert_eq!(ns.value(k), j, "label {i}: user {u}");
+            assert_eq!(xs.is_valid(k), x(j).is_some(), "label {i}: row {j}");
+            if let Some(v) = x(j) {
+                assert_eq!(xs.value(k), v, "label {i}: row {j}");
+            }
+        } else {
+            assert!(xs.is_null(k), "label {i}");
+        }
+    }
+}
