@@ -700,13 +700,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// option), which the Rust bindings do not name.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the system 10 s after its last use, not mimalloc's 1 s:
+/// Freed memory goes back to the system at mimalloc's purges 10 s apart, not 1 s:
 /// notebook calls come seconds apart, and a retrieval after a pause otherwise faults
-/// its buffers in again (BENCHMARKS.md, "Fourth pass": 400k labels 0.5 s after the
-/// previous call, 12,600–14,400 page faults on every other call against a few hundred;
-/// `scripts/bench-python.sh`, after Feast's turn, 0.064 s against 0.039 s). 10 s is
-/// jemalloc's default decay; `MIMALLOC_PURGE_DELAY` in the environment still decides
-/// when set.
+/// its buffers in again (`python/tests/test_memory.py`: 400k labels 1.5 s after the
+/// previous call fault a tenth of the first call's pages, nearly all of them with the
+/// 1 s delay; BENCHMARKS.md, "Fourth pass" and "Fifth pass"). 10 s is jemalloc's
+/// default decay; `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
