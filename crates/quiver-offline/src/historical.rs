@@ -451,7 +451,7 @@ fn view_columns(
     };
     let scan_file = |fi: usize, batches: Vec<RecordBatch>| -> Result<Vec<Vec<Candidate>>> {
         if batches.len() > 1 << (32 - BATCH_ROW_BITS) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Data(format!(
                 "{}: too many rows in one data file",
                 files[fi].path.display()
             )));
