@@ -505,13 +505,18 @@ impl LabelIndex {
         parallel_min: usize,
     ) -> Vec<u64> {
         let total: usize = batches.iter().map(|b| b.len()).sum();
-        // The greatest candidate per slot (`NO_MATCH`: none).
+        // The candidate at a packed (batch, index).
+        let at = |packed: u64| &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize];
+        let key = |c: &Candidate| (c.ts, c.created, c.loc);
+        // The greatest candidate per slot, packed (`NO_MATCH`: none).
         let mut best = if total < parallel_min {
-            let mut best = vec![(Timestamp::MIN, Timestamp::MIN, NO_MATCH); self.order.len()];
-            for c in batches.iter().copied().flatten() {
-                let b = &mut best[c.slot as usize];
-                if b.2 == NO_MATCH || (c.ts, c.created, c.loc) > *b {
-                    *b = (c.ts, c.created, c.loc);
+            let mut best = vec![NO_MATCH; self.order.len()];
+            for (bi, batch) in batches.iter().enumerate() {
+                for (i, c) in batch.iter().enumerate() {
+                    let b = &mut best[c.slot as usize];
+                    if *b == NO_MATCH || key(c) > key(at(*b)) {
+                        *b = (bi as u64) << 32 | i as u64;
+                    }
                 }
             }
             best
@@ -519,24 +524,27 @@ impl LabelIndex {
             self.best_in_parallel(batches)
         };
         // Each group's labels in time order: the greatest row of the slots so far is
-        // the greatest at or before the label (groups in parallel, in place).
+        // the greatest at or before the label (groups in parallel, in place: each
+        // slot's packed candidate becomes its label's location).
         for_each_group(&mut best, &self.offsets, &|start, group| {
-            let mut so_far = (Timestamp::MIN, Timestamp::MIN, NO_MATCH);
+            let mut so_far: Option<&Candidate> = None;
             for (k, b) in (start..).zip(group.iter_mut()) {
-                if b.2 != NO_MATCH && (so_far.2 == NO_MATCH || *b > so_far) {
-                    so_far = *b;
+                if *b != NO_MATCH {
+                    let c = at(*b);
+                    if so_far.is_none_or(|s| key(c) > key(s)) {
+                        so_far = Some(c);
+                    }
                 }
-                b.2 = if so_far.2 != NO_MATCH && within_ttl(so_far.0, self.times[k], ttl) {
-                    so_far.2
-                } else {
-                    NO_MATCH
+                *b = match so_far {
+                    Some(s) if within_ttl(s.ts, self.times[k], ttl) => s.loc,
+                    _ => NO_MATCH,
                 };
             }
         });
         if self.n_labels < parallel_min {
             let mut out = vec![NO_MATCH; self.n_labels];
-            for (&label, b) in self.order.iter().zip(&best) {
-                out[label as usize] = b.2;
+            for (&label, &loc) in self.order.iter().zip(&best) {
+                out[label as usize] = loc;
             }
             return out;
         }
@@ -548,16 +556,17 @@ impl LabelIndex {
         self.order
             .par_iter()
             .zip(&best)
-            .for_each(|(&label, b)| out[label as usize].store(b.2, Ordering::Relaxed));
+            .for_each(|(&label, &loc)| out[label as usize].store(loc, Ordering::Relaxed));
         out.into_iter().map(AtomicU64::into_inner).collect()
     }
 
     /// The greatest candidate per slot, batches in parallel: each slot holds the
-    /// (batch, index) of its greatest candidate so far, replaced by compare-and-swap
+    /// packed (batch, index) of its greatest candidate so far ([`NO_MATCH`]: none),
+    /// replaced by compare-and-swap
     /// (candidates are distinct in location, so the result does not depend on the
     /// order).
-    fn best_in_parallel(&self, batches: &[&[Candidate]]) -> Vec<(Timestamp, Timestamp, u64)> {
-        const NONE: u64 = u64::MAX;
+    fn best_in_parallel(&self, batches: &[&[Candidate]]) -> Vec<u64> {
+        const NONE: u64 = NO_MATCH;
         let at = |packed: u64| &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize];
         let slots: Vec<AtomicU64> = (0..self.order.len())
             .into_par_iter()
@@ -583,16 +592,7 @@ impl LabelIndex {
                 }
             }
         });
-        slots
-            .into_par_iter()
-            .map(|s| match s.into_inner() {
-                NONE => (Timestamp::MIN, Timestamp::MIN, NO_MATCH),
-                p => {
-                    let c = at(p);
-                    (c.ts, c.created, c.loc)
-                }
-            })
-            .collect()
+        slots.into_iter().map(AtomicU64::into_inner).collect()
     }
 }
 
@@ -789,7 +789,9 @@ mod tests {
             // In parallel, the candidates cut into batches (one empty).
             let cut = kept.len() / 3;
             let batches: [&[Candidate]; 4] = [&kept[..cut], &[], &kept[cut..2 * cut], &kept[2 * cut..]];
-            prop_assert_eq!(index.resolve_with(&batches, ttl, 0), want);
+            prop_assert_eq!(index.resolve_with(&batches, ttl, 0), want.clone());
+            // On one thread, the same batches.
+            prop_assert_eq!(index.resolve_with(&batches, ttl, usize::MAX), want);
         }
     }
 }
