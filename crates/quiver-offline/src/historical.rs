@@ -167,6 +167,26 @@ fn batch_row(low: u32) -> (usize, usize) {
 /// A file's winning rows, each as (its location's low half, its label), in label order.
 type Winners = [(u32, u32)];
 
+/// A file's winners' values of one primitive column (`sources`: its batches), in
+/// `wanted` order: the fast path of pass 2, with no index list built for them.
+fn gather<T: ArrowPrimitiveType>(sources: &[ArrayRef], wanted: &Winners) -> ArrayRef {
+    let sources: Vec<&PrimitiveArray<T>> = sources.iter().map(|a| a.as_primitive::<T>()).collect();
+    let values: Vec<T::Native> = wanted
+        .iter()
+        .map(|&(low, _)| {
+            let (b, r) = batch_row(low);
+            sources[b].value(r)
+        })
+        .collect();
+    let nulls = sources.iter().any(|a| a.null_count() > 0).then(|| {
+        NullBuffer::from_iter(wanted.iter().map(|&(low, _)| {
+            let (b, r) = batch_row(low);
+            sources[b].is_valid(r)
+        }))
+    });
+    Arc::new(PrimitiveArray::<T>::new(values.into(), nulls))
+}
+
 /// Labels per task of [`scatter`] (a multiple of 64: tasks own whole validity words).
 const SCATTER_CHUNK: usize = 64 * 1024;
 
@@ -512,16 +532,10 @@ fn view_columns(
             };
             // The feature columns are read in the batches pass 1 read the keys in.
             let rows: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
-            let mut in_range = true;
-            let picks: Vec<(usize, usize)> = want
-                .iter()
-                .map(|&(low, _)| {
-                    let (b, r) = batch_row(low);
-                    in_range &= rows.get(b).is_some_and(|&n| r < n);
-                    (b, r)
-                })
-                .collect();
-            if !in_range {
+            if !want.iter().all(|&(low, _)| {
+                let (b, r) = batch_row(low);
+                rows.get(b).is_some_and(|&n| r < n)
+            }) {
                 return Err(Error::Data(format!(
                     "{}: the feature columns' batches differ from the keys'",
                     f.path.display()
@@ -542,8 +556,19 @@ fn view_columns(
                             }
                         })
                         .collect::<std::result::Result<_, _>>()?;
-                    let sources: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
-                    Ok(interleave(&sources, &picks)?)
+                    Ok(match dt {
+                        DataType::Float64 => gather::<Float64Type>(&sources, want),
+                        DataType::Float32 => gather::<Float32Type>(&sources, want),
+                        DataType::Int64 => gather::<Int64Type>(&sources, want),
+                        DataType::Int32 => gather::<Int32Type>(&sources, want),
+                        _ => {
+                            let sources: Vec<&dyn Array> =
+                                sources.iter().map(|a| a.as_ref()).collect();
+                            let picks: Vec<(usize, usize)> =
+                                want.iter().map(|&(low, _)| batch_row(low)).collect();
+                            interleave(&sources, &picks)?
+                        }
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Some(cols))
