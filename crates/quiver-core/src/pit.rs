@@ -505,8 +505,7 @@ impl LabelIndex {
         parallel_min: usize,
     ) -> Vec<u64> {
         let total: usize = batches.iter().map(|b| b.len()).sum();
-        // The candidate at a packed (batch, index).
-        let at = |packed: u64| &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize];
+        let at = |packed: u64| candidate_at(batches, packed);
         let key = |c: &Candidate| (c.ts, c.created, c.loc);
         // The greatest candidate per slot, packed (`NO_MATCH`: none).
         let mut best = if total < parallel_min {
@@ -562,12 +561,11 @@ impl LabelIndex {
 
     /// The greatest candidate per slot, batches in parallel: each slot holds the
     /// packed (batch, index) of its greatest candidate so far ([`NO_MATCH`]: none),
-    /// replaced by compare-and-swap
-    /// (candidates are distinct in location, so the result does not depend on the
-    /// order).
+    /// replaced by compare-and-swap (candidates are distinct in location, so the
+    /// result does not depend on the order).
     fn best_in_parallel(&self, batches: &[&[Candidate]]) -> Vec<u64> {
         const NONE: u64 = NO_MATCH;
-        let at = |packed: u64| &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize];
+        let at = |packed: u64| candidate_at(batches, packed);
         let slots: Vec<AtomicU64> = (0..self.order.len())
             .into_par_iter()
             .map(|_| AtomicU64::new(NONE))
@@ -594,6 +592,11 @@ impl LabelIndex {
         });
         slots.into_iter().map(AtomicU64::into_inner).collect()
     }
+}
+
+/// The candidate at a packed (batch, index in the batch).
+fn candidate_at<'a>(batches: &[&'a [Candidate]], packed: u64) -> &'a Candidate {
+    &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize]
 }
 
 /// Candidates (or labels) below which [`LabelIndex::resolve`] stays on one thread.
