@@ -102,11 +102,10 @@ pub fn micros_from_nanos(nanos: i64, rounding: Rounding) -> Timestamp {
 
 /// A time given as whole microseconds `floor` plus `sub_nanos` (0..1000) nanoseconds,
 /// rounded to microseconds as `rounding` says.
+#[inline]
 pub fn round_micros(floor: Timestamp, sub_nanos: u16, rounding: Rounding) -> Timestamp {
-    match rounding {
-        Rounding::Up if sub_nanos > 0 => floor + 1,
-        _ => floor,
-    }
+    // Without a branch: time columns are converted a row at a time.
+    floor + Timestamp::from(rounding == Rounding::Up && sub_nanos > 0)
 }
 
 /// The day (days since the epoch) a timestamp falls in, as used by the offline

@@ -159,11 +159,8 @@ fn to_timestamps_nanos(
             let ns = a.values();
             // Without a branch per row (label columns run to millions of rows); the
             // nanoseconds past the microsecond are gathered only when some row has them.
-            let up = i64::from(rounding == Rounding::Up);
-            let micros = |&n: &i64| {
-                let floor = n.div_euclid(1_000);
-                floor + (up & i64::from(n != floor * 1_000))
-            };
+            let micros =
+                |&n: &i64| round_micros(n.div_euclid(1_000), n.rem_euclid(1_000) as u16, rounding);
             let values: Vec<i64> = if ns.len() >= PARALLEL_ROWS {
                 ns.par_iter().map(micros).collect()
             } else {
