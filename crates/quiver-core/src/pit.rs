@@ -59,6 +59,8 @@ pub struct Candidate {
 pub struct IntKeyIndex {
     keys: Vec<i64>,
     dense: Option<DenseTable>,
+    /// Key to group for sparse keys looked up in no particular order ([`Self::hashed`]).
+    map: Option<hashbrown::HashMap<i64, u32>>,
 }
 
 /// How much larger than the number of keys their range may be for a direct table.
@@ -149,11 +151,19 @@ impl IntKeyIndex {
     /// The index of sorted, distinct `keys`, with a direct table when they are dense.
     fn with_table(keys: Vec<i64>) -> Self {
         let (Some(&min), Some(&max)) = (keys.first(), keys.last()) else {
-            return IntKeyIndex { keys, dense: None };
+            return IntKeyIndex {
+                keys,
+                dense: None,
+                map: None,
+            };
         };
         let range = max as i128 - min as i128 + 1;
         if range > (keys.len() as u64 * DENSE_FACTOR).max(1024) as i128 {
-            return IntKeyIndex { keys, dense: None };
+            return IntKeyIndex {
+                keys,
+                dense: None,
+                map: None,
+            };
         }
         let mut groups = vec![NO_GROUP; range as usize];
         for (g, &k) in keys.iter().enumerate() {
@@ -162,7 +172,24 @@ impl IntKeyIndex {
         IntKeyIndex {
             keys,
             dense: Some(DenseTable { min, groups }),
+            map: None,
         }
+    }
+
+    /// The index with a hash table from key to group when it has no direct table: for
+    /// many lookups in no particular order, where a search would cost one cache miss
+    /// per halving of the keys.
+    pub fn hashed(mut self) -> Self {
+        if self.dense.is_none() {
+            let map = self
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(g, &k)| (k, g as u32))
+                .collect();
+            self.map = Some(map);
+        }
+        self
     }
 
     /// The number of groups.
@@ -176,9 +203,13 @@ impl IntKeyIndex {
     }
 
     /// The group of `k`.
+    #[inline]
     pub fn get(&self, k: i64) -> Option<u32> {
         if let Some(d) = &self.dense {
             return d.get(k);
+        }
+        if let Some(m) = &self.map {
+            return m.get(&k).copied();
         }
         self.keys.binary_search(&k).ok().map(|p| p as u32)
     }
@@ -594,6 +625,87 @@ impl LabelIndex {
     }
 }
 
+/// Feature rows grouped by key group, each group in (event time, creation time,
+/// location) order: the join seen from the rows' side, for when the rows are no more
+/// than the labels. A label's answer is then its key's last row at or before its time
+/// (one search), within the TTL: no sort of the labels, no candidates, no resolve, and
+/// labels answered independently, in any order.
+#[derive(Clone, Debug)]
+pub struct RowIndex {
+    /// `offsets[g]..offsets[g + 1]` is group `g`'s range in `times` and `locs`.
+    offsets: Vec<u32>,
+    times: Vec<Timestamp>,
+    locs: Vec<u64>,
+}
+
+impl RowIndex {
+    /// Indexes rows: row `i` of group `groups[i]` ([`NO_GROUP`]: never matches) with
+    /// event time `times[i]`, creation time `created[i]` ([`crate::contract::NO_CREATED`]
+    /// when absent) and location `locs[i]` (distinct; among rows equal in both times
+    /// the greatest wins). `n_groups` bounds the groups.
+    pub fn new(
+        groups: &[u32],
+        times: &[Timestamp],
+        created: &[Timestamp],
+        locs: &[u64],
+        n_groups: usize,
+    ) -> Self {
+        assert!(groups.len() == times.len() && times.len() == created.len());
+        assert_eq!(created.len(), locs.len());
+        let mut offsets = vec![0u32; n_groups + 1];
+        for &g in groups.iter().filter(|&&g| g != NO_GROUP) {
+            offsets[g as usize + 1] += 1;
+        }
+        for g in 0..n_groups {
+            offsets[g + 1] += offsets[g];
+        }
+        let mut fill = offsets.clone();
+        let mut rows = vec![(0 as Timestamp, 0 as Timestamp, 0u64); offsets[n_groups] as usize];
+        for (i, &g) in groups.iter().enumerate() {
+            if g != NO_GROUP {
+                let at = &mut fill[g as usize];
+                rows[*at as usize] = (times[i], created[i], locs[i]);
+                *at += 1;
+            }
+        }
+        drop(fill);
+        // Data files are mostly written in key and time order: most groups are sorted.
+        for_each_group(&mut rows, &offsets, &|_,
+                                              group: &mut [(
+            Timestamp,
+            Timestamp,
+            u64,
+        )]| {
+            if !group.is_sorted() {
+                group.sort_unstable();
+            }
+        });
+        let (times, locs) = rows.into_par_iter().map(|(t, _, l)| (t, l)).unzip();
+        RowIndex {
+            offsets,
+            times,
+            locs,
+        }
+    }
+
+    /// The location of the row that answers a label of `group` at time `t` — the
+    /// group's greatest (event time, creation time, location) at or before `t` — if
+    /// it lies within `ttl` of `t`; [`NO_MATCH`] otherwise.
+    #[inline]
+    pub fn lookup(&self, group: u32, t: Timestamp, ttl: Duration) -> u64 {
+        let Some(range) = self.offsets.get(group as usize..group as usize + 2) else {
+            return NO_MATCH;
+        };
+        let (start, end) = (range[0] as usize, range[1] as usize);
+        let times = &self.times[start..end];
+        match times.partition_point(|&x| x <= t) {
+            0 => NO_MATCH,
+            p if within_ttl(times[p - 1], t, ttl) => self.locs[start + p - 1],
+            _ => NO_MATCH,
+        }
+    }
+}
+
 /// The candidate at a packed (batch, index in the batch).
 fn candidate_at<'a>(batches: &[&'a [Candidate]], packed: u64) -> &'a Candidate {
     &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize]
@@ -674,6 +786,7 @@ mod tests {
                 let k = p * spread - 7;
                 prop_assert_eq!(idx.find_from(k, &mut hint), b_idx.get(k));
                 prop_assert_eq!(idx.get(k), b_idx.get(k));
+                prop_assert_eq!(idx.clone().hashed().get(k), b_idx.get(k));
             }
             prop_assert_eq!(idx.get(i64::MIN), None);
             prop_assert_eq!(idx.get(i64::MAX), None);
@@ -794,7 +907,54 @@ mod tests {
             let batches: [&[Candidate]; 4] = [&kept[..cut], &[], &kept[cut..2 * cut], &kept[2 * cut..]];
             prop_assert_eq!(index.resolve_with(&batches, ttl, 0), want.clone());
             // On one thread, the same batches.
-            prop_assert_eq!(index.resolve_with(&batches, ttl, usize::MAX), want);
+            prop_assert_eq!(index.resolve_with(&batches, ttl, usize::MAX), want.clone());
+            // From the rows' side: each label's search among its key's rows.
+            let groups_of_rows: Vec<u32> = rows.iter().map(|r| r.slot).collect();
+            let row_times: Vec<i64> = rows.iter().map(|r| r.ts).collect();
+            let created: Vec<i64> = rows.iter().map(|r| r.created).collect();
+            let locs: Vec<u64> = rows.iter().map(|r| r.loc).collect();
+            let by_rows = RowIndex::new(&groups_of_rows, &row_times, &created, &locs, 5);
+            let found: Vec<u64> = groups.iter().zip(&times)
+                .map(|(&g, &t)| by_rows.lookup(g, t, ttl))
+                .collect();
+            prop_assert_eq!(found, want);
+        }
+
+        #[test]
+        fn row_index_matches_brute_force(
+            labels in prop::collection::vec((0u32..7, -5i64..40), 0..60),
+            rows in prop::collection::vec((0u32..7, 0i64..40, 0i64..3, any::<u16>()), 0..80),
+            ttl in 0i64..12,
+        ) {
+            // Groups 5 and 6 stand for no group; locations in no particular order, the
+            // rows in no particular order, with ties in both times.
+            let ttl = Duration::from_micros(ttl);
+            let group = |g: u32| if g >= 5 { NO_GROUP } else { g };
+            let mut seen = std::collections::HashSet::new();
+            let rows: Vec<Candidate> = rows.iter()
+                .filter(|r| seen.insert(r.3))
+                .map(|r| Candidate { slot: group(r.0), ts: r.1, created: r.2, loc: r.3 as u64 })
+                .collect();
+            let label_groups: Vec<u32> = labels.iter().map(|l| group(l.0)).collect();
+            let label_times: Vec<i64> = labels.iter().map(|l| l.1).collect();
+            let index = RowIndex::new(
+                &rows.iter().map(|r| r.slot).collect::<Vec<_>>(),
+                &rows.iter().map(|r| r.ts).collect::<Vec<_>>(),
+                &rows.iter().map(|r| r.created).collect::<Vec<_>>(),
+                &rows.iter().map(|r| r.loc).collect::<Vec<_>>(),
+                5,
+            );
+            let found: Vec<u64> = label_groups.iter().zip(&label_times)
+                .map(|(&g, &t)| index.lookup(g, t, ttl))
+                .collect();
+            let mut want = reference(&label_groups, &label_times, &rows, ttl);
+            // The reference matches a no-group label to no-group rows; the index never.
+            for (w, &g) in want.iter_mut().zip(&label_groups) {
+                if g == NO_GROUP {
+                    *w = NO_MATCH;
+                }
+            }
+            prop_assert_eq!(found, want);
         }
     }
 }

@@ -20,9 +20,12 @@ use arrow::datatypes::{
     SchemaRef, TimestampMicrosecondType,
 };
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use quiver_core::contract::NO_CREATED;
 use quiver_core::encoding::encode_key_part;
 use quiver_core::model::ResolvedView;
-use quiver_core::pit::{BytesKeyIndex, Candidate, IntKeyIndex, LabelIndex, NO_GROUP, NO_MATCH};
+use quiver_core::pit::{
+    BytesKeyIndex, Candidate, IntKeyIndex, LabelIndex, RowIndex, NO_GROUP, NO_MATCH,
+};
 use quiver_core::time::Timestamp;
 use rayon::prelude::*;
 
@@ -313,12 +316,12 @@ fn join(req: &HistoricalRequest, files: &[Vec<DataFile>]) -> Result<RecordBatch>
     )?)
 }
 
-/// The key index and label index of the labels for `view`'s join keys.
-fn label_index(
+/// The labels' columns of `view`'s join keys (as the keys' types), and which labels
+/// have no null key (a label with a null key matches nothing).
+fn label_keys(
     view: &ResolvedView,
     labels: &RecordBatch,
-    times: &[Timestamp],
-) -> Result<(KeyLookup, LabelIndex)> {
+) -> Result<(Vec<ArrayRef>, Option<NullBuffer>)> {
     let key_cols: Vec<ArrayRef> = view
         .join_keys
         .iter()
@@ -332,36 +335,106 @@ fn label_index(
             cast_key(c, k)
         })
         .collect::<Result<_>>()?;
-    let n = labels.num_rows();
-    // A label with a null key matches nothing.
     let nulls = key_cols.iter().fold(None, |acc: Option<NullBuffer>, c| {
         NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
     });
-    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
-    Ok(
-        if key_cols.len() == 1 && key_cols[0].data_type() == &DataType::Int64 {
-            let keys = key_cols[0].as_primitive::<Int64Type>();
-            let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
-            (KeyLookup::Int(idx), labels)
-        } else {
-            let mut idx = BytesKeyIndex::new();
-            let mut buf = Vec::new();
-            let mut groups = vec![NO_GROUP; n];
-            for (i, g) in groups.iter_mut().enumerate() {
-                if valid(i) {
-                    buf.clear();
-                    for c in &key_cols {
-                        encode_key_part(c.as_ref(), i, &mut buf)?;
-                    }
-                    *g = idx.insert(&buf);
-                }
-            }
-            let labels = LabelIndex::new(&groups, times, idx.len());
-            (KeyLookup::Bytes(idx), labels)
-        },
-    )
+    Ok((key_cols, nulls))
 }
 
+/// Whether `key_cols` are one 64-bit integer key (looked up without encoding).
+fn int_key(key_cols: &[ArrayRef]) -> Option<&PrimitiveArray<Int64Type>> {
+    match key_cols {
+        [k] if k.data_type() == &DataType::Int64 => Some(k.as_primitive::<Int64Type>()),
+        _ => None,
+    }
+}
+
+/// The key index and label index of the labels for `view`'s join keys.
+fn label_index(
+    view: &ResolvedView,
+    labels: &RecordBatch,
+    times: &[Timestamp],
+) -> Result<(KeyLookup, LabelIndex)> {
+    let (key_cols, nulls) = label_keys(view, labels)?;
+    let n = labels.num_rows();
+    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    Ok(if let Some(keys) = int_key(&key_cols) {
+        let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
+        (KeyLookup::Int(idx), labels)
+    } else {
+        let mut idx = BytesKeyIndex::new();
+        let mut buf = Vec::new();
+        let mut groups = vec![NO_GROUP; n];
+        for (i, g) in groups.iter_mut().enumerate() {
+            if valid(i) {
+                buf.clear();
+                for c in &key_cols {
+                    encode_key_part(c.as_ref(), i, &mut buf)?;
+                }
+                *g = idx.insert(&buf);
+            }
+        }
+        let labels = LabelIndex::new(&groups, times, idx.len());
+        (KeyLookup::Bytes(idx), labels)
+    })
+}
+
+/// What a join reads of one view's data files: the files, their footers (parsed
+/// once), the stored schema, the key and time columns (pass 1) and the requested
+/// features with their declared types.
+struct ViewFiles<'a> {
+    view: &'a ResolvedView,
+    files: &'a [DataFile],
+    footers: Vec<ArrowReaderMetadata>,
+    schema: SchemaRef,
+    keys_and_times: Vec<&'a str>,
+    feature_names: Vec<&'a str>,
+    feature_types: Vec<DataType>,
+}
+
+impl ViewFiles<'_> {
+    /// File `fi`'s join keys, event and creation times, in batches.
+    fn keys(&self, fi: usize) -> Result<Vec<RecordBatch>> {
+        let f = &self.files[fi];
+        read_file_columns(f, &self.footers[fi], &self.schema, &self.keys_and_times)
+    }
+
+    /// File `fi`'s requested features, in the batches [`Self::keys`] reads.
+    fn features(&self, fi: usize) -> Result<Vec<RecordBatch>> {
+        let f = &self.files[fi];
+        read_file_columns(f, &self.footers[fi], &self.schema, &self.feature_names)
+    }
+
+    /// Feature `c` of `batches` as its declared type.
+    fn sources(&self, batches: &[RecordBatch], c: usize) -> Result<Vec<ArrayRef>> {
+        let dt = &self.feature_types[c];
+        batches
+            .iter()
+            .map(|b| {
+                let a = b.column(c);
+                Ok(if a.data_type() == dt {
+                    a.clone()
+                } else {
+                    arrow::compute::cast(a, dt)?
+                })
+            })
+            .collect()
+    }
+
+    /// The rows in all files.
+    fn rows(&self) -> usize {
+        self.footers
+            .iter()
+            .map(|f| usize::try_from(f.metadata().file_metadata().num_rows()).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// `req`'s feature columns for the labels (`times`: their times), from the view's data
+/// `files`. When the files hold no more rows than there are labels, the rows are
+/// indexed and each label searched ([`by_rows`]); otherwise the labels are indexed and
+/// the rows streamed past them ([`by_labels`]), so that memory follows the labels and
+/// the rows that can answer them, not the whole history.
 fn view_columns(
     req: &ViewRequest,
     files: &[DataFile],
@@ -369,7 +442,6 @@ fn view_columns(
     times: &[Timestamp],
 ) -> Result<Vec<ArrayRef>> {
     let view = &req.view;
-    let mut phases = Phases::new();
     let feature_types: Vec<DataType> = req
         .features
         .iter()
@@ -386,14 +458,292 @@ fn view_columns(
     if files.len() >= 1 << 31 {
         return Err(Error::Invalid("too many data files".into()));
     }
+    let mut keys_and_times: Vec<&str> = view.join_keys.iter().map(|k| k.name.as_str()).collect();
+    keys_and_times.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
+    let footers = files
+        .par_iter()
+        .map(|f| data_file_footer(&f.path))
+        .collect::<Result<_>>()?;
+    let data = ViewFiles {
+        view,
+        files,
+        footers,
+        schema: table_schema(view),
+        keys_and_times,
+        feature_names: req.features.iter().map(|(f, _)| f.as_str()).collect(),
+        feature_types,
+    };
+    if data.rows() <= labels.num_rows() {
+        by_rows(&data, labels, times)
+    } else {
+        by_labels(&data, labels, times)
+    }
+}
+
+/// Checks that a file's batches (as read) fit in a location.
+fn check_batches(file: &DataFile, batches: &[RecordBatch]) -> Result<()> {
+    if batches.len() > 1 << (32 - BATCH_ROW_BITS) {
+        return Err(Error::Data(format!(
+            "{}: too many rows in one data file",
+            file.path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The error for feature columns read in other batches than the keys.
+fn batches_differ(file: &DataFile) -> Error {
+    Error::Data(format!(
+        "{}: the feature columns' batches differ from the keys'",
+        file.path.display()
+    ))
+}
+
+/// The join from the rows' side ([`RowIndex`]): every file's keys and times are read,
+/// the rows indexed by key, and each label's row found by a search among its key's
+/// rows — while the files' features are decoded on the threads left — then the
+/// feature columns gathered in label order. Memory: the rows (no more than the
+/// labels) and one location per label.
+fn by_rows(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Result<Vec<ArrayRef>> {
+    let mut phases = Phases::new();
+    let (found, features) = rayon::join(
+        || -> Result<Vec<u64>> {
+            let keys: Vec<Vec<RecordBatch>> = (0..data.files.len())
+                .into_par_iter()
+                .map(|fi| {
+                    let keys = data.keys(fi)?;
+                    check_batches(&data.files[fi], &keys)?;
+                    Ok(keys)
+                })
+                .collect::<Result<_>>()?;
+            phases.mark("read keys and times (features decoded meanwhile)");
+            let found = find_rows(data, &keys, labels, times)?;
+            phases.mark("row index and lookup");
+            Ok(found)
+        },
+        || {
+            (0..data.files.len())
+                .into_par_iter()
+                .map(|fi| data.features(fi))
+                .collect::<Result<Vec<_>>>()
+        },
+    );
+    let (found, features) = (found?, features?);
+    // Each winner's (batch, row) must exist in its file's feature batches.
+    let rows: Vec<Vec<usize>> = features
+        .iter()
+        .map(|f| f.iter().map(RecordBatch::num_rows).collect())
+        .collect();
+    if let Some(&loc) = found.iter().find(|&&loc| {
+        loc != NO_MATCH && {
+            let (b, r) = batch_row(loc as u32);
+            rows[(loc >> 32) as usize].get(b).is_none_or(|&n| r >= n)
+        }
+    }) {
+        return Err(batches_differ(&data.files[(loc >> 32) as usize]));
+    }
+    phases.mark("features decoded");
+
+    // Each feature column in label order, from the rows found.
+    let out = (0..data.feature_types.len())
+        .into_par_iter()
+        .map(|c| -> Result<ArrayRef> {
+            let sources: Vec<Vec<ArrayRef>> = features
+                .iter()
+                .map(|f| data.sources(f, c))
+                .collect::<Result<_>>()?;
+            Ok(match &data.feature_types[c] {
+                DataType::Float64 => gather_found::<Float64Type>(&sources, &found),
+                DataType::Float32 => gather_found::<Float32Type>(&sources, &found),
+                DataType::Int64 => gather_found::<Int64Type>(&sources, &found),
+                DataType::Int32 => gather_found::<Int32Type>(&sources, &found),
+                dt => {
+                    let null = new_null_array(dt, 1);
+                    let mut flat: Vec<&dyn Array> = vec![null.as_ref()];
+                    let mut first = Vec::with_capacity(sources.len());
+                    for file in &sources {
+                        first.push(flat.len());
+                        flat.extend(file.iter().map(|a| a.as_ref()));
+                    }
+                    let picks: Vec<(usize, usize)> = found
+                        .par_iter()
+                        .map(|&loc| {
+                            if loc == NO_MATCH {
+                                return (0, 0);
+                            }
+                            let (b, r) = batch_row(loc as u32);
+                            (first[(loc >> 32) as usize] + b, r)
+                        })
+                        .collect();
+                    interleave(&flat, &picks)?
+                }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    phases.mark("gather");
+    Ok(out)
+}
+
+/// Each label's row (its location, or [`NO_MATCH`]) among the rows of `keys` (per
+/// file, its batches of join keys, event and creation times).
+fn find_rows(
+    data: &ViewFiles,
+    keys: &[Vec<RecordBatch>],
+    labels: &RecordBatch,
+    times: &[Timestamp],
+) -> Result<Vec<u64>> {
+    let nkeys = data.view.join_keys.len();
+    let ttl = data.view.ttl;
+    let batches = || keys.iter().flatten();
+    let n_rows: usize = batches().map(RecordBatch::num_rows).sum();
+    // The rows' times and locations, in file and batch order.
+    let mut row_times: Vec<Timestamp> = Vec::with_capacity(n_rows);
+    let mut created: Vec<Timestamp> = Vec::with_capacity(n_rows);
+    let mut locs: Vec<u64> = Vec::with_capacity(n_rows);
+    for (fi, file) in keys.iter().enumerate() {
+        for (bi, b) in file.iter().enumerate() {
+            let ts = b.column(nkeys).as_primitive::<TimestampMicrosecondType>();
+            let cr = b
+                .column(nkeys + 1)
+                .as_primitive::<TimestampMicrosecondType>();
+            row_times.extend_from_slice(ts.values());
+            match cr.null_count() {
+                0 => created.extend_from_slice(cr.values()),
+                n if n == cr.len() => created.extend(std::iter::repeat_n(NO_CREATED, n)),
+                _ => created.extend((0..cr.len()).map(|r| created_at(cr, r))),
+            }
+            locs.extend((0..b.num_rows()).map(|r| location(fi, bi, r)));
+        }
+    }
+    let (label_cols, label_nulls) = label_keys(data.view, labels)?;
+    let label_valid = |i: usize| label_nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    if let Some(label_keys) = int_key(&label_cols) {
+        let mut row_keys: Vec<i64> = Vec::with_capacity(n_rows);
+        for b in batches() {
+            row_keys.extend_from_slice(b.column(0).as_primitive::<Int64Type>().values());
+        }
+        // Stored keys are never null; a null one would match nothing.
+        let null_keys: Vec<usize> = {
+            let mut at = 0;
+            let mut nulls = Vec::new();
+            for b in batches() {
+                if let Some(n) = b.column(0).nulls() {
+                    nulls.extend(
+                        n.iter()
+                            .enumerate()
+                            .filter(|(_, v)| !v)
+                            .map(|(r, _)| at + r),
+                    );
+                }
+                at += b.num_rows();
+            }
+            nulls
+        };
+        let (lookup, groups) = IntKeyIndex::from_labels(&row_keys, |i| {
+            null_keys.is_empty() || null_keys.binary_search(&i).is_err()
+        });
+        drop(row_keys);
+        let lookup = lookup.hashed();
+        let index = RowIndex::new(&groups, &row_times, &created, &locs, lookup.len());
+        drop((groups, row_times, created, locs));
+        Ok(label_keys
+            .values()
+            .par_iter()
+            .zip(times)
+            .enumerate()
+            .map(|(i, (&k, &t))| match lookup.get(k) {
+                Some(g) if label_valid(i) => index.lookup(g, t, ttl),
+                _ => NO_MATCH,
+            })
+            .collect())
+    } else {
+        let mut lookup = BytesKeyIndex::new();
+        let mut groups: Vec<u32> = Vec::with_capacity(n_rows);
+        let mut buf = Vec::new();
+        for b in batches() {
+            let cols = &b.columns()[..nkeys];
+            for r in 0..b.num_rows() {
+                buf.clear();
+                for c in cols {
+                    encode_key_part(c.as_ref(), r, &mut buf)?;
+                }
+                groups.push(lookup.insert(&buf));
+            }
+        }
+        let index = RowIndex::new(&groups, &row_times, &created, &locs, lookup.len());
+        drop((groups, row_times, created, locs));
+        (0..labels.num_rows())
+            .into_par_iter()
+            .map_init(Vec::new, |buf, i| -> Result<u64> {
+                if !label_valid(i) {
+                    return Ok(NO_MATCH);
+                }
+                buf.clear();
+                for c in &label_cols {
+                    encode_key_part(c.as_ref(), i, buf)?;
+                }
+                Ok(lookup
+                    .get(buf)
+                    .map_or(NO_MATCH, |g| index.lookup(g, times[i], ttl)))
+            })
+            .collect()
+    }
+}
+
+/// One primitive feature column in label order: each label's value at its `found`
+/// location in `sources` (per file, its batches), null for [`NO_MATCH`] and null
+/// values — labels in parallel, values and validity words written in order.
+fn gather_found<T: ArrowPrimitiveType>(sources: &[Vec<ArrayRef>], found: &[u64]) -> ArrayRef {
+    let sources: Vec<Vec<&PrimitiveArray<T>>> = sources
+        .iter()
+        .map(|file| file.iter().map(|a| a.as_primitive::<T>()).collect())
+        .collect();
+    let at = |loc: u64| {
+        let (b, r) = batch_row(loc as u32);
+        (sources[(loc >> 32) as usize][b], r)
+    };
+    let values: Vec<T::Native> = found
+        .par_iter()
+        .map(|&loc| {
+            if loc == NO_MATCH {
+                T::Native::default()
+            } else {
+                let (a, r) = at(loc);
+                a.value(r)
+            }
+        })
+        .collect();
+    let nullable = sources.iter().flatten().any(|a| a.null_count() > 0);
+    let valid: Vec<u64> = found
+        .par_chunks(64)
+        .map(|word| {
+            word.iter().enumerate().fold(0u64, |w, (j, &loc)| {
+                let ok = loc != NO_MATCH
+                    && (!nullable || {
+                        let (a, r) = at(loc);
+                        a.is_valid(r)
+                    });
+                w | (ok as u64) << j
+            })
+        })
+        .collect();
+    let valid = BooleanBuffer::new(Buffer::from_vec(valid), 0, found.len());
+    Arc::new(PrimitiveArray::<T>::new(
+        values.into(),
+        Some(NullBuffer::new(valid)),
+    ))
+}
+
+/// The join from the labels' side ([`LabelIndex`]): the labels are indexed, each
+/// file's keys and times streamed past them keeping the rows that can answer some
+/// label (pass 1), the snapshot rule resolved per label, and the winners' features
+/// gathered a file at a time (pass 2).
+fn by_labels(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Result<Vec<ArrayRef>> {
+    let mut phases = Phases::new();
+    let (view, files) = (data.view, data.files);
+    let feature_types = &data.feature_types;
     let nkeys = view.join_keys.len();
-    let mut pass1_cols: Vec<&str> = view.join_keys.iter().map(|k| k.name.as_str()).collect();
-    pass1_cols.extend([EVENT_TIMESTAMP, CREATED_TIMESTAMP]);
-    let schema = table_schema(view);
     let ttl = view.ttl;
-    let feature_names: Vec<&str> = req.features.iter().map(|(f, _)| f.as_str()).collect();
-    let read_pass1 =
-        |f: &DataFile| read_file_columns(f, &data_file_footer(&f.path)?, &schema, &pass1_cols);
     // The labels are indexed (mostly on one thread) while the first files are decoded:
     // their keys and times, and their features too, which pass 2 then need not read
     // (a file holding rows that can answer labels nearly always holds some winners;
@@ -402,14 +752,10 @@ fn view_columns(
     let (index, head_batches) = rayon::join(
         || label_index(view, labels, times),
         || {
-            files[..head]
-                .par_iter()
-                .map(|f| {
-                    let footer = data_file_footer(&f.path)?;
-                    let (keys, features) = rayon::join(
-                        || read_file_columns(f, &footer, &schema, &pass1_cols),
-                        || read_file_columns(f, &footer, &schema, &feature_names),
-                    );
+            (0..head)
+                .into_par_iter()
+                .map(|fi| {
+                    let (keys, features) = rayon::join(|| data.keys(fi), || data.features(fi));
                     Ok((keys?, features?))
                 })
                 .collect::<Result<Vec<_>>>()
@@ -470,12 +816,7 @@ fn view_columns(
         Ok(out)
     };
     let scan_file = |fi: usize, batches: Vec<RecordBatch>| -> Result<Vec<Vec<Candidate>>> {
-        if batches.len() > 1 << (32 - BATCH_ROW_BITS) {
-            return Err(Error::Data(format!(
-                "{}: too many rows in one data file",
-                files[fi].path.display()
-            )));
-        }
+        check_batches(&files[fi], &batches)?;
         batches
             .par_iter()
             .enumerate()
@@ -490,10 +831,9 @@ fn view_columns(
     // Then a file at a time per thread (its columns in parallel, then its batches), so
     // that memory holds a few files' keys and times, not the whole table's.
     candidates.extend(
-        files[head..]
-            .par_iter()
-            .enumerate()
-            .map(|(i, f)| scan_file(head + i, read_pass1(f)?))
+        (head..files.len())
+            .into_par_iter()
+            .map(|fi| scan_file(fi, data.keys(fi)?))
             .collect::<Result<Vec<_>>>()?,
     );
     phases.mark("pass 1 (keys, times)");
@@ -518,17 +858,17 @@ fn view_columns(
         }
     }
     drop(locs);
-    let gathered: Vec<Option<Vec<ArrayRef>>> = files
+    let gathered: Vec<Option<Vec<ArrayRef>>> = wanted
         .par_iter()
-        .zip(&wanted)
         .zip(decoded)
-        .map(|((f, want), decoded)| -> Result<Option<Vec<ArrayRef>>> {
+        .enumerate()
+        .map(|(fi, (want, decoded))| -> Result<Option<Vec<ArrayRef>>> {
             if want.is_empty() {
                 return Ok(None);
             }
             let batches = match decoded {
                 Some(batches) => batches,
-                None => read_file_columns(f, &data_file_footer(&f.path)?, &schema, &feature_names)?,
+                None => data.features(fi)?,
             };
             // The feature columns are read in the batches pass 1 read the keys in.
             let rows: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
@@ -536,27 +876,13 @@ fn view_columns(
                 let (b, r) = batch_row(low);
                 rows.get(b).is_some_and(|&n| r < n)
             }) {
-                return Err(Error::Data(format!(
-                    "{}: the feature columns' batches differ from the keys'",
-                    f.path.display()
-                )));
+                return Err(batches_differ(&files[fi]));
             }
-            let cols = (0..feature_names.len())
+            let cols = (0..feature_types.len())
                 .into_par_iter()
                 .map(|c| -> Result<ArrayRef> {
-                    let dt = &feature_types[c];
-                    let sources: Vec<ArrayRef> = batches
-                        .iter()
-                        .map(|b| {
-                            let a = b.column(c);
-                            if a.data_type() == dt {
-                                Ok(a.clone())
-                            } else {
-                                arrow::compute::cast(a, dt)
-                            }
-                        })
-                        .collect::<std::result::Result<_, _>>()?;
-                    Ok(match dt {
+                    let sources = data.sources(&batches, c)?;
+                    Ok(match &feature_types[c] {
                         DataType::Float64 => gather::<Float64Type>(&sources, want),
                         DataType::Float32 => gather::<Float32Type>(&sources, want),
                         DataType::Int64 => gather::<Int64Type>(&sources, want),
