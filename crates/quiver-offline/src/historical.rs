@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use arrow::array::PrimitiveArray;
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer};
 use arrow::compute::{concat_batches, interleave};
 use arrow::datatypes::{
@@ -431,10 +431,10 @@ impl ViewFiles<'_> {
 }
 
 /// `req`'s feature columns for the labels (`times`: their times), from the view's data
-/// `files`. When the files hold no more rows than there are labels, the rows are
-/// indexed and each label searched ([`by_rows`]); otherwise the labels are indexed and
-/// the rows streamed past them ([`by_labels`]), so that memory follows the labels and
-/// the rows that can answer them, not the whole history.
+/// `files`. When the labels are many more than the rows and grouped by key, the rows
+/// are indexed and each label searched ([`by_rows`]); otherwise the labels are indexed
+/// and the rows streamed past them ([`by_labels`]), so that memory follows the labels
+/// and the rows that can answer them, not the whole history.
 fn view_columns(
     req: &ViewRequest,
     files: &[DataFile],
@@ -473,11 +473,43 @@ fn view_columns(
         feature_names: req.features.iter().map(|(f, _)| f.as_str()).collect(),
         feature_types,
     };
-    if data.rows() <= labels.num_rows() {
+    if rows_side_pays(&data, labels)? {
         by_rows(&data, labels, times)
     } else {
         by_labels(&data, labels, times)
     }
+}
+
+/// Whether the join from the rows' side ([`by_rows`]) pays: when the labels are at
+/// least twice the rows (so its memory stays below the other side's) and mostly come
+/// grouped by key, as an entity frame built entity by entity does — consecutive labels
+/// then search the same part of the rows' index. Labels in no particular order (e.g.
+/// sorted by time) would miss the cache at every search, and the labels' side, which
+/// sorts them, is faster (measured in BENCHMARKS.md, "Seventh pass").
+fn rows_side_pays(data: &ViewFiles, labels: &RecordBatch) -> Result<bool> {
+    let n = labels.num_rows();
+    if data.rows().saturating_mul(2) > n {
+        return Ok(false);
+    }
+    let (keys, _) = label_keys(data.view, labels)?;
+    Ok(2 * labels_after_their_key(&keys)? >= n)
+}
+
+/// How many labels have the same (non-null) join key as the label before them.
+fn labels_after_their_key(key_cols: &[ArrayRef]) -> Result<usize> {
+    let n = key_cols.first().map_or(0, |c| c.len());
+    if n < 2 {
+        return Ok(0);
+    }
+    let mut same: Option<BooleanArray> = None;
+    for c in key_cols {
+        let eq = arrow::compute::kernels::cmp::eq(&c.slice(1, n - 1), &c.slice(0, n - 1))?;
+        same = Some(match same {
+            None => eq,
+            Some(s) => arrow::compute::and(&s, &eq)?,
+        });
+    }
+    Ok(same.map_or(0, |s| s.true_count()))
 }
 
 /// Checks that a file's batches (as read) fit in a location.

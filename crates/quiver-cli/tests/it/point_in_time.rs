@@ -123,10 +123,11 @@ proptest! {
         let store = repo.store();
         store.apply().block().unwrap();
         store.ingest().block().unwrap();
-        // The labels as drawn, the first alone (the labels indexed, when the rows are
-        // more than one) and repeated 41 times (more labels than rows: the rows indexed).
-        let repeated: Vec<(i64, usize, i64)> = (0..41).flat_map(|_| labels.iter().copied()).collect();
-        for labels in [&labels[..], &labels[..1], &repeated[..]] {
+        // The labels as drawn (the labels indexed), and each repeated 80 times (at
+        // least twice the rows, grouped by key: the rows indexed).
+        let repeated: Vec<(i64, usize, i64)> =
+            labels.iter().flat_map(|&l| std::iter::repeat_n(l, 80)).collect();
+        for labels in [&labels[..], &repeated[..]] {
             let entity_rows = batch(vec![
                 ("user_id", Arc::new(Int64Array::from_iter_values(labels.iter().map(|l| l.0)))),
                 ("item", Arc::new(StringArray::from_iter_values(labels.iter().map(|l| ITEMS[l.1])))),
@@ -382,9 +383,12 @@ feature_views:
             )
         })
         .collect();
-    // Fewer labels than rows (the labels indexed), then the same repeated to more
-    // labels than rows (the rows indexed).
-    let repeated: Vec<(i64, i64)> = (0..16).flat_map(|_| labels.iter().copied()).collect();
+    // Fewer labels than rows (the labels indexed), then each of the first 10,000
+    // repeated 60 times (twice the rows, grouped by key: the rows indexed).
+    let repeated: Vec<(i64, i64)> = labels[..10_000]
+        .iter()
+        .flat_map(|&l| std::iter::repeat_n(l, 60))
+        .collect();
     for labels in [labels, repeated] {
         join_and_check(&store, &labels, &by_user, DAY);
     }
@@ -436,10 +440,10 @@ fn join_and_check(
 }
 
 /// Histories larger than a read batch and labels more than a scatter task holds: a
-/// day's file of two batches (120k rows) next to one of one, 200k labels (more than the
-/// rows: the rows indexed) and 150k (fewer: the labels indexed) — unknown entities,
-/// labels before any row, null values — checked row by row against the answer the data
-/// is built to give.
+/// day's file of two batches (120k rows) next to one of one, 200k labels in no order
+/// (the labels indexed) and 400k grouped by user (more than twice the rows: the rows
+/// indexed) — unknown entities, labels before any row, null values — checked row by
+/// row against the answer the data is built to give.
 #[test]
 fn large_histories_and_many_labels_join_row_for_row() {
     const USERS: i64 = 60_000;
@@ -479,10 +483,10 @@ fn large_histories_and_many_labels_join_row_for_row() {
     store.apply().block().unwrap();
     store.ingest().block().unwrap();
     // Label i: a user (some unknown) at 09:00 (before any row), 11:00, day 1 11:00 or
-    // day 1 13:00.
-    let user = |i: i64| (i * 7_919) % (USERS + 1_000);
+    // day 1 13:00; `per_user` consecutive labels share a user.
     let label_at = |i: i64| [9 * H, 11 * H, DAY + 11 * H, DAY + 13 * H][(i % 4) as usize];
-    for labels in [200_000i64, 150_000] {
+    for (labels, per_user) in [(200_000i64, 1), (400_000, 4)] {
+        let user = |i: i64| (i / per_user * 7_919) % (USERS + 1_000);
         let entity_rows = batch(vec![
             (
                 "user_id",
