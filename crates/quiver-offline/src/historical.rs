@@ -431,7 +431,7 @@ impl ViewFiles<'_> {
 }
 
 /// `req`'s feature columns for the labels (`times`: their times), from the view's data
-/// `files`. When the labels are many more than the rows and grouped by key, the rows
+/// `files`. When the labels are no fewer than the rows and grouped by key, the rows
 /// are indexed and each label searched ([`by_rows`]); otherwise the labels are indexed
 /// and the rows streamed past them ([`by_labels`]), so that memory follows the labels
 /// and the rows that can answer them, not the whole history.
@@ -480,15 +480,15 @@ fn view_columns(
     }
 }
 
-/// Whether the join from the rows' side ([`by_rows`]) pays: when the labels are at
-/// least twice the rows (so its memory stays below the other side's) and mostly come
+/// Whether the join from the rows' side ([`by_rows`]) pays: when the labels are no
+/// fewer than the rows (so its memory stays within the other side's) and mostly come
 /// grouped by key, as an entity frame built entity by entity does — consecutive labels
 /// then search the same part of the rows' index. Labels in no particular order (e.g.
 /// sorted by time) would miss the cache at every search, and the labels' side, which
 /// sorts them, is faster (measured in BENCHMARKS.md, "Seventh pass").
 fn rows_side_pays(data: &ViewFiles, labels: &RecordBatch) -> Result<bool> {
     let n = labels.num_rows();
-    if data.rows().saturating_mul(2) > n {
+    if data.rows() > n {
         return Ok(false);
     }
     let (keys, _) = label_keys(data.view, labels)?;

@@ -123,8 +123,8 @@ proptest! {
         let store = repo.store();
         store.apply().block().unwrap();
         store.ingest().block().unwrap();
-        // The labels as drawn (the labels indexed), and each repeated 80 times (at
-        // least twice the rows, grouped by key: the rows indexed).
+        // The labels as drawn (mostly the labels indexed), and each repeated 80 times (more
+        // labels than rows, grouped by key: the rows indexed).
         let repeated: Vec<(i64, usize, i64)> =
             labels.iter().flat_map(|&l| std::iter::repeat_n(l, 80)).collect();
         for labels in [&labels[..], &repeated[..]] {
