@@ -492,24 +492,31 @@ fn rows_side_pays(data: &ViewFiles, labels: &RecordBatch) -> Result<bool> {
         return Ok(false);
     }
     let (keys, _) = label_keys(data.view, labels)?;
-    Ok(2 * labels_after_their_key(&keys)? >= n)
+    Ok(2 * labels_after_their_key(&keys) >= n)
 }
 
-/// How many labels have the same (non-null) join key as the label before them.
-fn labels_after_their_key(key_cols: &[ArrayRef]) -> Result<usize> {
+/// How many labels have the same (non-null) join key as the label before them (none
+/// counted for a key type the comparison kernel does not take).
+fn labels_after_their_key(key_cols: &[ArrayRef]) -> usize {
     let n = key_cols.first().map_or(0, |c| c.len());
     if n < 2 {
-        return Ok(0);
+        return 0;
     }
     let mut same: Option<BooleanArray> = None;
     for c in key_cols {
-        let eq = arrow::compute::kernels::cmp::eq(&c.slice(1, n - 1), &c.slice(0, n - 1))?;
+        let Ok(eq) = arrow::compute::kernels::cmp::eq(&c.slice(1, n - 1), &c.slice(0, n - 1))
+        else {
+            return 0;
+        };
         same = Some(match same {
             None => eq,
-            Some(s) => arrow::compute::and(&s, &eq)?,
+            Some(s) => match arrow::compute::and(&s, &eq) {
+                Ok(both) => both,
+                Err(_) => return 0,
+            },
         });
     }
-    Ok(same.map_or(0, |s| s.true_count()))
+    same.map_or(0, |s| s.true_count())
 }
 
 /// Checks that a file's batches (as read) fit in a location.
@@ -978,6 +985,24 @@ mod tests {
     use arrow::array::{Float64Array, Int64Array, StringArray};
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
+
+    /// Repeats count where the whole key equals the previous label's, never on nulls.
+    #[test]
+    fn labels_after_their_key_counts_repeats_of_the_whole_key() {
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(1),
+            Some(1),
+            Some(2),
+            None,
+            None,
+            Some(2),
+        ]));
+        let b: ArrayRef = Arc::new(StringArray::from(vec!["x", "y", "y", "z", "z", "z"]));
+        assert_eq!(labels_after_their_key(std::slice::from_ref(&a)), 1);
+        assert_eq!(labels_after_their_key(std::slice::from_ref(&b)), 3);
+        assert_eq!(labels_after_their_key(&[a, b]), 0);
+        assert_eq!(labels_after_their_key(&[]), 0);
+    }
 
     /// A file of several row groups (and several batches in one of them), its columns
     /// stored in another order than asked and one asked for missing: the split read
