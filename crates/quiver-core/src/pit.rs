@@ -20,12 +20,13 @@
 //! linear in candidates and labels, with no sort, whatever the skew.
 //!
 //! When the rows are no more than the labels (a training set of many labels over a
-//! short history), the join is cheaper the other way round: a [`RowIndex`] groups the
-//! rows by key and orders each group by (event time, creation time, location), and each
-//! label's answer is its key's last row at or before its time — one search per label,
-//! labels independent of each other, no sort of the labels. Both ways give the same
-//! answer (checked against a brute-force reference); memory stays bounded by the
-//! labels either way.
+//! short history) and the labels come grouped by key, the join is cheaper the other
+//! way round: a [`RowIndex`] groups the rows by key and orders each group by (event
+//! time, creation time, location), and each label's answer is its key's last row at or
+//! before its time — one search per label, labels independent of each other, no sort
+//! of the labels (labels in no order would make every search a cache miss; the caller
+//! chooses). Both ways give the same answer (checked against a brute-force reference);
+//! memory stays bounded by the labels either way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

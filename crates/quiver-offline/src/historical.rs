@@ -5,9 +5,12 @@
 //! created_timestamp) at or before `T`, null when it is older than `T − ttl` or absent.
 //! Rows keep their input order; none is dropped or duplicated.
 //!
-//! The join runs in two passes over a view's files (see [`quiver_core::pit`]): the
-//! first reads only keys and times and keeps the rows that can answer some label; the
-//! second reads feature columns only of the files holding winners and gathers them.
+//! The join runs from one of two sides (see [`quiver_core::pit`] and `view_columns`).
+//! From the labels' side, in two passes over a view's files: the first reads only keys
+//! and times and keeps the rows that can answer some label; the second reads feature
+//! columns only of the files holding winners and gathers them. From the rows' side,
+//! when the labels are no fewer than the rows and grouped by key: every file's keys,
+//! times and requested features are read, the rows indexed, each label searched.
 
 use std::sync::Arc;
 
@@ -481,11 +484,12 @@ fn view_columns(
 }
 
 /// Whether the join from the rows' side ([`by_rows`]) pays: when the labels are no
-/// fewer than the rows (so its memory stays within the other side's) and mostly come
-/// grouped by key, as an entity frame built entity by entity does — consecutive labels
-/// then search the same part of the rows' index. Labels in no particular order (e.g.
-/// sorted by time) would miss the cache at every search, and the labels' side, which
-/// sorts them, is faster (measured in BENCHMARKS.md, "Seventh pass").
+/// fewer than the rows (it holds every row's keys, times and requested features, so
+/// its memory is bounded by the labels as the other side's is) and mostly come grouped
+/// by key, as an entity frame built entity by entity does — consecutive labels then
+/// search the same part of the rows' index. Labels in no particular order (e.g.
+/// sorted by time) would miss the cache at every search and gather, and the labels'
+/// side, which sorts them, is faster (measured in BENCHMARKS.md, "Seventh pass").
 fn rows_side_pays(data: &ViewFiles, labels: &RecordBatch) -> Result<bool> {
     let n = labels.num_rows();
     if data.rows() > n {
@@ -540,9 +544,11 @@ fn batches_differ(file: &DataFile) -> Error {
 
 /// The join from the rows' side ([`RowIndex`]): every file's keys and times are read,
 /// the rows indexed by key, and each label's row found by a search among its key's
-/// rows — while the files' features are decoded on the threads left — then the
-/// feature columns gathered in label order. Memory: the rows (no more than the
-/// labels) and one location per label.
+/// rows — while every file's requested features are decoded on the threads left (a
+/// file without winners too: reading them meanwhile is what makes this side fast) —
+/// then the feature columns gathered in label order. Memory: every row's keys, times
+/// and requested features (the rows being no more than the labels) and one location
+/// per label.
 fn by_rows(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Result<Vec<ArrayRef>> {
     let mut phases = Phases::new();
     let (found, features) = rayon::join(
@@ -985,6 +991,143 @@ mod tests {
     use arrow::array::{Float64Array, Int64Array, StringArray};
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
+
+    /// Both sides of the join give the same training set from the same files, whatever
+    /// the rule that picks one: three files (one of two row groups), ties in event time
+    /// broken by creation time (some null) and by location, a feature stored as
+    /// float32 but declared float64 (cast), a string feature, null feature values;
+    /// labels with null and unknown keys, in key order and in no order, with a TTL.
+    #[test]
+    fn both_sides_of_the_join_give_the_same_training_set() {
+        use quiver_core::model::{Feature, JoinKey};
+        use quiver_core::time::Duration;
+        use quiver_core::DType;
+        use rand::{Rng, SeedableRng};
+
+        let feature = |name: &str, dtype| Feature {
+            name: name.into(),
+            dtype,
+            description: String::new(),
+            allow_non_finite: false,
+        };
+        let view = ResolvedView {
+            name: "v".into(),
+            version: 1,
+            project: "test".into(),
+            entities: vec!["e".into()],
+            join_keys: vec![JoinKey {
+                name: "k".into(),
+                dtype: DType::Int64,
+            }],
+            features: vec![
+                feature("x", DType::Float64),
+                feature("s", DType::String),
+                feature("n", DType::Int64),
+            ],
+            ttl: Duration::from_micros(40),
+            aggregations: Vec::new(),
+            retention: None,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut next = 0i64;
+        for (f, rows) in [3_000usize, 150, 2_500].into_iter().enumerate() {
+            let keys: Vec<i64> = (0..rows).map(|_| rng.gen_range(0..300)).collect();
+            let ts: Vec<i64> = (0..rows).map(|_| rng.gen_range(0..200)).collect();
+            let created: Vec<Option<i64>> = (0..rows)
+                .map(|_| rng.gen_bool(0.7).then(|| rng.gen_range(0..3)))
+                .collect();
+            let ns: Vec<i64> = (next..next + rows as i64).collect();
+            next += rows as i64;
+            let time = |v: Vec<Option<i64>>| {
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+                    as ArrayRef
+            };
+            let stored = RecordBatch::try_from_iter([
+                ("k", Arc::new(Int64Array::from(keys)) as ArrayRef),
+                ("event_timestamp", time(ts.into_iter().map(Some).collect())),
+                ("created_timestamp", time(created)),
+                (
+                    "x",
+                    Arc::new(arrow::array::Float32Array::from_iter(
+                        ns.iter().map(|&n| (n % 9 != 0).then_some(n as f32 / 4.0)),
+                    )) as ArrayRef,
+                ),
+                (
+                    "s",
+                    Arc::new(StringArray::from_iter(
+                        ns.iter()
+                            .map(|&n| (n % 11 != 0).then(|| format!("row {n}"))),
+                    )) as ArrayRef,
+                ),
+                ("n", Arc::new(Int64Array::from(ns)) as ArrayRef),
+            ])
+            .unwrap();
+            let path = dir.path().join(format!("part-{f}.parquet"));
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(2_000))
+                .build();
+            let mut w = ArrowWriter::try_new(
+                std::fs::File::create(&path).unwrap(),
+                stored.schema(),
+                Some(props),
+            )
+            .unwrap();
+            w.write(&stored).unwrap();
+            w.close().unwrap();
+            files.push(DataFile { path, day: None });
+        }
+        let data = ViewFiles {
+            view: &view,
+            files: &files,
+            footers: files
+                .iter()
+                .map(|f| data_file_footer(&f.path).unwrap())
+                .collect(),
+            schema: table_schema(&view),
+            keys_and_times: vec!["k", EVENT_TIMESTAMP, CREATED_TIMESTAMP],
+            feature_names: vec!["x", "s", "n"],
+            feature_types: vec![DataType::Float64, DataType::Utf8, DataType::Int64],
+        };
+        // 20,000 labels: keys among 320 (some unknown), one in 50 null, times 0..240.
+        let mut labels: Vec<(Option<i64>, i64)> = (0..20_000)
+            .map(|_| {
+                let k = (!rng.gen_bool(0.02)).then(|| rng.gen_range(0..320));
+                (k, rng.gen_range(0..240))
+            })
+            .collect();
+        let mut matched_somewhere = false;
+        for grouped in [false, true] {
+            if grouped {
+                labels.sort_by_key(|l| l.0);
+            }
+            let batch = RecordBatch::try_from_iter([(
+                "k",
+                Arc::new(Int64Array::from_iter(labels.iter().map(|l| l.0))) as ArrayRef,
+            )])
+            .unwrap();
+            let times: Vec<Timestamp> = labels.iter().map(|l| l.1).collect();
+            let rows = by_rows(&data, &batch, &times).unwrap();
+            let by_label = by_labels(&data, &batch, &times).unwrap();
+            assert_eq!(rows.len(), 3);
+            for (c, (a, b)) in rows.iter().zip(&by_label).enumerate() {
+                assert_eq!(a.data_type(), &data.feature_types[c]);
+                assert_eq!(a.as_ref(), b.as_ref(), "feature {c}, grouped {grouped}");
+            }
+            let n = rows[2].as_primitive::<Int64Type>();
+            matched_somewhere |= n.null_count() < n.len() / 2;
+            for (i, l) in labels.iter().enumerate() {
+                if l.0.is_none() {
+                    assert!(n.is_null(i), "label {i} has a null key");
+                }
+            }
+        }
+        assert!(
+            matched_somewhere,
+            "most labels found no row: the test proves little"
+        );
+    }
 
     /// Repeats count where the whole key equals the previous label's, never on nulls.
     #[test]
