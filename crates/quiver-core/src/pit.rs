@@ -387,7 +387,7 @@ impl LabelIndex {
     pub fn from_int_labels(
         keys: &[i64],
         times: &[Timestamp],
-        valid: impl Fn(usize) -> bool,
+        valid: impl Fn(usize) -> bool + Sync,
     ) -> (IntKeyIndex, LabelIndex) {
         if let Some(dense) = Self::from_dense_int_labels(keys, times, &valid) {
             return dense;
@@ -436,7 +436,7 @@ impl LabelIndex {
     fn from_dense_int_labels(
         keys: &[i64],
         times: &[Timestamp],
-        valid: &impl Fn(usize) -> bool,
+        valid: &(impl Fn(usize) -> bool + Sync),
     ) -> Option<(IntKeyIndex, LabelIndex)> {
         let (min, range, n) = dense_range(keys, valid)?;
         // Labels per key (at its slot + 1), then each present key's first position.
@@ -456,14 +456,50 @@ impl LabelIndex {
                 offsets.push(next[slot + 1]);
             }
         }
-        let mut pairs = vec![(0 as Timestamp, 0u32); n as usize];
-        for (i, (&k, &t)) in keys.iter().zip(times).enumerate() {
-            if valid(i) {
-                let at = &mut next[(k - min) as usize];
-                pairs[*at as usize] = (t, i as u32);
-                *at += 1;
-            }
+        // The scatter's writes land anywhere in the pairs: with many labels it runs in
+        // parts of the key range, one per thread, each reading every label and writing
+        // those of its keys to its own span of the pairs — so that the writes' cache
+        // misses and the pairs' first touch are shared between threads.
+        let n = n as usize;
+        let parts = if n >= PARALLEL_MIN {
+            rayon::current_num_threads().clamp(1, MAX_SCATTER_PARTS)
+        } else {
+            1
+        };
+        // Part p's keys: slots bounds[p]..bounds[p + 1], about n / parts labels.
+        let mut bounds = vec![0usize];
+        for p in 1..parts {
+            let target = (n * p / parts) as u32;
+            let at = next[..range].partition_point(|&x| x < target);
+            bounds.push(at.max(bounds[p - 1]));
         }
+        bounds.push(range);
+        // Where each part's span starts (`next[range]` is `n`).
+        let starts: Vec<usize> = bounds.iter().map(|&b| next[b] as usize).collect();
+        let mut pairs = vec![(0 as Timestamp, 0u32); n];
+        let mut jobs = Vec::with_capacity(parts);
+        let (mut cursors, mut spans) = (&mut next[..range], &mut pairs[..]);
+        for (w, s) in bounds.windows(2).zip(starts.windows(2)) {
+            let (c, rest) = cursors.split_at_mut(w[1] - w[0]);
+            cursors = rest;
+            let (span, rest) = spans.split_at_mut(s[1] - s[0]);
+            spans = rest;
+            jobs.push((w[0], c, s[0], span));
+        }
+        jobs.into_par_iter()
+            .for_each(|(first, cursors, base, span)| {
+                let slots = first..first + cursors.len();
+                for (i, (&k, &t)) in keys.iter().zip(times).enumerate() {
+                    if valid(i) {
+                        let slot = (k - min) as usize;
+                        if slots.contains(&slot) {
+                            let at = &mut cursors[slot - first];
+                            span[*at as usize - base] = (t, i as u32);
+                            *at += 1;
+                        }
+                    }
+                }
+            });
         drop(next);
         Some((
             IntKeyIndex::with_table(uniq),
@@ -720,8 +756,12 @@ fn candidate_at<'a>(batches: &[&'a [Candidate]], packed: u64) -> &'a Candidate {
     &batches[(packed >> 32) as usize][(packed & 0xffff_ffff) as usize]
 }
 
-/// Candidates (or labels) below which [`LabelIndex::resolve`] stays on one thread.
+/// Candidates (or labels) below which [`LabelIndex::resolve`] (or the dense label
+/// index's scatter) stays on one thread.
 const PARALLEL_MIN: usize = 1 << 16;
+
+/// Parts of the dense label index's scatter at most (each reads every label).
+const MAX_SCATTER_PARTS: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -799,6 +839,53 @@ mod tests {
             }
             prop_assert_eq!(idx.get(i64::MIN), None);
             prop_assert_eq!(idx.get(i64::MAX), None);
+        }
+    }
+
+    /// The dense label index built in parts of the key range (many labels, several
+    /// threads; a hot key holding most labels leaves some parts empty) equals the
+    /// two-step build.
+    #[test]
+    fn dense_label_index_in_parts_equals_the_two_step_one() {
+        let n = 200_000usize;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for hot in [false, true] {
+            let keys: Vec<i64> = (0..n)
+                .map(|_| {
+                    let r = next();
+                    if hot && r % 10 < 6 {
+                        5_000
+                    } else {
+                        (r >> 8) as i64 % 40_000 - 7
+                    }
+                })
+                .collect();
+            let times: Vec<i64> = (0..n).map(|_| (next() % 1_000) as i64).collect();
+            let valid = |i: usize| i % 97 != 3;
+            for threads in [1, 2, 5] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (idx, index) =
+                    pool.install(|| LabelIndex::from_int_labels(&keys, &times, valid));
+                assert!(idx.is_dense());
+                let (b_idx, groups) = IntKeyIndex::from_labels(&keys, valid);
+                let b_index = LabelIndex::new(&groups, &times, b_idx.len());
+                assert_eq!(idx.keys, b_idx.keys, "hot {hot}, {threads} threads");
+                assert_eq!(
+                    index.offsets, b_index.offsets,
+                    "hot {hot}, {threads} threads"
+                );
+                assert!(index.order == b_index.order, "hot {hot}, {threads} threads");
+                assert!(index.times == b_index.times, "hot {hot}, {threads} threads");
+            }
         }
     }
 
