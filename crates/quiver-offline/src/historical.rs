@@ -992,6 +992,17 @@ mod tests {
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
 
+    /// Writes `batch` to a Parquet file at `path` in row groups of `group_rows`.
+    fn write_parquet(path: &std::path::Path, batch: &RecordBatch, group_rows: usize) {
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(group_rows))
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+    }
+
     /// Both sides of the join give the same training set from the same files, whatever
     /// the rule that picks one: three files (one of two row groups), ties in event time
     /// broken by creation time (some null) and by location, a feature stored as
@@ -1065,17 +1076,7 @@ mod tests {
             ])
             .unwrap();
             let path = dir.path().join(format!("part-{f}.parquet"));
-            let props = WriterProperties::builder()
-                .set_max_row_group_row_count(Some(2_000))
-                .build();
-            let mut w = ArrowWriter::try_new(
-                std::fs::File::create(&path).unwrap(),
-                stored.schema(),
-                Some(props),
-            )
-            .unwrap();
-            w.write(&stored).unwrap();
-            w.close().unwrap();
+            write_parquet(&path, &stored, 2_000);
             files.push(DataFile { path, day: None });
         }
         let data = ViewFiles {
@@ -1176,17 +1177,7 @@ mod tests {
         ])
         .unwrap();
         // Row groups of 70,000, 70,000 and 10,000 rows; batches of 64k within them.
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(70_000))
-            .build();
-        let mut w = ArrowWriter::try_new(
-            std::fs::File::create(&path).unwrap(),
-            stored.schema(),
-            Some(props),
-        )
-        .unwrap();
-        w.write(&stored).unwrap();
-        w.close().unwrap();
+        write_parquet(&path, &stored, 70_000);
         let schema = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, false),
             Field::new("b", DataType::Float64, true),
