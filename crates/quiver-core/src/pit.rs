@@ -335,6 +335,19 @@ fn for_each_group<T: Send>(
     );
 }
 
+/// Where each group's items go when items are grouped by `groups` (those of
+/// [`NO_GROUP`] left out): `offsets[g]..offsets[g + 1]` for group `g` < `n_groups`.
+fn group_offsets(groups: &[u32], n_groups: usize) -> Vec<u32> {
+    let mut offsets = vec![0u32; n_groups + 1];
+    for &g in groups.iter().filter(|&&g| g != NO_GROUP) {
+        offsets[g as usize + 1] += 1;
+    }
+    for g in 0..n_groups {
+        offsets[g + 1] += offsets[g];
+    }
+    offsets
+}
+
 /// Labels grouped by key group and sorted by time within each group.
 #[derive(Clone, Debug)]
 pub struct LabelIndex {
@@ -353,15 +366,7 @@ impl LabelIndex {
     pub fn new(groups: &[u32], times: &[Timestamp], n_groups: usize) -> Self {
         assert_eq!(groups.len(), times.len());
         let n_labels = groups.len();
-        let mut offsets = vec![0u32; n_groups + 1];
-        for &g in groups {
-            if g != NO_GROUP {
-                offsets[g as usize + 1] += 1;
-            }
-        }
-        for g in 0..n_groups {
-            offsets[g + 1] += offsets[g];
-        }
+        let offsets = group_offsets(groups, n_groups);
         let total = offsets[n_groups] as usize;
         let mut fill = offsets.clone();
         let mut order = vec![0u32; total];
@@ -683,6 +688,9 @@ pub struct RowIndex {
     locs: Vec<u64>,
 }
 
+/// A row's (event time, creation time, location): the greatest wins.
+type Version = (Timestamp, Timestamp, u64);
+
 impl RowIndex {
     /// Indexes rows: row `i` of group `groups[i]` ([`NO_GROUP`]: never matches) with
     /// event time `times[i]`, creation time `created[i]` ([`crate::contract::NO_CREATED`]
@@ -697,15 +705,9 @@ impl RowIndex {
     ) -> Self {
         assert!(groups.len() == times.len() && times.len() == created.len());
         assert_eq!(created.len(), locs.len());
-        let mut offsets = vec![0u32; n_groups + 1];
-        for &g in groups.iter().filter(|&&g| g != NO_GROUP) {
-            offsets[g as usize + 1] += 1;
-        }
-        for g in 0..n_groups {
-            offsets[g + 1] += offsets[g];
-        }
+        let offsets = group_offsets(groups, n_groups);
         let mut fill = offsets.clone();
-        let mut rows = vec![(0 as Timestamp, 0 as Timestamp, 0u64); offsets[n_groups] as usize];
+        let mut rows: Vec<Version> = vec![(0, 0, 0); offsets[n_groups] as usize];
         for (i, &g) in groups.iter().enumerate() {
             if g != NO_GROUP {
                 let at = &mut fill[g as usize];
@@ -715,12 +717,7 @@ impl RowIndex {
         }
         drop(fill);
         // Data files are mostly written in key and time order: most groups are sorted.
-        for_each_group(&mut rows, &offsets, &|_,
-                                              group: &mut [(
-            Timestamp,
-            Timestamp,
-            u64,
-        )]| {
+        for_each_group(&mut rows, &offsets, &|_, group: &mut [Version]| {
             if !group.is_sorted() {
                 group.sort_unstable();
             }

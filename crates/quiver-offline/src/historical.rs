@@ -319,12 +319,22 @@ fn join(req: &HistoricalRequest, files: &[Vec<DataFile>]) -> Result<RecordBatch>
     )?)
 }
 
-/// The labels' columns of `view`'s join keys (as the keys' types), and which labels
-/// have no null key (a label with a null key matches nothing).
-fn label_keys(
-    view: &ResolvedView,
-    labels: &RecordBatch,
-) -> Result<(Vec<ArrayRef>, Option<NullBuffer>)> {
+/// The labels' columns of a view's join keys (as the keys' types), and which labels
+/// have a null key (such a label matches nothing).
+struct LabelKeys {
+    cols: Vec<ArrayRef>,
+    nulls: Option<NullBuffer>,
+}
+
+impl LabelKeys {
+    /// Whether label `i` has no null key.
+    fn valid(&self, i: usize) -> bool {
+        self.nulls.as_ref().is_none_or(|n| n.is_valid(i))
+    }
+}
+
+/// The labels' keys for `view`'s join keys.
+fn label_keys(view: &ResolvedView, labels: &RecordBatch) -> Result<LabelKeys> {
     let key_cols: Vec<ArrayRef> = view
         .join_keys
         .iter()
@@ -341,7 +351,10 @@ fn label_keys(
     let nulls = key_cols.iter().fold(None, |acc: Option<NullBuffer>, c| {
         NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
     });
-    Ok((key_cols, nulls))
+    Ok(LabelKeys {
+        cols: key_cols,
+        nulls,
+    })
 }
 
 /// Whether `key_cols` are one 64-bit integer key (looked up without encoding).
@@ -352,17 +365,12 @@ fn int_key(key_cols: &[ArrayRef]) -> Option<&PrimitiveArray<Int64Type>> {
     }
 }
 
-/// The key index and label index of the labels for `view`'s join keys.
-fn label_index(
-    view: &ResolvedView,
-    labels: &RecordBatch,
-    times: &[Timestamp],
-) -> Result<(KeyLookup, LabelIndex)> {
-    let (key_cols, nulls) = label_keys(view, labels)?;
-    let n = labels.num_rows();
-    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
-    Ok(if let Some(keys) = int_key(&key_cols) {
-        let (idx, labels) = LabelIndex::from_int_labels(keys.values(), times, valid);
+/// The key index and label index of the labels (`keys`, `times`).
+fn label_index(keys: &LabelKeys, times: &[Timestamp]) -> Result<(KeyLookup, LabelIndex)> {
+    let n = times.len();
+    let valid = |i: usize| keys.valid(i);
+    Ok(if let Some(int_keys) = int_key(&keys.cols) {
+        let (idx, labels) = LabelIndex::from_int_labels(int_keys.values(), times, valid);
         (KeyLookup::Int(idx), labels)
     } else {
         let mut idx = BytesKeyIndex::new();
@@ -371,7 +379,7 @@ fn label_index(
         for (i, g) in groups.iter_mut().enumerate() {
             if valid(i) {
                 buf.clear();
-                for c in &key_cols {
+                for c in &keys.cols {
                     encode_key_part(c.as_ref(), i, &mut buf)?;
                 }
                 *g = idx.insert(&buf);
@@ -476,10 +484,11 @@ fn view_columns(
         feature_names: req.features.iter().map(|(f, _)| f.as_str()).collect(),
         feature_types,
     };
-    if rows_side_pays(&data, labels)? {
-        by_rows(&data, labels, times)
+    let keys = label_keys(view, labels)?;
+    if rows_side_pays(&data, &keys, times.len()) {
+        by_rows(&data, &keys, times)
     } else {
-        by_labels(&data, labels, times)
+        by_labels(&data, &keys, times)
     }
 }
 
@@ -490,13 +499,8 @@ fn view_columns(
 /// search the same part of the rows' index. Labels in no particular order (e.g.
 /// sorted by time) would miss the cache at every search and gather, and the labels'
 /// side, which sorts them, is faster (measured in BENCHMARKS.md, "Seventh pass").
-fn rows_side_pays(data: &ViewFiles, labels: &RecordBatch) -> Result<bool> {
-    let n = labels.num_rows();
-    if data.rows() > n {
-        return Ok(false);
-    }
-    let (keys, _) = label_keys(data.view, labels)?;
-    Ok(2 * labels_after_their_key(&keys) >= n)
+fn rows_side_pays(data: &ViewFiles, keys: &LabelKeys, n: usize) -> bool {
+    data.rows() <= n && 2 * labels_after_their_key(&keys.cols) >= n
 }
 
 /// How many labels have the same (non-null) join key as the label before them (none
@@ -549,7 +553,7 @@ fn batches_differ(file: &DataFile) -> Error {
 /// then the feature columns gathered in label order. Memory: every row's keys, times
 /// and requested features (the rows being no more than the labels) and one location
 /// per label.
-fn by_rows(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Result<Vec<ArrayRef>> {
+fn by_rows(data: &ViewFiles, labels: &LabelKeys, times: &[Timestamp]) -> Result<Vec<ArrayRef>> {
     let mut phases = Phases::new();
     let (found, features) = rayon::join(
         || -> Result<Vec<u64>> {
@@ -634,7 +638,7 @@ fn by_rows(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Resul
 fn find_rows(
     data: &ViewFiles,
     keys: &[Vec<RecordBatch>],
-    labels: &RecordBatch,
+    labels: &LabelKeys,
     times: &[Timestamp],
 ) -> Result<Vec<u64>> {
     let nkeys = data.view.join_keys.len();
@@ -660,33 +664,20 @@ fn find_rows(
             locs.extend((0..b.num_rows()).map(|r| location(fi, bi, r)));
         }
     }
-    let (label_cols, label_nulls) = label_keys(data.view, labels)?;
-    let label_valid = |i: usize| label_nulls.as_ref().is_none_or(|n| n.is_valid(i));
-    if let Some(label_keys) = int_key(&label_cols) {
+    if let Some(label_keys) = int_key(&labels.cols) {
         let mut row_keys: Vec<i64> = Vec::with_capacity(n_rows);
         for b in batches() {
             row_keys.extend_from_slice(b.column(0).as_primitive::<Int64Type>().values());
         }
         // Stored keys are never null; a null one would match nothing.
-        let null_keys: Vec<usize> = {
-            let mut at = 0;
-            let mut nulls = Vec::new();
-            for b in batches() {
-                if let Some(n) = b.column(0).nulls() {
-                    nulls.extend(
-                        n.iter()
-                            .enumerate()
-                            .filter(|(_, v)| !v)
-                            .map(|(r, _)| at + r),
-                    );
-                }
-                at += b.num_rows();
+        let mut valid: Vec<bool> = Vec::new();
+        if batches().any(|b| b.column(0).null_count() > 0) {
+            for c in batches().map(|b| b.column(0)) {
+                valid.extend((0..c.len()).map(|r| c.is_valid(r)));
             }
-            nulls
-        };
-        let (lookup, groups) = IntKeyIndex::from_labels(&row_keys, |i| {
-            null_keys.is_empty() || null_keys.binary_search(&i).is_err()
-        });
+        }
+        let (lookup, groups) =
+            IntKeyIndex::from_labels(&row_keys, |i| valid.is_empty() || valid[i]);
         drop(row_keys);
         let lookup = lookup.hashed();
         let index = RowIndex::new(&groups, &row_times, &created, &locs, lookup.len());
@@ -697,7 +688,7 @@ fn find_rows(
             .zip(times)
             .enumerate()
             .map(|(i, (&k, &t))| match lookup.get(k) {
-                Some(g) if label_valid(i) => index.lookup(g, t, ttl),
+                Some(g) if labels.valid(i) => index.lookup(g, t, ttl),
                 _ => NO_MATCH,
             })
             .collect())
@@ -717,14 +708,14 @@ fn find_rows(
         }
         let index = RowIndex::new(&groups, &row_times, &created, &locs, lookup.len());
         drop((groups, row_times, created, locs));
-        (0..labels.num_rows())
+        (0..times.len())
             .into_par_iter()
             .map_init(Vec::new, |buf, i| -> Result<u64> {
-                if !label_valid(i) {
+                if !labels.valid(i) {
                     return Ok(NO_MATCH);
                 }
                 buf.clear();
-                for c in &label_cols {
+                for c in &labels.cols {
                     encode_key_part(c.as_ref(), i, buf)?;
                 }
                 Ok(lookup
@@ -783,7 +774,7 @@ fn gather_found<T: ArrowPrimitiveType>(sources: &[Vec<ArrayRef>], found: &[u64])
 /// file's keys and times streamed past them keeping the rows that can answer some
 /// label (pass 1), the snapshot rule resolved per label, and the winners' features
 /// gathered a file at a time (pass 2).
-fn by_labels(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Result<Vec<ArrayRef>> {
+fn by_labels(data: &ViewFiles, labels: &LabelKeys, times: &[Timestamp]) -> Result<Vec<ArrayRef>> {
     let mut phases = Phases::new();
     let (view, files) = (data.view, data.files);
     let feature_types = &data.feature_types;
@@ -795,7 +786,7 @@ fn by_labels(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Res
     // these are at most one file per thread).
     let head = files.len().min(rayon::current_num_threads());
     let (index, head_batches) = rayon::join(
-        || label_index(view, labels, times),
+        || label_index(labels, times),
         || {
             (0..head)
                 .into_par_iter()
@@ -949,7 +940,7 @@ fn by_labels(data: &ViewFiles, labels: &RecordBatch, times: &[Timestamp]) -> Res
     // Each file's winners (in `wanted` order) go to their labels: a scatter for
     // primitive columns; for others an interleave in label order, where one null row
     // stands for no match.
-    let n_labels = labels.num_rows();
+    let n_labels = times.len();
     let out = feature_types
         .par_iter()
         .enumerate()
@@ -1109,8 +1100,9 @@ mod tests {
             )])
             .unwrap();
             let times: Vec<Timestamp> = labels.iter().map(|l| l.1).collect();
-            let rows = by_rows(&data, &batch, &times).unwrap();
-            let by_label = by_labels(&data, &batch, &times).unwrap();
+            let keys = label_keys(&view, &batch).unwrap();
+            let rows = by_rows(&data, &keys, &times).unwrap();
+            let by_label = by_labels(&data, &keys, &times).unwrap();
             assert_eq!(rows.len(), 3);
             for (c, (a, b)) in rows.iter().zip(&by_label).enumerate() {
                 assert_eq!(a.data_type(), &data.feature_types[c]);
